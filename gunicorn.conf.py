@@ -1,0 +1,44 @@
+"""gunicorn settings for look: ``gunicorn -c gunicorn.conf.py look.wsgi:app``.
+
+Command-line flags and GUNICORN_CMD_ARGS override anything set here.
+"""
+
+import os
+
+from gunicorn.glogging import CONFIG_DEFAULTS
+
+bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
+
+# One worker per core; the image work itself runs in each worker's process
+# pool, so worker threads mostly wait on the pool, the disk or Redis.
+workers = int(os.environ.get('WEB_CONCURRENCY', os.cpu_count() or 1))
+worker_class = 'gthread'
+threads = 4
+
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+
+# Uploads are streamed to disk, so request bodies need no limit here; look
+# enforces LOOK_MAX_UPLOAD_BYTES itself. Header limits stay at gunicorn's.
+
+logconfig_dict = {
+    'loggers': {
+        **CONFIG_DEFAULTS['loggers'],
+        'look': {'level': 'INFO', 'handlers': ['error_console'], 'propagate': False},
+    },
+}
+
+
+def post_worker_init(worker):
+    """Start the worker's thumbnailer pool before the first request needs it."""
+    from look import thumbnailer
+
+    thumbnailer.start_all()
+
+
+def worker_exit(server, worker):
+    """Stop the worker's pool processes so none outlive gunicorn."""
+    from look import thumbnailer
+
+    thumbnailer.close_all()

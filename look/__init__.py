@@ -1,0 +1,1 @@
+"""look: a self-hosted image-sharing REST service."""

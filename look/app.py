@@ -1,0 +1,57 @@
+"""The application factory: builds the parts from one Config and wires the routes."""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+
+import falcon
+
+from look.cache import RedisCache
+from look.config import Config
+from look.errors import add_error_handlers
+from look.images import Images, Thumbnails
+from look.store import Store
+from look.thumbnailer import Thumbnailer
+
+log = logging.getLogger('look')
+
+
+def create_app(config: Config | None = None) -> falcon.App:
+    """Create the look WSGI app; the thumbnailer pool starts on first use."""
+    config = config if config is not None else Config()
+
+    store = Store(pathlib.Path(config.storage_path))
+    store.open()
+    log.info('storing images in %s', store.root.resolve())
+
+    thumbnailer = Thumbnailer(
+        processes=config.processes,
+        max_pixels=config.max_pixels,
+        quality=config.jpeg_quality,
+        render_timeout=config.render_timeout,
+    )
+
+    middleware = []
+    if config.redis_url:
+        client = config.redis_from_url(config.redis_url)
+        middleware.append(RedisCache(client, ttl=config.cache_ttl))
+    else:
+        log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')
+
+    app = falcon.App(middleware=middleware)
+    images = Images(
+        store,
+        thumbnailer,
+        uuid_generator=config.uuid_generator,
+        max_upload_bytes=config.max_upload_bytes,
+        min_thumb_size=config.min_thumb_size,
+    )
+    thumbnails = Thumbnails(store, thumbnailer, min_thumb_size=config.min_thumb_size)
+    app.add_route('/images', images)
+    app.add_route('/images/{image_id:uuid}.jpeg', images, suffix='image')
+    app.add_route(
+        '/thumbnails/{image_id:uuid}/{width:int(min=1)}x{height:int(min=1)}.jpeg', thumbnails
+    )
+    add_error_handlers(app)
+    return app

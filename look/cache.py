@@ -1,0 +1,151 @@
+"""Redis middleware that caches thumbnail responses; it knows nothing of images.
+
+Redis is only a cache: when it is unreachable, slow or returns garbage,
+requests are answered uncached. After a failure the cache is skipped for
+``retry_interval`` seconds, so a dead Redis costs one short timeout per
+worker every few seconds rather than one per request.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import falcon
+import msgpack
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+log = logging.getLogger(__name__)
+
+CACHE_HEADER = 'X-Look-Cache'
+_HIT_FLAG = 'look_cache_hit'
+
+
+def limit_waits(client: Any, timeout: float) -> None:
+    """Give a redis-py client short socket timeouts (unless set) and no retries."""
+    pool = getattr(client, 'connection_pool', None)
+    connection_kwargs = getattr(pool, 'connection_kwargs', None)
+    if isinstance(connection_kwargs, dict):
+        if connection_kwargs.get('socket_timeout') is None:
+            connection_kwargs['socket_timeout'] = timeout
+        if connection_kwargs.get('socket_connect_timeout') is None:
+            connection_kwargs['socket_connect_timeout'] = timeout
+    if hasattr(client, 'set_retry'):
+        # NOTE: retrying is the circuit breaker's job; redis-py's default
+        #   retries with exponential backoff would hold a request for seconds.
+        client.set_retry(Retry(NoBackoff(), 0))
+
+
+class RedisCache:
+    """Cache GET responses under ``path_prefix`` as msgpack ``[content_type, body]``."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        ttl: int,
+        path_prefix: str = '/thumbnails/',
+        key_prefix: str = 'look:',
+        timeout: float = 0.25,
+        retry_interval: float = 5.0,
+    ) -> None:
+        limit_waits(client, timeout)
+        self.client = client
+        self.ttl = ttl
+        self.path_prefix = path_prefix
+        self.key_prefix = key_prefix
+        self.retry_interval = retry_interval
+        self._skip_until = 0.0
+
+    @property
+    def available(self) -> bool:
+        """Whether the cache is in use now (not skipped after a failure)."""
+        return time.monotonic() >= self._skip_until
+
+    def ping(self) -> bool:
+        """Return whether Redis answers now."""
+        return bool(self._call('PING', self.client.ping))
+
+    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+        if req.method not in ('GET', 'HEAD') or not req.path.startswith(self.path_prefix):
+            return
+        key = self._key(req.path)
+        raw = self._call('GET', self.client.get, key)
+        if raw is None:
+            return
+        entry = _decode(raw)
+        if entry is None:
+            log.warning('ignoring a corrupt cache entry for %s', req.path)
+            self._call('DEL', self.client.delete, key)
+            return
+        resp.content_type, resp.data = entry
+        resp.set_header(CACHE_HEADER, 'Hit')
+        req.context[_HIT_FLAG] = True
+        resp.complete = True
+
+    def process_response(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
+        if req.method not in ('GET', 'HEAD') or not req.path.startswith(self.path_prefix):
+            self._purge_stale(resp, req_succeeded)
+            return
+        if req.context.get(_HIT_FLAG):
+            return
+        resp.set_header(CACHE_HEADER, 'Miss')
+        if req.method == 'GET' and req_succeeded and resp.status_code == 200:
+            body = resp.data
+            if isinstance(body, bytes):
+                entry = msgpack.packb([resp.content_type, body], use_bin_type=True)
+                self._call('SET', self.client.set, self._key(req.path), entry, ex=self.ttl)
+
+    def _purge_stale(self, resp: falcon.Response, req_succeeded: bool) -> None:
+        # NOTE: resources name the cached paths a change made stale in
+        #   resp.context.stale_paths; purging them here keeps Redis out of
+        #   the resources.
+        stale: Iterable[str] = resp.context.get('stale_paths') or ()
+        keys = [self._key(path) for path in stale]
+        if req_succeeded and keys:
+            self._call('DEL', self.client.delete, *keys)
+
+    def _key(self, path: str) -> str:
+        return self.key_prefix + path
+
+    def _call(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        if not self.available:
+            return None
+        try:
+            return method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as ex:
+            self._skip_until = time.monotonic() + self.retry_interval
+            log.warning(
+                'Redis unavailable (%s: %s); serving uncached for %gs',
+                name,
+                ex,
+                self.retry_interval,
+            )
+        except redis.RedisError as ex:
+            log.warning('Redis %s failed: %s', name, ex)
+        return None
+
+
+def _decode(raw: Any) -> tuple[str, bytes] | None:
+    try:
+        entry = msgpack.unpackb(raw, raw=False)
+    except Exception:
+        return None
+    if (
+        isinstance(entry, list)
+        and len(entry) == 2
+        and isinstance(entry[0], str)
+        and isinstance(entry[1], bytes)
+    ):
+        return entry[0], entry[1]
+    return None

@@ -1,0 +1,131 @@
+"""Configuration: defaults, environment parsing with clear errors, and the seams."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import redis
+
+MiB = 1024 * 1024
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the variable."""
+
+
+def default_storage_path(environ: Mapping[str, str]) -> pathlib.Path:
+    """Return a per-user data directory (XDG), writable without root."""
+    data_home = environ.get('XDG_DATA_HOME') or os.path.join(
+        environ.get('HOME') or os.path.expanduser('~'), '.local', 'share'
+    )
+    return pathlib.Path(data_home) / 'look'
+
+
+def _positive_int(name: str, value: str) -> int:
+    try:
+        number = int(value.strip().replace('_', ''))
+    except ValueError:
+        raise ConfigError(f'{name} must be a whole number, got {value!r}') from None
+    if number < 1:
+        raise ConfigError(f'{name} must be at least 1, got {number}')
+    return number
+
+
+def _positive_float(name: str, value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ConfigError(f'{name} must be a number, got {value!r}') from None
+    if not number > 0:
+        raise ConfigError(f'{name} must be greater than 0, got {value!r}')
+    return number
+
+
+def _path(name: str, value: str) -> pathlib.Path:
+    if not value.strip():
+        raise ConfigError(f'{name} must be a directory path, got an empty string')
+    return pathlib.Path(value).expanduser()
+
+
+def _redis_url(name: str, value: str) -> str:
+    value = value.strip()
+    if value and not value.startswith(('redis://', 'rediss://', 'unix://')):
+        raise ConfigError(
+            f'{name} must be a redis://, rediss:// or unix:// URL '
+            f'(or empty to disable the cache), got {value!r}'
+        )
+    return value
+
+
+# attribute -> (environment variable, parser)
+_ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
+    'storage_path': ('LOOK_STORAGE_PATH', _path),
+    'redis_url': ('LOOK_REDIS_URL', _redis_url),
+    'min_thumb_size': ('LOOK_MIN_THUMB_SIZE', _positive_int),
+    'max_upload_bytes': ('LOOK_MAX_UPLOAD_BYTES', _positive_int),
+    'max_pixels': ('LOOK_MAX_PIXELS', _positive_int),
+    'processes': ('LOOK_PROCESSES', _positive_int),
+    'cache_ttl': ('LOOK_CACHE_TTL', _positive_int),
+    'render_timeout': ('LOOK_RENDER_TIMEOUT', _positive_float),
+    'jpeg_quality': ('LOOK_JPEG_QUALITY', _positive_int),
+}
+
+
+class Config:
+    """Settings for one look app.
+
+    ``Config()`` reads the environment; keyword arguments override it, and
+    attributes may be assigned afterwards, before ``create_app(config)``.
+    """
+
+    storage_path: pathlib.Path
+    redis_url: str
+    redis_from_url: Callable[[str], Any]
+    uuid_generator: Callable[[], uuid.UUID]
+    min_thumb_size: int
+    max_upload_bytes: int
+    max_pixels: int
+    processes: int
+    cache_ttl: int
+    render_timeout: float
+    jpeg_quality: int
+
+    def __init__(self, environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
+        if environ is None:
+            environ = os.environ
+
+        self.storage_path = default_storage_path(environ)
+        self.redis_url = 'redis://localhost:6379/0'
+        self.redis_from_url = redis.Redis.from_url
+        self.uuid_generator = uuid.uuid4
+        self.min_thumb_size = 64
+        self.max_upload_bytes = 32 * MiB
+        self.max_pixels = 100_000_000
+        self.processes = os.cpu_count() or 1
+        self.cache_ttl = 3600
+        # NOTE: a render that takes longer than this is abandoned with a 503;
+        #   a 100-megapixel JPEG renders in well under a second here.
+        self.render_timeout = 20.0
+        # NOTE: quality 85 without progressive/optimize is where size vs
+        #   encode time levels off; see "Performance" in the README.
+        self.jpeg_quality = 85
+
+        for attribute, (variable, parse) in _ENVIRONMENT.items():
+            if variable in environ:
+                setattr(self, attribute, parse(variable, environ[variable]))
+
+        for attribute, value in overrides.items():
+            if not hasattr(self, attribute):
+                raise TypeError(f'Config has no setting {attribute!r}')
+            setattr(self, attribute, value)
+
+        if self.jpeg_quality > 95:
+            raise ConfigError(f'LOOK_JPEG_QUALITY must be at most 95, got {self.jpeg_quality}')
+
+    def __repr__(self) -> str:
+        fields = ', '.join(f'{name}={value!r}' for name, value in vars(self).items())
+        return f'Config({fields})'

@@ -1,0 +1,102 @@
+"""Domain exceptions, and the one place that turns them into HTTP errors.
+
+The store and the thumbnailer raise these without knowing about HTTP; they
+also cross the process-pool boundary, so each one pickles with its message.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import falcon
+
+
+class LookError(Exception):
+    """Base class: ``str(error)`` is the description a client sees."""
+
+    title = 'Error'
+    status = falcon.HTTP_500
+
+    def __init__(self, description: str) -> None:
+        super().__init__(description)
+        self.description = description
+
+
+class ImageNotFound(LookError):
+    title = 'Image not found'
+    status = falcon.HTTP_404
+
+
+class EmptyUpload(LookError):
+    title = 'Empty upload'
+    status = falcon.HTTP_400
+
+
+class CorruptImage(LookError):
+    title = 'Corrupt image'
+    status = falcon.HTTP_400
+
+
+class UnsupportedImage(LookError):
+    title = 'Unsupported media type'
+    status = falcon.HTTP_415
+
+
+class UploadTooLarge(LookError):
+    title = 'Upload too large'
+    status = falcon.HTTP_413
+
+
+class ImageTooLarge(LookError):
+    title = 'Image too large'
+    status = falcon.HTTP_413
+
+
+class ThumbnailerUnavailable(LookError):
+    """The render could not be done now; the client should retry shortly."""
+
+    title = 'Thumbnailer unavailable'
+    status = falcon.HTTP_503
+    retry_after = 1
+
+
+class StorageError(LookError):
+    """The disk refused a write (full, read-only); nothing was stored."""
+
+    title = 'Storage unavailable'
+    status = falcon.HTTP_507
+
+
+def _handle_look_error(
+    req: falcon.Request, resp: falcon.Response, ex: LookError, params: dict[str, Any]
+) -> None:
+    headers = {}
+    retry_after = getattr(ex, 'retry_after', None)
+    if retry_after is not None:
+        headers['Retry-After'] = str(retry_after)
+    raise falcon.HTTPError(ex.status, title=ex.title, description=ex.description, headers=headers)
+
+
+def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
+    # NOTE: every error is JSON with both keys, whatever the client accepts,
+    #   so scripts can always read `description`.
+    title = ex.title or resp.status
+    description = ex.description or _DEFAULT_DESCRIPTIONS.get(ex.status_code, title)
+    resp.data = json.dumps({'title': title, 'description': description}).encode()
+    resp.content_type = falcon.MEDIA_JSON
+
+
+_DEFAULT_DESCRIPTIONS = {
+    400: 'The request could not be understood.',
+    404: 'There is nothing at this address.',
+    405: 'This method is not allowed here; see the Allow header.',
+    413: 'The request body is larger than this service accepts.',
+    500: 'The service failed to answer this request.',
+}
+
+
+def add_error_handlers(app: falcon.App) -> None:
+    """Map domain exceptions to HTTP and give every error one JSON shape."""
+    app.add_error_handler(LookError, _handle_look_error)
+    app.set_error_serializer(_serialize_error)

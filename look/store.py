@@ -1,0 +1,353 @@
+"""Images on disk and the JSON-lines index that every worker process shares.
+
+Layout of ``storage_path``::
+
+    index.jsonl          one JSON object per line: {"op": "add", ...} or {"op": "delete", ...}
+    index.lock           flock(2) target; serialises writers across processes
+    images/<id>.jpeg     committed images
+    images/.<random>.tmp files being written (uploads in progress)
+
+The index is an append-only journal, so adding an image costs the same at
+50 000 images as at none, and a crash can at worst leave a half-written last
+line, which the next writer or start-up cuts off. Each process keeps an
+in-memory view and reads only the bytes appended since its last look, so an
+upload taken by one worker is visible to all the others on their next request.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import errno
+import fcntl
+import json
+import logging
+import os
+import pathlib
+import re
+import secrets
+import threading
+import time
+from collections.abc import Iterator
+
+from look.errors import ImageNotFound, StorageError
+
+log = logging.getLogger(__name__)
+
+_ID_PATTERN = re.compile(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
+_TEMP_SUFFIX = '.tmp'
+# NOTE: a temp file younger than this is never removed at start-up, even if
+#   unlocked: it may belong to a worker that has created it but not yet locked it.
+TEMP_GRACE_SECONDS = 60.0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredImage:
+    """One committed image: its id, upload time (Unix seconds) and pixel size."""
+
+    id: str
+    modified: int
+    size: tuple[int, int]
+
+
+class TempFile:
+    """A file in the images directory, locked while it is being written.
+
+    The lock tells start-up clean-up in other workers that the file is in use.
+    """
+
+    def __init__(self, path: pathlib.Path) -> None:
+        self.path = path
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.file = os.fdopen(fd, 'r+b')
+
+    def close(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        self.file.close()
+
+
+def is_valid_id(image_id: str) -> bool:
+    """Return whether ``image_id`` is a canonical lowercase UUID string."""
+    return bool(_ID_PATTERN.match(image_id))
+
+
+def _fsync_directory(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Store:
+    """Committed JPEGs plus the shared index: add, get, list, delete."""
+
+    def __init__(self, root: pathlib.Path) -> None:
+        self.root = pathlib.Path(root)
+        self.images_dir = self.root / 'images'
+        self.index_path = self.root / 'index.jsonl'
+        self.lock_path = self.root / 'index.lock'
+
+        # The in-memory view of the index, guarded by _view_lock (gthread workers).
+        self._view_lock = threading.Lock()
+        self._images: dict[str, StoredImage] = {}
+        self._order: list[str] = []  # ids in commit order; may hold deleted ids
+        self._position: dict[str, int] = {}  # id -> its place in _order
+        self._offset = 0  # bytes of the index already applied to the view
+        self._inode: int | None = None
+
+    # -- start-up ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Create the directories and bring the index and the disk into agreement.
+
+        Safe to run in every worker at once: all repairs happen under the
+        writers' lock, and files other workers are still writing are left alone.
+        """
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.index_path.touch(exist_ok=True)
+        self.lock_path.touch(exist_ok=True)
+        with self._exclusive():
+            self._cut_partial_tail()
+            self._refresh()
+            self._remove_abandoned_files()
+
+    def _remove_abandoned_files(self) -> None:
+        with self._view_lock:
+            listed = set(self._images)
+        on_disk = set()
+        now = time.time()
+        for entry in os.scandir(self.images_dir):
+            name = entry.name
+            if name.startswith('.') and name.endswith(_TEMP_SUFFIX):
+                self._remove_temp_if_abandoned(pathlib.Path(entry.path), now)
+            elif name.endswith('.jpeg') and is_valid_id(name[: -len('.jpeg')]):
+                image_id = name[: -len('.jpeg')]
+                on_disk.add(image_id)
+                if image_id not in listed:
+                    # NOTE: images are renamed into place under the writers'
+                    #   lock, which we hold, so an unlisted image is an upload
+                    #   that crashed before its index line: never acknowledged.
+                    log.warning('removing unlisted image file %s', entry.path)
+                    os.unlink(entry.path)
+        for image_id in sorted(listed - on_disk):
+            log.warning('index lists %s but its file is missing; dropping it', image_id)
+            self._append({'op': 'delete', 'id': image_id})
+        self._refresh()
+
+    @staticmethod
+    def _remove_temp_if_abandoned(path: pathlib.Path, now: float) -> None:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            if now - os.fstat(fd).st_mtime < TEMP_GRACE_SECONDS:
+                return
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # its writer is alive
+            log.info('removing abandoned temporary file %s', path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        finally:
+            os.close(fd)
+
+    # -- reading ----------------------------------------------------------
+
+    def get(self, image_id: str) -> StoredImage:
+        """Return the image with this id, or raise ImageNotFound."""
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f'No image has the id {image_id!r}.')
+        self._refresh()
+        try:
+            return self._images[image_id]
+        except KeyError:
+            raise ImageNotFound(f'No image has the id {image_id}.') from None
+
+    def path(self, image_id: str) -> pathlib.Path:
+        """Return where the JPEG of ``image_id`` lives; the id must be valid."""
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f'No image has the id {image_id!r}.')
+        return self.images_dir / f'{image_id}.jpeg'
+
+    def list(self, *, after: str | None = None, limit: int | None = None) -> list[StoredImage]:
+        """Return images oldest first, starting after the id ``after``."""
+        self._refresh()
+        with self._view_lock:
+            start = 0
+            if after is not None:
+                position = self._position.get(after)
+                if position is None:
+                    raise ImageNotFound(f'No image has the id {after!r}.')
+                start = position + 1
+            found: list[StoredImage] = []
+            for image_id in self._order[start:]:
+                image = self._images.get(image_id)
+                if image is not None:
+                    found.append(image)
+                    if limit is not None and len(found) >= limit:
+                        break
+            return found
+
+    def __len__(self) -> int:
+        self._refresh()
+        return len(self._images)
+
+    def _refresh(self) -> None:
+        """Apply whatever other processes have appended to the index since last time."""
+        try:
+            stat = os.stat(self.index_path)
+        except FileNotFoundError:
+            return
+        with self._view_lock:
+            if stat.st_ino != self._inode:
+                self._reset_view(stat.st_ino)
+            if stat.st_size <= self._offset:
+                return
+            with open(self.index_path, 'rb') as index:
+                index.seek(self._offset)
+                data = index.read(stat.st_size - self._offset)
+            complete = data.rfind(b'\n') + 1  # a line still being written waits
+            for line in data[:complete].splitlines():
+                self._apply(line)
+            self._offset += complete
+
+    def _reset_view(self, inode: int) -> None:
+        self._images.clear()
+        self._order.clear()
+        self._position.clear()
+        self._offset = 0
+        self._inode = inode
+
+    def _apply(self, line: bytes) -> None:
+        try:
+            record = json.loads(line)
+            op, image_id = record['op'], record['id']
+            if op == 'add':
+                width, height = record['size']
+                image = StoredImage(image_id, int(record['modified']), (int(width), int(height)))
+                if image_id not in self._position:
+                    self._position[image_id] = len(self._order)
+                    self._order.append(image_id)
+                self._images[image_id] = image
+            elif op == 'delete':
+                self._images.pop(image_id, None)
+            else:
+                raise ValueError(f'unknown op {op!r}')
+        except (ValueError, KeyError, TypeError) as ex:
+            log.error('skipping unreadable index line %r: %s', line[:200], ex)
+            return
+        # NOTE: deleted ids stay in _order so `after=` keeps working for them;
+        #   compact once they are the majority, to keep listing fast.
+        if len(self._order) > 1024 and len(self._images) < len(self._order) // 2:
+            self._order = [i for i in self._order if i in self._images]
+            self._position = {image_id: n for n, image_id in enumerate(self._order)}
+
+    # -- writing ----------------------------------------------------------
+
+    def temporary(self) -> TempFile:
+        """Create a locked temporary file beside the images, removed on ``close()``."""
+        path = self.images_dir / f'.{secrets.token_hex(12)}{_TEMP_SUFFIX}'
+        return TempFile(path)
+
+    def add(self, image_id: str, jpeg_path: pathlib.Path, size: tuple[int, int]) -> StoredImage:
+        """Commit a finished, fsync'd JPEG under ``image_id`` and index it durably."""
+        final_path = self.path(image_id)
+        record = {
+            'op': 'add',
+            'id': image_id,
+            'modified': int(time.time()),
+            'size': [int(size[0]), int(size[1])],
+        }
+        with self._exclusive():
+            if final_path.exists():
+                raise StorageError(f'An image with the id {image_id} already exists.')
+            os.rename(jpeg_path, final_path)
+            try:
+                _fsync_directory(self.images_dir)
+                self._append(record)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    final_path.unlink()
+                raise
+        self._refresh()
+        return self.get(image_id)
+
+    def delete(self, image_id: str) -> None:
+        """Remove an image from the index, then from the disk."""
+        self.get(image_id)  # validates the id before taking the lock
+        with self._exclusive():
+            self._refresh()
+            if image_id not in self._images:
+                raise ImageNotFound(f'No image has the id {image_id}.')
+            self._append({'op': 'delete', 'id': image_id})
+            with contextlib.suppress(FileNotFoundError):
+                self.path(image_id).unlink()
+            _fsync_directory(self.images_dir)
+        self._refresh()
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # NOTE: opened per use, never inherited across fork: an flock taken on a
+        #   file description shared by two processes would exclude neither.
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _append(self, record: dict[str, object]) -> None:
+        """Append one line and fsync it; the caller holds the writers' lock."""
+        line = json.dumps(record, separators=(',', ':')).encode() + b'\n'
+        fd = os.open(self.index_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            start = os.fstat(fd).st_size
+            if start and os.pread(fd, 1, start - 1) != b'\n':
+                self._cut_partial_tail()
+                start = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(line):
+                    written += os.write(fd, line[written:])
+                os.fsync(fd)
+            except OSError as ex:
+                # Leave no partial line behind (a full disk, say).
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)
+                if ex.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
+                    raise StorageError(f'The image could not be stored: {ex.strerror}.') from ex
+                raise
+        finally:
+            os.close(fd)
+
+    def _cut_partial_tail(self) -> None:
+        """Cut off a line left half-written by a crash; the caller holds the lock."""
+        with open(self.index_path, 'r+b') as index:
+            size = index.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            index.seek(size - 1)
+            if index.read(1) == b'\n':
+                return
+            # Walk back to the last complete line.
+            end = size
+            while end > 0:
+                start = max(0, end - 65536)
+                index.seek(start)
+                chunk = index.read(end - start)
+                newline = chunk.rfind(b'\n')
+                if newline >= 0:
+                    cut = start + newline + 1
+                    break
+                end = start
+            else:
+                cut = 0
+            log.warning('cutting %d bytes of a half-written index line', size - cut)
+            index.truncate(cut)
+            index.flush()
+            os.fsync(index.fileno())

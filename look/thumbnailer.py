@@ -1,0 +1,303 @@
+"""Pillow work on untrusted images, run in a process pool, and the object that owns it.
+
+The top-level functions here run in pool processes: they take file paths
+(not pickled image bytes), so a decoder crash or a memory blow-up kills a
+disposable pool process, never the web worker.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import logging
+import multiprocessing
+import os
+import pathlib
+import signal
+import threading
+import time
+import warnings
+import weakref
+from concurrent.futures.process import BrokenProcessPool
+
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, UnsupportedImage
+
+log = logging.getLogger(__name__)
+
+READABLE_FORMATS = 'JPEG, PNG, GIF, BMP, TIFF or WebP'
+_SIXTEEN_BIT_GREY = frozenset({'I', 'I;16', 'I;16L', 'I;16B', 'I;16N'})
+_ALPHA_MODES = frozenset({'RGBA', 'LA', 'PA', 'RGBa', 'La'})
+_srgb_profile: ImageCms.ImageCmsProfile | None = None
+
+
+def thumbnail_sizes(size: tuple[int, int], min_size: int) -> list[tuple[int, int]]:
+    """Return the thumbnail sizes of an image: halve both sides while both stay >= min_size."""
+    width, height = size
+    sizes = []
+    while True:
+        width, height = width // 2, height // 2
+        if width < min_size or height < min_size:
+            return sizes
+        sizes.append((width, height))
+
+
+# -- run in the pool processes -------------------------------------------------
+
+
+def convert_upload(source: str, target: str, max_pixels: int, quality: int) -> tuple[int, int]:
+    """Convert the image file at ``source`` to an upright sRGB JPEG at ``target``.
+
+    Returns the stored size. Metadata (EXIF, GPS, comments) is not carried over.
+    """
+    # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            image = Image.open(source)
+        except UnidentifiedImageError:
+            raise UnsupportedImage(
+                f'The upload is not an image look can read ({READABLE_FORMATS}).'
+            ) from None
+        except Image.DecompressionBombError as ex:
+            raise ImageTooLarge(f'The image has too many pixels: {ex}') from None
+        except Exception as ex:
+            raise CorruptImage(f'The image could not be read: {ex}') from None
+
+        with image:
+            width, height = image.size
+            if width * height > max_pixels:
+                raise ImageTooLarge(
+                    f'The image is {width}x{height} ({width * height} pixels); '
+                    f'the limit is {max_pixels} pixels.'
+                )
+            try:
+                image.load()  # the first frame of an animation
+                upright = ImageOps.exif_transpose(image)
+                rgb = _to_srgb(upright)
+            except MemoryError:
+                raise ImageTooLarge('The image is too large to decode.') from None
+            except Exception as ex:
+                raise CorruptImage(f'The image could not be decoded: {ex}') from None
+
+    with open(target, 'wb') as out:
+        rgb.save(out, 'JPEG', quality=quality)
+        out.flush()
+        os.fsync(out.fileno())
+    return rgb.size
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Return an RGB image in sRGB, alpha flattened onto white."""
+    icc_profile = image.info.get('icc_profile')
+
+    if image.mode in _SIXTEEN_BIT_GREY:
+        # Scale 0..65535 down to 0..255 rather than clipping everything to white.
+        image = image.convert('I').point(lambda value: value * (1 / 256)).convert('L')
+    elif image.mode == 'P':
+        image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
+    elif image.mode == '1' or image.mode == 'F':
+        image = image.convert('L')
+    if image.mode in _ALPHA_MODES:
+        image = image.convert('RGBA')
+
+    if icc_profile:
+        image = _apply_icc_profile(image, icc_profile)
+
+    if image.mode == 'RGBA':
+        background = Image.new('RGB', image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel('A'))
+        image = background
+    return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def _apply_icc_profile(image: Image.Image, icc_profile: bytes) -> Image.Image:
+    global _srgb_profile
+    if _srgb_profile is None:
+        _srgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB'))
+    try:
+        source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        return ImageCms.profileToProfile(
+            image,
+            source_profile,
+            _srgb_profile,
+            outputMode='RGBA' if image.mode == 'RGBA' else 'RGB',
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError) as ex:
+        # A broken or mismatched profile is common in the wild; the pixels are
+        # still usable, so fall back to Pillow's plain conversion.
+        log.info('ignoring unusable ICC profile: %s', ex)
+        return image
+
+
+def render_thumbnail(source: str, size: tuple[int, int], quality: int) -> bytes:
+    """Return a JPEG of the stored image at ``source`` resized to exactly ``size``."""
+    with Image.open(source) as image:
+        # NOTE: draft() makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
+        #   scaling), never below the target; thumbnail() only does that when
+        #   the target is at most half of what it asks for.
+        image.draft('RGB', size)
+        thumbnail = image.resize(size, Image.Resampling.LANCZOS)
+    if thumbnail.mode != 'RGB':
+        thumbnail = thumbnail.convert('RGB')
+    out = io.BytesIO()
+    thumbnail.save(out, 'JPEG', quality=quality)
+    return out.getvalue()
+
+
+def _init_pool_process(parent_pid: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the web worker
+    # decides when the pool stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A web worker killed with SIGKILL cannot shut its pool down; its pool
+    # processes notice they were orphaned and leave.
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+# -- in the web worker ---------------------------------------------------------
+
+_thumbnailers: weakref.WeakSet[Thumbnailer] = weakref.WeakSet()
+
+
+class Thumbnailer:
+    """Owns the process pool of one web worker; created lazily after the fork."""
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        max_pixels: int,
+        quality: int,
+        render_timeout: float,
+        max_waiting: int | None = None,
+        max_tasks_per_child: int = 500,
+    ) -> None:
+        self.processes = processes
+        self.max_pixels = max_pixels
+        self.quality = quality
+        self.render_timeout = render_timeout
+        # NOTE: renders beyond this many in flight are refused at once with a
+        #   503 rather than queued without bound.
+        self.max_waiting = max_waiting if max_waiting is not None else 4 * processes
+        self.max_tasks_per_child = max_tasks_per_child
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool_pid: int | None = None
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        _thumbnailers.add(self)
+
+    def convert_upload(self, source: pathlib.Path, target: pathlib.Path) -> tuple[int, int]:
+        """Convert an uploaded file to a stored JPEG; return its size."""
+        width, height = self._run(
+            convert_upload,
+            str(source),
+            str(target),
+            self.max_pixels,
+            self.quality,
+            refuse_when_busy=False,
+        )
+        return width, height
+
+    def render(self, source: pathlib.Path, size: tuple[int, int]) -> bytes:
+        """Render a thumbnail of a stored JPEG."""
+        data: bytes = self._run(render_thumbnail, str(source), size, self.quality)
+        return data
+
+    def start(self) -> None:
+        """Start the pool now rather than on the first request."""
+        self._executor()
+
+    def close(self) -> None:
+        """Stop the pool and its processes."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop(pool)
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None or self._pool_pid != os.getpid():
+                # NOTE: 'spawn' because max_tasks_per_child needs it, and it
+                #   keeps the web worker's sockets and locks out of the pool.
+                self._pool = concurrent.futures.ProcessPoolExecutor(
+                    max_workers=self.processes,
+                    mp_context=multiprocessing.get_context('spawn'),
+                    initializer=_init_pool_process,
+                    initargs=(os.getpid(),),
+                    max_tasks_per_child=self.max_tasks_per_child,
+                )
+                self._pool_pid = os.getpid()
+            return self._pool
+
+    def _discard(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        _stop(pool)
+
+    def _run(self, function, *args, refuse_when_busy: bool = True):  # type: ignore[no-untyped-def]
+        with self._lock:
+            if refuse_when_busy and self._in_flight >= self.max_waiting:
+                raise ThumbnailerUnavailable(
+                    'Too many images are being rendered right now; try again shortly.'
+                )
+            self._in_flight += 1
+        try:
+            pool = self._executor()
+            try:
+                future = pool.submit(function, *args)
+            except BrokenProcessPool:
+                self._discard(pool)
+                pool = self._executor()
+                future = pool.submit(function, *args)
+            try:
+                return future.result(timeout=self.render_timeout)
+            except BrokenProcessPool:
+                log.error('an image process died; restarting the pool')
+                self._discard(pool)
+                raise ThumbnailerUnavailable(
+                    'An image process stopped unexpectedly; try again.'
+                ) from None
+            except concurrent.futures.TimeoutError:
+                log.error('an image took over %.0fs; restarting the pool', self.render_timeout)
+                self._discard(pool)
+                raise ThumbnailerUnavailable(
+                    f'The image took longer than {self.render_timeout:g}s to process.'
+                ) from None
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+
+
+def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    # NOTE: ProcessPoolExecutor cannot stop a busy process before Python 3.14
+    #   (terminate_workers); a hung render has to be killed to be abandoned.
+    processes = list((getattr(pool, '_processes', None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=2)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=2)
+
+
+def close_all() -> None:
+    """Stop every pool in this process (gunicorn's worker_exit hook)."""
+    for thumbnailer in list(_thumbnailers):
+        thumbnailer.close()
+
+
+def start_all() -> None:
+    """Start every pool in this process (gunicorn's post_worker_init hook)."""
+    for thumbnailer in list(_thumbnailers):
+        thumbnailer.start()
