@@ -10,7 +10,9 @@ import falcon
 from look.cache import RedisCache
 from look.config import Config
 from look.errors import add_error_handlers
+from look.health import Health
 from look.images import Images, Thumbnails
+from look.openapi import OpenAPI, openapi_document
 from look.store import Store
 from look.thumbnailer import Thumbnailer
 
@@ -32,14 +34,13 @@ def create_app(config: Config | None = None) -> falcon.App:
         render_timeout=config.render_timeout,
     )
 
-    middleware = []
+    cache = None
     if config.redis_url:
-        client = config.redis_from_url(config.redis_url)
-        middleware.append(RedisCache(client, ttl=config.cache_ttl))
+        cache = RedisCache(config.redis_from_url(config.redis_url), ttl=config.cache_ttl)
     else:
         log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')
 
-    app = falcon.App(middleware=middleware)
+    app = falcon.App(middleware=[cache] if cache else [])
     images = Images(
         store,
         thumbnailer,
@@ -48,10 +49,16 @@ def create_app(config: Config | None = None) -> falcon.App:
         min_thumb_size=config.min_thumb_size,
     )
     thumbnails = Thumbnails(store, thumbnailer, min_thumb_size=config.min_thumb_size)
+    document = openapi_document(
+        max_upload_bytes=config.max_upload_bytes, min_thumb_size=config.min_thumb_size
+    )
+
     app.add_route('/images', images)
     app.add_route('/images/{image_id:uuid}.jpeg', images, suffix='image')
     app.add_route(
         '/thumbnails/{image_id:uuid}/{width:int(min=1)}x{height:int(min=1)}.jpeg', thumbnails
     )
+    app.add_route('/health', Health(store, thumbnailer, cache))
+    app.add_route('/openapi.json', OpenAPI(document))
     add_error_handlers(app)
     return app

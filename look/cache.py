@@ -1,5 +1,9 @@
 """Redis middleware that caches thumbnail responses; it knows nothing of images.
 
+An entry is msgpack ``[content_type, body, validators]``: the validators
+(ETag, Last-Modified, Cache-Control) let a hit answer conditional requests
+with a 304 without asking the store.
+
 Redis is only a cache: when it is unreachable, slow or returns garbage,
 requests are answered uncached. After a failure the cache is skipped for
 ``retry_interval`` seconds, so a dead Redis costs one short timeout per
@@ -18,6 +22,8 @@ import msgpack
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+
+from look.conditional import VALIDATOR_HEADERS, answer_not_modified, is_not_modified
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +47,7 @@ def limit_waits(client: Any, timeout: float) -> None:
 
 
 class RedisCache:
-    """Cache GET responses under ``path_prefix`` as msgpack ``[content_type, body]``."""
+    """Cache GET responses under ``path_prefix`` as msgpack ``[content_type, body, ...]``."""
 
     def __init__(
         self,
@@ -82,10 +88,17 @@ class RedisCache:
             log.warning('ignoring a corrupt cache entry for %s', req.path)
             self._call('DEL', self.client.delete, key)
             return
-        resp.content_type, resp.data = entry
+        content_type, body, validators = entry
+        resp.content_type = content_type
+        for name, value in validators.items():
+            resp.set_header(name, value)
         resp.set_header(CACHE_HEADER, 'Hit')
         req.context[_HIT_FLAG] = True
         resp.complete = True
+        if is_not_modified(req, resp):
+            answer_not_modified(resp)
+        else:
+            resp.data = body
 
     def process_response(
         self,
@@ -100,10 +113,15 @@ class RedisCache:
         if req.context.get(_HIT_FLAG):
             return
         resp.set_header(CACHE_HEADER, 'Miss')
-        if req.method == 'GET' and req_succeeded and resp.status_code == 200:
+        if req_succeeded and resp.status_code == 200:
             body = resp.data
             if isinstance(body, bytes):
-                entry = msgpack.packb([resp.content_type, body], use_bin_type=True)
+                validators = {
+                    name: value
+                    for name in VALIDATOR_HEADERS
+                    if (value := resp.get_header(name)) is not None
+                }
+                entry = msgpack.packb([resp.content_type, body, validators], use_bin_type=True)
                 self._call('SET', self.client.set, self._key(req.path), entry, ex=self.ttl)
 
     def _purge_stale(self, resp: falcon.Response, req_succeeded: bool) -> None:
@@ -136,16 +154,24 @@ class RedisCache:
         return None
 
 
-def _decode(raw: Any) -> tuple[str, bytes] | None:
+def _decode(raw: Any) -> tuple[str, bytes, dict[str, str]] | None:
+    """Return a well-formed entry, or None for anything else: it is never served."""
     try:
         entry = msgpack.unpackb(raw, raw=False)
     except Exception:
         return None
-    if (
-        isinstance(entry, list)
-        and len(entry) == 2
-        and isinstance(entry[0], str)
-        and isinstance(entry[1], bytes)
+    if not isinstance(entry, list) or len(entry) not in (2, 3):
+        return None
+    content_type, body = entry[0], entry[1]
+    validators = entry[2] if len(entry) == 3 else {}
+    if not (
+        isinstance(content_type, str)
+        and isinstance(body, bytes)
+        and isinstance(validators, dict)
+        and all(
+            name in VALIDATOR_HEADERS and isinstance(value, str)
+            for name, value in validators.items()
+        )
     ):
-        return entry[0], entry[1]
-    return None
+        return None
+    return content_type, body, validators

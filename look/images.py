@@ -1,4 +1,4 @@
-"""Falcon resources: parse the request, call the store and thumbnailer, fill the response."""
+"""Falcon resources for images and thumbnails: parse, call store and thumbnailer, respond."""
 
 from __future__ import annotations
 
@@ -10,15 +10,26 @@ from typing import IO, Any
 
 import falcon
 
+from look.conditional import answer_not_modified, is_not_modified, set_immutable
 from look.errors import EmptyUpload, ImageNotFound, UploadTooLarge
 from look.store import Store, StoredImage
 from look.thumbnailer import Thumbnailer, thumbnail_sizes
 
 CHUNK_SIZE = 64 * 1024
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def image_uri(image_id: str) -> str:
+    return f'/images/{image_id}.jpeg'
+
+
+def thumbnail_uri(image_id: str, size: tuple[int, int]) -> str:
+    return f'/thumbnails/{image_id}/{size[0]}x{size[1]}.jpeg'
 
 
 class Images:
-    """``/images`` (list, upload) and ``/images/{id}.jpeg`` (download)."""
+    """``/images`` (list, upload) and ``/images/{id}.jpeg`` (download, delete)."""
 
     def __init__(
         self,
@@ -39,17 +50,40 @@ class Images:
         """Return the JSON description of an image."""
         return {
             'id': image.id,
-            'image': f'/images/{image.id}.jpeg',
+            'image': image_uri(image.id),
             'modified': email.utils.formatdate(image.modified, usegmt=True),
             'size': list(image.size),
             'thumbnails': [
-                f'/thumbnails/{image.id}/{width}x{height}.jpeg'
-                for width, height in thumbnail_sizes(image.size, self._min_thumb_size)
+                thumbnail_uri(image.id, size)
+                for size in thumbnail_sizes(image.size, self._min_thumb_size)
             ],
         }
 
+    # -- /images ------------------------------------------------------------
+
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
-        resp.media = [self.describe(image) for image in self._store.list()]
+        limit = req.get_param_as_int('limit', min_value=1, max_value=MAX_PAGE_SIZE)
+        after = req.get_param('after')
+        if after is not None:
+            try:
+                after = str(uuid.UUID(after))
+            except ValueError:
+                raise falcon.HTTPInvalidParam('The value must be an image id.', 'after') from None
+        page_size = limit or DEFAULT_PAGE_SIZE
+        try:
+            page = self._store.list(after=after, limit=page_size + 1)
+        except ImageNotFound:
+            raise falcon.HTTPInvalidParam(
+                f'No image has the id {after}; use an id from the previous page.', 'after'
+            ) from None
+        if len(page) > page_size:
+            page = page[:page_size]
+            # RFC 8288: the next page starts after the last image of this one.
+            next_uri = f'/images?limit={page_size}&after={page[-1].id}'
+            resp.append_header('Link', f'<{next_uri}>; rel="next"')
+        resp.media = [self.describe(image) for image in page]
+
+    on_head = on_get
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         length = req.content_length
@@ -68,22 +102,60 @@ class Images:
             converted.close()
 
         resp.status = falcon.HTTP_201
-        resp.location = f'/images/{image.id}.jpeg'
+        resp.location = image_uri(image.id)
         resp.media = self.describe(image)
+
+    # -- /images/{id}.jpeg --------------------------------------------------
 
     def on_get_image(
         self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
     ) -> None:
-        image = self._store.get(str(image_id))
+        image = self._validated(req, resp, image_id)
+        if image is None:
+            return
         try:
-            stream = open(self._store.path(image.id), 'rb')  # noqa: SIM115 (closed by the server)
+            stream = open(self._store.path(image.id), 'rb')  # noqa: SIM115 (the server closes it)
         except FileNotFoundError:
             raise ImageNotFound(f'No image has the id {image.id}.') from None
-        resp.content_type = 'image/jpeg'
-        resp.content_length = _file_size(stream)
+        resp.content_length = os.fstat(stream.fileno()).st_size
         # NOTE: Falcon hands a stream with read() to the server's
         #   wsgi.file_wrapper, so gunicorn sends the file with sendfile().
         resp.stream = stream
+
+    def on_head_image(
+        self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
+    ) -> None:
+        image = self._validated(req, resp, image_id)
+        if image is None:
+            return
+        try:
+            resp.content_length = self._store.path(image.id).stat().st_size
+        except FileNotFoundError:
+            raise ImageNotFound(f'No image has the id {image.id}.') from None
+
+    def on_delete_image(
+        self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
+    ) -> None:
+        image = self._store.get(str(image_id))
+        self._store.delete(image.id)
+        # Cached thumbnails of this image are stale on every worker now.
+        resp.context.stale_paths = [
+            thumbnail_uri(image.id, size)
+            for size in thumbnail_sizes(image.size, self._min_thumb_size)
+        ]
+        resp.status = falcon.HTTP_204
+
+    def _validated(
+        self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
+    ) -> StoredImage | None:
+        """Set the headers of an original; return None if a 304 answers the request."""
+        image = self._store.get(str(image_id))
+        resp.content_type = 'image/jpeg'
+        set_immutable(resp, etag=image.id, last_modified=image.modified_at)
+        if is_not_modified(req, resp):
+            answer_not_modified(resp)
+            return None
+        return image
 
     # -- upload body --------------------------------------------------------
 
@@ -153,8 +225,16 @@ class Thumbnails:
                 'its "thumbnails" list has the sizes there are.'
             )
         resp.content_type = 'image/jpeg'
-        resp.data = self._thumbnailer.render(self._store.path(image.id), (width, height))
+        # The quality is part of the tag: the bytes change if it does.
+        etag = f'{image.id}-{width}x{height}-q{self._thumbnailer.quality}'
+        set_immutable(resp, etag=etag, last_modified=image.modified_at)
+        if is_not_modified(req, resp):
+            answer_not_modified(resp)
+            return
+        try:
+            resp.data = self._thumbnailer.render(self._store.path(image.id), (width, height))
+        except FileNotFoundError:
+            # Deleted by another request while this one was on its way.
+            raise ImageNotFound(f'No image has the id {image.id}.') from None
 
-
-def _file_size(stream: IO[bytes]) -> int:
-    return os.fstat(stream.fileno()).st_size
+    on_head = on_get

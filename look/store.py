@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import errno
 import fcntl
 import json
@@ -48,6 +49,11 @@ class StoredImage:
     id: str
     modified: int
     size: tuple[int, int]
+
+    @property
+    def modified_at(self) -> datetime.datetime:
+        """The upload time as an aware UTC datetime."""
+        return datetime.datetime.fromtimestamp(self.modified, datetime.UTC)
 
 
 class TempFile:
@@ -246,6 +252,20 @@ class Store:
         if len(self._order) > 1024 and len(self._images) < len(self._order) // 2:
             self._order = [i for i in self._order if i in self._images]
             self._position = {image_id: n for n, image_id in enumerate(self._order)}
+
+    def check_writable(self) -> str | None:
+        """Return None if a file can be written beside the images, else why not."""
+        try:
+            probe = self.temporary()
+            probe.file.write(b'ok')
+            probe.file.flush()
+            os.fsync(probe.file.fileno())
+            probe.close()
+            with open(self.index_path, 'rb'):
+                pass
+        except OSError as ex:
+            return f'{ex.strerror or ex}'
+        return None
 
     # -- writing ----------------------------------------------------------
 

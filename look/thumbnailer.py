@@ -211,6 +211,22 @@ class Thumbnailer:
         data: bytes = self._run(render_thumbnail, str(source), size, self.quality)
         return data
 
+    def check(self, timeout: float = 5.0) -> str | None:
+        """Return None if the pool runs a task now, else why not.
+
+        A busy pool counts as healthy: a health check should not wait
+        behind renders or add to them.
+        """
+        if self._in_flight >= self.processes:
+            return None
+        try:
+            self._run(os.getpid, refuse_when_busy=False, timeout=timeout)
+        except ThumbnailerUnavailable as ex:
+            return ex.description
+        except OSError as ex:
+            return f'the pool could not start: {ex}'
+        return None
+
     def start(self) -> None:
         """Start the pool now rather than on the first request."""
         self._executor()
@@ -243,7 +259,9 @@ class Thumbnailer:
                 self._pool = None
         _stop(pool)
 
-    def _run(self, function, *args, refuse_when_busy: bool = True):  # type: ignore[no-untyped-def]
+    def _run(  # type: ignore[no-untyped-def]
+        self, function, *args, refuse_when_busy: bool = True, timeout: float | None = None
+    ):
         with self._lock:
             if refuse_when_busy and self._in_flight >= self.max_waiting:
                 raise ThumbnailerUnavailable(
@@ -259,7 +277,7 @@ class Thumbnailer:
                 pool = self._executor()
                 future = pool.submit(function, *args)
             try:
-                return future.result(timeout=self.render_timeout)
+                return future.result(timeout=timeout or self.render_timeout)
             except BrokenProcessPool:
                 log.error('an image process died; restarting the pool')
                 self._discard(pool)
@@ -267,10 +285,11 @@ class Thumbnailer:
                     'An image process stopped unexpectedly; try again.'
                 ) from None
             except concurrent.futures.TimeoutError:
-                log.error('an image took over %.0fs; restarting the pool', self.render_timeout)
+                limit = timeout or self.render_timeout
+                log.error('an image took over %gs; restarting the pool', limit)
                 self._discard(pool)
                 raise ThumbnailerUnavailable(
-                    f'The image took longer than {self.render_timeout:g}s to process.'
+                    f'The image took longer than {limit:g}s to process.'
                 ) from None
         finally:
             with self._lock:

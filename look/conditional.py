@@ -1,0 +1,60 @@
+"""Validators and conditional requests for responses that never change once created."""
+
+from __future__ import annotations
+
+import datetime
+
+import falcon
+
+# Images and thumbnails are immutable: a new upload gets a new id.
+IMMUTABLE = 'public, max-age=31536000, immutable'
+
+# The headers a cached response must carry back on a cache hit.
+VALIDATOR_HEADERS = ('ETag', 'Last-Modified', 'Cache-Control')
+
+
+def set_immutable(resp: falcon.Response, etag: str, last_modified: datetime.datetime) -> None:
+    """Mark a response as never changing, with a strong ETag and Last-Modified."""
+    resp.etag = etag
+    resp.last_modified = last_modified
+    resp.cache_control = [IMMUTABLE]
+
+
+def is_not_modified(req: falcon.Request, resp: falcon.Response) -> bool:
+    """Return whether the client's copy, per the request's validators, is still current.
+
+    If-None-Match wins over If-Modified-Since (RFC 9110, section 13.2.2).
+    """
+    if req.method not in ('GET', 'HEAD'):
+        return False
+    if_none_match = req.if_none_match
+    if if_none_match is not None:
+        etag = resp.get_header('ETag')
+        if etag is None:
+            return False
+        # Weak comparison, as If-None-Match requires: W/ is ignored.
+        current = etag.removeprefix('W/').strip('"')
+        return any(tag == '*' or tag == current for tag in if_none_match)
+    if_modified_since = req.if_modified_since
+    last_modified = resp.get_header('Last-Modified')
+    if if_modified_since is None or last_modified is None:
+        return False
+    try:
+        modified = falcon.http_date_to_dt(last_modified)
+    except ValueError:
+        return False
+    return modified <= if_modified_since
+
+
+def answer_not_modified(resp: falcon.Response) -> None:
+    """Turn the response into a bodiless 304 that keeps its validators."""
+    resp.status = falcon.HTTP_304
+    resp.delete_header('Content-Type')
+    resp.data = None
+    resp.text = None
+    resp.content_length = None
+    if resp.stream is not None:
+        close = getattr(resp.stream, 'close', None)
+        if close is not None:
+            close()
+        resp.stream = None
