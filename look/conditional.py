@@ -27,7 +27,10 @@ def is_not_modified(req: falcon.Request, resp: falcon.Response) -> bool:
     """
     if req.method not in ('GET', 'HEAD'):
         return False
-    if_none_match = req.if_none_match
+    try:
+        if_none_match = req.if_none_match
+    except falcon.HTTPInvalidHeader:
+        if_none_match = None
     if if_none_match is not None:
         etag = resp.get_header('ETag')
         if etag is None:
@@ -35,7 +38,11 @@ def is_not_modified(req: falcon.Request, resp: falcon.Response) -> bool:
         # Weak comparison, as If-None-Match requires: W/ is ignored.
         current = etag.removeprefix('W/').strip('"')
         return any(tag == '*' or tag == current for tag in if_none_match)
-    if_modified_since = req.if_modified_since
+    try:
+        if_modified_since = req.if_modified_since
+    except falcon.HTTPInvalidHeader:
+        # RFC 9110, section 13.1.3: an invalid date is ignored, not an error.
+        return False
     last_modified = resp.get_header('Last-Modified')
     if if_modified_since is None or last_modified is None:
         return False
