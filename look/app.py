@@ -46,6 +46,7 @@ def create_app(config: Config | None = None) -> falcon.App:
         thumbnailer,
         uuid_generator=config.uuid_generator,
         max_upload_bytes=config.max_upload_bytes,
+        upload_timeout=config.upload_timeout,
         min_thumb_size=config.min_thumb_size,
     )
     thumbnails = Thumbnails(store, thumbnailer, min_thumb_size=config.min_thumb_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import uuid
@@ -40,8 +41,8 @@ def _positive_float(name: str, value: str) -> float:
         number = float(value)
     except ValueError:
         raise ConfigError(f'{name} must be a number, got {value!r}') from None
-    if not number > 0:
-        raise ConfigError(f'{name} must be greater than 0, got {value!r}')
+    if not (number > 0 and math.isfinite(number)):
+        raise ConfigError(f'{name} must be a finite number greater than 0, got {value!r}')
     return number
 
 
@@ -71,6 +72,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'processes': ('LOOK_PROCESSES', _positive_int),
     'cache_ttl': ('LOOK_CACHE_TTL', _positive_int),
     'render_timeout': ('LOOK_RENDER_TIMEOUT', _positive_float),
+    'upload_timeout': ('LOOK_UPLOAD_TIMEOUT', _positive_float),
     'jpeg_quality': ('LOOK_JPEG_QUALITY', _positive_int),
 }
 
@@ -92,6 +94,7 @@ class Config:
     processes: int
     cache_ttl: int
     render_timeout: float
+    upload_timeout: float
     jpeg_quality: int
 
     def __init__(self, environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
@@ -110,6 +113,9 @@ class Config:
         # NOTE: a render that takes longer than this is abandoned with a 503;
         #   a 100-megapixel JPEG renders in well under a second here.
         self.render_timeout = 20.0
+        # NOTE: the longest a client may take to send an upload: 32 MiB at
+        #   2 Mbit/s takes about two minutes.
+        self.upload_timeout = 180.0
         # NOTE: quality 85 without progressive/optimize is where size vs
         #   encode time levels off; see "Performance" in the README.
         self.jpeg_quality = 85

@@ -48,6 +48,11 @@ class UploadTooLarge(LookError):
     status = falcon.HTTP_413
 
 
+class UploadTimeout(LookError):
+    title = 'Upload too slow'
+    status = falcon.HTTP_408
+
+
 class ImageTooLarge(LookError):
     title = 'Image too large'
     status = falcon.HTTP_413
@@ -89,6 +94,7 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTP
 
 _DEFAULT_DESCRIPTIONS = {
     400: 'The request could not be understood.',
+    408: 'The request did not arrive in time.',
     404: 'There is nothing at this address.',
     405: 'This method is not allowed here; see the Allow header.',
     413: 'The request body is larger than this service accepts.',

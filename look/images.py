@@ -6,16 +6,16 @@ import email.utils
 import os
 import uuid
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import falcon
 
+from look import uploads
 from look.conditional import answer_not_modified, is_not_modified, set_immutable
-from look.errors import EmptyUpload, ImageNotFound, UploadTooLarge
+from look.errors import ImageNotFound
 from look.store import Store, StoredImage
 from look.thumbnailer import Thumbnailer, thumbnail_sizes
 
-CHUNK_SIZE = 64 * 1024
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -38,12 +38,14 @@ class Images:
         *,
         uuid_generator: Callable[[], uuid.UUID],
         max_upload_bytes: int,
+        upload_timeout: float,
         min_thumb_size: int,
     ) -> None:
         self._store = store
         self._thumbnailer = thumbnailer
         self._uuid_generator = uuid_generator
         self._max_upload_bytes = max_upload_bytes
+        self._upload_timeout = upload_timeout
         self._min_thumb_size = min_thumb_size
 
     def describe(self, image: StoredImage) -> dict[str, Any]:
@@ -86,15 +88,13 @@ class Images:
     on_head = on_get
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        length = req.content_length
-        if length is not None and length > self._max_upload_bytes:
-            raise UploadTooLarge(self._too_large_message())
-
         image_id = str(self._uuid_generator())
         upload = self._store.temporary()
         converted = self._store.temporary()
         try:
-            self._receive(req, upload.file)
+            uploads.receive(
+                req, upload.file, max_bytes=self._max_upload_bytes, deadline=self._upload_timeout
+            )
             size = self._thumbnailer.convert_upload(upload.path, converted.path)
             image = self._store.add(image_id, converted.path, size)
         finally:
@@ -156,48 +156,6 @@ class Images:
             answer_not_modified(resp)
             return None
         return image
-
-    # -- upload body --------------------------------------------------------
-
-    def _receive(self, req: falcon.Request, out: IO[bytes]) -> None:
-        """Stream the uploaded image into ``out``, a chunk at a time."""
-        if req.content_type and req.content_type.lower().startswith('multipart/form-data'):
-            received = self._receive_multipart(req, out)
-        else:
-            received = self._copy(req.bounded_stream, out)
-        if received == 0:
-            raise EmptyUpload('The request body is empty; send the image as the body.')
-        out.flush()
-
-    def _receive_multipart(self, req: falcon.Request, out: IO[bytes]) -> int:
-        # The field named "image" wins; otherwise the first file part.
-        received = None
-        for part in req.get_media():
-            is_image_field = part.name == 'image'
-            if is_image_field or (received is None and part.filename):
-                out.seek(0)
-                out.truncate()
-                received = self._copy(part.stream, out)
-                if is_image_field:
-                    break
-        if received is None:
-            raise EmptyUpload(
-                'The form has no file; send the image in a field named "image" '
-                '(curl -F image=@photo.jpg).'
-            )
-        return received
-
-    def _copy(self, stream: IO[bytes], out: IO[bytes]) -> int:
-        received = 0
-        while chunk := stream.read(CHUNK_SIZE):
-            received += len(chunk)
-            if received > self._max_upload_bytes:
-                raise UploadTooLarge(self._too_large_message())
-            out.write(chunk)
-        return received
-
-    def _too_large_message(self) -> str:
-        return f'The upload is larger than the limit of {self._max_upload_bytes} bytes.'
 
 
 class Thumbnails:
