@@ -13,7 +13,9 @@ bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
 # pool, so worker threads mostly wait on the pool, the disk or Redis.
 workers = int(os.environ.get('WEB_CONCURRENCY', os.cpu_count() or 1))
 worker_class = 'gthread'
-threads = 4
+# NOTE: more threads than renders a worker lets wait on its pool
+#   (2 x LOOK_PROCESSES), so cache hits and downloads always find a free thread.
+threads = 8
 
 timeout = 60
 graceful_timeout = 30
@@ -22,9 +24,15 @@ keepalive = 5
 # Uploads are streamed to disk, so request bodies need no limit here; look
 # enforces LOOK_MAX_UPLOAD_BYTES itself. Header limits stay at gunicorn's.
 
+# gunicorn's own logging, plus look's messages (such as where images are
+# stored) on standard error beside gunicorn's.
 logconfig_dict = {
+    'root': {'level': 'WARNING', 'handlers': ['error_console']},
     'loggers': {
-        **CONFIG_DEFAULTS['loggers'],
+        **{
+            name: {**logger, 'propagate': False}
+            for name, logger in CONFIG_DEFAULTS['loggers'].items()
+        },
         'look': {'level': 'INFO', 'handlers': ['error_console'], 'propagate': False},
     },
 }
