@@ -191,8 +191,9 @@ class Store:
                     raise ImageNotFound(f'No image has the id {after!r}.')
                 start = position + 1
             found: list[StoredImage] = []
-            for image_id in self._order[start:]:
-                image = self._images.get(image_id)
+            order = self._order
+            for position in range(start, len(order)):
+                image = self._images.get(order[position])
                 if image is not None:
                     found.append(image)
                     if limit is not None and len(found) >= limit:

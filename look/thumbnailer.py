@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import pathlib
+import resource
 import signal
 import threading
 import time
@@ -147,10 +148,23 @@ def render_thumbnail(source: str, size: tuple[int, int], quality: int) -> bytes:
     return out.getvalue()
 
 
-def _init_pool_process(parent_pid: int) -> None:
+def memory_limit(max_pixels: int) -> int:
+    """Return the address space a pool process may use, in bytes.
+
+    Room for the interpreter and a few full-size copies of the largest image
+    allowed: beyond it a decoder gets MemoryError (a 413) instead of waking
+    the kernel's OOM killer, which might pick a web worker.
+    """
+    return 1024 * 1024 * 1024 + 24 * max_pixels
+
+
+def _init_pool_process(parent_pid: int, address_space: int) -> None:
     # Ctrl-C in a terminal reaches the whole process group; the web worker
     # decides when the pool stops.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or address_space < hard:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, hard))
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 
@@ -247,7 +261,7 @@ class Thumbnailer:
                     max_workers=self.processes,
                     mp_context=multiprocessing.get_context('spawn'),
                     initializer=_init_pool_process,
-                    initargs=(os.getpid(),),
+                    initargs=(os.getpid(), memory_limit(self.max_pixels)),
                     max_tasks_per_child=self.max_tasks_per_child,
                 )
                 self._pool_pid = os.getpid()
