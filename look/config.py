@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import math
 import os
 import pathlib
+import threading
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -41,8 +41,9 @@ def _positive_float(name: str, value: str) -> float:
         number = float(value)
     except ValueError:
         raise ConfigError(f'{name} must be a number, got {value!r}') from None
-    if not (number > 0 and math.isfinite(number)):
-        raise ConfigError(f'{name} must be a finite number greater than 0, got {value!r}')
+    # threading.TIMEOUT_MAX: the largest timeout a lock or timer accepts.
+    if not (0 < number <= threading.TIMEOUT_MAX):
+        raise ConfigError(f'{name} must be a number of seconds greater than 0, got {value!r}')
     return number
 
 

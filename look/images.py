@@ -20,6 +20,17 @@ DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
+def require_canonical(req: falcon.Request, canonical: str) -> None:
+    """Answer 404 unless the request used the one address of the resource.
+
+    The router's converters also accept uppercase or unhyphenated ids and
+    numbers such as ``0160`` or ``+160``: each alias would be rendered and
+    cached on its own, and escape the purge when the image is deleted.
+    """
+    if req.path != canonical:
+        raise ImageNotFound(f'Nothing is at {req.path}; did you mean {canonical}?')
+
+
 def image_uri(image_id: str) -> str:
     return f'/images/{image_id}.jpeg'
 
@@ -137,6 +148,7 @@ class Images:
         self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
     ) -> None:
         image = self._store.get(str(image_id))
+        require_canonical(req, image_uri(image.id))
         self._store.delete(image.id)
         # Cached thumbnails of this image are stale on every worker now.
         resp.context.stale_paths = [
@@ -150,6 +162,7 @@ class Images:
     ) -> StoredImage | None:
         """Set the headers of an original; return None if a 304 answers the request."""
         image = self._store.get(str(image_id))
+        require_canonical(req, image_uri(image.id))
         resp.content_type = 'image/jpeg'
         set_immutable(resp, etag=image.id, last_modified=image.modified_at)
         if is_not_modified(req, resp):
@@ -182,6 +195,7 @@ class Thumbnails:
                 f'{width}x{height} is not a thumbnail size of image {image.id}; '
                 'its "thumbnails" list has the sizes there are.'
             )
+        require_canonical(req, thumbnail_uri(image.id, (width, height)))
         resp.content_type = 'image/jpeg'
         # The quality is part of the tag: the bytes change if it does.
         etag = f'{image.id}-{width}x{height}-q{self._thumbnailer.quality}'

@@ -183,6 +183,8 @@ class Store:
     def list(self, *, after: str | None = None, limit: int | None = None) -> list[StoredImage]:
         """Return images oldest first, starting after the id ``after``."""
         self._refresh()
+        if limit is not None and limit <= 0:
+            return []
         with self._view_lock:
             start = 0
             if after is not None:
@@ -245,7 +247,7 @@ class Store:
                 self._images.pop(image_id, None)
             else:
                 raise ValueError(f'unknown op {op!r}')
-        except (ValueError, KeyError, TypeError) as ex:
+        except (ValueError, KeyError, TypeError, OverflowError) as ex:
             log.error('skipping unreadable index line %r: %s', line[:200], ex)
             return
         # NOTE: deleted ids stay in _order so `after=` keeps working for them;

@@ -28,6 +28,9 @@ from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, Uns
 log = logging.getLogger(__name__)
 
 READABLE_FORMATS = 'JPEG, PNG, GIF, BMP, TIFF or WebP'
+# NOTE: only these decoders see uploads. Pillow knows many more (EPS would
+#   hand the upload to Ghostscript). Phones' MPO files open as JPEG.
+ACCEPTED_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP')
 _SIXTEEN_BIT_GREY = frozenset({'I', 'I;16', 'I;16L', 'I;16B', 'I;16N'})
 _ALPHA_MODES = frozenset({'RGBA', 'LA', 'PA', 'RGBa', 'La'})
 _srgb_profile: ImageCms.ImageCmsProfile | None = None
@@ -54,10 +57,11 @@ def convert_upload(source: str, target: str, max_pixels: int, quality: int) -> t
     """
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.init()  # registers every plugin, so ACCEPTED_FORMATS can be looked up
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
-            image = Image.open(source)
+            image = Image.open(source, formats=ACCEPTED_FORMATS)
         except UnidentifiedImageError:
             raise UnsupportedImage(
                 f'The upload is not an image look can read ({READABLE_FORMATS}).'
@@ -83,6 +87,8 @@ def convert_upload(source: str, target: str, max_pixels: int, quality: int) -> t
             except Exception as ex:
                 raise CorruptImage(f'The image could not be decoded: {ex}') from None
 
+    # Pillow's JPEG writer copies some of info (the comment) by default.
+    rgb.info.clear()
     with open(target, 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
         out.flush()
@@ -242,8 +248,10 @@ class Thumbnailer:
         return None
 
     def start(self) -> None:
-        """Start the pool now rather than on the first request."""
-        self._executor()
+        """Start the pool's processes now rather than on the first request."""
+        # A ProcessPoolExecutor spawns its processes on submit(), not before.
+        pool = self._executor()
+        concurrent.futures.wait([pool.submit(os.getpid) for _ in range(self.processes)])
 
     def close(self) -> None:
         """Stop the pool and its processes."""
