@@ -227,3 +227,11 @@ def truncated(data: bytes, keep: float = 0.5) -> bytes:
 def random_bytes(length: int = 4096, seed: int = 0) -> bytes:
     """Return seeded noise that is no image format."""
     return random.Random(seed).randbytes(length)
+
+
+def corrupt_png(size: tuple[int, int] = (640, 360), seed: int = 0) -> bytes:
+    """Return a PNG whose compressed pixel data is garbled: the header still reads fine."""
+    data = bytearray(image_bytes('PNG', size=size, seed=seed))
+    start = data.index(b'IDAT') + 4 + 10
+    data[start : start + 50] = random.Random(seed).randbytes(50)
+    return bytes(data)

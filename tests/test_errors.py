@@ -1,0 +1,150 @@
+"""Pin the one error shape: JSON ``{"title", "description"}``, whatever went wrong.
+
+Scripts read ``description`` without checking what kind of error they got, so
+every error path, Falcon's own and look's, must produce exactly this.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+
+import pytest
+from falcon.testing import Result, TestClient
+
+from imagegen import image_bytes
+
+MakeClient = Callable[..., TestClient]
+SOME_ID = '00000000-0000-0000-0000-000000000001'
+PNG = image_bytes('PNG', size=(128, 128))
+
+
+def _same_id_twice() -> Callable[[], uuid.UUID]:
+    return lambda: uuid.UUID(SOME_ID)
+
+
+def _failing_generator() -> uuid.UUID:
+    raise RuntimeError('an unexpected bug')
+
+
+def _upload_twice_with_one_id(make_client: MakeClient, headers: dict[str, str]) -> Result:
+    client = make_client(uuid_generator=_same_id_twice())
+    assert client.simulate_post('/images', body=PNG).status_code == 201
+    return client.simulate_post('/images', body=PNG, headers=headers)
+
+
+def _unlisted_thumbnail(make_client: MakeClient, headers: dict[str, str]) -> Result:
+    client = make_client()
+    image_id = client.simulate_post('/images', body=PNG).json['id']
+    return client.simulate_get(f'/thumbnails/{image_id}/7x7.jpeg', headers=headers)
+
+
+# name -> (status, request); each request gets the headers under test.
+CASES: dict[str, tuple[int, Callable[[MakeClient, dict[str, str]], Result]]] = {
+    'routing-404': (404, lambda make, h: make().simulate_get('/no/such/page', headers=h)),
+    'malformed-id-404': (404, lambda make, h: make().simulate_get('/images/x.jpeg', headers=h)),
+    'unknown-image-404': (
+        404,
+        lambda make, h: make().simulate_get(f'/images/{SOME_ID}.jpeg', headers=h),
+    ),
+    'unlisted-thumbnail-404': (404, _unlisted_thumbnail),
+    'method-405': (405, lambda make, h: make().simulate_put('/images', body=PNG, headers=h)),
+    'empty-400': (400, lambda make, h: make().simulate_post('/images', headers=h)),
+    'corrupt-400': (
+        400,
+        lambda make, h: make().simulate_post('/images', body=PNG[: len(PNG) // 2], headers=h),
+    ),
+    'falcon-param-400': (
+        400,
+        lambda make, h: make().simulate_get('/images', query_string='limit=x', headers=h),
+    ),
+    'falcon-form-400': (
+        400,
+        lambda make, h: make().simulate_post(
+            '/images', body=b'x', content_type='multipart/form-data; boundary=b', headers=h
+        ),
+    ),
+    'short-body-408': (
+        408,
+        lambda make, h: make().simulate_post(
+            '/images', body=PNG, headers={**h, 'Content-Length': str(len(PNG) + 100)}
+        ),
+    ),
+    'content-length-413': (
+        413,
+        lambda make, h: make(max_upload_bytes=100).simulate_post('/images', body=PNG, headers=h),
+    ),
+    'pixels-413': (
+        413,
+        lambda make, h: make(max_pixels=100).simulate_post('/images', body=PNG, headers=h),
+    ),
+    'text-415': (
+        415,
+        lambda make, h: make().simulate_post('/images', body=b'hello, world', headers=h),
+    ),
+    'unexpected-500': (
+        500,
+        lambda make, h: make(uuid_generator=_failing_generator).simulate_post(
+            '/images', body=PNG, headers=h
+        ),
+    ),
+    # NOTE: the pool cannot even start within a millisecond, so the upload times out.
+    'timeout-503': (
+        503,
+        lambda make, h: make(render_timeout=0.001).simulate_post('/images', body=PNG, headers=h),
+    ),
+    'existing-id-507': (507, _upload_twice_with_one_id),
+}
+
+
+@pytest.mark.parametrize('case', list(CASES))
+def test_every_error_has_the_one_shape(make_client: MakeClient, case: str) -> None:
+    """Even a client that asks for XML gets the JSON error."""
+    status, request = CASES[case]
+
+    response = request(make_client, {'Accept': 'application/xml'})
+
+    assert_error_shape(response, status)
+
+
+@pytest.mark.parametrize('accept', [None, 'text/html', 'application/json', '*/*', 'image/*'])
+def test_error_shape_whatever_the_client_accepts(
+    make_client: MakeClient, accept: str | None
+) -> None:
+    headers = {'Accept': accept} if accept else {}
+    client = make_client()
+
+    assert_error_shape(client.simulate_get('/nothing', headers=headers), 404)
+    assert_error_shape(client.simulate_post('/images', body=b'text', headers=headers), 415)
+
+
+def assert_error_shape(response: Result, status: int) -> None:
+    assert response.status_code == status
+    assert response.headers['Content-Type'] == 'application/json'
+    body = json.loads(response.content)
+    assert set(body) == {'title', 'description'}
+    for key in ('title', 'description'):
+        assert isinstance(body[key], str)
+        assert body[key].strip(), f'{key} is empty'
+
+
+def test_method_not_allowed_names_the_allowed_methods(make_client: MakeClient) -> None:
+    response = make_client().simulate_delete('/images')
+
+    assert response.status_code == 405
+    assert {method.strip() for method in response.headers['Allow'].split(',')} >= {'GET', 'POST'}
+
+
+def test_busy_or_failed_render_says_when_to_retry(make_client: MakeClient) -> None:
+    response = make_client(render_timeout=0.001).simulate_post('/images', body=PNG)
+
+    assert response.status_code == 503
+    assert int(response.headers['Retry-After']) > 0
+
+
+def test_error_head_has_no_body(make_client: MakeClient) -> None:
+    response = make_client().simulate_head(f'/images/{SOME_ID}.jpeg')
+
+    assert response.status_code == 404
+    assert response.content == b''

@@ -1,0 +1,616 @@
+"""The Pillow work (plain functions, called directly) and the pool that runs it."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import gc
+import io
+import multiprocessing
+import os
+import pathlib
+import pickle
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from PIL import Image, ImageChops, ImageCms, ImageStat
+from PIL.PngImagePlugin import PngInfo
+
+from look import errors, thumbnailer
+from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, UnsupportedImage
+from look.thumbnailer import Thumbnailer, convert_upload, render_thumbnail, thumbnail_sizes
+
+import imagegen
+from imagegen import encode, image_bytes, picture, solid
+
+MAX_PIXELS = 100_000_000
+QUALITY = 85
+
+
+@pytest.fixture(autouse=True)
+def _restore_pillow_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """convert_upload sets Image.MAX_IMAGE_PIXELS, meant for a pool process; undo it here."""
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', Image.MAX_IMAGE_PIXELS)
+
+
+Convert = Callable[..., tuple[tuple[int, int], Image.Image]]
+
+
+@pytest.fixture
+def convert(tmp_path: pathlib.Path) -> Convert:
+    """Return a function: upload bytes in, (returned size, stored image loaded) out."""
+
+    def run(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[tuple[int, int], Image.Image]:
+        source, target = tmp_path / 'upload', tmp_path / 'stored.jpeg'
+        source.write_bytes(data)
+        target.unlink(missing_ok=True)
+        try:
+            size = convert_upload(str(source), str(target), max_pixels, QUALITY)
+        except errors.LookError:
+            assert not target.exists(), 'a failed conversion left a file behind'
+            raise
+        with Image.open(target) as stored:
+            assert stored.format == 'JPEG'
+            stored.load()
+        assert stored.mode == 'RGB'
+        assert stored.size == size
+        return size, stored
+
+    return run
+
+
+def difference(first: Image.Image, second: Image.Image) -> float:
+    """Return the mean absolute difference per channel, 0 (same) to 255."""
+    diff = ImageChops.difference(first.convert('RGB'), second.convert('RGB'))
+    return sum(ImageStat.Stat(diff).mean) / 3
+
+
+def is_colour(pixel: tuple[int, ...], colour: tuple[int, int, int], tolerance: int = 24) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour, strict=True))
+
+
+RED, GREEN, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (255, 255, 255), (0, 0, 0)
+
+
+# -- thumbnail_sizes -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('size', 'min_size', 'expected'),
+    [
+        ((640, 360), 64, [(320, 180), (160, 90)]),
+        ((641, 361), 64, [(320, 180), (160, 90)]),
+        ((1001, 999), 100, [(500, 499), (250, 249), (125, 124)]),
+        ((128, 128), 64, [(64, 64)]),
+        ((127, 128), 64, []),
+        ((100, 100), 64, []),
+        ((10_000, 100), 64, []),
+        ((5, 3), 1, [(2, 1)]),
+        ((1, 1), 1, []),
+    ],
+)
+def test_thumbnail_sizes(
+    size: tuple[int, int], min_size: int, expected: list[tuple[int, int]]
+) -> None:
+    assert thumbnail_sizes(size, min_size) == expected
+
+
+# -- convert_upload: formats ---------------------------------------------------------
+
+FORMATS = [
+    pytest.param('JPEG', 'RGB', {'quality': 95}, 4, id='jpeg'),
+    pytest.param('JPEG', 'L', {'quality': 95}, 4, id='jpeg-grey'),
+    pytest.param('PNG', 'RGB', {}, 3, id='png'),
+    pytest.param('PNG', 'L', {}, 3, id='png-grey'),
+    pytest.param('PNG', 'P', {}, 20, id='png-palette'),  # dithered
+    pytest.param('GIF', 'RGB', {}, 8, id='gif'),
+    pytest.param('BMP', 'RGB', {}, 3, id='bmp'),
+    pytest.param('TIFF', 'RGB', {}, 3, id='tiff'),
+    pytest.param('TIFF', 'RGB', {'compression': 'tiff_lzw'}, 3, id='tiff-lzw'),
+    pytest.param('WEBP', 'RGB', {'quality': 95}, 4, id='webp'),
+    pytest.param('WEBP', 'RGB', {'lossless': True}, 3, id='webp-lossless'),
+]
+
+
+@pytest.mark.parametrize(('fmt', 'mode', 'params', 'tolerance'), FORMATS)
+def test_format_is_stored_as_rgb_jpeg_of_the_same_picture(
+    convert: Convert, fmt: str, mode: str, params: dict[str, object], tolerance: float
+) -> None:
+    original = picture((320, 200), mode, seed=3)
+
+    size, stored = convert(encode(original, fmt, **params))
+
+    assert size == (320, 200)
+    assert difference(stored, original) < tolerance
+
+
+def test_camera_multi_picture_jpeg_keeps_the_first_picture(convert: Convert) -> None:
+    """Phones write MPO (JPEG with extra pictures); Pillow reports it as its own format."""
+    first, second = picture((320, 200), seed=1), picture((320, 200), seed=2)
+    data = encode(first, 'MPO', save_all=True, append_images=[second], quality=95)
+
+    _, stored = convert(data)
+
+    assert difference(stored, first) < 4
+
+
+def test_animated_gif_keeps_the_first_frame(convert: Convert) -> None:
+    size, stored = convert(imagegen.animated_gif((128, 96)))
+
+    assert size == (128, 96)
+    assert is_colour(stored.getpixel((64, 48)), RED)
+
+
+def test_rgba_transparency_becomes_white(convert: Convert) -> None:
+    _, stored = convert(imagegen.rgba_png((256, 128)))
+
+    assert is_colour(stored.getpixel((32, 64)), WHITE)  # transparent black
+    assert is_colour(stored.getpixel((224, 64)), RED)
+
+
+def test_grey_with_alpha_transparency_becomes_white(convert: Convert) -> None:
+    image = Image.new('LA', (128, 64), (0, 0))
+    image.paste((0, 255), (64, 0, 128, 64))
+
+    _, stored = convert(encode(image, 'PNG'))
+
+    assert is_colour(stored.getpixel((16, 32)), WHITE)
+    assert is_colour(stored.getpixel((112, 32)), BLACK)
+
+
+def test_palette_transparent_index_becomes_white(convert: Convert) -> None:
+    _, stored = convert(imagegen.palette_png((256, 128)))
+
+    assert is_colour(stored.getpixel((32, 64)), WHITE)  # transparent blue
+    assert is_colour(stored.getpixel((224, 64)), RED)
+
+
+@pytest.mark.parametrize(('value', 'grey'), [(32768, 128), (65535, 255), (256 * 40, 40)])
+def test_sixteen_bit_grey_is_scaled_not_clipped(convert: Convert, value: int, grey: int) -> None:
+    """A mid-grey 16-bit pixel becomes mid-grey, not white."""
+    _, stored = convert(imagegen.grey16_png(value, (256, 128)))
+
+    assert is_colour(stored.getpixel((32, 64)), (grey, grey, grey), tolerance=2)
+    assert is_colour(stored.getpixel((224, 64)), BLACK, tolerance=2)
+
+
+def test_bilevel_image(convert: Convert) -> None:
+    image = Image.new('1', (128, 64), 0)
+    image.paste(1, (64, 0, 128, 64))
+
+    _, stored = convert(encode(image, 'PNG'))
+
+    assert is_colour(stored.getpixel((16, 32)), BLACK)
+    assert is_colour(stored.getpixel((112, 32)), WHITE)
+
+
+def test_cmyk_jpeg_colours_survive(convert: Convert) -> None:
+    _, stored = convert(imagegen.cmyk_jpeg((256, 128)))
+
+    assert is_colour(stored.getpixel((32, 64)), GREEN, tolerance=40)
+    assert is_colour(stored.getpixel((224, 64)), RED, tolerance=40)
+
+
+# -- convert_upload: orientation, colour, metadata ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ('orientation', 'size', 'red_corner'),
+    [
+        (1, (640, 360), (32, 32)),  # as stored
+        (3, (640, 360), (640 - 32, 360 - 32)),  # rotated 180
+        (6, (360, 640), (360 - 32, 32)),  # rotated 90 clockwise: top-left goes top-right
+        (8, (360, 640), (32, 640 - 32)),  # rotated 90 anticlockwise: top-left goes bottom-left
+    ],
+)
+def test_exif_orientation_is_applied(
+    convert: Convert, orientation: int, size: tuple[int, int], red_corner: tuple[int, int]
+) -> None:
+    stored_size, stored = convert(imagegen.exif_jpeg((640, 360), orientation))
+
+    assert stored_size == size
+    assert is_colour(stored.getpixel(red_corner), RED)
+    corners = [(32, 32), (size[0] - 32, 32), (32, size[1] - 32), (size[0] - 32, size[1] - 32)]
+    assert [is_colour(stored.getpixel(corner), RED) for corner in corners].count(True) == 1
+
+
+def test_exif_and_gps_are_not_kept(tmp_path: pathlib.Path, convert: Convert) -> None:
+    _, stored = convert(imagegen.exif_jpeg())
+    data = (tmp_path / 'stored.jpeg').read_bytes()
+
+    assert not stored.getexif()
+    assert 'exif' not in stored.info
+    assert b'Exif\0\0' not in data
+    assert imagegen.SECRET_CAMERA.encode() not in data
+
+
+@pytest.mark.parametrize(
+    'upload',
+    [
+        pytest.param(lambda: imagegen.exif_jpeg(), id='jpeg-com'),
+        pytest.param(
+            lambda: encode(picture((64, 64)), 'PNG', pnginfo=_png_comment()), id='png-text'
+        ),
+    ],
+)
+def test_comments_are_not_kept(
+    tmp_path: pathlib.Path, convert: Convert, upload: Callable[[], bytes]
+) -> None:
+    """Comments are metadata too: an editor or camera may have written anything there."""
+    _, stored = convert(upload())
+
+    assert 'comment' not in stored.info
+    assert imagegen.SECRET_COMMENT not in (tmp_path / 'stored.jpeg').read_bytes()
+
+
+def _png_comment() -> PngInfo:
+    info = PngInfo()
+    info.add_text('comment', imagegen.SECRET_COMMENT.decode())
+    return info
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG'])
+def test_icc_profile_is_applied_then_dropped(
+    tmp_path: pathlib.Path, convert: Convert, fmt: str
+) -> None:
+    """Red in a profile whose red is sRGB's green must be stored as green, untagged."""
+    data = encode(solid(RED), fmt, icc_profile=imagegen.swapped_primaries_icc())
+
+    _, stored = convert(data)
+
+    assert is_colour(stored.getpixel((128, 128)), GREEN)
+    assert 'icc_profile' not in stored.info
+    assert b'ICC_PROFILE' not in (tmp_path / 'stored.jpeg').read_bytes()
+
+
+def test_srgb_profile_changes_nothing(convert: Convert) -> None:
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
+
+    _, stored = convert(encode(solid(RED), 'JPEG', icc_profile=srgb))
+
+    assert is_colour(stored.getpixel((128, 128)), RED)
+
+
+@pytest.mark.parametrize(
+    'data',
+    [
+        pytest.param(encode(solid(RED), 'PNG', icc_profile=b'not a profile' * 20), id='garbage'),
+        pytest.param(
+            encode(solid((90,), mode='L'), 'JPEG', icc_profile=imagegen.swapped_primaries_icc()),
+            id='rgb-profile-on-grey',
+        ),
+    ],
+)
+def test_unusable_icc_profile_is_ignored(convert: Convert, data: bytes) -> None:
+    """Broken profiles are common in the wild; the pixels are still worth keeping."""
+    _, stored = convert(data)
+
+    assert stored.size == (256, 256)
+
+
+# -- convert_upload: refusals ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    'data',
+    [
+        pytest.param(imagegen.png_bomb(), id='png'),
+        pytest.param(imagegen.gif_bomb(), id='gif'),
+        pytest.param(imagegen.jpeg_bomb(), id='jpeg'),
+    ],
+)
+def test_decompression_bomb_is_refused_before_decoding(convert: Convert, data: bytes) -> None:
+    """Billions of pixels claimed by a tiny file: decoding would take gigabytes."""
+    assert len(data) < 2000
+    started = time.monotonic()
+
+    with pytest.raises(ImageTooLarge):
+        convert(data)
+
+    assert time.monotonic() - started < 1
+
+
+def test_pixel_limit_is_exact(convert: Convert) -> None:
+    """Below Pillow's own (doubled) bomb limit, look's check names the limit."""
+    convert(image_bytes('PNG', size=(40, 25)), max_pixels=1000)
+
+    with pytest.raises(ImageTooLarge, match='1000'):
+        convert(image_bytes('PNG', size=(40, 26)), max_pixels=1000)
+
+
+@pytest.mark.parametrize('fmt', ['JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP'])
+def test_truncated_upload_is_corrupt(convert: Convert, fmt: str) -> None:
+    with pytest.raises(CorruptImage):
+        convert(imagegen.truncated(image_bytes(fmt)))
+
+
+def test_garbled_pixel_data_is_corrupt(convert: Convert) -> None:
+    with pytest.raises(CorruptImage):
+        convert(imagegen.corrupt_png())
+
+
+@pytest.mark.parametrize(
+    'data',
+    [
+        pytest.param(imagegen.random_bytes(), id='noise'),
+        pytest.param(b'Dear diary,\n' * 100, id='text'),
+        pytest.param(b'<svg xmlns="http://www.w3.org/2000/svg"/>', id='svg'),
+        pytest.param(b'', id='empty'),
+    ],
+)
+def test_non_image_is_unsupported(convert: Convert, data: bytes) -> None:
+    with pytest.raises(UnsupportedImage):
+        convert(data)
+
+
+@pytest.mark.parametrize(
+    'data',
+    [
+        pytest.param(image_bytes('PPM', size=(64, 64)), id='ppm'),
+        pytest.param(b'P1\n2 2\n0 1 1 0\n', id='pbm-text'),
+        pytest.param(image_bytes('TGA', size=(64, 64)), id='tga'),
+        pytest.param(image_bytes('PCX', size=(64, 64)), id='pcx'),
+        pytest.param(image_bytes('ICO', size=(64, 64)), id='ico'),
+        # NOTE: decoding EPS runs Ghostscript on the upload when it is installed.
+        pytest.param(b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 10 10\n', id='eps'),
+    ],
+)
+def test_only_the_advertised_formats_are_read(convert: Convert, data: bytes) -> None:
+    """The 415 message promises JPEG, PNG, GIF, BMP, TIFF or WebP; other decoders stay shut."""
+    with pytest.raises(UnsupportedImage):
+        convert(data)
+
+
+@pytest.mark.parametrize(
+    'error_class',
+    [
+        cls
+        for cls in vars(errors).values()
+        if isinstance(cls, type) and issubclass(cls, errors.LookError)
+    ],
+)
+def test_errors_survive_the_pool_boundary(error_class: type[errors.LookError]) -> None:
+    error = error_class('The image is 3x3.')
+
+    copy = pickle.loads(pickle.dumps(error))
+
+    assert type(copy) is error_class
+    assert copy.description == str(copy) == 'The image is 3x3.'
+    assert (copy.title, copy.status) == (error.title, error.status)
+
+
+# -- render_thumbnail --------------------------------------------------------------
+
+
+@pytest.fixture
+def stored_jpeg(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A stored image as convert_upload writes it."""
+    source, target = tmp_path / 'upload.png', tmp_path / 'stored.jpeg'
+    source.write_bytes(image_bytes('PNG', size=(640, 360), seed=5))
+    convert_upload(str(source), str(target), MAX_PIXELS, QUALITY)
+    return target
+
+
+@pytest.mark.parametrize('size', [(320, 180), (160, 90), (80, 45), (100, 50), (640, 360)])
+def test_render_thumbnail_is_a_jpeg_of_exactly_that_size(
+    stored_jpeg: pathlib.Path, size: tuple[int, int]
+) -> None:
+    data = render_thumbnail(str(stored_jpeg), size, QUALITY)
+
+    with Image.open(io.BytesIO(data)) as thumbnail:
+        assert thumbnail.format == 'JPEG'
+        assert thumbnail.mode == 'RGB'
+        assert thumbnail.size == size
+        expected = picture((640, 360), seed=5).resize(size, Image.Resampling.LANCZOS)
+        assert difference(thumbnail, expected) < 10
+
+
+# -- the Thumbnailer and its pool ------------------------------------------------------
+
+
+def is_running(pid: int) -> bool:
+    """Return whether ``pid`` exists and has not exited (a zombie has exited)."""
+    try:
+        stat = pathlib.Path(f'/proc/{pid}/stat').read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(')', 1)[1].split()[0] != 'Z'
+
+
+def pool_pids() -> set[int]:
+    return {process.pid for process in multiprocessing.active_children() if process.pid}
+
+
+MakeThumbnailer = Callable[..., Thumbnailer]
+
+
+@pytest.fixture
+def make_thumbnailer() -> MakeThumbnailer:
+    def make(**overrides: object) -> Thumbnailer:
+        settings: dict[str, object] = {
+            'processes': 1,
+            'max_pixels': MAX_PIXELS,
+            'quality': QUALITY,
+            'render_timeout': 20.0,
+        }
+        settings.update(overrides)
+        return Thumbnailer(**settings)  # type: ignore[arg-type]
+
+    return make
+
+
+@pytest.fixture
+def in_background() -> Iterator[concurrent.futures.ThreadPoolExecutor]:
+    with concurrent.futures.ThreadPoolExecutor(2) as executor:
+        yield executor
+
+
+def test_pool_renders_and_converts(
+    tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    worker = make_thumbnailer()
+    upload, converted = tmp_path / 'u', tmp_path / 'c.jpeg'
+    upload.write_bytes(image_bytes('WEBP', size=(300, 200)))
+
+    assert worker.convert_upload(upload, converted) == (300, 200)
+    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90)))) as thumbnail:
+        assert thumbnail.size == (160, 90)
+
+
+def test_domain_errors_cross_the_pool(
+    tmp_path: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    worker = make_thumbnailer()
+    upload = tmp_path / 'u'
+    upload.write_bytes(b'just text')
+
+    with pytest.raises(UnsupportedImage, match='JPEG, PNG'):
+        worker.convert_upload(upload, tmp_path / 'c.jpeg')
+
+
+def test_pool_starts_lazily_and_close_leaves_no_process(
+    stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    before = pool_pids()
+    worker = make_thumbnailer(processes=2)
+    assert pool_pids() == before  # no work at construction
+
+    worker.render(stored_jpeg, (160, 90))
+    started = pool_pids() - before
+    assert started
+
+    worker.close()
+
+    assert not any(is_running(pid) for pid in started)
+    assert pool_pids() == before
+    worker.render(stored_jpeg, (160, 90))  # and it starts again on demand
+
+
+def test_start_all_starts_the_pools_and_close_all_stops_them(
+    make_thumbnailer: MakeThumbnailer,
+) -> None:
+    """gunicorn's post_worker_init starts every pool, so no request waits for a spawn."""
+    thumbnailer.close_all()
+    gc.collect()  # thumbnailers of earlier tests would be started too
+    before = pool_pids()
+    workers = [make_thumbnailer(processes=2), make_thumbnailer(processes=1)]
+
+    thumbnailer.start_all()
+    started = pool_pids() - before
+    # start_all() returns once every process has answered.
+    assert len(started) == sum(worker.processes for worker in workers)
+
+    thumbnailer.close_all()
+
+    assert not any(is_running(pid) for pid in started)
+
+
+def test_killed_pool_process_fails_one_render_then_recovers(
+    stored_jpeg: pathlib.Path,
+    make_thumbnailer: MakeThumbnailer,
+    in_background: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    worker = make_thumbnailer()
+    worker.render(stored_jpeg, (160, 90))
+    (victim,) = pool_pids()
+    busy = in_background.submit(worker._run, time.sleep, 30)
+    time.sleep(0.3)
+
+    os.kill(victim, signal.SIGKILL)
+
+    with pytest.raises(ThumbnailerUnavailable):
+        busy.result(timeout=10)
+    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90)))) as thumbnail:
+        assert thumbnail.size == (160, 90)
+    assert victim not in pool_pids()
+
+
+def test_pool_process_killed_while_idle_costs_at_most_one_render(
+    stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    worker = make_thumbnailer()
+    worker.render(stored_jpeg, (160, 90))
+    (victim,) = pool_pids()
+
+    os.kill(victim, signal.SIGKILL)
+
+    failures = 0
+    for _ in range(2):
+        try:
+            worker.render(stored_jpeg, (160, 90))
+            break
+        except ThumbnailerUnavailable:
+            failures += 1
+    assert failures <= 1
+    worker.render(stored_jpeg, (160, 90))
+
+
+def test_render_over_the_timeout_is_abandoned_and_its_process_killed(
+    stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    worker = make_thumbnailer(render_timeout=0.5)
+    worker.render(stored_jpeg, (160, 90))
+    (hung,) = pool_pids()
+    started = time.monotonic()
+
+    with pytest.raises(ThumbnailerUnavailable, match=r'0\.5s'):
+        worker._run(time.sleep, 30)
+
+    assert time.monotonic() - started < 5
+    assert not is_running(hung)
+    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90)))) as thumbnail:
+        assert thumbnail.size == (160, 90)
+
+
+def test_renders_beyond_max_waiting_are_refused_at_once(
+    tmp_path: pathlib.Path,
+    stored_jpeg: pathlib.Path,
+    make_thumbnailer: MakeThumbnailer,
+    in_background: concurrent.futures.ThreadPoolExecutor,
+) -> None:
+    """A queue without bound would turn a burst into timeouts for everyone."""
+    worker = make_thumbnailer(max_waiting=1)
+    worker.start()
+    busy = in_background.submit(worker._run, time.sleep, 1)
+    time.sleep(0.2)
+
+    started = time.monotonic()
+    with pytest.raises(ThumbnailerUnavailable):
+        worker.render(stored_jpeg, (160, 90))
+    assert time.monotonic() - started < 0.5
+
+    # Uploads wait their turn instead: refusing them would lose the user's upload.
+    upload = tmp_path / 'u'
+    upload.write_bytes(image_bytes('PNG', size=(64, 64)))
+    assert worker.convert_upload(upload, tmp_path / 'c.jpeg') == (64, 64)
+    busy.result(timeout=10)
+
+
+def test_pool_processes_leave_when_their_web_worker_is_killed(tmp_path: pathlib.Path) -> None:
+    """A SIGKILLed gunicorn worker cannot close its pool; the pool must notice by itself."""
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from look.thumbnailer import Thumbnailer
+        if __name__ == '__main__':
+            worker = Thumbnailer(processes=1, max_pixels=1000, quality=85, render_timeout=20)
+            print(worker._run(os.getpid), flush=True)
+            os.kill(os.getpid(), signal.SIGKILL)
+        """
+    )
+    path = tmp_path / 'worker.py'
+    path.write_text(script)
+
+    result = subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
+    orphan = int(result.stdout)
+
+    deadline = time.monotonic() + 5
+    while is_running(orphan) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not is_running(orphan)
