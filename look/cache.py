@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 
 CACHE_HEADER = 'X-Look-Cache'
 _HIT_FLAG = 'look_cache_hit'
+# NOTE: a purge leaves this marker rather than an empty key, and entries are
+#   only added where no key exists (SET NX): a render that was already under
+#   way when its image was deleted cannot put it back in the cache.
+PURGED_MARKER = b'look:purged'
 
 
 def limit_waits(client: Any, timeout: float) -> None:
@@ -81,7 +85,7 @@ class RedisCache:
             return
         key = self._key(req.path)
         raw = self._call('GET', self.client.get, key)
-        if raw is None:
+        if raw is None or raw == PURGED_MARKER:
             return
         entry = _decode(raw)
         if entry is None:
@@ -122,7 +126,8 @@ class RedisCache:
                     if (value := resp.get_header(name)) is not None
                 }
                 entry = msgpack.packb([resp.content_type, body, validators], use_bin_type=True)
-                self._call('SET', self.client.set, self._key(req.path), entry, ex=self.ttl)
+                key = self._key(req.path)
+                self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
 
     def _purge_stale(self, resp: falcon.Response, req_succeeded: bool) -> None:
         # NOTE: resources name the cached paths a change made stale in
@@ -131,7 +136,10 @@ class RedisCache:
         stale: Iterable[str] = resp.context.get('stale_paths') or ()
         keys = [self._key(path) for path in stale]
         if req_succeeded and keys:
-            self._call('DEL', self.client.delete, *keys)
+            pipeline = self.client.pipeline(transaction=False)
+            for key in keys:
+                pipeline.set(key, PURGED_MARKER, ex=self.ttl)
+            self._call('purge', pipeline.execute)
 
     def _key(self, path: str) -> str:
         return self.key_prefix + path

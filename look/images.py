@@ -204,9 +204,13 @@ class Thumbnails:
             answer_not_modified(resp)
             return
         try:
-            resp.data = self._thumbnailer.render(self._store.path(image.id), (width, height))
+            data = self._thumbnailer.render(self._store.path(image.id), (width, height))
         except FileNotFoundError:
-            # Deleted by another request while this one was on its way.
-            raise ImageNotFound(f'No image has the id {image.id}.') from None
+            data = None
+        # Deleted by another request while this one rendered: don't serve it.
+        self._store.get(image.id)
+        if data is None:
+            raise ImageNotFound(f'No image has the id {image.id}.')
+        resp.data = data
 
     on_head = on_get
