@@ -6,7 +6,7 @@ import email.utils
 import os
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import IO, Any
 
 import falcon
 
@@ -122,27 +122,21 @@ class Images:
         self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
     ) -> None:
         image = self._validated(req, resp, image_id)
-        if image is None:
-            return
-        try:
-            stream = open(self._store.path(image.id), 'rb')  # noqa: SIM115 (the server closes it)
-        except FileNotFoundError:
-            raise ImageNotFound(f'No image has the id {image.id}.') from None
-        resp.content_length = os.fstat(stream.fileno()).st_size
-        # NOTE: Falcon hands a stream with read() to the server's
-        #   wsgi.file_wrapper, so gunicorn sends the file with sendfile().
-        resp.stream = stream
+        if image is not None:
+            stream = self._open(image)
+            resp.content_length = os.fstat(stream.fileno()).st_size
+            # NOTE: Falcon hands a stream with read() to the server's
+            #   wsgi.file_wrapper, so gunicorn sends the file with sendfile().
+            resp.stream = stream
 
     def on_head_image(
         self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
     ) -> None:
         image = self._validated(req, resp, image_id)
-        if image is None:
-            return
-        try:
-            resp.content_length = self._store.path(image.id).stat().st_size
-        except FileNotFoundError:
-            raise ImageNotFound(f'No image has the id {image.id}.') from None
+        if image is not None:
+            # Falcon drops a HEAD body without closing it: don't leave one.
+            with self._open(image) as stream:
+                resp.content_length = os.fstat(stream.fileno()).st_size
 
     def on_delete_image(
         self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
@@ -156,6 +150,13 @@ class Images:
             for size in thumbnail_sizes(image.size, self._min_thumb_size)
         ]
         resp.status = falcon.HTTP_204
+
+    def _open(self, image: StoredImage) -> IO[bytes]:
+        try:
+            return open(self._store.path(image.id), 'rb')
+        except FileNotFoundError:
+            # Deleted by another request since the lookup.
+            raise ImageNotFound(f'No image has the id {image.id}.') from None
 
     def _validated(
         self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID

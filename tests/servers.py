@@ -25,7 +25,7 @@ import tempfile
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import Any
+from typing import Any, Self
 
 import pytest
 
@@ -212,7 +212,28 @@ def require_executable(name: str) -> str:
     return path
 
 
-class RedisServer:
+class _Server:
+    """A process started on entering a with block and closed, whatever happens, on leaving."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class RedisServer(_Server):
     """A private redis-server on a unix socket in its own temp dir; no TCP, no persistence."""
 
     def __init__(self) -> None:
@@ -311,22 +332,11 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
-    def __enter__(self) -> RedisServer:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
 
 # -- gunicorn -------------------------------------------------------------------
 
 
-class Gunicorn:
+class Gunicorn(_Server):
     """``gunicorn -c gunicorn.conf.py look.wsgi:app`` from the repository root, in its own session.
 
     Each instance gets its own XDG_RUNTIME_DIR: gunicorn >= 25 opens a control
@@ -551,17 +561,6 @@ class Gunicorn:
         finally:
             self._kill_group()
             shutil.rmtree(self.runtime_dir, ignore_errors=True)
-
-    def __enter__(self) -> Gunicorn:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
 
 # -- fixtures -----------------------------------------------------------------
