@@ -13,6 +13,7 @@ worker every few seconds rather than one per request.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -70,6 +71,8 @@ class RedisCache:
         self.key_prefix = key_prefix
         self.retry_interval = retry_interval
         self._skip_until = 0.0
+        self._failing = False
+        self._probe_lock = threading.Lock()
 
     @property
     def available(self) -> bool:
@@ -84,7 +87,7 @@ class RedisCache:
         if req.method not in ('GET', 'HEAD') or not req.path.startswith(self.path_prefix):
             return
         key = self._key(req.path)
-        raw = self._call('GET', self.client.get, key)
+        raw = self._call('GET', self._get, key)
         if raw is None or raw == PURGED_MARKER:
             return
         entry = _decode(raw)
@@ -144,12 +147,28 @@ class RedisCache:
     def _key(self, path: str) -> str:
         return self.key_prefix + path
 
-    def _call(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
-        if not self.available:
-            return None
+    def _get(self, key: str) -> Any:
         try:
-            return method(*args, **kwargs)
+            return self.client.get(key)
+        except redis.ResponseError:
+            # Not a string (WRONGTYPE): never ours to serve, and SET NX would
+            # never replace it.
+            log.warning('replacing a cache key of the wrong type: %s', key)
+            self.client.delete(key)
+            return None
+
+    def _call(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._failing:
+            # NOTE: after a failure, one thread at a time probes Redis once
+            #   the interval is over; the others keep skipping it meanwhile.
+            with self._probe_lock:
+                if not self.available:
+                    return None
+                self._skip_until = time.monotonic() + self.retry_interval
+        try:
+            result = method(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as ex:
+            self._failing = True
             self._skip_until = time.monotonic() + self.retry_interval
             log.warning(
                 'Redis unavailable (%s: %s); serving uncached for %gs',
@@ -159,6 +178,12 @@ class RedisCache:
             )
         except redis.RedisError as ex:
             log.warning('Redis %s failed: %s', name, ex)
+        else:
+            if self._failing:
+                log.info('Redis is back; caching again')
+                self._failing = False
+                self._skip_until = 0.0
+            return result
         return None
 
 

@@ -6,7 +6,10 @@ also cross the process-pool boundary, so each one pickles with its message.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import falcon
@@ -71,6 +74,21 @@ class StorageError(LookError):
 
     title = 'Storage unavailable'
     status = falcon.HTTP_507
+
+
+# The errors of a disk that cannot take a write, as opposed to a bug.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+
+
+@contextlib.contextmanager
+def refused_writes() -> Iterator[None]:
+    """Turn a full or failing disk into StorageError; other errors pass through."""
+    try:
+        yield
+    except OSError as ex:
+        if ex.errno in STORAGE_ERRNOS:
+            raise StorageError(f'The image could not be stored: {ex.strerror or ex}.') from ex
+        raise
 
 
 def _handle_look_error(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import os
 import uuid
@@ -12,7 +13,7 @@ import falcon
 
 from look import uploads
 from look.conditional import answer_not_modified, is_not_modified, set_immutable
-from look.errors import ImageNotFound
+from look.errors import ImageNotFound, refused_writes
 from look.store import Store, StoredImage
 from look.thumbnailer import Thumbnailer, thumbnail_sizes
 
@@ -100,17 +101,16 @@ class Images:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         image_id = str(self._uuid_generator())
-        upload = self._store.temporary()
-        converted = self._store.temporary()
-        try:
+        with contextlib.ExitStack() as cleanup, refused_writes():
+            upload = self._store.temporary()
+            cleanup.callback(upload.close)
+            converted = self._store.temporary()
+            cleanup.callback(converted.close)
             uploads.receive(
                 req, upload.file, max_bytes=self._max_upload_bytes, deadline=self._upload_timeout
             )
             size = self._thumbnailer.convert_upload(upload.path, converted.path)
             image = self._store.add(image_id, converted.path, size)
-        finally:
-            upload.close()
-            converted.close()
 
         resp.status = falcon.HTTP_201
         resp.location = image_uri(image.id)

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime
-import errno
 import fcntl
 import json
 import logging
@@ -31,7 +30,7 @@ import threading
 import time
 from collections.abc import Iterator
 
-from look.errors import ImageNotFound, StorageError
+from look.errors import ImageNotFound, StorageError, refused_writes
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +68,11 @@ class TempFile:
         self.file = os.fdopen(fd, 'r+b')
 
     def close(self) -> None:
+        """Remove the file; what it held is being thrown away, so a failing flush is too."""
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
-        self.file.close()
+        with contextlib.suppress(OSError):
+            self.file.close()
 
 
 def is_valid_id(image_id: str) -> bool:
@@ -334,16 +335,15 @@ class Store:
                 self._cut_partial_tail()
                 start = os.fstat(fd).st_size
             try:
-                written = 0
-                while written < len(line):
-                    written += os.write(fd, line[written:])
-                os.fsync(fd)
-            except OSError as ex:
+                with refused_writes():
+                    written = 0
+                    while written < len(line):
+                        written += os.write(fd, line[written:])
+                    os.fsync(fd)
+            except BaseException:
                 # Leave no partial line behind (a full disk, say).
                 with contextlib.suppress(OSError):
                     os.ftruncate(fd, start)
-                if ex.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO):
-                    raise StorageError(f'The image could not be stored: {ex.strerror}.') from ex
                 raise
         finally:
             os.close(fd)

@@ -15,7 +15,7 @@ from typing import IO
 
 import falcon
 
-from look.errors import EmptyUpload, UploadTimeout, UploadTooLarge
+from look.errors import EmptyUpload, UploadTimeout, UploadTooLarge, refused_writes
 
 CHUNK_SIZE = 64 * 1024
 _FORM_OVERHEAD = 1024 * 1024
@@ -51,13 +51,18 @@ def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: fl
                 raise UploadTimeout(
                     f'The upload did not arrive within {deadline:g}s; send it faster or smaller.'
                 ) from None
+            if isinstance(ex, OSError):
+                # The client went away mid-body (reset, or gunicorn's NoMoreData);
+                # a full disk was already turned into StorageError.
+                raise UploadTimeout('The upload stopped before the whole body arrived.') from ex
             raise
         if timed_out.is_set():
             raise UploadTimeout('The upload stopped before the whole body arrived.')
 
     if received == 0:
         raise EmptyUpload('The request body is empty; send the image as the body.')
-    out.flush()
+    with refused_writes():
+        out.flush()
     return received
 
 
@@ -91,7 +96,8 @@ def _copy(stream: IO[bytes], out: IO[bytes], max_bytes: int) -> int:
         received += len(chunk)
         if received > max_bytes:
             raise UploadTooLarge(_too_large(max_bytes))
-        out.write(chunk)
+        with refused_writes():
+            out.write(chunk)
     return received
 
 
