@@ -1,0 +1,111 @@
+"""HTTP the way clients and caches expect, checked over real gunicorn and a real Redis:
+validators and 304, HEAD, pagination links, health and the OpenAPI document."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from collections.abc import Iterator
+
+import pytest
+
+from imagegen import image_bytes
+from servers import (
+    Gunicorn,
+    RedisServer,
+    get,
+    multipart,
+    post,
+    request,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.redis]
+
+
+@pytest.fixture(scope='module')
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    with RedisServer() as redis_server:
+        storage = tmp_path_factory.mktemp('storage')
+        with Gunicorn(storage, workers=2, redis_url=redis_server.url) as gunicorn:
+            yield gunicorn
+
+
+@pytest.fixture(scope='module')
+def images(server: Gunicorn) -> list[dict]:
+    """Three uploads, the first as a browser form, the others raw."""
+    photo = image_bytes('JPEG', seed=1)
+    body, content_type = multipart('image', 'IMG_0001.JPG', photo, 'image/jpeg')
+    uploaded = [post(server.url + '/images', body, content_type)]
+    uploaded += [post(server.url + '/images', image_bytes('PNG', seed=seed)) for seed in (2, 3)]
+    for response in uploaded:
+        assert response.status == 201, response.body
+        assert response.header('Location') == response.json()['image']
+        assert response.header('Content-Type') == 'application/json'
+    return [response.json() for response in uploaded]
+
+
+@pytest.mark.parametrize('kind', ['image', 'thumbnail'])
+def test_validators_and_304_over_http(server: Gunicorn, images: list[dict], kind: str) -> None:
+    path = images[0]['image'] if kind == 'image' else images[0]['thumbnails'][0]
+    first = get(server.url + path)
+    assert first.status == 200
+    assert first.header('Cache-Control') == 'public, max-age=31536000, immutable'
+    assert int(first.header('Content-Length')) == len(first.body)
+    etag, last_modified = first.header('ETag'), first.header('Last-Modified')
+
+    # New connections: whichever worker answers, and from the cache once it holds it.
+    for _ in range(4):
+        by_tag = get(server.url + path, {'If-None-Match': etag})
+        assert by_tag.status == 304
+        assert by_tag.body == b''
+        assert by_tag.header('ETag') == etag
+        by_date = get(server.url + path, {'If-Modified-Since': last_modified})
+        assert by_date.status == 304
+    if kind == 'thumbnail':
+        assert by_tag.header('X-Look-Cache') == 'Hit'
+
+
+def test_head_matches_get_over_http(server: Gunicorn, images: list[dict]) -> None:
+    image = images[1]
+    for path in ('/images', image['image'], image['thumbnails'][-1], '/health', '/openapi.json'):
+        got = get(server.url + path)
+        head = request('HEAD', server.url + path)
+        assert head.status == got.status == 200, path
+        assert head.body == b'', path
+        assert head.header('Content-Length') == str(len(got.body)), path
+        for name in ('Content-Type', 'ETag', 'Last-Modified', 'Cache-Control'):
+            assert head.header(name) == got.header(name), (path, name)
+
+
+def test_pages_follow_link_headers_over_http(server: Gunicorn, images: list[dict]) -> None:
+    seen, path = [], '/images?limit=2'
+    while path:
+        page = get(server.url + path)
+        assert page.status == 200
+        seen += [image['id'] for image in page.json()]
+        link = page.header('Link')
+        path = link.split(';')[0].strip('<> ') if link else ''
+    assert seen == [image['id'] for image in images]
+
+
+def test_delete_then_every_address_is_gone(server: Gunicorn, images: list[dict]) -> None:
+    image = images[2]
+    for path in image['thumbnails']:
+        assert get(server.url + path).status == 200  # cached now
+    assert request('DELETE', server.url + image['image']).status == 204
+    for path in [image['image'], *image['thumbnails']]:
+        for _ in range(3):
+            assert get(server.url + path).status == 404, path
+    files = [p.name for p in pathlib.Path(server.storage_path, 'images').iterdir()]
+    assert f'{image["id"]}.jpeg' not in files
+
+
+def test_health_and_openapi_over_http(server: Gunicorn) -> None:
+    health = get(server.url + '/health')
+    assert health.status == 200
+    assert health.json()['cache'] == {'status': 'ok'}
+    document = json.loads(get(server.url + '/openapi.json').body)
+    assert document['openapi'] == '3.1.0'
+    error = get(server.url + '/no/such/thing')
+    assert error.status == 404
+    assert set(error.json()) == {'title', 'description'}
