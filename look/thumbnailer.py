@@ -80,8 +80,9 @@ def convert_upload(source: str, target: str, max_pixels: int, quality: int) -> t
                 )
             try:
                 image.load()  # the first frame of an animation
-                upright = ImageOps.exif_transpose(image)
-                rgb = _to_srgb(upright)
+                # In place: no copy of the whole image when it is upright already.
+                ImageOps.exif_transpose(image, in_place=True)
+                rgb = _to_srgb(image)
             except MemoryError:
                 raise ImageTooLarge('The image is too large to decode.') from None
             except Exception as ex:
@@ -198,7 +199,10 @@ class Thumbnailer:
         quality: int,
         render_timeout: float,
         max_waiting: int | None = None,
-        max_tasks_per_child: int = 500,
+        # NOTE: a process start costs ~0.2 s of CPU; recycling every 500 tasks
+        #   added ~0.35 ms to every small render. 10 000 still bounds Pillow's
+        #   memory growth over days.
+        max_tasks_per_child: int = 10_000,
     ) -> None:
         self.processes = processes
         self.max_pixels = max_pixels
