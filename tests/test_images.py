@@ -147,24 +147,23 @@ def test_upload_multipart(client: TestClient, parts: list[tuple[str, str | None,
     assert response.json['size'] == [640, 360]
 
 
-def test_multipart_image_field_wins_over_an_earlier_file(client: TestClient) -> None:
+@pytest.mark.parametrize(
+    ('names', 'stored'),
+    [
+        pytest.param(('thumbnail', 'image'), (0, 255, 0), id='image-field-wins'),
+        pytest.param(('a', 'b'), (255, 0, 0), id='else-the-first-file'),
+    ],
+)
+def test_multipart_takes_the_image_field_else_the_first_file(
+    client: TestClient, names: tuple[str, str], stored: tuple[int, int, int]
+) -> None:
     red, green = encode(solid((255, 0, 0)), 'PNG'), encode(solid((0, 255, 0)), 'PNG')
-    body, content_type = multipart(('thumbnail', 'red.png', red), ('image', 'green.png', green))
+    body, content_type = multipart((names[0], 'red.png', red), (names[1], 'green.png', green))
 
     response = client.simulate_post('/images', body=body, content_type=content_type)
 
     assert response.status_code == 201
-    assert is_colour(stored_colour(client, response), (0, 255, 0))
-
-
-def test_multipart_without_image_field_takes_the_first_file(client: TestClient) -> None:
-    red, green = encode(solid((255, 0, 0)), 'PNG'), encode(solid((0, 255, 0)), 'PNG')
-    body, content_type = multipart(('a', 'red.png', red), ('b', 'green.png', green))
-
-    response = client.simulate_post('/images', body=body, content_type=content_type)
-
-    assert response.status_code == 201
-    assert is_colour(stored_colour(client, response), (255, 0, 0))
+    assert is_colour(stored_colour(client, response), stored)
 
 
 def test_uuid_generator_seam_and_list_oldest_first(make_client: MakeClient) -> None:
