@@ -14,8 +14,10 @@ bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
 workers = int(os.environ.get('WEB_CONCURRENCY', os.cpu_count() or 1))
 worker_class = 'gthread'
 # NOTE: more threads than renders a worker lets wait on its pool
-#   (2 x LOOK_PROCESSES), so cache hits and downloads always find a free thread.
-threads = 8
+#   (4 x LOOK_PROCESSES: 8 on two cores), so cache hits and downloads always
+#   find a free thread. Keep-alive clients stay on one worker, so one worker
+#   may have to take a whole page of thumbnail requests at once.
+threads = 12
 
 timeout = 60
 graceful_timeout = 30

@@ -36,6 +36,11 @@ class EmptyUpload(LookError):
     status = falcon.HTTP_400
 
 
+class BadUpload(LookError):
+    title = 'Malformed upload'
+    status = falcon.HTTP_400
+
+
 class CorruptImage(LookError):
     title = 'Corrupt image'
     status = falcon.HTTP_400

@@ -210,7 +210,7 @@ class Thumbnailer:
         self.render_timeout = render_timeout
         # NOTE: renders beyond this many in flight are refused at once with a
         #   503 rather than queued without bound.
-        self.max_waiting = max_waiting if max_waiting is not None else 2 * processes
+        self.max_waiting = max_waiting if max_waiting is not None else 4 * processes
         self.max_tasks_per_child = max_tasks_per_child
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._pool_pid: int | None = None

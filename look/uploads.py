@@ -8,14 +8,23 @@ trickling its upload.
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import IO
 
 import falcon
 
-from look.errors import EmptyUpload, UploadTimeout, UploadTooLarge, refused_writes
+from look.errors import (
+    BadUpload,
+    EmptyUpload,
+    LookError,
+    UploadTimeout,
+    UploadTooLarge,
+    refused_writes,
+)
 
 CHUNK_SIZE = 64 * 1024
 _FORM_OVERHEAD = 1024 * 1024
@@ -45,17 +54,20 @@ def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: fl
         except UploadTooLarge:
             _stop_reading(req)
             raise
-        except (OSError, falcon.MediaMalformedError) as ex:
+        except (LookError, falcon.HTTPError):
+            raise  # our own answers, and Falcon's 400 for a malformed form
+        except Exception as ex:
+            # Reading the body failed. A full disk was already turned into
+            # StorageError, so this is the client's doing: too slow, gone, or
+            # a broken framing that the server's parser refused.
+            _stop_reading(req)
             if timed_out.is_set() or isinstance(ex, TimeoutError):
-                _stop_reading(req)
                 raise UploadTimeout(
                     f'The upload did not arrive within {deadline:g}s; send it faster or smaller.'
                 ) from None
             if isinstance(ex, OSError):
-                # The client went away mid-body (reset, or gunicorn's NoMoreData);
-                # a full disk was already turned into StorageError.
                 raise UploadTimeout('The upload stopped before the whole body arrived.') from ex
-            raise
+            raise BadUpload(f'The request body could not be read: {ex}') from ex
         if timed_out.is_set():
             raise UploadTimeout('The upload stopped before the whole body arrived.')
 
@@ -105,27 +117,63 @@ def _too_large(max_bytes: int) -> str:
     return f'The upload is larger than the limit of {max_bytes} bytes.'
 
 
+class _DeadlineWatch:
+    """One thread per process that cuts off uploads past their deadline.
+
+    Cheaper than a timer thread per upload: registering is a dict update.
+    """
+
+    INTERVAL = 0.25
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[int, tuple[float, socket.socket, threading.Event]] = {}
+        self._pid: int | None = None
+
+    def watch(self, sock: socket.socket, seconds: float) -> tuple[int, threading.Event]:
+        timed_out = threading.Event()
+        with self._lock:
+            if self._pid != os.getpid():  # none yet, or inherited across a fork
+                self._pid = os.getpid()
+                self._watched.clear()
+                threading.Thread(target=self._run, daemon=True, name='look-uploads').start()
+            token = id(timed_out)
+            self._watched[token] = (time.monotonic() + seconds, sock, timed_out)
+        return token, timed_out
+
+    def forget(self, token: int) -> None:
+        with self._lock:
+            self._watched.pop(token, None)
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(self.INTERVAL)
+            now = time.monotonic()
+            with self._lock:
+                expired = [token for token, (due, _, _) in self._watched.items() if due <= now]
+                entries = [self._watched.pop(token) for token in expired]
+            for _, sock, timed_out in entries:
+                timed_out.set()
+                _shutdown_read(sock)
+
+
+_deadlines = _DeadlineWatch()
+
+
 @contextlib.contextmanager
 def _time_limit(req: falcon.Request, deadline: float) -> Iterator[threading.Event]:
     """Bound how long reading the body may take, where the server gives us its socket."""
-    timed_out = threading.Event()
     sock = req.env.get('gunicorn.socket')
     if not isinstance(sock, socket.socket):
-        yield timed_out
+        yield threading.Event()
         return
 
-    def cut_off() -> None:
-        timed_out.set()
-        _shutdown_read(sock)
-
     sock.settimeout(IDLE_TIMEOUT)
-    timer = threading.Timer(deadline, cut_off)
-    timer.daemon = True
-    timer.start()
+    token, timed_out = _deadlines.watch(sock, deadline)
     try:
         yield timed_out
     finally:
-        timer.cancel()
+        _deadlines.forget(token)
         with contextlib.suppress(OSError):
             sock.settimeout(None)
 

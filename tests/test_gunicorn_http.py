@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -109,3 +110,21 @@ def test_health_and_openapi_over_http(server: Gunicorn) -> None:
     error = get(server.url + '/no/such/thing')
     assert error.status == 404
     assert set(error.json()) == {'title', 'description'}
+
+
+def test_broken_chunked_framing_is_400_not_500(server: Gunicorn) -> None:
+    """gunicorn's parser refuses the body only when look reads it; the client hears why."""
+    with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
+        sock.sendall(
+            b'POST /images HTTP/1.1\r\nHost: look\r\nTransfer-Encoding: chunked\r\n\r\n'
+            b'zz\r\nnot a chunk size\r\n0\r\n\r\n'
+        )
+        answer = b''
+        while not answer.rstrip().endswith(b'}'):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+    head, _, body = answer.partition(b'\r\n\r\n')
+    assert head.startswith(b'HTTP/1.1 400'), answer
+    assert set(json.loads(body)) == {'title', 'description'}

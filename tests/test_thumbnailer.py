@@ -486,7 +486,8 @@ def test_pool_starts_lazily_and_close_leaves_no_process(
     worker.close()
 
     assert not any(is_running(pid) for pid in started)
-    assert pool_pids() == before
+    # Processes of earlier tests may have ended meanwhile; none of this pool remains.
+    assert not pool_pids() - before
     worker.render(stored_jpeg, (160, 90))  # and it starts again on demand
 
 
