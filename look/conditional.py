@@ -27,6 +27,9 @@ def is_not_modified(req: falcon.Request, resp: falcon.Response) -> bool:
     """
     if req.method not in ('GET', 'HEAD'):
         return False
+    environ = req.env
+    if 'HTTP_IF_NONE_MATCH' not in environ and 'HTTP_IF_MODIFIED_SINCE' not in environ:
+        return False  # the common case, without parsing anything
     try:
         if_none_match = req.if_none_match
     except falcon.HTTPInvalidHeader:
