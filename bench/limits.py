@@ -1,0 +1,98 @@
+"""Pillow alone in a process pool: the most image work this machine can do.
+
+These functions are deliberately not look's: the minimum Pillow calls for
+the same result, so a ratio below 1 is look's overhead (HTTP, its pool,
+its checks), not a difference in image work. They take file paths, as look
+does, and run in ``ProcessPoolExecutor(os.cpu_count())`` kept full.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import io
+import multiprocessing
+import os
+import signal
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from PIL import Image, ImageOps
+
+QUALITY = 85  # look's default LOOK_JPEG_QUALITY
+
+
+def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
+    """Return the stored JPEG at ``source`` as a ``size`` JPEG: draft, resize, encode."""
+    with Image.open(source) as image:
+        image.draft('RGB', size)
+        thumbnail = image.resize(size, Image.Resampling.LANCZOS)
+    out = io.BytesIO()
+    thumbnail.save(out, 'JPEG', quality=quality)
+    return out.getvalue()
+
+
+def convert(source: str, target_dir: str, quality: int = QUALITY) -> tuple[int, int]:
+    """Store an upload as an upright RGB JPEG: open, exif_transpose, convert, save, fsync."""
+    with Image.open(source) as image:
+        # In place and only when needed: no copy that Pillow can do without.
+        ImageOps.exif_transpose(image, in_place=True)
+        rgb = image if image.mode == 'RGB' else image.convert('RGB')
+        fd, target = _new_file(target_dir)
+        try:
+            with os.fdopen(fd, 'wb') as out:
+                rgb.save(out, 'JPEG', quality=quality)
+                out.flush()
+                os.fsync(out.fileno())
+        finally:
+            os.unlink(target)
+        return rgb.size
+
+
+def _new_file(directory: str) -> tuple[int, str]:
+    # A new file each time, as look writes one per upload.
+    path = os.path.join(directory, f'{os.getpid()}-{time.monotonic_ns()}.jpeg')
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+
+
+def _ignore_sigint() -> None:
+    # Ctrl-C reaches the whole foreground group; the benchmark stops the pool.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def start_pool() -> concurrent.futures.ProcessPoolExecutor:
+    """Start the same kind of pool look uses: spawn, one process per core."""
+    return concurrent.futures.ProcessPoolExecutor(
+        max_workers=os.cpu_count() or 1,
+        mp_context=multiprocessing.get_context('spawn'),
+        initializer=_ignore_sigint,
+    )
+
+
+def pool_throughput(
+    pool: concurrent.futures.ProcessPoolExecutor,
+    function: Callable[..., Any],
+    jobs: Sequence[tuple[Any, ...]],
+    *,
+    seconds: float,
+    in_flight: int,
+) -> float:
+    """Keep ``in_flight`` jobs queued for ``seconds``; return finished jobs per second."""
+    pending: set[concurrent.futures.Future[Any]] = set()
+    done_count = 0
+    submitted = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        while time.perf_counter() < deadline and len(pending) < in_flight:
+            pending.add(pool.submit(function, *jobs[submitted % len(jobs)]))
+            submitted += 1
+        if not pending:
+            break
+        done, pending = concurrent.futures.wait(
+            pending, return_when=concurrent.futures.FIRST_COMPLETED
+        )
+        for future in done:
+            future.result()  # raise what a job raised
+            done_count += 1
+    return done_count / (time.perf_counter() - start)
