@@ -73,6 +73,9 @@ class RedisCache:
         self._skip_until = 0.0
         self._failing = False
         self._probe_lock = threading.Lock()
+        # Keys a DELETE could not purge while Redis was unreachable: never
+        # served from here, and purged again as soon as Redis answers.
+        self._unpurged: set[str] = set()
 
     @property
     def available(self) -> bool:
@@ -89,6 +92,9 @@ class RedisCache:
         if req.method not in ('GET', 'HEAD') or not path.startswith(self.path_prefix):
             return
         key = self.key_prefix + path
+        if self._unpurged and key in self._unpurged:
+            self._purge()
+            return
         raw = self._call('GET', self._get, key)
         if raw is None or raw == PURGED_MARKER:
             return
@@ -138,12 +144,22 @@ class RedisCache:
         #   resp.context.stale_paths; purging them here keeps Redis out of
         #   the resources.
         stale: Iterable[str] = resp.context.get('stale_paths') or ()
-        keys = [self._key(path) for path in stale]
-        if req_succeeded and keys:
+        if req_succeeded and stale:
+            self._unpurged.update(self._key(path) for path in stale)
+            self._purge()
+
+    def _purge(self) -> None:
+        keys = list(self._unpurged)
+
+        def mark_purged() -> bool:
             pipeline = self.client.pipeline(transaction=False)
             for key in keys:
                 pipeline.set(key, PURGED_MARKER, ex=self.ttl)
-            self._call('purge', pipeline.execute)
+            pipeline.execute()
+            return True
+
+        if self._call('purge', mark_purged):
+            self._unpurged.difference_update(keys)
 
     def _key(self, path: str) -> str:
         return self.key_prefix + path
@@ -184,6 +200,8 @@ class RedisCache:
                 log.info('Redis is back; caching again')
                 self._failing = False
                 self._skip_until = 0.0
+                if self._unpurged:
+                    self._purge()
             return result
         return None
 

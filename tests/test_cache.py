@@ -56,6 +56,21 @@ class Redis:
     def ping(self) -> Any:
         return self._call('ping')
 
+    def pipeline(self, transaction: bool = True) -> Any:
+        stand_in = self
+
+        class Pipeline:
+            def __init__(self) -> None:
+                self.commands: list[tuple[Any, ...]] = []
+
+            def set(self, *args: Any, **kwargs: Any) -> None:
+                self.commands.append((args, kwargs))
+
+            def execute(self) -> list[Any]:
+                return [stand_in._call('set', *a, **k) for a, k in self.commands]
+
+        return Pipeline()
+
 
 def jpeg_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as image:
@@ -85,6 +100,10 @@ class Rendered:
     def on_post(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         self.calls += 1
         resp.data = b'posted'
+
+    def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+        resp.context.stale_paths = [f'/thumbnails/{name}']
+        resp.status = falcon.HTTP_204
 
 
 def tiny_app(client: Any, **options: Any) -> tuple[TestClient, Rendered]:
@@ -152,6 +171,30 @@ def test_dead_redis_is_skipped_for_retry_interval_then_tried_again() -> None:
 
     assert client.simulate_get('/thumbnails/a').headers[CACHE_HEADER] == 'Hit'
     assert resource.calls == 4
+
+
+def test_a_purge_that_found_redis_down_is_done_when_it_is_back() -> None:
+    """A DELETE while Redis is unreachable must not leave the entry to be served later."""
+    server = fakeredis.FakeServer()
+    backend = fakeredis.FakeRedis(server=server)
+    flaky = Redis(backend)
+    flaky.down = False
+    client, _ = tiny_app(flaky, retry_interval=0.2)
+    client.simulate_get('/thumbnails/a')
+    assert client.simulate_get('/thumbnails/a').headers[CACHE_HEADER] == 'Hit'
+
+    flaky.down = True
+    assert client.simulate_delete('/thumbnails/a').status_code == 204  # the purge failed
+    flaky.down = False  # Redis is back, with the stale entry
+
+    time.sleep(0.25)
+    assert client.simulate_get('/thumbnails/a').headers[CACHE_HEADER] == 'Miss'
+    # The purge was replayed: no client of this Redis (another worker) gets the entry.
+    assert backend.get('look:/thumbnails/a') == PURGED_MARKER
+    other_worker, _ = tiny_app(
+        fakeredis.FakeRedis(server=backend.connection_pool.connection_kwargs['server'])
+    )
+    assert other_worker.simulate_get('/thumbnails/a').headers[CACHE_HEADER] == 'Miss'
 
 
 # -- inside look --------------------------------------------------------------------
