@@ -11,7 +11,7 @@ from look.cache import RedisCache
 from look.config import Config
 from look.errors import add_error_handlers
 from look.health import Health
-from look.images import Images, Thumbnails
+from look.images import CONVERTERS, Images, Thumbnails
 from look.openapi import OpenAPI, openapi_document
 from look.store import Store
 from look.thumbnailer import Thumbnailer
@@ -41,6 +41,7 @@ def create_app(config: Config | None = None) -> falcon.App:
         log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')
 
     app = falcon.App(middleware=[cache] if cache else [])
+    app.router_options.converters.update(CONVERTERS)
     images = Images(
         store,
         thumbnailer,
@@ -55,10 +56,8 @@ def create_app(config: Config | None = None) -> falcon.App:
     )
 
     app.add_route('/images', images)
-    app.add_route('/images/{image_id:uuid}.jpeg', images, suffix='image')
-    app.add_route(
-        '/thumbnails/{image_id:uuid}/{width:int(min=1)}x{height:int(min=1)}.jpeg', thumbnails
-    )
+    app.add_route('/images/{image_id:image_id}.jpeg', images, suffix='image')
+    app.add_route('/thumbnails/{image_id:image_id}/{width:side}x{height:side}.jpeg', thumbnails)
     app.add_route('/health', Health(store, thumbnailer, cache))
     app.add_route('/openapi.json', OpenAPI(document))
     add_error_handlers(app)

@@ -14,22 +14,36 @@ import falcon
 from look import uploads
 from look.conditional import answer_not_modified, is_not_modified, set_immutable
 from look.errors import ImageNotFound, refused_writes
-from look.store import Store, StoredImage
+from look.store import Store, StoredImage, is_valid_id
 from look.thumbnailer import Thumbnailer, thumbnail_sizes
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
 
-def require_canonical(req: falcon.Request, canonical: str) -> None:
-    """Answer 404 unless the request used the one address of the resource.
+class ImageIdConverter(falcon.routing.BaseConverter):
+    """Match an image id only as look writes it: a lowercase, hyphenated UUID.
 
-    The router's converters also accept uppercase or unhyphenated ids and
-    numbers such as ``0160`` or ``+160``: each alias would be rendered and
-    cached on its own, and escape the purge when the image is deleted.
+    Falcon's ``uuid`` and ``int`` converters also accept other spellings
+    (uppercase or unhyphenated ids, ``0160``, ``+160``); each would be a
+    second address of one image, rendered and cached on its own, that a
+    delete would not purge.
     """
-    if req.path != canonical:
-        raise ImageNotFound(f'Nothing is at {req.path}; did you mean {canonical}?')
+
+    def convert(self, value: str) -> str | None:
+        return value if is_valid_id(value) else None
+
+
+class SideConverter(falcon.routing.BaseConverter):
+    """Match a thumbnail side only in its one spelling: digits, no leading zero."""
+
+    def convert(self, value: str) -> int | None:
+        if value.isascii() and value.isdigit() and value[0] != '0' and len(value) <= 6:
+            return int(value)
+        return None
+
+
+CONVERTERS = {'image_id': ImageIdConverter, 'side': SideConverter}
 
 
 def image_uri(image_id: str) -> str:
@@ -118,9 +132,7 @@ class Images:
 
     # -- /images/{id}.jpeg --------------------------------------------------
 
-    def on_get_image(
-        self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
-    ) -> None:
+    def on_get_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._validated(req, resp, image_id)
         if image is not None:
             stream = self._open(image)
@@ -129,20 +141,15 @@ class Images:
             #   wsgi.file_wrapper, so gunicorn sends the file with sendfile().
             resp.stream = stream
 
-    def on_head_image(
-        self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
-    ) -> None:
+    def on_head_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._validated(req, resp, image_id)
         if image is not None:
             # Falcon drops a HEAD body without closing it: don't leave one.
             with self._open(image) as stream:
                 resp.content_length = os.fstat(stream.fileno()).st_size
 
-    def on_delete_image(
-        self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
-    ) -> None:
-        image = self._store.get(str(image_id))
-        require_canonical(req, image_uri(image.id))
+    def on_delete_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        image = self._store.get(image_id)
         self._store.delete(image.id)
         # Cached thumbnails of this image are stale on every worker now.
         resp.context.stale_paths = [
@@ -159,11 +166,10 @@ class Images:
             raise ImageNotFound(f'No image has the id {image.id}.') from None
 
     def _validated(
-        self, req: falcon.Request, resp: falcon.Response, image_id: uuid.UUID
+        self, req: falcon.Request, resp: falcon.Response, image_id: str
     ) -> StoredImage | None:
         """Set the headers of an original; return None if a 304 answers the request."""
-        image = self._store.get(str(image_id))
-        require_canonical(req, image_uri(image.id))
+        image = self._store.get(image_id)
         resp.content_type = 'image/jpeg'
         set_immutable(resp, etag=image.id, last_modified=image.modified_at)
         if is_not_modified(req, resp):
@@ -184,11 +190,11 @@ class Thumbnails:
         self,
         req: falcon.Request,
         resp: falcon.Response,
-        image_id: uuid.UUID,
+        image_id: str,
         width: int,
         height: int,
     ) -> None:
-        image = self._store.get(str(image_id))
+        image = self._store.get(image_id)
         # NOTE: only the listed sizes are rendered; arbitrary sizes would let
         #   anyone keep the pool busy (and fill the cache) at will.
         if (width, height) not in thumbnail_sizes(image.size, self._min_thumb_size):
@@ -196,7 +202,6 @@ class Thumbnails:
                 f'{width}x{height} is not a thumbnail size of image {image.id}; '
                 'its "thumbnails" list has the sizes there are.'
             )
-        require_canonical(req, thumbnail_uri(image.id, (width, height)))
         resp.content_type = 'image/jpeg'
         # The quality is part of the tag: the bytes change if it does.
         etag = f'{image.id}-{width}x{height}-q{self._thumbnailer.quality}'
