@@ -57,14 +57,10 @@ def is_not_modified(req: falcon.Request, resp: falcon.Response) -> bool:
 
 
 def answer_not_modified(resp: falcon.Response) -> None:
-    """Turn the response into a bodiless 304 that keeps its validators."""
+    """Turn the response into a bodiless 304 that keeps its validators.
+
+    Called before any body is made: callers check freshness first.
+    """
     resp.status = falcon.HTTP_304
     resp.delete_header('Content-Type')
     resp.data = None
-    resp.text = None
-    resp.content_length = None
-    if resp.stream is not None:
-        close = getattr(resp.stream, 'close', None)
-        if close is not None:
-            close()
-        resp.stream = None

@@ -212,11 +212,8 @@ class Thumbnails:
         try:
             data = self._thumbnailer.render(self._store.path(image.id), (width, height))
         except FileNotFoundError:
-            data = None
-        # Deleted by another request while this one rendered: don't serve it.
-        self._store.get(image.id)
-        if data is None:
-            raise ImageNotFound(f'No image has the id {image.id}.')
+            raise ImageNotFound(f'No image has the id {image.id}.') from None
+        self._store.get(image.id)  # deleted while this one rendered: don't serve it
         resp.data = data
 
     on_head = on_get

@@ -298,12 +298,11 @@ class Store:
                 with contextlib.suppress(OSError):
                     final_path.unlink()
                 raise
-        self._refresh()
-        return self.get(image_id)
+        return self.get(image_id)  # reads the line just appended
 
     def delete(self, image_id: str) -> None:
         """Remove an image from the index, then from the disk."""
-        self.get(image_id)  # validates the id before taking the lock
+        self.path(image_id)  # validates the id before taking the lock
         with self._exclusive():
             self._refresh()
             if image_id not in self._images:

@@ -288,6 +288,7 @@ class Thumbnailer:
     def _run(  # type: ignore[no-untyped-def]
         self, function, *args, refuse_when_busy: bool = True, timeout: float | None = None
     ):
+        limit = timeout or self.render_timeout
         with self._lock:
             if refuse_when_busy and self._in_flight >= self.max_waiting:
                 raise ThumbnailerUnavailable(
@@ -303,7 +304,7 @@ class Thumbnailer:
                 pool = self._executor()
                 future = pool.submit(function, *args)
             try:
-                return future.result(timeout=timeout or self.render_timeout)
+                return future.result(timeout=limit)
             except BrokenProcessPool:
                 log.error('an image process died; restarting the pool')
                 self._discard(pool)
@@ -311,7 +312,6 @@ class Thumbnailer:
                     'An image process stopped unexpectedly; try again.'
                 ) from None
             except concurrent.futures.TimeoutError:
-                limit = timeout or self.render_timeout
                 log.error('an image took over %gs; restarting the pool', limit)
                 self._discard(pool)
                 raise ThumbnailerUnavailable(
