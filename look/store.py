@@ -261,10 +261,12 @@ class Store:
         """Return None if a file can be written beside the images, else why not."""
         try:
             probe = self.temporary()
-            probe.file.write(b'ok')
-            probe.file.flush()
-            os.fsync(probe.file.fileno())
-            probe.close()
+            try:
+                probe.file.write(b'ok')
+                probe.file.flush()
+                os.fsync(probe.file.fileno())
+            finally:
+                probe.close()
             with open(self.index_path, 'rb'):
                 pass
         except OSError as ex:

@@ -622,6 +622,19 @@ def test_full_disk_refuses_the_upload_cleanly_and_heals(
     assert not problems, '\n'.join(problems) + f'\n{server.log_tail(30)}'
 
 
+def test_health_on_a_full_disk_is_503_and_leaves_nothing(full_disk_setup: FullDiskSetup) -> None:
+    """The storage probe that /health writes must be removed when the write fails."""
+    server, storage = full_disk_setup.server, full_disk_setup.server.storage_path
+    temps_before = set(temp_files(storage))
+    with disk_filled(full_disk_setup.disk):
+        answers = [get(f'{server.url}/health') for _ in range(4)]
+        left = set(temp_files(storage)) - temps_before
+    assert [answer.status for answer in answers] == [503] * 4
+    assert all(answer.json()['storage']['status'] == 'fail' for answer in answers)
+    assert not left, f'health checks left temporary files: {sorted(left)}'
+    assert get(f'{server.url}/health').status == 200  # room again
+
+
 # -- Redis that hangs ------------------------------------------------------------------
 
 
