@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from typing import Any
 
@@ -58,7 +59,7 @@ def _jpeg_operation(summary: str, parameters: list[Any], extra: dict[str, Any]) 
 
 
 def _head_of(operation: dict[str, Any]) -> dict[str, Any]:
-    head = json.loads(json.dumps(operation))
+    head = copy.deepcopy(operation)
     head['summary'] = 'Headers only: ' + operation['summary'][0].lower() + operation['summary'][1:]
     for response in head['responses'].values():
         if isinstance(response, dict) and 'content' in response:
