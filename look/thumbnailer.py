@@ -326,6 +326,9 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
     # NOTE: ProcessPoolExecutor cannot stop a busy process before Python 3.14
     #   (terminate_workers); a hung render has to be killed to be abandoned.
     processes = list((getattr(pool, '_processes', None) or {}).values())
+    # The executor's own thread reaps these processes too. Until it is done, a
+    # process it has reaped can still look alive, so it is waited for below.
+    manager = getattr(pool, '_executor_manager_thread', None)
     pool.shutdown(wait=False, cancel_futures=True)
     for process in processes:
         process.terminate()
@@ -334,6 +337,8 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
         if process.is_alive():
             process.kill()
             process.join(timeout=2)
+    if manager is not None:
+        manager.join(timeout=2)
 
 
 def close_all() -> None:
