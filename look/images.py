@@ -118,13 +118,11 @@ class Images:
         with contextlib.ExitStack() as cleanup, refused_writes():
             upload = self._store.temporary()
             cleanup.callback(upload.close)
-            converted = self._store.temporary()
-            cleanup.callback(converted.close)
             uploads.receive(
                 req, upload.file, max_bytes=self._max_upload_bytes, deadline=self._upload_timeout
             )
-            size = self._thumbnailer.convert_upload(upload.path, converted.path)
-            image = self._store.add(image_id, converted.path, size)
+            size = self._thumbnailer.convert_upload(upload.path)
+            image = self._store.add(image_id, upload.path, size)
 
         resp.status = falcon.HTTP_201
         resp.location = image_uri(image.id)

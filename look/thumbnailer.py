@@ -50,10 +50,11 @@ def thumbnail_sizes(size: tuple[int, int], min_size: int) -> list[tuple[int, int
 # -- run in the pool processes -------------------------------------------------
 
 
-def convert_upload(source: str, target: str, max_pixels: int, quality: int) -> tuple[int, int]:
-    """Convert the image file at ``source`` to an upright sRGB JPEG at ``target``.
+def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
+    """Replace the uploaded image file at ``path`` with an upright sRGB JPEG.
 
-    Returns the stored size. Metadata (EXIF, GPS, comments) is not carried over.
+    Returns the stored size. Metadata (EXIF, GPS, comments) is not carried
+    over. An upload that is refused is left as it was.
     """
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -61,7 +62,7 @@ def convert_upload(source: str, target: str, max_pixels: int, quality: int) -> t
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
-            image = Image.open(source, formats=ACCEPTED_FORMATS)
+            image = Image.open(path, formats=ACCEPTED_FORMATS)
         except UnidentifiedImageError:
             raise UnsupportedImage(
                 f'The upload is not an image look can read ({READABLE_FORMATS}).'
@@ -88,9 +89,12 @@ def convert_upload(source: str, target: str, max_pixels: int, quality: int) -> t
             except Exception as ex:
                 raise CorruptImage(f'The image could not be decoded: {ex}') from None
 
+    # NOTE: the upload is decoded and closed by now, so its own file can take
+    #   the JPEG: one new file per upload, not two. (On ext4 without a
+    #   journal, every deleted file slows file creation for a minute or more.)
     # Pillow's JPEG writer copies some of info (the comment) by default.
     rgb.info.clear()
-    with open(target, 'wb') as out:
+    with open(path, 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
         out.flush()
         os.fsync(out.fileno())
@@ -218,12 +222,11 @@ class Thumbnailer:
         self._in_flight = 0
         _thumbnailers.add(self)
 
-    def convert_upload(self, source: pathlib.Path, target: pathlib.Path) -> tuple[int, int]:
-        """Convert an uploaded file to a stored JPEG; return its size."""
+    def convert_upload(self, path: pathlib.Path) -> tuple[int, int]:
+        """Replace an uploaded file with the JPEG to store; return its size."""
         width, height = self._run(
             convert_upload,
-            str(source),
-            str(target),
+            str(path),
             self.max_pixels,
             self.quality,
             refuse_when_busy=False,

@@ -45,15 +45,14 @@ def convert(tmp_path: pathlib.Path) -> Convert:
     """Return a function: upload bytes in, (returned size, stored image loaded) out."""
 
     def run(data: bytes, max_pixels: int = MAX_PIXELS) -> tuple[tuple[int, int], Image.Image]:
-        source, target = tmp_path / 'upload', tmp_path / 'stored.jpeg'
-        source.write_bytes(data)
-        target.unlink(missing_ok=True)
+        path = tmp_path / 'upload'
+        path.write_bytes(data)
         try:
-            size = convert_upload(str(source), str(target), max_pixels, QUALITY)
+            size = convert_upload(str(path), max_pixels, QUALITY)
         except errors.LookError:
-            assert not target.exists(), 'a failed conversion left a file behind'
+            assert path.read_bytes() == data, 'a refused upload was changed'
             raise
-        with Image.open(target) as stored:
+        with Image.open(path) as stored:
             assert stored.format == 'JPEG'
             stored.load()
         assert stored.mode == 'RGB'
@@ -138,6 +137,17 @@ def test_camera_multi_picture_jpeg_keeps_the_first_picture(convert: Convert) -> 
     assert difference(stored, first) < 4
 
 
+def test_multi_page_tiff_keeps_the_first_page(convert: Convert) -> None:
+    """The JPEG replaces the upload in its own file: later pages must not be read from it."""
+    first, second = picture((320, 200), seed=1), picture((160, 100), seed=2)
+    data = encode(first, 'TIFF', save_all=True, append_images=[second])
+
+    size, stored = convert(data)
+
+    assert size == (320, 200)
+    assert difference(stored, first) < 3
+
+
 def test_animated_gif_keeps_the_first_frame(convert: Convert) -> None:
     size, stored = convert(imagegen.animated_gif((128, 96)))
 
@@ -220,7 +230,7 @@ def test_exif_orientation_is_applied(
 
 def test_exif_and_gps_are_not_kept(tmp_path: pathlib.Path, convert: Convert) -> None:
     _, stored = convert(imagegen.exif_jpeg())
-    data = (tmp_path / 'stored.jpeg').read_bytes()
+    data = (tmp_path / 'upload').read_bytes()
 
     assert not stored.getexif()
     assert 'exif' not in stored.info
@@ -244,7 +254,7 @@ def test_comments_are_not_kept(
     _, stored = convert(upload())
 
     assert 'comment' not in stored.info
-    assert imagegen.SECRET_COMMENT not in (tmp_path / 'stored.jpeg').read_bytes()
+    assert imagegen.SECRET_COMMENT not in (tmp_path / 'upload').read_bytes()
 
 
 def _png_comment() -> PngInfo:
@@ -264,7 +274,7 @@ def test_icc_profile_is_applied_then_dropped(
 
     assert is_colour(stored.getpixel((128, 128)), GREEN)
     assert 'icc_profile' not in stored.info
-    assert b'ICC_PROFILE' not in (tmp_path / 'stored.jpeg').read_bytes()
+    assert b'ICC_PROFILE' not in (tmp_path / 'upload').read_bytes()
 
 
 def test_srgb_profile_changes_nothing(convert: Convert) -> None:
@@ -389,10 +399,10 @@ def test_errors_survive_the_pool_boundary(error_class: type[errors.LookError]) -
 @pytest.fixture
 def stored_jpeg(tmp_path: pathlib.Path) -> pathlib.Path:
     """A stored image as convert_upload writes it."""
-    source, target = tmp_path / 'upload.png', tmp_path / 'stored.jpeg'
-    source.write_bytes(image_bytes('PNG', size=(640, 360), seed=5))
-    convert_upload(str(source), str(target), MAX_PIXELS, QUALITY)
-    return target
+    path = tmp_path / 'stored.jpeg'
+    path.write_bytes(image_bytes('PNG', size=(640, 360), seed=5))
+    convert_upload(str(path), MAX_PIXELS, QUALITY)
+    return path
 
 
 @pytest.mark.parametrize('size', [(320, 180), (160, 90), (80, 45), (100, 50), (640, 360)])
@@ -453,10 +463,12 @@ def test_pool_renders_and_converts(
     tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
 ) -> None:
     worker = make_thumbnailer()
-    upload, converted = tmp_path / 'u', tmp_path / 'c.jpeg'
+    upload = tmp_path / 'u'
     upload.write_bytes(image_bytes('WEBP', size=(300, 200)))
 
-    assert worker.convert_upload(upload, converted) == (300, 200)
+    assert worker.convert_upload(upload) == (300, 200)
+    with Image.open(upload) as stored:
+        assert (stored.format, stored.size) == ('JPEG', (300, 200))
     with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90)))) as thumbnail:
         assert thumbnail.size == (160, 90)
 
@@ -469,7 +481,7 @@ def test_domain_errors_cross_the_pool(
     upload.write_bytes(b'just text')
 
     with pytest.raises(UnsupportedImage, match='JPEG, PNG'):
-        worker.convert_upload(upload, tmp_path / 'c.jpeg')
+        worker.convert_upload(upload)
 
 
 def test_pool_starts_lazily_and_close_leaves_no_process(
@@ -587,7 +599,7 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
     # Uploads wait their turn instead: refusing them would lose the user's upload.
     upload = tmp_path / 'u'
     upload.write_bytes(image_bytes('PNG', size=(64, 64)))
-    assert worker.convert_upload(upload, tmp_path / 'c.jpeg') == (64, 64)
+    assert worker.convert_upload(upload) == (64, 64)
     busy.result(timeout=10)
 
 
