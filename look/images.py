@@ -122,7 +122,7 @@ class Images:
                 req, upload.file, max_bytes=self._max_upload_bytes, deadline=self._upload_timeout
             )
             size = self._thumbnailer.convert_upload(upload.path)
-            image = self._store.add(image_id, upload.path, size)
+            image = self._store.add(image_id, upload, size)
 
         resp.status = falcon.HTTP_201
         resp.location = image_uri(image.id)

@@ -80,6 +80,29 @@ def is_valid_id(image_id: str) -> bool:
     return bool(_ID_PATTERN.match(image_id))
 
 
+@contextlib.contextmanager
+def _opened(path: pathlib.Path) -> Iterator[int | None]:
+    """Open ``path`` read-only for the block; None if it is gone already."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _is_locked(fd: int) -> bool:
+    """Return whether another open file holds the lock on ``fd``'s file (a writer is on it)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    return False
+
+
 def _fsync_directory(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -134,34 +157,35 @@ class Store:
                 image_id = name[: -len('.jpeg')]
                 on_disk.add(image_id)
                 if image_id not in listed:
-                    # NOTE: images are renamed into place under the writers'
-                    #   lock, which we hold, so an unlisted image is an upload
-                    #   that crashed before its index line: never acknowledged.
-                    log.warning('removing unlisted image file %s', entry.path)
-                    os.unlink(entry.path)
+                    self._remove_unlisted_image(pathlib.Path(entry.path))
         for image_id in sorted(listed - on_disk):
             log.warning('index lists %s but its file is missing; dropping it', image_id)
             self._append({'op': 'delete', 'id': image_id})
         self._refresh()
 
     @staticmethod
-    def _remove_temp_if_abandoned(path: pathlib.Path, now: float) -> None:
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return
-        try:
-            if now - os.fstat(fd).st_mtime < TEMP_GRACE_SECONDS:
+    def _remove_unlisted_image(path: pathlib.Path) -> None:
+        # NOTE: an upload renames its file into place, then waits for the
+        #   writers' lock (which we hold) to write its index line; its lock
+        #   on the file says so. An unlocked, unlisted image is an upload that
+        #   crashed before its index line: never acknowledged.
+        with _opened(path) as fd:
+            if fd is None or _is_locked(fd):
                 return
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            log.warning('removing unlisted image file %s', path)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    @staticmethod
+    def _remove_temp_if_abandoned(path: pathlib.Path, now: float) -> None:
+        with _opened(path) as fd:
+            if fd is None or now - os.fstat(fd).st_mtime < TEMP_GRACE_SECONDS:
+                return
+            if _is_locked(fd):
                 return  # its writer is alive
             log.info('removing abandoned temporary file %s', path)
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-        finally:
-            os.close(fd)
 
     # -- reading ----------------------------------------------------------
 
@@ -280,27 +304,29 @@ class Store:
         path = self.images_dir / f'.{secrets.token_hex(12)}{_TEMP_SUFFIX}'
         return TempFile(path)
 
-    def add(self, image_id: str, jpeg_path: pathlib.Path, size: tuple[int, int]) -> StoredImage:
-        """Commit a finished, fsync'd JPEG under ``image_id`` and index it durably."""
+    def add(self, image_id: str, upload: TempFile, size: tuple[int, int]) -> StoredImage:
+        """Commit the finished, fsync'd JPEG in ``upload`` under ``image_id``; index it durably.
+
+        Only the index line is written under the writers' lock: the file is
+        renamed into place before it, so uploads do not queue behind each
+        other's renames. Until its line is written, the file's lock (held by
+        ``upload``) keeps start-up clean-up in other workers away from it.
+        """
         final_path = self.path(image_id)
-        record = {
-            'op': 'add',
-            'id': image_id,
-            'modified': int(time.time()),
-            'size': [int(size[0]), int(size[1])],
-        }
-        with self._exclusive():
-            if final_path.exists():
-                raise StorageError(f'An image with the id {image_id} already exists.')
-            os.rename(jpeg_path, final_path)
-            try:
-                _fsync_directory(self.images_dir)
+        image = StoredImage(image_id, int(time.time()), (int(size[0]), int(size[1])))
+        record = {'op': 'add', 'id': image_id, 'modified': image.modified, 'size': [*image.size]}
+        if final_path.exists():
+            raise StorageError(f'An image with the id {image_id} already exists.')
+        os.rename(upload.path, final_path)
+        try:
+            _fsync_directory(self.images_dir)
+            with self._exclusive():
                 self._append(record)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    final_path.unlink()
-                raise
-        return self.get(image_id)  # reads the line just appended
+        except BaseException:
+            with contextlib.suppress(OSError):
+                final_path.unlink()
+            raise
+        return image
 
     def delete(self, image_id: str) -> None:
         """Remove an image from the index, then from the disk."""

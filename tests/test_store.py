@@ -40,7 +40,7 @@ def commit(store: Store, image_id: str | None = None, size: tuple[int, int] = (8
         temp.file.write(JPEG)
         temp.file.flush()
         os.fsync(temp.file.fileno())
-        store.add(image_id, temp.path, size)
+        store.add(image_id, temp, size)
     finally:
         temp.close()
     return image_id
@@ -158,7 +158,7 @@ def test_malformed_id_never_touches_the_disk(store: Store, bad_id: str) -> None:
         store.list(after=bad_id)
     temp = store.temporary()
     with pytest.raises(ImageNotFound):
-        store.add(bad_id, temp.path, (1, 1))
+        store.add(bad_id, temp, (1, 1))
     assert temp.path.exists()  # not renamed anywhere
     temp.close()
 
@@ -370,6 +370,24 @@ def test_unlisted_image_file_is_removed_on_open(store: Store, root: pathlib.Path
     assert foreign.exists()
 
 
+def test_image_waiting_for_its_index_line_survives_another_workers_start(
+    store: Store, root: pathlib.Path
+) -> None:
+    """An upload renames its file into place before it takes the writers' lock."""
+    upload = store.temporary()
+    upload.file.write(JPEG)
+    upload.file.flush()
+    in_place = store.path(new_id())
+    os.rename(upload.path, in_place)  # as add() does; the upload still holds the file's lock
+
+    other_worker(root)
+    assert in_place.read_bytes() == JPEG
+
+    upload.close()  # its worker died before the index line: the lock is gone
+    other_worker(root)
+    assert not in_place.exists()
+
+
 def test_entry_whose_file_is_missing_is_dropped_on_open(store: Store, root: pathlib.Path) -> None:
     lost, kept = commit(store), commit(store)
     store.path(lost).unlink()
@@ -414,7 +432,7 @@ def test_locked_temp_file_survives_another_workers_start(store: Store, root: pat
 
     assert upload.path.read_bytes() == JPEG
     image_id = new_id()
-    store.add(image_id, upload.path, (8, 6))
+    store.add(image_id, upload, (8, 6))
     upload.close()
     assert [image.id for image in other_worker(root).list()] == [image_id]
     assert os.listdir(store.images_dir) == [f'{image_id}.jpeg']
