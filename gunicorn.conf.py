@@ -5,8 +5,6 @@ Command-line flags and GUNICORN_CMD_ARGS override anything set here.
 
 import os
 
-from gunicorn.glogging import CONFIG_DEFAULTS
-
 bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
 
 # One worker per core; the image work itself runs in each worker's process
@@ -26,18 +24,20 @@ keepalive = 5
 # Uploads are streamed to disk, so request bodies need no limit here; look
 # enforces LOOK_MAX_UPLOAD_BYTES itself. Header limits stay at gunicorn's.
 
-# gunicorn's own logging, plus look's messages (such as where images are
-# stored) on standard error beside gunicorn's.
-logconfig_dict = {
-    'root': {'level': 'WARNING', 'handlers': ['error_console']},
-    'loggers': {
-        **{
-            name: {**logger, 'propagate': False}
-            for name, logger in CONFIG_DEFAULTS['loggers'].items()
-        },
-        'look': {'level': 'INFO', 'handlers': ['error_console'], 'propagate': False},
-    },
-}
+# NOTE: no access log by default, as in gunicorn itself: a line per request
+#   costs every request its formatting and a write. `--access-logfile -`
+#   (or GUNICORN_CMD_ARGS) turns it on.
+
+
+def post_fork(server, worker):
+    """Send look's messages (such as where images are stored) to gunicorn's error log."""
+    import logging
+
+    error_log = worker.log.error_log
+    look_log = logging.getLogger('look')
+    look_log.setLevel(error_log.level)
+    look_log.handlers = list(error_log.handlers)
+    look_log.propagate = False
 
 
 def post_worker_init(worker):

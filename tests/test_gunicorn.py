@@ -610,3 +610,24 @@ def test_each_log_line_written_once(gunicorn: Gunicorn) -> None:
     for pid in gunicorn.worker_pids():
         line = f'Booting worker with pid: {pid}'
         assert log.count(line) == 1, f'{line!r} appears {log.count(line)} times:\n{log[:2000]}'
+
+
+def test_log_says_where_images_go_and_has_no_access_lines(gunicorn: Gunicorn) -> None:
+    """look's messages reach gunicorn's log; requests are not logged unless asked for."""
+    assert get(f'{gunicorn.url}/images').status == 200
+
+    log = gunicorn.log()
+    line = f'[INFO] storing images in {gunicorn.storage_path.resolve()}'
+    assert log.count(line) == gunicorn.workers, log[:2000]
+    assert 'GET /images' not in log
+
+
+def test_access_log_on_request(make_gunicorn: MakeGunicorn) -> None:
+    """gunicorn's own --access-logfile flag turns the access log on."""
+    server = make_gunicorn(workers=1, environ={'GUNICORN_CMD_ARGS': '--access-logfile -'})
+
+    assert get(f'{server.url}/images?limit=1').status == 200
+
+    assert wait_until(lambda: '"GET /images?limit=1 HTTP/1.1" 200' in server.log(), 5.0), (
+        server.log_tail()
+    )
