@@ -38,21 +38,19 @@ def convert(source: str, target_dir: str, quality: int = QUALITY) -> tuple[int, 
         # In place and only when needed: no copy that Pillow can do without.
         ImageOps.exif_transpose(image, in_place=True)
         rgb = image if image.mode == 'RGB' else image.convert('RGB')
-        fd, target = _new_file(target_dir)
-        try:
-            with os.fdopen(fd, 'wb') as out:
-                rgb.save(out, 'JPEG', quality=quality)
-                out.flush()
-                os.fsync(out.fileno())
-        finally:
-            os.unlink(target)
+        with os.fdopen(_new_file(target_dir), 'wb') as out:
+            rgb.save(out, 'JPEG', quality=quality)
+            out.flush()
+            os.fsync(out.fileno())
         return rgb.size
 
 
-def _new_file(directory: str) -> tuple[int, str]:
-    # A new file each time, as look writes one per upload.
+def _new_file(directory: str) -> int:
+    # NOTE: a new file each time, kept as look keeps each upload. Deleting it
+    #   here would cost the next creations: ext4 without a journal skips
+    #   inodes freed in the last minute, one by one.
     path = os.path.join(directory, f'{os.getpid()}-{time.monotonic_ns()}.jpeg')
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644), path
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
 
 
 def _ignore_sigint() -> None:
