@@ -7,7 +7,10 @@ look adds (no middleware, no store, no index):
 - ``GET /cached/{key}``: one Redis GET of ``BENCH_BARE_KEY_PREFIX + key``,
   answered as the bytes stored there;
 - ``GET /files/{name}``: the file ``BENCH_BARE_FILES/name``, streamed the way
-  Falcon streams any file (``wsgi.file_wrapper``, so gunicorn's sendfile).
+  Falcon streams any file (``wsgi.file_wrapper``, so gunicorn's sendfile);
+- ``GET /rendered/{name}/{width}x{height}``: the Pillow limit's render of the
+  file ``BENCH_BARE_FILES/name``, in this worker's own pool as look renders in
+  its own: what any app under this gunicorn pays for an uncached thumbnail.
 """
 
 from __future__ import annotations
@@ -15,11 +18,14 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
 import falcon
 import redis
+
+from bench import limits
 
 _NAME = re.compile(r'[0-9A-Za-z][0-9A-Za-z_.-]*\Z')
 
@@ -57,6 +63,27 @@ class Files:
         resp.stream = stream
 
 
+class Rendered:
+    """Render a file with the Pillow limit's function in a pool of this worker's own."""
+
+    def __init__(self, directory: pathlib.Path) -> None:
+        self._directory = directory
+        self._lock = threading.Lock()
+        self._pool: Any = None
+
+    def on_get(
+        self, req: falcon.Request, resp: falcon.Response, name: str, width: int, height: int
+    ) -> None:
+        if not _NAME.match(name):
+            raise falcon.HTTPNotFound()
+        with self._lock:
+            if self._pool is None:  # after gunicorn's fork, as look's pool is
+                self._pool = limits.start_pool()
+        future = self._pool.submit(limits.render, str(self._directory / name), (width, height))
+        resp.content_type = 'image/jpeg'
+        resp.data = future.result()
+
+
 def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
     """Create the bare app from ``BENCH_BARE_REDIS_URL``, ``_KEY_PREFIX`` and ``_FILES``."""
     environ = os.environ if environ is None else environ
@@ -70,4 +97,5 @@ def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
     files = environ.get('BENCH_BARE_FILES')
     if files:
         app.add_route('/files/{name}', Files(pathlib.Path(files)))
+        app.add_route('/rendered/{name}/{width:int}x{height:int}', Rendered(pathlib.Path(files)))
     return app

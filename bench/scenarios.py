@@ -210,7 +210,7 @@ def _compare_http(
     other: tuple[Server, list[Call]] | tuple[Callable[[float], float], None],
     *,
     concurrency: int,
-    target: float,
+    target: float | None,
     limit_unit: str,
 ) -> Row:
     """Interleave look's rounds with its limit's (HTTP or Pillow); return the table row."""
@@ -264,12 +264,19 @@ def _compare_http(
 
 
 def uncached(ctx: Context) -> list[Row]:
-    """Thumbnails with the cache off, and uploads, vs Pillow alone in a pool."""
+    """Thumbnails with the cache off, and uploads, vs Pillow alone in a pool.
+
+    Each thumbnail row is followed by a reference row: look vs the bare app
+    doing the same render in its own pool under the same gunicorn, which
+    shows how much of the gap to Pillow alone is HTTP itself.
+    """
     s = ctx.settings
     rows = []
     with contextlib.ExitStack() as stack:
         env = ctx.look_env(ctx.main_storage, cache=False)
         server = stack.enter_context(gunicorn('look-nocache', LOOK_APP, ctx.workdir, env))
+        bare_env = {'BENCH_BARE_FILES': str(ctx.main_storage / 'images')}
+        bare = stack.enter_context(gunicorn('bare-render', BARE_APP, ctx.workdir, bare_env))
         _seed(ctx, server)
         pool = limits.start_pool()
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
@@ -295,6 +302,19 @@ def uncached(ctx: Context) -> list[Row]:
                     concurrency=s.pool_jobs,
                     target=0.85,
                     limit_unit='renders/s',
+                )
+            )
+            bare_calls = [Call('GET', f'/rendered/{i}.jpeg/{width}x{height}') for i in ids]
+            rows.append(
+                _compare_http(
+                    ctx,
+                    f'uncached thumbnail {source} → {width}x{height}: the same render '
+                    'behind a bare Falcon app',
+                    (server, calls),
+                    (bare, bare_calls),
+                    concurrency=s.pool_jobs,
+                    target=None,
+                    limit_unit='req/s (bare)',
                 )
             )
 
