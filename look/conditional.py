@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-
 import falcon
 
 # Images and thumbnails are immutable: a new upload gets a new id.
@@ -13,10 +11,10 @@ IMMUTABLE = 'public, max-age=31536000, immutable'
 VALIDATOR_HEADERS = ('ETag', 'Last-Modified', 'Cache-Control')
 
 
-def set_immutable(resp: falcon.Response, etag: str, last_modified: datetime.datetime) -> None:
-    """Mark a response as never changing, with a strong ETag and Last-Modified."""
+def set_immutable(resp: falcon.Response, etag: str, last_modified: str) -> None:
+    """Mark a response as never changing, with a strong ETag and Last-Modified (an HTTP date)."""
     resp.etag = etag
-    resp.last_modified = last_modified
+    resp.set_header('Last-Modified', last_modified)
     resp.cache_control = [IMMUTABLE]
 
 

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import os
 import uuid
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 import falcon
 
@@ -79,7 +78,7 @@ class Images:
         return {
             'id': image.id,
             'image': image_uri(image.id),
-            'modified': email.utils.formatdate(image.modified, usegmt=True),
+            'modified': image.modified_http,
             'size': list(image.size),
             'thumbnails': [
                 thumbnail_uri(image.id, size)
@@ -133,7 +132,7 @@ class Images:
     def on_get_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._validated(req, resp, image_id)
         if image is not None:
-            stream = self._open(image)
+            stream = self._store.open_image(image)
             resp.content_length = os.fstat(stream.fileno()).st_size
             # NOTE: Falcon hands a stream with read() to the server's
             #   wsgi.file_wrapper, so gunicorn sends the file with sendfile().
@@ -143,7 +142,7 @@ class Images:
         image = self._validated(req, resp, image_id)
         if image is not None:
             # Falcon drops a HEAD body without closing it: don't leave one.
-            with self._open(image) as stream:
+            with self._store.open_image(image) as stream:
                 resp.content_length = os.fstat(stream.fileno()).st_size
 
     def on_delete_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
@@ -156,20 +155,13 @@ class Images:
         ]
         resp.status = falcon.HTTP_204
 
-    def _open(self, image: StoredImage) -> IO[bytes]:
-        try:
-            return open(self._store.path(image.id), 'rb')
-        except FileNotFoundError:
-            # Deleted by another request since the lookup.
-            raise ImageNotFound(f'No image has the id {image.id}.') from None
-
     def _validated(
         self, req: falcon.Request, resp: falcon.Response, image_id: str
     ) -> StoredImage | None:
         """Set the headers of an original; return None if a 304 answers the request."""
         image = self._store.get(image_id)
         resp.content_type = 'image/jpeg'
-        set_immutable(resp, etag=image.id, last_modified=image.modified_at)
+        set_immutable(resp, etag=image.id, last_modified=image.modified_http)
         if is_not_modified(req, resp):
             answer_not_modified(resp)
             return None
@@ -203,7 +195,7 @@ class Thumbnails:
         resp.content_type = 'image/jpeg'
         # The quality is part of the tag: the bytes change if it does.
         etag = f'{image.id}-{width}x{height}-q{self._thumbnailer.quality}'
-        set_immutable(resp, etag=etag, last_modified=image.modified_at)
+        set_immutable(resp, etag=etag, last_modified=image.modified_http)
         if is_not_modified(req, resp):
             answer_not_modified(resp)
             return

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime
+import email.utils
 import fcntl
+import functools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import secrets
 import threading
 import time
 from collections.abc import Iterator
+from typing import IO
 
 from look.errors import ImageNotFound, StorageError, refused_writes
 
@@ -50,9 +52,15 @@ class StoredImage:
     size: tuple[int, int]
 
     @property
-    def modified_at(self) -> datetime.datetime:
-        """The upload time as an aware UTC datetime."""
-        return datetime.datetime.fromtimestamp(self.modified, datetime.UTC)
+    def modified_http(self) -> str:
+        """The upload time as an HTTP date, as Last-Modified and the JSON give it."""
+        return _http_date(self.modified)
+
+
+@functools.lru_cache(maxsize=4096)
+def _http_date(seconds: int) -> str:
+    # Formatting is most of the cost of a download's headers; images repeat.
+    return email.utils.formatdate(seconds, usegmt=True)
 
 
 class TempFile:
@@ -119,6 +127,7 @@ class Store:
         self.images_dir = self.root / 'images'
         self.index_path = self.root / 'index.jsonl'
         self.lock_path = self.root / 'index.lock'
+        self._images_prefix = f'{self.images_dir}{os.sep}'  # hot path: no pathlib
 
         # The in-memory view of the index, guarded by _view_lock (gthread workers).
         self._view_lock = threading.Lock()
@@ -191,13 +200,20 @@ class Store:
 
     def get(self, image_id: str) -> StoredImage:
         """Return the image with this id, or raise ImageNotFound."""
-        if not is_valid_id(image_id):
-            raise ImageNotFound(f'No image has the id {image_id!r}.')
         self._refresh()
+        image = self._images.get(image_id)  # only valid ids are ever in it
+        if image is None:
+            shown = image_id if is_valid_id(image_id) else repr(image_id)
+            raise ImageNotFound(f'No image has the id {shown}.')
+        return image
+
+    def open_image(self, image: StoredImage) -> IO[bytes]:
+        """Open the JPEG of an image for reading, or raise ImageNotFound if it is gone."""
         try:
-            return self._images[image_id]
-        except KeyError:
-            raise ImageNotFound(f'No image has the id {image_id}.') from None
+            return open(f'{self._images_prefix}{image.id}.jpeg', 'rb')
+        except FileNotFoundError:
+            # Deleted by another request since the lookup.
+            raise ImageNotFound(f'No image has the id {image.id}.') from None
 
     def path(self, image_id: str) -> pathlib.Path:
         """Return where the JPEG of ``image_id`` lives; the id must be valid."""

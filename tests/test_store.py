@@ -5,6 +5,7 @@ A second ``Store`` on the same directory stands in for another gunicorn worker.
 
 from __future__ import annotations
 
+import email.utils
 import json
 import multiprocessing
 import os
@@ -88,6 +89,24 @@ def test_add_then_get_list_and_file(store: Store) -> None:
     assert store.path(image_id).read_bytes() == JPEG
     assert store.list() == [image]
     assert len(store) == 1
+
+
+def test_open_image_reads_the_file_until_it_is_deleted(store: Store) -> None:
+    image = store.get(commit(store))
+    with store.open_image(image) as stored:
+        assert stored.read() == JPEG
+
+    store.path(image.id).unlink()  # as another worker's delete would, after our lookup
+
+    with pytest.raises(ImageNotFound):
+        store.open_image(image)
+
+
+def test_modified_http_is_the_upload_time_as_an_http_date(store: Store) -> None:
+    image = StoredImage(new_id(), 1_700_000_000, (8, 6))
+
+    assert image.modified_http == 'Tue, 14 Nov 2023 22:13:20 GMT'
+    assert email.utils.parsedate_to_datetime(image.modified_http).timestamp() == image.modified
 
 
 def test_list_is_in_commit_order_not_id_order(store: Store) -> None:
