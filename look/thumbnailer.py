@@ -34,6 +34,10 @@ ACCEPTED_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP')
 _SIXTEEN_BIT_GREY = frozenset({'I', 'I;16', 'I;16L', 'I;16B', 'I;16N'})
 _ALPHA_MODES = frozenset({'RGBA', 'LA', 'PA', 'RGBa', 'La'})
 _srgb_profile: ImageCms.ImageCmsProfile | None = None
+# Freed image blocks a pool process keeps for the next image (Pillow's
+# PILLOW_BLOCKS_MAX, which wins when set). Without them, each 960x540 render
+# maps fresh memory and takes ~1000 page faults: 30% more CPU per render.
+IMAGE_BLOCKS_CACHED = 4
 
 
 def thumbnail_sizes(size: tuple[int, int], min_size: int) -> list[tuple[int, int]]:
@@ -176,6 +180,8 @@ def _init_pool_process(parent_pid: int, address_space: int) -> None:
     _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     if hard == resource.RLIM_INFINITY or address_space < hard:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, hard))
+    if 'PILLOW_BLOCKS_MAX' not in os.environ:  # Pillow applied it at import
+        Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 

@@ -503,6 +503,62 @@ def test_pool_starts_lazily_and_close_leaves_no_process(
     worker.render(stored_jpeg, (160, 90))  # and it starts again on demand
 
 
+def page_faults(pid: int) -> int:
+    """Return the minor page faults ``pid`` has taken so far."""
+    stat = pathlib.Path(f'/proc/{pid}/stat').read_text()
+    return int(stat.rsplit(')', 1)[1].split()[7])
+
+
+def faults_per_render(
+    worker: Thumbnailer, sources: list[pathlib.Path], renders: int = 20
+) -> float:
+    """Render 960x540s of ``sources`` in a one-process pool; return its page faults per render."""
+    before = pool_pids()
+    for source in sources:  # start the process, import, allocate for the first time
+        worker.render(source, (960, 540))
+    (pid,) = pool_pids() - before
+    start = page_faults(pid)
+    for n in range(renders):
+        worker.render(sources[n % len(sources)], (960, 540))
+    return (page_faults(pid) - start) / renders
+
+
+@pytest.fixture
+def stored_photos(tmp_path: pathlib.Path) -> list[pathlib.Path]:
+    """Four different 1920x1080 images as look stores them."""
+    paths = []
+    for seed in range(4):
+        path = tmp_path / f'stored-{seed}.jpeg'
+        path.write_bytes(image_bytes('JPEG', size=(1920, 1080), seed=seed, quality=90))
+        convert_upload(str(path), MAX_PIXELS, QUALITY)
+        paths.append(path)
+    return paths
+
+
+def test_renders_reuse_image_memory_instead_of_faulting_in_fresh_pages(
+    stored_photos: list[pathlib.Path], make_thumbnailer: MakeThumbnailer
+) -> None:
+    """A 960x540 render holds two 2 MiB images: mapped afresh, they cost ~1000 page faults."""
+    worker = make_thumbnailer()
+    try:
+        assert faults_per_render(worker, stored_photos) < 50
+    finally:
+        worker.close()
+
+
+def test_pillow_blocks_max_set_by_the_operator_wins(
+    stored_photos: list[pathlib.Path],
+    make_thumbnailer: MakeThumbnailer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv('PILLOW_BLOCKS_MAX', '0')  # keep no freed block: Pillow's default
+    worker = make_thumbnailer()
+    try:
+        assert faults_per_render(worker, stored_photos) > 200
+    finally:
+        worker.close()
+
+
 def test_start_all_starts_the_pools_and_close_all_stops_them(
     make_thumbnailer: MakeThumbnailer,
 ) -> None:
