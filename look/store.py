@@ -76,7 +76,11 @@ class TempFile:
         self.file = os.fdopen(fd, 'r+b')
 
     def close(self) -> None:
-        """Remove the file; what it held is being thrown away, so a failing flush is too."""
+        """Remove the temporary name and let go of the file (and its lock).
+
+        After a commit the file lives on under its image name; otherwise what
+        it held is being thrown away, so a failing flush is too.
+        """
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
         with contextlib.suppress(OSError):
@@ -324,16 +328,19 @@ class Store:
         """Commit the finished, fsync'd JPEG in ``upload`` under ``image_id``; index it durably.
 
         Only the index line is written under the writers' lock: the file is
-        renamed into place before it, so uploads do not queue behind each
-        other's renames. Until its line is written, the file's lock (held by
+        linked into place before it, so uploads do not queue behind each
+        other's commits. Until its line is written, the file's lock (held by
         ``upload``) keeps start-up clean-up in other workers away from it.
+        ``upload.close()`` removes the temporary name afterwards.
         """
         final_path = self.path(image_id)
         image = StoredImage(image_id, int(time.time()), (int(size[0]), int(size[1])))
         record = {'op': 'add', 'id': image_id, 'modified': image.modified, 'size': [*image.size]}
-        if final_path.exists():
-            raise StorageError(f'An image with the id {image_id} already exists.')
-        os.rename(upload.path, final_path)
+        try:
+            # NOTE: a link, unlike a rename, never replaces an existing image.
+            os.link(upload.path, final_path)
+        except FileExistsError:
+            raise StorageError(f'An image with the id {image_id} already exists.') from None
         try:
             _fsync_directory(self.images_dir)
             with self._exclusive():

@@ -5,6 +5,7 @@ A second ``Store`` on the same directory stands in for another gunicorn worker.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import multiprocessing
@@ -15,6 +16,7 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 
 import pytest
 
@@ -390,21 +392,47 @@ def test_unlisted_image_file_is_removed_on_open(store: Store, root: pathlib.Path
 
 
 def test_image_waiting_for_its_index_line_survives_another_workers_start(
-    store: Store, root: pathlib.Path
+    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An upload renames its file into place before it takes the writers' lock."""
+    """add() puts the file in place, then waits for the writers' lock to index it.
+
+    Another worker that starts meanwhile must leave the file alone: the
+    upload's lock on it says it is not a crashed upload's leftover.
+    """
     upload = store.temporary()
     upload.file.write(JPEG)
     upload.file.flush()
-    in_place = store.path(new_id())
-    os.rename(upload.path, in_place)  # as add() does; the upload still holds the file's lock
+    image_id = new_id()
+    take_the_lock = store._exclusive
 
-    other_worker(root)
-    assert in_place.read_bytes() == JPEG
+    @contextlib.contextmanager
+    def another_worker_starts_first() -> Iterator[None]:
+        assert store.path(image_id).exists()  # in place, not yet indexed
+        other_worker(root)
+        with take_the_lock():
+            yield
 
-    upload.close()  # its worker died before the index line: the lock is gone
-    other_worker(root)
-    assert not in_place.exists()
+    monkeypatch.setattr(store, '_exclusive', another_worker_starts_first)
+    store.add(image_id, upload, (8, 6))
+    upload.close()
+
+    assert store.path(image_id).read_bytes() == JPEG
+    assert [image.id for image in other_worker(root).list()] == [image_id]
+
+
+def test_adding_an_existing_id_leaves_the_first_image_as_it_was(store: Store) -> None:
+    image_id = commit(store)
+    other = store.temporary()
+    other.file.write(b'another picture')
+    other.file.flush()
+
+    with pytest.raises(StorageError):
+        store.add(image_id, other, (8, 6))
+    other.close()
+
+    assert store.path(image_id).read_bytes() == JPEG
+    assert [json.loads(line)['id'] for line in index_lines(store)] == [image_id]
+    assert os.listdir(store.images_dir) == [f'{image_id}.jpeg']
 
 
 def test_entry_whose_file_is_missing_is_dropped_on_open(store: Store, root: pathlib.Path) -> None:
