@@ -205,7 +205,7 @@ class Store:
     def get(self, image_id: str) -> StoredImage:
         """Return the image with this id, or raise ImageNotFound."""
         self._refresh()
-        image = self._images.get(image_id)  # only valid ids are ever in it
+        image = self._images.get(image_id)  # _apply lets only valid ids in
         if image is None:
             shown = image_id if is_valid_id(image_id) else repr(image_id)
             raise ImageNotFound(f'No image has the id {shown}.')
@@ -281,6 +281,9 @@ class Store:
         try:
             record = json.loads(line)
             op, image_id = record['op'], record['id']
+            if not is_valid_id(image_id):
+                # Lookups trust the view: a path is built from every id in it.
+                raise ValueError(f'malformed id {image_id!r}')
             if op == 'add':
                 width, height = record['size']
                 image = StoredImage(image_id, int(record['modified']), (int(width), int(height)))

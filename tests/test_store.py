@@ -360,6 +360,8 @@ def test_half_written_tail_is_cut_by_the_next_append(store: Store, root: pathlib
         b'{"op":"add"}\n',
         b'{"op":"add","id":"00000000-0000-0000-0000-000000000001","modified":1,"size":[1]}\n',
         b'{"op":"rename","id":"00000000-0000-0000-0000-000000000001"}\n',
+        b'{"op":"add","id":"../../x","modified":1,"size":[1,1]}\n',
+        b'{"op":"add","id":7,"modified":1,"size":[1,1]}\n',
         b'{"op":"add","id":"00000000-0000-0000-0000-000000000001","modified":1e999,'
         b'"size":[1,1]}\n',
     ],
