@@ -34,6 +34,7 @@ ACCEPTED_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP')
 _SIXTEEN_BIT_GREY = frozenset({'I', 'I;16', 'I;16L', 'I;16B', 'I;16N'})
 _ALPHA_MODES = frozenset({'RGBA', 'LA', 'PA', 'RGBa', 'La'})
 _srgb_profile: ImageCms.ImageCmsProfile | None = None
+JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
 # Freed image blocks a pool process keeps for the next image (Pillow's
 # PILLOW_BLOCKS_MAX, which wins when set). Without them, each 960x540 render
 # maps fresh memory and takes ~1000 page faults: 30% more CPU per render.
@@ -82,6 +83,11 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
                 raise ImageTooLarge(
                     f'The image is {width}x{height} ({width * height} pixels); '
                     f'the limit is {max_pixels} pixels.'
+                )
+            if max(width, height) > JPEG_MAX_SIDE:
+                raise ImageTooLarge(
+                    f'The image is {width}x{height}; a JPEG side can be at most '
+                    f'{JPEG_MAX_SIDE} pixels.'
                 )
             try:
                 image.load()  # the first frame of an animation

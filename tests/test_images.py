@@ -382,6 +382,21 @@ def test_failed_upload_leaves_storage_unchanged(
     assert len(client.simulate_get('/images').json) == 1
 
 
+def test_side_no_jpeg_can_have_is_413_and_leaves_nothing(
+    make_client: MakeClient, make_config: Callable[..., Config]
+) -> None:
+    """140 000 pixels is within the pixel limit, but 70 000 pixels is no JPEG side."""
+    config = make_config()
+    client = make_client(config)
+    before = storage_state(config)
+
+    response = client.simulate_post('/images', body=image_bytes('PNG', size=(70_000, 2)))
+
+    assert response.status_code == 413
+    assert '65500' in response.json['description']
+    assert storage_state(config) == before
+
+
 def test_chunked_upload_over_the_limit_is_413(
     make_client: MakeClient, make_config: Callable[..., Config]
 ) -> None:

@@ -332,6 +332,14 @@ def test_pixel_limit_is_exact(convert: Convert) -> None:
         convert(image_bytes('PNG', size=(40, 26)), max_pixels=1000)
 
 
+def test_side_longer_than_jpeg_allows_is_refused(convert: Convert) -> None:
+    """Few pixels, but a side no JPEG can have: refused before anything is written."""
+    with pytest.raises(ImageTooLarge, match='65500'):
+        convert(image_bytes('PNG', size=(70_000, 2)))
+
+    convert(image_bytes('PNG', size=(65_500, 2)))
+
+
 @pytest.mark.parametrize('fmt', ['JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP'])
 def test_truncated_upload_is_corrupt(convert: Convert, fmt: str) -> None:
     with pytest.raises(CorruptImage):
