@@ -178,7 +178,7 @@ class Store:
 
     @staticmethod
     def _remove_unlisted_image(path: pathlib.Path) -> None:
-        # NOTE: an upload renames its file into place, then waits for the
+        # NOTE: an upload links its file into place, then waits for the
         #   writers' lock (which we hold) to write its index line; its lock
         #   on the file says so. An unlocked, unlisted image is an upload that
         #   crashed before its index line: never acknowledged.
