@@ -26,18 +26,8 @@ keepalive = 5
 
 # NOTE: no access log by default, as in gunicorn itself: a line per request
 #   costs every request its formatting and a write. `--access-logfile -`
-#   (or GUNICORN_CMD_ARGS) turns it on.
-
-
-def post_fork(server, worker):
-    """Send look's messages (such as where images are stored) to gunicorn's error log."""
-    import logging
-
-    error_log = worker.log.error_log
-    look_log = logging.getLogger('look')
-    look_log.setLevel(error_log.level)
-    look_log.handlers = list(error_log.handlers)
-    look_log.propagate = False
+#   (or GUNICORN_CMD_ARGS) turns it on. look's own messages go to gunicorn's
+#   error log (look/wsgi.py).
 
 
 def post_worker_init(worker):

@@ -622,6 +622,17 @@ def test_log_says_where_images_go_and_has_no_access_lines(gunicorn: Gunicorn) ->
     assert 'GET /images' not in log
 
 
+def test_preloaded_app_logs_once_and_serves(make_gunicorn: MakeGunicorn) -> None:
+    """With --preload the master makes the app before forking: its messages are kept too."""
+    server = make_gunicorn(workers=2, environ={'GUNICORN_CMD_ARGS': '--preload'})
+
+    description = upload(server)
+    assert get(f'{server.url}{description["thumbnails"][0]}').status == 200
+
+    line = f'[INFO] storing images in {server.storage_path.resolve()}'
+    assert server.log().count(line) == 1, server.log_tail()
+
+
 def test_access_log_on_request(make_gunicorn: MakeGunicorn) -> None:
     """gunicorn's own --access-logfile flag turns the access log on."""
     server = make_gunicorn(workers=1, environ={'GUNICORN_CMD_ARGS': '--access-logfile -'})
