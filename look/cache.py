@@ -70,12 +70,15 @@ class RedisCache:
         self.path_prefix = path_prefix
         self.key_prefix = key_prefix
         self.retry_interval = retry_interval
-        self._skip_until = 0.0
-        self._failing = False
+        self._skip_until = 0.0  # 0.0 while Redis answers, else when to probe it again
         self._probe_lock = threading.Lock()
         # Keys a DELETE could not purge while Redis was unreachable: never
         # served from here, and purged again as soon as Redis answers.
         self._unpurged: set[str] = set()
+
+    @property
+    def _failing(self) -> bool:
+        return self._skip_until != 0.0
 
     @property
     def available(self) -> bool:
@@ -91,7 +94,7 @@ class RedisCache:
         path = req.path
         if req.method not in ('GET', 'HEAD') or not path.startswith(self.path_prefix):
             return
-        key = self.key_prefix + path
+        key = self._key(path)
         if self._unpurged and key in self._unpurged:
             self._purge()
             return
@@ -185,7 +188,6 @@ class RedisCache:
         try:
             result = method(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as ex:
-            self._failing = True
             self._skip_until = time.monotonic() + self.retry_interval
             log.warning(
                 'Redis unavailable (%s: %s); serving uncached for %gs',
@@ -198,7 +200,6 @@ class RedisCache:
         else:
             if self._failing:
                 log.info('Redis is back; caching again')
-                self._failing = False
                 self._skip_until = 0.0
                 if self._unpurged:
                     self._purge()
