@@ -19,8 +19,9 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from look.thumbnailer import IMAGE_BLOCKS_CACHED
+
 QUALITY = 85  # look's default LOOK_JPEG_QUALITY
-BLOCKS_CACHED = 4  # as look's pool processes keep
 
 
 def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
@@ -59,7 +60,7 @@ def _init_process() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # As fast as Pillow can: freed image blocks are kept for the next image
     # (PILLOW_BLOCKS_MAX), so renders do not fault in fresh memory each time.
-    Image.core.set_blocks_max(BLOCKS_CACHED)
+    Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)
 
 
 def start_pool() -> concurrent.futures.ProcessPoolExecutor:
