@@ -358,16 +358,6 @@ def test_garbled_pixel_data_is_corrupt(convert: Convert) -> None:
         pytest.param(b'Dear diary,\n' * 100, id='text'),
         pytest.param(b'<svg xmlns="http://www.w3.org/2000/svg"/>', id='svg'),
         pytest.param(b'', id='empty'),
-    ],
-)
-def test_non_image_is_unsupported(convert: Convert, data: bytes) -> None:
-    with pytest.raises(UnsupportedImage):
-        convert(data)
-
-
-@pytest.mark.parametrize(
-    'data',
-    [
         pytest.param(image_bytes('PPM', size=(64, 64)), id='ppm'),
         pytest.param(b'P1\n2 2\n0 1 1 0\n', id='pbm-text'),
         pytest.param(image_bytes('TGA', size=(64, 64)), id='tga'),
@@ -378,7 +368,7 @@ def test_non_image_is_unsupported(convert: Convert, data: bytes) -> None:
     ],
 )
 def test_only_the_advertised_formats_are_read(convert: Convert, data: bytes) -> None:
-    """The 415 message promises JPEG, PNG, GIF, BMP, TIFF or WebP; other decoders stay shut."""
+    """Anything but the formats the 415 message names is refused: other decoders stay shut."""
     with pytest.raises(UnsupportedImage):
         convert(data)
 
