@@ -19,13 +19,15 @@ import os
 import pathlib
 import re
 import threading
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import falcon
 import redis
 
 from bench import limits
+from look.uploads import CHUNK_SIZE
 
 _NAME = re.compile(r'[0-9A-Za-z][0-9A-Za-z_.-]*\Z')
 
@@ -63,25 +65,54 @@ class Files:
         resp.stream = stream
 
 
-class Rendered:
-    """Render a file with the Pillow limit's function in a pool of this worker's own."""
+class Pool:
+    """The Pillow limit's pool, as large as look's and started in the worker as look's is."""
 
-    def __init__(self, directory: pathlib.Path) -> None:
-        self._directory = directory
+    def __init__(self, processes: int) -> None:
+        self._processes = processes
         self._lock = threading.Lock()
         self._pool: Any = None
+
+    def run(self, function: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:
+            if self._pool is None:  # after gunicorn's fork
+                self._pool = limits.start_pool(self._processes)
+        return self._pool.submit(function, *args).result()
+
+
+class Rendered:
+    """Render a file with the Pillow limit's function in the worker's pool."""
+
+    def __init__(self, directory: pathlib.Path, pool: Pool) -> None:
+        self._directory = directory
+        self._pool = pool
 
     def on_get(
         self, req: falcon.Request, resp: falcon.Response, name: str, width: int, height: int
     ) -> None:
         if not _NAME.match(name):
             raise falcon.HTTPNotFound()
-        with self._lock:
-            if self._pool is None:  # after gunicorn's fork, as look's pool is
-                self._pool = limits.start_pool()
-        future = self._pool.submit(limits.render, str(self._directory / name), (width, height))
         resp.content_type = 'image/jpeg'
-        resp.data = future.result()
+        resp.data = self._pool.run(limits.render, str(self._directory / name), (width, height))
+
+
+class Converted:
+    """Write the body to a new file and convert it there with the Pillow limit's function."""
+
+    def __init__(self, directory: pathlib.Path, pool: Pool) -> None:
+        self._directory = directory
+        self._pool = pool
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # NOTE: a new name each time and nothing deleted, as the Pillow
+        #   limit's conversion does (see limits._new_file).
+        path = self._directory / f'{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}'
+        with open(path, 'xb') as out:
+            while chunk := req.bounded_stream.read(CHUNK_SIZE):
+                out.write(chunk)
+        width, height = self._pool.run(limits.convert, str(path), None)
+        resp.status = falcon.HTTP_201
+        resp.media = {'size': [width, height]}
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
@@ -94,8 +125,15 @@ def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
         app.add_route(
             '/cached/{key}', CachedBytes(client, environ.get('BENCH_BARE_KEY_PREFIX', ''))
         )
+    # gunicorn.conf.py sizes look's pools through LOOK_PROCESSES, and this one's.
+    pool = Pool(int(environ.get('LOOK_PROCESSES') or os.cpu_count() or 1))
     files = environ.get('BENCH_BARE_FILES')
     if files:
         app.add_route('/files/{name}', Files(pathlib.Path(files)))
-        app.add_route('/rendered/{name}/{width:int}x{height:int}', Rendered(pathlib.Path(files)))
+        app.add_route(
+            '/rendered/{name}/{width:int}x{height:int}', Rendered(pathlib.Path(files), pool)
+        )
+    uploads = environ.get('BENCH_BARE_UPLOADS')
+    if uploads:
+        app.add_route('/converted', Converted(pathlib.Path(uploads), pool))
     return app

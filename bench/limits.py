@@ -34,17 +34,23 @@ def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
     return out.getvalue()
 
 
-def convert(source: str, target_dir: str, quality: int = QUALITY) -> tuple[int, int]:
-    """Store an upload as an upright RGB JPEG: open, exif_transpose, convert, save, fsync."""
+def convert(source: str, target_dir: str | None, quality: int = QUALITY) -> tuple[int, int]:
+    """Store an upload as an upright RGB JPEG: open, exif_transpose, convert, save, fsync.
+
+    The JPEG goes to a new file in ``target_dir``, or over ``source`` itself
+    when that is None (as an app converting the file it received would).
+    """
     with Image.open(source) as image:
         # In place and only when needed: no copy that Pillow can do without.
         ImageOps.exif_transpose(image, in_place=True)
         rgb = image if image.mode == 'RGB' else image.convert('RGB')
-        with os.fdopen(_new_file(target_dir), 'wb') as out:
-            rgb.save(out, 'JPEG', quality=quality)
-            out.flush()
-            os.fsync(out.fileno())
-        return rgb.size
+        rgb.load()
+    fd = _new_file(target_dir) if target_dir else os.open(source, os.O_WRONLY | os.O_TRUNC)
+    with os.fdopen(fd, 'wb') as out:
+        rgb.save(out, 'JPEG', quality=quality)
+        out.flush()
+        os.fsync(out.fileno())
+    return rgb.size
 
 
 def _new_file(directory: str) -> int:
@@ -63,10 +69,10 @@ def _init_process() -> None:
     Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)
 
 
-def start_pool() -> concurrent.futures.ProcessPoolExecutor:
-    """Start the same kind of pool look uses: spawn, one process per core."""
+def start_pool(processes: int | None = None) -> concurrent.futures.ProcessPoolExecutor:
+    """Start the same kind of pool look uses: spawn, one process per core unless told."""
     return concurrent.futures.ProcessPoolExecutor(
-        max_workers=os.cpu_count() or 1,
+        max_workers=processes or os.cpu_count() or 1,
         mp_context=multiprocessing.get_context('spawn'),
         initializer=_init_process,
     )

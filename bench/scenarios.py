@@ -91,7 +91,8 @@ class Settings:
 def _gunicorn_settings() -> str:
     """Describe the workers and threads gunicorn.conf.py gives look and the bare app alike."""
     conf = runpy.run_path(str(GUNICORN_CONF))
-    processes = os.environ.get('LOOK_PROCESSES', os.cpu_count())
+    sized = dict(entry.split('=', 1) for entry in conf.get('raw_env', []))
+    processes = os.environ.get('LOOK_PROCESSES') or sized.get('LOOK_PROCESSES', os.cpu_count())
     return (
         f'{conf.get("workers")} {conf.get("worker_class")} workers x {conf.get("threads")} '
         f'threads, each with a pool of {processes} processes'
@@ -144,6 +145,7 @@ def prepare_files(ctx: Context) -> None:
         directory / 'list.jpeg', 'JPEG', (640, 360), 102, quality=85
     )
     (ctx.workdir / 'limit-out').mkdir()
+    (ctx.workdir / 'bare-uploads').mkdir()
 
 
 def _seed(ctx: Context, server: Server) -> None:
@@ -266,8 +268,8 @@ def _compare_http(
 def uncached(ctx: Context) -> list[Row]:
     """Thumbnails with the cache off, and uploads, vs Pillow alone in a pool.
 
-    Each thumbnail row is followed by a reference row: look vs the bare app
-    doing the same render in its own pool under the same gunicorn, which
+    Each row is followed by a reference row: look vs the bare app doing the
+    same render or conversion in its own pool under the same gunicorn, which
     shows how much of the gap to Pillow alone is HTTP itself.
     """
     s = ctx.settings
@@ -275,7 +277,10 @@ def uncached(ctx: Context) -> list[Row]:
     with contextlib.ExitStack() as stack:
         env = ctx.look_env(ctx.main_storage, cache=False)
         server = stack.enter_context(gunicorn('look-nocache', LOOK_APP, ctx.workdir, env))
-        bare_env = {'BENCH_BARE_FILES': str(ctx.main_storage / 'images')}
+        bare_env = {
+            'BENCH_BARE_FILES': str(ctx.main_storage / 'images'),
+            'BENCH_BARE_UPLOADS': str(ctx.workdir / 'bare-uploads'),
+        }
         bare = stack.enter_context(gunicorn('bare-render', BARE_APP, ctx.workdir, bare_env))
         _seed(ctx, server)
         pool = limits.start_pool()
@@ -335,6 +340,20 @@ def uncached(ctx: Context) -> list[Row]:
                     concurrency=s.pool_jobs,
                     target=0.8,
                     limit_unit='conversions/s',
+                )
+            )
+            bare_calls = [
+                Call('POST', '/converted', body, {'Content-Type': content_type}, expect=201)
+            ]
+            rows.append(
+                _compare_http(
+                    ctx,
+                    f'{work}: the same conversion behind a bare Falcon app',
+                    (server, calls),
+                    (bare, bare_calls),
+                    concurrency=s.pool_jobs,
+                    target=None,
+                    limit_unit='req/s (bare)',
                 )
             )
     return rows
