@@ -39,6 +39,9 @@ JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
 # PILLOW_BLOCKS_MAX, which wins when set). Without them, each 960x540 render
 # maps fresh memory and takes ~1000 page faults: 30% more CPU per render.
 IMAGE_BLOCKS_CACHED = 4
+# Renders a web worker lets wait on its pool before it answers 503: fewer
+# than gunicorn.conf.py's threads, which cache hits and downloads also need.
+MAX_WAITING_RENDERS = 8
 
 
 def thumbnail_sizes(size: tuple[int, int], min_size: int) -> list[tuple[int, int]]:
@@ -226,7 +229,7 @@ class Thumbnailer:
         self.render_timeout = render_timeout
         # NOTE: renders beyond this many in flight are refused at once with a
         #   503 rather than queued without bound.
-        self.max_waiting = max_waiting if max_waiting is not None else 4 * processes
+        self.max_waiting = max_waiting if max_waiting is not None else MAX_WAITING_RENDERS
         self.max_tasks_per_child = max_tasks_per_child
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._pool_pid: int | None = None

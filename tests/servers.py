@@ -350,7 +350,7 @@ class Gunicorn(_Server):
         *,
         redis_url: str = '',
         workers: int = 2,
-        environ: Mapping[str, str] | None = None,
+        environ: Mapping[str, str | None] | None = None,
         bind_from_env: bool = False,
     ) -> None:
         self.storage_path = pathlib.Path(storage_path)
@@ -398,7 +398,11 @@ class Gunicorn(_Server):
             environ['GUNICORN_CMD_ARGS'] = f'--bind {bind}'
         else:
             argv += ['--bind', bind]
-        environ.update(self.environ)
+        for name, value in self.environ.items():  # None unsets a variable
+            if value is None:
+                environ.pop(name, None)
+            else:
+                environ[name] = value
         return argv, environ
 
     def start(self) -> None:

@@ -604,6 +604,37 @@ def test_pools_started_before_first_request(make_gunicorn: MakeGunicorn) -> None
     assert started, f'of workers {workers}, only {pool_owners()} run a pool before any request'
 
 
+@pytest.mark.parametrize(
+    ('workers', 'look_processes', 'expected'),
+    [
+        (2, None, max(1, (os.cpu_count() or 1) // 2)),
+        (1, None, os.cpu_count() or 1),
+        (1, '3', 3),
+    ],
+    ids=['two-workers-share-the-cores', 'one-worker-takes-them-all', 'LOOK_PROCESSES-wins'],
+)
+def test_pools_share_the_cores(
+    make_gunicorn: MakeGunicorn, workers: int, look_processes: str | None, expected: int
+) -> None:
+    """gunicorn.conf.py gives each worker's pool its share of the cores, unless told otherwise."""
+    server = make_gunicorn(
+        workers=workers,
+        environ={'WEB_CONCURRENCY': str(workers), 'LOOK_PROCESSES': look_processes},
+    )
+
+    def pool_sizes() -> dict[int, int]:
+        sizes = dict.fromkeys(server.worker_pids(), 0)
+        for process in server.processes():
+            if 'multiprocessing.spawn' in process.cmdline and process.ppid in sizes:
+                sizes[process.ppid] += 1
+        return sizes
+
+    every_pool_full = wait_until(lambda: set(pool_sizes().values()) == {expected}, 10.0)
+    assert every_pool_full, f'pool processes per worker: {pool_sizes()}, not {expected} each'
+    health = get(f'{server.url}/health').json()
+    assert health['thumbnailer']['processes'] == expected
+
+
 def test_each_log_line_written_once(gunicorn: Gunicorn) -> None:
     """gunicorn's own messages appear once in its output, not once per handler."""
     log = gunicorn.log()

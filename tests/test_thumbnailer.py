@@ -657,6 +657,24 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
     busy.result(timeout=10)
 
 
+def test_one_process_pool_takes_a_page_of_renders(
+    stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    """With one process per worker, a browser's burst still queues rather than getting 503s."""
+    worker = make_thumbnailer(processes=1)
+    worker.start()
+    page = thumbnailer.MAX_WAITING_RENDERS
+    with concurrent.futures.ThreadPoolExecutor(page) as browser:
+        first = browser.submit(worker._run, time.sleep, 1)
+        time.sleep(0.2)  # the only process is busy now; the rest must wait in line
+        rest = [browser.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(page - 1)]
+        time.sleep(0.2)
+        with pytest.raises(ThumbnailerUnavailable):
+            worker.render(stored_jpeg, (160, 90))  # one more than a worker lets wait
+        first.result(timeout=10)
+        assert all(len(future.result(timeout=10)) > 0 for future in rest)
+
+
 def test_pool_processes_leave_when_their_web_worker_is_killed(tmp_path: pathlib.Path) -> None:
     """A SIGKILLed gunicorn worker cannot close its pool; the pool must notice by itself."""
     script = textwrap.dedent(
