@@ -16,12 +16,20 @@ worker_class = 'gthread'
 #   stay on one worker, so one worker may take a whole page of thumbnails.
 threads = 12
 
-# NOTE: the workers' image pools share the cores out, one image process per
-#   core in all. With a pool as large as the machine in every worker, twice
-#   as many images took turns on the cores under full load: 960x540 renders
-#   ran at 0.89x the rate. A LOOK_PROCESSES of your own wins.
-if 'LOOK_PROCESSES' not in os.environ:
-    raw_env = [f'LOOK_PROCESSES={max(1, (os.cpu_count() or 1) // workers)}']
+# NOTE: the workers' image pools share the cores out: cores // workers image
+#   processes each, at least 1. With a pool as large as the machine in every
+#   worker, twice as many images took turns on the cores under full load.
+#   A LOOK_PROCESSES of your own wins. Set here for --preload (the master
+#   makes the app) and again in post_fork from the final number of workers.
+_SHARE_CORES = 'LOOK_PROCESSES' not in os.environ
+
+
+def _cores_per_worker(worker_count):
+    return str(max(1, (os.cpu_count() or 1) // worker_count))
+
+
+if _SHARE_CORES:
+    os.environ['LOOK_PROCESSES'] = _cores_per_worker(workers)
 
 timeout = 60
 graceful_timeout = 30
@@ -34,6 +42,12 @@ keepalive = 5
 #   costs every request its formatting and a write. `--access-logfile -`
 #   (or GUNICORN_CMD_ARGS) turns it on. look's own messages go to gunicorn's
 #   error log (look/wsgi.py).
+
+
+def post_fork(server, worker):
+    """Give this worker's pool its share of the cores, counting workers as started."""
+    if _SHARE_CORES:
+        os.environ['LOOK_PROCESSES'] = _cores_per_worker(server.cfg.workers)
 
 
 def post_worker_init(worker):

@@ -604,23 +604,25 @@ def test_pools_started_before_first_request(make_gunicorn: MakeGunicorn) -> None
     assert started, f'of workers {workers}, only {pool_owners()} run a pool before any request'
 
 
+CORES = os.cpu_count() or 1
+
+
 @pytest.mark.parametrize(
-    ('workers', 'look_processes', 'expected'),
+    ('workers', 'environ', 'expected'),
     [
-        (2, None, max(1, (os.cpu_count() or 1) // 2)),
-        (1, None, os.cpu_count() or 1),
-        (1, '3', 3),
+        (2, {'WEB_CONCURRENCY': '2'}, max(1, CORES // 2)),
+        (1, {}, CORES),  # --workers 1, with gunicorn.conf.py's own count at one per core
+        (2, {'WEB_CONCURRENCY': '2', 'GUNICORN_CMD_ARGS': '-e LOOK_OTHER=1'}, max(1, CORES // 2)),
+        (2, {'WEB_CONCURRENCY': '2', 'GUNICORN_CMD_ARGS': '--preload'}, max(1, CORES // 2)),
+        (1, {'LOOK_PROCESSES': '3'}, 3),
     ],
-    ids=['two-workers-share-the-cores', 'one-worker-takes-them-all', 'LOOK_PROCESSES-wins'],
+    ids=['two-workers', 'workers-flag', 'env-flag', 'preload', 'LOOK_PROCESSES-wins'],
 )
 def test_pools_share_the_cores(
-    make_gunicorn: MakeGunicorn, workers: int, look_processes: str | None, expected: int
+    make_gunicorn: MakeGunicorn, workers: int, environ: dict[str, str], expected: int
 ) -> None:
     """gunicorn.conf.py gives each worker's pool its share of the cores, unless told otherwise."""
-    server = make_gunicorn(
-        workers=workers,
-        environ={'WEB_CONCURRENCY': str(workers), 'LOOK_PROCESSES': look_processes},
-    )
+    server = make_gunicorn(workers=workers, environ={'LOOK_PROCESSES': None, **environ})
 
     def pool_sizes() -> dict[int, int]:
         sizes = dict.fromkeys(server.worker_pids(), 0)
