@@ -228,8 +228,10 @@ class Thumbnailer:
         self.quality = quality
         self.render_timeout = render_timeout
         # NOTE: renders beyond this many in flight are refused at once with a
-        #   503 rather than queued without bound.
-        self.max_waiting = max_waiting if max_waiting is not None else MAX_WAITING_RENDERS
+        #   503 rather than queued without bound; a large pool is never idle for it.
+        if max_waiting is None:
+            max_waiting = max(MAX_WAITING_RENDERS, processes)
+        self.max_waiting = max_waiting
         self.max_tasks_per_child = max_tasks_per_child
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._pool_pid: int | None = None

@@ -984,8 +984,9 @@ def test_overload_refuses_renders_at_once_and_downloads_stay_prompt(renders: Ren
     server = renders.server
     thumbnail_url = server.url + renders.slow_path
     others = [renders.small['image'], '/images?limit=5', renders.small['image']]
-    with concurrent.futures.ThreadPoolExecutor(16) as pool:
-        thumbnails = [pool.submit(timed, get, thumbnail_url) for _ in range(12)]
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        # More than the worker's 12 threads, so at least 9 reach a queue of 8.
+        thumbnails = [pool.submit(timed, get, thumbnail_url) for _ in range(16)]
         downloads = [pool.submit(timed, get, server.url + path) for path in others]
         rendered = [future.result() for future in thumbnails]
         downloaded = [future.result() for future in downloads]

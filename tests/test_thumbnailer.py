@@ -658,21 +658,41 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
 
 
 def test_one_process_pool_takes_a_page_of_renders(
-    stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+    tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
 ) -> None:
-    """With one process per worker, a browser's burst still queues rather than getting 503s."""
+    """With one process per worker, a browser's burst of 8 still queues instead of getting 503s."""
     worker = make_thumbnailer(processes=1)
+    assert worker.max_waiting == 8
     worker.start()
-    page = thumbnailer.MAX_WAITING_RENDERS
-    with concurrent.futures.ThreadPoolExecutor(page) as browser:
-        first = browser.submit(worker._run, time.sleep, 1)
-        time.sleep(0.2)  # the only process is busy now; the rest must wait in line
-        rest = [browser.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(page - 1)]
-        time.sleep(0.2)
-        with pytest.raises(ThumbnailerUnavailable):
-            worker.render(stored_jpeg, (160, 90))  # one more than a worker lets wait
+    release = tmp_path / 'release'
+    with concurrent.futures.ThreadPoolExecutor(8) as browser:
+        # The only process waits for the file, so everything after it waits in line.
+        first = browser.submit(worker._run, _wait_for_file, str(release))
+        rest = [browser.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(7)]
+        try:
+            deadline = time.monotonic() + 10
+            while worker._in_flight < 8 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert worker._in_flight == 8
+            with pytest.raises(ThumbnailerUnavailable):
+                worker.render(stored_jpeg, (160, 90))  # one more than a worker lets wait
+        finally:
+            release.touch()
         first.result(timeout=10)
         assert all(len(future.result(timeout=10)) > 0 for future in rest)
+
+
+def test_a_pool_larger_than_the_queue_is_never_left_idle(
+    make_thumbnailer: MakeThumbnailer,
+) -> None:
+    """Renders up to the pool's size are taken, however many processes it has."""
+    assert make_thumbnailer(processes=12).max_waiting == 12
+
+
+def _wait_for_file(path: str) -> None:
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
 def test_pool_processes_leave_when_their_web_worker_is_killed(tmp_path: pathlib.Path) -> None:
