@@ -10,7 +10,13 @@ look adds (no middleware, no store, no index):
   Falcon streams any file (``wsgi.file_wrapper``, so gunicorn's sendfile);
 - ``GET /rendered/{name}/{width}x{height}``: the Pillow limit's render of the
   file ``BENCH_BARE_FILES/name``, in this worker's own pool as look renders in
-  its own: what any app under this gunicorn pays for an uncached thumbnail.
+  its own: what any app under this gunicorn pays for an uncached thumbnail;
+- ``POST /converted``: the body written to a new file in ``BENCH_BARE_UPLOADS``
+  and turned into a JPEG there by the Pillow limit's conversion, in the same
+  pool: what any app under this gunicorn pays to take an upload, without
+  look's index or its durable commit.
+
+Pools are as large as gunicorn.conf.py makes look's (LOOK_PROCESSES).
 """
 
 from __future__ import annotations
@@ -125,7 +131,6 @@ def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
         app.add_route(
             '/cached/{key}', CachedBytes(client, environ.get('BENCH_BARE_KEY_PREFIX', ''))
         )
-    # gunicorn.conf.py sizes look's pools through LOOK_PROCESSES, and this one's.
     pool = Pool(int(environ.get('LOOK_PROCESSES') or os.cpu_count() or 1))
     files = environ.get('BENCH_BARE_FILES')
     if files:

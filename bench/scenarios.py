@@ -90,10 +90,13 @@ class Settings:
 
 def _gunicorn_settings() -> str:
     """Describe the workers and threads gunicorn.conf.py gives look and the bare app alike."""
-    conf = runpy.run_path(str(GUNICORN_CONF))
-    sized = dict(entry.split('=', 1) for entry in conf.get('raw_env', []))
-    processes = int(os.environ.get('LOOK_PROCESSES') or sized.get('LOOK_PROCESSES') or 0)
-    processes = processes or os.cpu_count() or 1
+    environ = os.environ.copy()
+    try:
+        conf = runpy.run_path(str(GUNICORN_CONF))  # it sets LOOK_PROCESSES unless set
+        processes = int(os.environ.get('LOOK_PROCESSES') or os.cpu_count() or 1)
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
     pool = '1 image process' if processes == 1 else f'{processes} image processes'
     return (
         f'{conf.get("workers")} {conf.get("worker_class")} workers x {conf.get("threads")} '
