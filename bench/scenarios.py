@@ -291,41 +291,58 @@ def uncached(ctx: Context) -> list[Row]:
         pool = limits.start_pool()
         stack.callback(pool.shutdown, wait=True, cancel_futures=True)
 
-        def pillow(function: Callable[..., Any], jobs: list[tuple[Any, ...]]) -> Any:
-            def side(seconds: float) -> float:
+        def compare(
+            work: str,
+            calls: list[Call],
+            pillow: tuple[Callable[..., Any], list[tuple[Any, ...]]],
+            bare_calls: list[Call],
+            *,
+            target: float,
+            limit_unit: str,
+            same: str,
+        ) -> None:
+            """Add the row against Pillow alone, then its reference row against the bare app."""
+            function, jobs = pillow
+
+            def pillow_side(seconds: float) -> float:
                 return limits.pool_throughput(
                     pool, function, jobs, seconds=seconds, in_flight=s.pool_jobs
                 )
 
-            return side
-
-        for source, (width, height) in UNCACHED:
-            ids = ctx.seeds[source]
-            calls = [Call('GET', f'/thumbnails/{i}/{width}x{height}.jpeg') for i in ids]
-            jobs: list[tuple[Any, ...]] = [(_stored(ctx, i), (width, height)) for i in ids]
+            look = (server, calls)
             rows.append(
                 _compare_http(
                     ctx,
-                    f'uncached thumbnail {source} → {width}x{height}',
-                    (server, calls),
-                    (pillow(limits.render, jobs), None),
+                    work,
+                    look,
+                    (pillow_side, None),
                     concurrency=s.pool_jobs,
-                    target=0.85,
-                    limit_unit='renders/s',
+                    target=target,
+                    limit_unit=limit_unit,
                 )
             )
-            bare_calls = [Call('GET', f'/rendered/{i}.jpeg/{width}x{height}') for i in ids]
             rows.append(
                 _compare_http(
                     ctx,
-                    f'uncached thumbnail {source} → {width}x{height}: the same render '
-                    'behind a bare Falcon app',
-                    (server, calls),
+                    f'{work}: the same {same} behind a bare Falcon app',
+                    look,
                     (bare, bare_calls),
                     concurrency=s.pool_jobs,
                     target=None,
                     limit_unit='req/s (bare)',
                 )
+            )
+
+        for source, (width, height) in UNCACHED:
+            ids = ctx.seeds[source]
+            compare(
+                f'uncached thumbnail {source} → {width}x{height}',
+                [Call('GET', f'/thumbnails/{i}/{width}x{height}.jpeg') for i in ids],
+                (limits.render, [(_stored(ctx, i), (width, height)) for i in ids]),
+                [Call('GET', f'/rendered/{i}.jpeg/{width}x{height}') for i in ids],
+                target=0.85,
+                limit_unit='renders/s',
+                same='render',
             )
 
         out = str(ctx.workdir / 'limit-out')
@@ -334,32 +351,15 @@ def uncached(ctx: Context) -> list[Row]:
             ('upload-png', 'upload 640x360 PNG', 'image/png'),
         ):
             body = ctx.files[key].read_bytes()
-            calls = [Call('POST', '/images', body, {'Content-Type': content_type}, expect=201)]
-            jobs = [(str(ctx.files[key]), out)]
-            rows.append(
-                _compare_http(
-                    ctx,
-                    work,
-                    (server, calls),
-                    (pillow(limits.convert, jobs), None),
-                    concurrency=s.pool_jobs,
-                    target=0.8,
-                    limit_unit='conversions/s',
-                )
-            )
-            bare_calls = [
-                Call('POST', '/converted', body, {'Content-Type': content_type}, expect=201)
-            ]
-            rows.append(
-                _compare_http(
-                    ctx,
-                    f'{work}: the same conversion behind a bare Falcon app',
-                    (server, calls),
-                    (bare, bare_calls),
-                    concurrency=s.pool_jobs,
-                    target=None,
-                    limit_unit='req/s (bare)',
-                )
+            headers = {'Content-Type': content_type}
+            compare(
+                work,
+                [Call('POST', '/images', body, headers, expect=201)],
+                (limits.convert, [(str(ctx.files[key]), out)]),
+                [Call('POST', '/converted', body, headers, expect=201)],
+                target=0.8,
+                limit_unit='conversions/s',
+                same='conversion',
             )
     return rows
 
