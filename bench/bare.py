@@ -33,6 +33,7 @@ import falcon
 import redis
 
 from bench import limits
+from look.config import Config
 from look.uploads import CHUNK_SIZE
 
 _NAME = re.compile(r'[0-9A-Za-z][0-9A-Za-z_.-]*\Z')
@@ -131,7 +132,7 @@ def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
         app.add_route(
             '/cached/{key}', CachedBytes(client, environ.get('BENCH_BARE_KEY_PREFIX', ''))
         )
-    pool = Pool(int(environ.get('LOOK_PROCESSES') or os.cpu_count() or 1))
+    pool = Pool(Config(environ).processes)  # as large as look's
     files = environ.get('BENCH_BARE_FILES')
     if files:
         app.add_route('/files/{name}', Files(pathlib.Path(files)))
