@@ -26,6 +26,7 @@ from look.thumbnailer import Thumbnailer, convert_upload, render_thumbnail, thum
 
 import imagegen
 from imagegen import encode, image_bytes, picture, solid
+from servers import wait_until
 
 MAX_PIXELS = 100_000_000
 QUALITY = 85
@@ -670,10 +671,7 @@ def test_one_process_pool_takes_a_page_of_renders(
         first = browser.submit(worker._run, _wait_for_file, str(release))
         rest = [browser.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(7)]
         try:
-            deadline = time.monotonic() + 10
-            while worker._in_flight < 8 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            assert worker._in_flight == 8
+            assert wait_until(lambda: worker._in_flight == 8, 10)
             with pytest.raises(ThumbnailerUnavailable):
                 worker.render(stored_jpeg, (160, 90))  # one more than a worker lets wait
         finally:
@@ -690,9 +688,7 @@ def test_a_pool_larger_than_the_queue_is_never_left_idle(
 
 
 def _wait_for_file(path: str) -> None:
-    deadline = time.monotonic() + 20
-    while not os.path.exists(path) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: os.path.exists(path), 20, interval=0.01)
 
 
 def test_pool_processes_leave_when_their_web_worker_is_killed(tmp_path: pathlib.Path) -> None:
