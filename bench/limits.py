@@ -25,12 +25,23 @@ QUALITY = 85  # look's default LOOK_JPEG_QUALITY
 
 
 def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
-    """Return the stored JPEG at ``source`` as a ``size`` JPEG: draft, resize, encode."""
+    """Return the stored JPEG at ``source`` as a ``size`` JPEG: draft, resize, encode.
+
+    A draft of the size itself needs no resize, and neither does one a row
+    or a column over it: that is the decoder rounding up where halving rounds
+    down, and cropping gives look's result.
+    """
+    out = io.BytesIO()
     with Image.open(source) as image:
         image.draft('RGB', size)
-        thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-    out = io.BytesIO()
-    thumbnail.save(out, 'JPEG', quality=quality)
+        over = (image.width - size[0], image.height - size[1])
+        if over == (0, 0):
+            thumbnail = image
+        elif min(over) >= 0 and max(over) <= 1:
+            thumbnail = image.crop((0, 0, *size))
+        else:
+            thumbnail = image.resize(size, Image.Resampling.LANCZOS)
+        thumbnail.save(out, 'JPEG', quality=quality)
     return out.getvalue()
 
 

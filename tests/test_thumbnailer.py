@@ -418,6 +418,31 @@ def test_render_thumbnail_is_a_jpeg_of_exactly_that_size(
         assert difference(thumbnail, expected) < 10
 
 
+@pytest.mark.parametrize('size', [(320, 180), (160, 90), (80, 45)])
+def test_a_thumbnail_of_odd_sides_leaves_out_what_halving_does(
+    tmp_path: pathlib.Path, size: tuple[int, int]
+) -> None:
+    """Halving 641x361 drops its last column and row; decoding at 1/2, 1/4 or 1/8 keeps them.
+
+    Red there must not be squeezed into the thumbnail's edges.
+    """
+    grey = solid((128, 128, 128), (641, 361))
+    grey.paste((255, 0, 0), (640, 0, 641, 361))
+    grey.paste((255, 0, 0), (0, 360, 641, 361))
+    path = tmp_path / 'odd.jpeg'
+    path.write_bytes(encode(grey, 'PNG'))
+    convert_upload(str(path), MAX_PIXELS, QUALITY)
+
+    data = render_thumbnail(str(path), size, QUALITY)
+
+    with Image.open(io.BytesIO(data)) as thumbnail:
+        assert thumbnail.size == size
+        width, height = size
+        edges = [thumbnail.getpixel((width - 1, y)) for y in range(height)]
+        edges += [thumbnail.getpixel((x, height - 1)) for x in range(width)]
+    assert max(red - green for red, green, _blue in edges) < 20
+
+
 # -- the Thumbnailer and its pool ------------------------------------------------------
 
 
@@ -524,11 +549,11 @@ def faults_per_render(
 
 @pytest.fixture
 def stored_photos(tmp_path: pathlib.Path) -> list[pathlib.Path]:
-    """Four different 1920x1080 images as look stores them."""
+    """Four different 1921x1081 images as look stores them: a 960x540 crops the decoded 961x541."""
     paths = []
     for seed in range(4):
         path = tmp_path / f'stored-{seed}.jpeg'
-        path.write_bytes(image_bytes('JPEG', size=(1920, 1080), seed=seed, quality=90))
+        path.write_bytes(image_bytes('JPEG', size=(1921, 1081), seed=seed, quality=90))
         convert_upload(str(path), MAX_PIXELS, QUALITY)
         paths.append(path)
     return paths
@@ -537,7 +562,7 @@ def stored_photos(tmp_path: pathlib.Path) -> list[pathlib.Path]:
 def test_renders_reuse_image_memory_instead_of_faulting_in_fresh_pages(
     stored_photos: list[pathlib.Path], make_thumbnailer: MakeThumbnailer
 ) -> None:
-    """A 960x540 render holds two 2 MiB images: mapped afresh, they cost ~1000 page faults."""
+    """A 960x540 crop holds two 2 MiB images: mapped afresh, they cost ~1000 page faults."""
     worker = make_thumbnailer()
     try:
         assert faults_per_render(worker, stored_photos) < 50
