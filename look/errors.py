@@ -111,6 +111,11 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTP
     #   so scripts can always read `description`.
     title = ex.title or resp.status
     description = ex.description or _DEFAULT_DESCRIPTIONS.get(ex.status_code, title)
+    # NOTE: a resource may have set an image's validators before the work
+    #   that failed; the error must not be kept for a year as that image.
+    resp.delete_header('ETag')
+    resp.delete_header('Last-Modified')
+    resp.cache_control = ['no-store']
     resp.data = json.dumps({'title': title, 'description': description}).encode()
     resp.content_type = falcon.MEDIA_JSON
 

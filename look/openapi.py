@@ -306,6 +306,12 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
             'responses': {
                 'Error': {
                     'description': 'An error, always JSON with a title and a description.',
+                    'headers': {
+                        'Cache-Control': {
+                            'description': '`no-store`: no cache keeps an error.',
+                            'schema': {'type': 'string'},
+                        }
+                    },
                     'content': {
                         'application/json': {'schema': {'$ref': '#/components/schemas/Error'}}
                     },

@@ -13,9 +13,12 @@ from collections.abc import Callable
 import pytest
 from falcon.testing import Result, TestClient
 
+from look.config import Config
+
 from imagegen import image_bytes
 
 MakeClient = Callable[..., TestClient]
+MakeConfig = Callable[..., Config]
 SOME_ID = '00000000-0000-0000-0000-000000000001'
 PNG = image_bytes('PNG', size=(128, 128))
 
@@ -122,6 +125,10 @@ def test_error_shape_whatever_the_client_accepts(
 def assert_error_shape(response: Result, status: int) -> None:
     assert response.status_code == status
     assert response.headers['Content-Type'] == 'application/json'
+    # Never stored as the image or thumbnail the request was for.
+    assert response.headers['Cache-Control'] == 'no-store'
+    assert 'ETag' not in response.headers
+    assert 'Last-Modified' not in response.headers
     body = json.loads(response.content)
     assert set(body) == {'title', 'description'}
     for key in ('title', 'description'):
@@ -134,6 +141,18 @@ def test_method_not_allowed_names_the_allowed_methods(make_client: MakeClient) -
 
     assert response.status_code == 405
     assert {method.strip() for method in response.headers['Allow'].split(',')} >= {'GET', 'POST'}
+
+
+def test_a_render_failing_after_the_thumbnails_validators_were_set_drops_them(
+    make_config: MakeConfig, make_client: MakeClient
+) -> None:
+    """A 503 must not reach a CDN as the thumbnail itself, immutable for a year."""
+    config = make_config()
+    thumbnail = make_client(config).simulate_post('/images', body=PNG).json['thumbnails'][0]
+    # The same storage; a pool that cannot start within a millisecond.
+    slow = make_client(make_config(storage_path=config.storage_path, render_timeout=0.001))
+
+    assert_error_shape(slow.simulate_get(thumbnail), 503)
 
 
 def test_busy_or_failed_render_says_when_to_retry(make_client: MakeClient) -> None:
