@@ -247,6 +247,8 @@ class Thumbnailer:
         self._pool_pid: int | None = None
         self._lock = threading.Lock()
         self._in_flight = 0
+        # This pool's tasks not done yet, in the order the pool takes them.
+        self._unfinished: dict[concurrent.futures.Future[object], None] = {}
         _thumbnailers.add(self)
 
     def convert_upload(self, path: pathlib.Path) -> tuple[int, int]:
@@ -307,6 +309,7 @@ class Thumbnailer:
                     max_tasks_per_child=self.max_tasks_per_child,
                 )
                 self._pool_pid = os.getpid()
+                self._unfinished = {}
             return self._pool
 
     def _discard(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
@@ -333,8 +336,16 @@ class Thumbnailer:
                 self._discard(pool)
                 pool = self._executor()
                 future = pool.submit(function, *args)
+            unfinished = self._unfinished
+            unfinished[future] = None
+            future.add_done_callback(lambda done: unfinished.pop(done, None))
             try:
-                return future.result(timeout=limit)
+                return self._result(future, unfinished, limit)
+            except concurrent.futures.CancelledError:
+                # Still queued when another request's overrun restarted the pool.
+                raise ThumbnailerUnavailable(
+                    'The image processes were restarted; try again.'
+                ) from None
             except BrokenProcessPool:
                 log.error('an image process died; restarting the pool')
                 self._discard(pool)
@@ -350,6 +361,35 @@ class Thumbnailer:
         finally:
             with self._lock:
                 self._in_flight -= 1
+
+    def _result(
+        self,
+        future: concurrent.futures.Future[object],
+        unfinished: dict[concurrent.futures.Future[object], None],
+        limit: float,
+    ) -> object:
+        """Return the task's result; raise TimeoutError once it has run ``limit`` seconds.
+
+        Time queued behind other tasks does not count: a burst of uploads
+        into a one-process pool is slow, not hung.
+        """
+        # NOTE: the pool takes tasks in order, so this one runs once fewer
+        #   tasks than there are processes are ahead of it. That is checked
+        #   every quarter of the limit (ProcessPoolExecutor says "running"
+        #   as soon as a task is in its pipe, which can be two tasks early).
+        started = None
+        while True:
+            if started is None:
+                order = list(unfinished)  # a snapshot: other threads add and remove
+                ahead = order.index(future) if future in order else 0
+                if ahead < self.processes:
+                    started = time.monotonic()
+            timeout = limit / 4 if started is None else started + limit - time.monotonic()
+            try:
+                return future.result(timeout=max(0.0, timeout))
+            except concurrent.futures.TimeoutError:
+                if started is not None and time.monotonic() >= started + limit:
+                    raise
 
 
 def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:

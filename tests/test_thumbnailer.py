@@ -659,6 +659,38 @@ def test_render_over_the_timeout_is_abandoned_and_its_process_killed(
         assert thumbnail.size == (160, 90)
 
 
+def test_time_queued_behind_other_work_does_not_count_toward_the_limit(
+    make_thumbnailer: MakeThumbnailer,
+) -> None:
+    """Four uploads of 0.4 s each into one process take 1.6 s; none of them overran 1 s."""
+    worker = make_thumbnailer(render_timeout=1.0)
+    worker.start()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as clients:
+        tasks = [
+            clients.submit(worker._run, time.sleep, 0.4, refuse_when_busy=False)
+            for _ in range(4)
+        ]
+        for task in tasks:
+            task.result(timeout=10)
+
+
+def test_tasks_queued_when_an_overrun_restarts_the_pool_are_told_to_retry(
+    make_thumbnailer: MakeThumbnailer,
+) -> None:
+    """The overrun kills the pool; what was queued behind it is cancelled, not a 500."""
+    worker = make_thumbnailer(render_timeout=0.5)
+    worker.start()
+
+    with concurrent.futures.ThreadPoolExecutor(4) as clients:
+        hung = clients.submit(worker._run, time.sleep, 30)
+        time.sleep(0.1)
+        queued = [clients.submit(worker._run, time.sleep, 0.1) for _ in range(3)]
+        for task in [hung, *queued]:
+            with pytest.raises(ThumbnailerUnavailable):
+                task.result(timeout=10)
+
+
 def test_renders_beyond_max_waiting_are_refused_at_once(
     tmp_path: pathlib.Path,
     stored_jpeg: pathlib.Path,
