@@ -418,6 +418,22 @@ def test_render_thumbnail_is_a_jpeg_of_exactly_that_size(
         assert difference(thumbnail, expected) < 10
 
 
+def test_renders_ignore_the_pixel_limit_left_by_the_last_conversion(
+    tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LOOK_MAX_PIXELS lowered since an image was stored: its thumbnails still render."""
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', Image.MAX_IMAGE_PIXELS)  # restored after
+    upload = tmp_path / 'upload.png'
+    upload.write_bytes(image_bytes('PNG', size=(64, 64)))
+    with pytest.raises(ImageTooLarge):
+        convert_upload(str(upload), 1000, QUALITY)  # leaves Pillow's limit at 1000 pixels
+
+    data = render_thumbnail(str(stored_jpeg), (320, 180), QUALITY)
+
+    with Image.open(io.BytesIO(data)) as thumbnail:
+        assert thumbnail.size == (320, 180)
+
+
 @pytest.mark.parametrize('size', [(320, 180), (160, 90), (80, 45)])
 def test_a_thumbnail_of_odd_sides_leaves_out_what_halving_does(
     tmp_path: pathlib.Path, size: tuple[int, int]
@@ -668,8 +684,7 @@ def test_time_queued_behind_other_work_does_not_count_toward_the_limit(
 
     with concurrent.futures.ThreadPoolExecutor(4) as clients:
         tasks = [
-            clients.submit(worker._run, time.sleep, 0.4, refuse_when_busy=False)
-            for _ in range(4)
+            clients.submit(worker._run, time.sleep, 0.4, refuse_when_busy=False) for _ in range(4)
         ]
         for task in tasks:
             task.result(timeout=10)
