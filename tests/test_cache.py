@@ -364,6 +364,31 @@ def test_delete_purges_the_cached_thumbnails(
         assert client.simulate_get(url).status_code == 404
 
 
+def test_a_new_quality_or_minimum_size_starts_a_new_set_of_keys(
+    make_config: Callable[..., Config], make_client: MakeClient
+) -> None:
+    """Same storage and Redis, new settings: no hit serves what the old settings made."""
+    before = make_config(min_thumb_size=16)
+    client = make_client(before)
+    upload = client.simulate_post('/images', body=UPLOAD).json
+    large, small = upload['thumbnails'][0], upload['thumbnails'][-1]  # 320x180 and 40x22
+    for url in (large, small):
+        client.simulate_get(url)
+        assert client.simulate_get(url).headers[CACHE_HEADER] == 'Hit'
+
+    after = make_client(
+        make_config(storage_path=before.storage_path, jpeg_quality=60, min_thumb_size=100)
+    )
+
+    rendered = after.simulate_get(large)
+    assert rendered.headers[CACHE_HEADER] == 'Miss'
+    assert rendered.headers['ETag'].endswith('-q60"')
+    assert after.simulate_get(small).status_code == 404  # not a size under the new minimum
+    assert after.simulate_delete(upload['image']).status_code == 204
+    assert after.simulate_get(small).status_code == 404
+    assert after.simulate_get(large).status_code == 404
+
+
 def test_no_address_of_a_deleted_thumbnail_is_served(client: TestClient) -> None:
     """The router also accepts other spellings of an id or a size; none may outlive a delete."""
     upload = client.simulate_post('/images', body=UPLOAD).json

@@ -23,7 +23,7 @@ import redis
 from PIL import Image
 
 from look import thumbnailer
-from look.app import create_app
+from look.app import cache_key_prefix, create_app
 from look.cache import PURGED_MARKER
 from look.config import Config
 
@@ -126,8 +126,8 @@ def wait_for_hit(client: falcon.testing.TestClient, path: str) -> bool:
 
 
 def cache_key(path: str) -> str:
-    """Return the Redis key of a cached path (RedisCache's default prefix)."""
-    return f'look:{path}'
+    """Return the Redis key of a cached path, under look's default settings."""
+    return cache_key_prefix(Config(environ={})) + path
 
 
 def check_entry(raw: bytes | None, result: falcon.testing.Result) -> None:
