@@ -91,7 +91,7 @@ class RedisCache:
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
         # PERF: a hit is the hottest path in look; it does no more than this.
-        path = req.path
+        path = _cached_path(req)
         if req.method not in ('GET', 'HEAD') or not path.startswith(self.path_prefix):
             return
         key = self._key(path)
@@ -126,7 +126,8 @@ class RedisCache:
     ) -> None:
         if req.context.get(_HIT_FLAG):
             return
-        if req.method not in ('GET', 'HEAD') or not req.path.startswith(self.path_prefix):
+        path = _cached_path(req)
+        if req.method not in ('GET', 'HEAD') or not path.startswith(self.path_prefix):
             self._purge_stale(resp, req_succeeded)
             return
         resp.set_header(CACHE_HEADER, 'Miss')
@@ -139,7 +140,7 @@ class RedisCache:
                     if (value := resp.get_header(name)) is not None
                 }
                 entry = msgpack.packb([resp.content_type, body, validators], use_bin_type=True)
-                key = self._key(req.path)
+                key = self._key(path)
                 self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
 
     def _purge_stale(self, resp: falcon.Response, req_succeeded: bool) -> None:
@@ -205,6 +206,13 @@ class RedisCache:
                     self._purge()
             return result
         return None
+
+
+def _cached_path(req: falcon.Request) -> str:
+    # NOTE: Falcon's router skips leading slashes: //thumbnails/... is the
+    #   same thumbnail, and must not be a way around the cache.
+    path: str = req.path
+    return '/' + path.lstrip('/') if path.startswith('//') else path
 
 
 def _decode(raw: Any) -> tuple[str, bytes, dict[str, str]] | None:

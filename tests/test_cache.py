@@ -389,6 +389,15 @@ def test_a_new_quality_or_minimum_size_starts_a_new_set_of_keys(
     assert after.simulate_get(large).status_code == 404
 
 
+def test_leading_slashes_are_the_same_thumbnail_to_the_cache(client: TestClient) -> None:
+    """The router ignores them; a script joining a base URL ending in / sends them."""
+    url = client.simulate_post('/images', body=UPLOAD).json['thumbnails'][0]
+
+    assert client.simulate_get('//' + url.lstrip('/')).headers[CACHE_HEADER] == 'Miss'
+    assert client.simulate_get(url).headers[CACHE_HEADER] == 'Hit'
+    assert client.simulate_get('///' + url.lstrip('/')).headers[CACHE_HEADER] == 'Hit'
+
+
 def test_no_address_of_a_deleted_thumbnail_is_served(client: TestClient) -> None:
     """The router also accepts other spellings of an id or a size; none may outlive a delete."""
     upload = client.simulate_post('/images', body=UPLOAD).json
