@@ -21,7 +21,7 @@ import warnings
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 
-from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
 from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, UnsupportedImage
 
@@ -118,12 +118,20 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
 def _to_srgb(image: Image.Image) -> Image.Image:
     """Return an RGB image in sRGB, alpha flattened onto white."""
     icc_profile = image.info.get('icc_profile')
-
+    # NOTE: besides an alpha channel or a palette, PNG's tRNS can name one
+    #   grey level or RGB colour as transparent (PNG optimisers write that).
+    transparency = image.info.get('transparency')
     if image.mode in _SIXTEEN_BIT_GREY:
+        grey = image.convert('I')
         # Scale 0..65535 down to 0..255 rather than clipping everything to white.
-        image = image.convert('I').point(lambda value: value * (1 / 256)).convert('L')
+        image = grey.point(lambda value: value * (1 / 256)).convert('L')
+        if isinstance(transparency, int):  # a 16-bit level: matched before scaling
+            opaque = ImageMath.lambda_eval(lambda v: (v['grey'] != transparency) * 255, grey=grey)
+            image.putalpha(opaque.convert('L'))
     elif image.mode == 'P':
-        image = image.convert('RGBA' if 'transparency' in image.info else 'RGB')
+        image = image.convert('RGBA' if transparency is not None else 'RGB')
+    elif transparency is not None and image.mode in ('1', 'L', 'RGB'):
+        image = image.convert('RGBA' if image.mode == 'RGB' else 'LA')  # Pillow reads tRNS
     elif image.mode == '1' or image.mode == 'F':
         image = image.convert('L')
     if image.mode in _ALPHA_MODES:

@@ -180,6 +180,32 @@ def test_palette_transparent_index_becomes_white(convert: Convert) -> None:
     assert is_colour(stored.getpixel((224, 64)), RED)
 
 
+@pytest.mark.parametrize(
+    ('mode', 'transparent', 'opaque', 'opaque_rgb'),
+    [
+        pytest.param('RGB', (0, 0, 0), (255, 0, 0), RED, id='rgb'),
+        pytest.param('L', 0, 200, (200, 200, 200), id='grey'),
+        pytest.param('1', 0, 1, WHITE, id='bilevel'),
+        pytest.param('I;16', 1000, 65535, WHITE, id='grey16'),
+    ],
+)
+def test_a_colour_named_transparent_by_trns_becomes_white(
+    convert: Convert,
+    mode: str,
+    transparent: int | tuple[int, ...],
+    opaque: int | tuple[int, ...],
+    opaque_rgb: tuple[int, int, int],
+) -> None:
+    """PNGs without alpha can still name one colour transparent: oxipng and pngcrush write them."""
+    image = Image.new(mode, (128, 64), transparent)
+    image.paste(opaque, (64, 0, 128, 64))
+
+    _, stored = convert(encode(image, 'PNG', transparency=transparent))
+
+    assert is_colour(stored.getpixel((16, 32)), WHITE)
+    assert is_colour(stored.getpixel((112, 32)), opaque_rgb)
+
+
 @pytest.mark.parametrize(('value', 'grey'), [(32768, 128), (65535, 255), (256 * 40, 40)])
 def test_sixteen_bit_grey_is_scaled_not_clipped(convert: Convert, value: int, grey: int) -> None:
     """A mid-grey 16-bit pixel becomes mid-grey, not white."""
