@@ -47,7 +47,12 @@ keepalive = 5
 def post_fork(server, worker):
     """Give this worker's pool its share of the cores, counting workers as started."""
     if _SHARE_CORES:
-        os.environ['LOOK_PROCESSES'] = _cores_per_worker(server.cfg.workers)
+        share = _cores_per_worker(server.cfg.workers)
+        os.environ['LOOK_PROCESSES'] = share
+        # With --preload the master made the app, thumbnailer included, already.
+        from look import thumbnailer
+
+        thumbnailer.resize_all(int(share))
 
 
 def post_worker_init(worker):

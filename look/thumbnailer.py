@@ -251,6 +251,7 @@ class Thumbnailer:
         self.render_timeout = render_timeout
         # NOTE: renders beyond this many in flight are refused at once with a
         #   503 rather than queued without bound; a large pool is never idle for it.
+        self._max_waiting_follows_processes = max_waiting is None
         if max_waiting is None:
             max_waiting = max(MAX_WAITING_RENDERS, processes)
         self.max_waiting = max_waiting
@@ -300,6 +301,13 @@ class Thumbnailer:
         # A ProcessPoolExecutor spawns its processes on submit(), not before.
         pool = self._executor()
         concurrent.futures.wait([pool.submit(os.getpid) for _ in range(self.processes)])
+
+    def resize(self, processes: int) -> None:
+        """Make the next pool ``processes`` large: one running now keeps its size."""
+        with self._lock:
+            self.processes = processes
+            if self._max_waiting_follows_processes:
+                self.max_waiting = max(MAX_WAITING_RENDERS, processes)
 
     def close(self) -> None:
         """Stop the pool and its processes."""
@@ -421,6 +429,12 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
             process.join(timeout=2)
     if manager is not None:
         manager.join(timeout=2)
+
+
+def resize_all(processes: int) -> None:
+    """Size every pool in this process (gunicorn's post_fork, for an app made before it)."""
+    for thumbnailer in list(_thumbnailers):
+        thumbnailer.resize(processes)
 
 
 def close_all() -> None:

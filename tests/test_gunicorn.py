@@ -614,9 +614,17 @@ CORES = os.cpu_count() or 1
         (1, {}, CORES),  # --workers 1, with gunicorn.conf.py's own count at one per core
         (2, {'WEB_CONCURRENCY': '2', 'GUNICORN_CMD_ARGS': '-e LOOK_OTHER=1'}, max(1, CORES // 2)),
         (2, {'WEB_CONCURRENCY': '2', 'GUNICORN_CMD_ARGS': '--preload'}, max(1, CORES // 2)),
+        (1, {'GUNICORN_CMD_ARGS': '--preload'}, CORES),  # the app is made before the fork
         (1, {'LOOK_PROCESSES': '3'}, 3),
     ],
-    ids=['two-workers', 'workers-flag', 'env-flag', 'preload', 'LOOK_PROCESSES-wins'],
+    ids=[
+        'two-workers',
+        'workers-flag',
+        'env-flag',
+        'preload',
+        'preload-workers-flag',
+        'LOOK_PROCESSES-wins',
+    ],
 )
 def test_pools_share_the_cores(
     make_gunicorn: MakeGunicorn, workers: int, environ: dict[str, str], expected: int

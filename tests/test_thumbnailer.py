@@ -756,6 +756,19 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
     busy.result(timeout=10)
 
 
+def test_resize_sizes_the_next_pool_and_the_queue_that_follows_it(
+    make_thumbnailer: MakeThumbnailer,
+) -> None:
+    """gunicorn's post_fork resizes pools of an app made before the fork (--preload)."""
+    default, fixed = make_thumbnailer(processes=1), make_thumbnailer(processes=1, max_waiting=3)
+
+    for worker in (default, fixed):
+        worker.resize(12)
+        assert worker.processes == 12
+    assert default.max_waiting == 12  # never fewer waiting than processes to feed
+    assert fixed.max_waiting == 3
+
+
 def test_one_process_pool_takes_a_page_of_renders(
     tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
 ) -> None:
