@@ -8,7 +8,7 @@ import pathlib
 import falcon
 
 from look.cache import RedisCache
-from look.config import Config
+from look.config import Config, ConfigError
 from look.errors import add_error_handlers
 from look.health import Health
 from look.images import CONVERTERS, Images, Thumbnails
@@ -34,7 +34,10 @@ def create_app(config: Config | None = None) -> falcon.App:
     config = config if config is not None else Config()
 
     store = Store(pathlib.Path(config.storage_path))
-    store.open()
+    try:
+        store.open()
+    except OSError as ex:
+        raise ConfigError(f'LOOK_STORAGE_PATH {config.storage_path} cannot be used: {ex}') from ex
     log.info('storing images in %s', store.root.resolve())
 
     thumbnailer = Thumbnailer(

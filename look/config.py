@@ -12,6 +12,8 @@ from typing import Any
 import redis
 
 MiB = 1024 * 1024
+MAX_PIXELS_LIMIT = 65500 * 65500  # no JPEG is larger: its sides stop at 65 500
+MAX_CACHE_TTL = 2**31 - 1  # seconds; Redis refuses expiry times far beyond this
 
 
 class ConfigError(ValueError):
@@ -55,11 +57,19 @@ def _path(name: str, value: str) -> pathlib.Path:
 
 def _redis_url(name: str, value: str) -> str:
     value = value.strip()
-    if value and not value.startswith(('redis://', 'rediss://', 'unix://')):
+    if not value:
+        return value
+    if not value.startswith(('redis://', 'rediss://', 'unix://')):
         raise ConfigError(
             f'{name} must be a redis://, rediss:// or unix:// URL '
             f'(or empty to disable the cache), got {value!r}'
         )
+    try:
+        settings = redis.connection.parse_url(value)
+    except ValueError as ex:
+        raise ConfigError(f'{name} is not a usable Redis URL ({ex}), got {value!r}') from None
+    if value.startswith('unix://') and not settings.get('path'):
+        raise ConfigError(f'{name} must name the socket file (unix:///path), got {value!r}')
     return value
 
 
@@ -130,8 +140,13 @@ class Config:
                 raise TypeError(f'Config has no setting {attribute!r}')
             setattr(self, attribute, value)
 
-        if self.jpeg_quality > 95:
-            raise ConfigError(f'LOOK_JPEG_QUALITY must be at most 95, got {self.jpeg_quality}')
+        for variable, value, most in (
+            ('LOOK_JPEG_QUALITY', self.jpeg_quality, 95),
+            ('LOOK_MAX_PIXELS', self.max_pixels, MAX_PIXELS_LIMIT),
+            ('LOOK_CACHE_TTL', self.cache_ttl, MAX_CACHE_TTL),
+        ):
+            if value > most:
+                raise ConfigError(f'{variable} must be at most {most}, got {value}')
 
     def __repr__(self) -> str:
         fields = ', '.join(f'{name}={value!r}' for name, value in vars(self).items())

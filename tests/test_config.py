@@ -11,6 +11,7 @@ import pytest
 import redis
 from falcon.testing import TestClient
 
+from look.app import create_app
 from look.config import Config, ConfigError
 
 from imagegen import image_bytes
@@ -81,11 +82,16 @@ def test_environment_variable_is_parsed(
         ('LOOK_STORAGE_PATH', '  '),
         ('LOOK_REDIS_URL', 'localhost:6379'),
         ('LOOK_REDIS_URL', 'http://cache:6379/0'),
+        ('LOOK_REDIS_URL', 'redis://cache:notaport/0'),
+        ('LOOK_REDIS_URL', 'redis://cache/0?socket_timeout=soon'),
+        ('LOOK_REDIS_URL', 'unix://'),
         ('LOOK_MIN_THUMB_SIZE', '0'),
         ('LOOK_MAX_UPLOAD_BYTES', '32MB'),
         ('LOOK_MAX_PIXELS', '-1'),
+        ('LOOK_MAX_PIXELS', str(65500 * 65500 + 1)),
         ('LOOK_PROCESSES', '1.5'),
         ('LOOK_CACHE_TTL', ''),
+        ('LOOK_CACHE_TTL', '99999999999999999'),
         ('LOOK_RENDER_TIMEOUT', '0'),
         ('LOOK_RENDER_TIMEOUT', 'soon'),
         ('LOOK_RENDER_TIMEOUT', 'nan'),
@@ -105,6 +111,14 @@ def test_timeouts_must_be_usable_as_timeouts(variable: str, value: str) -> None:
     """A timeout nothing can wait for would make every upload a 500 (OverflowError)."""
     with pytest.raises(ConfigError, match=variable):
         Config(environ={variable: value})
+
+
+def test_storage_path_that_is_a_file_names_the_variable(tmp_path: pathlib.Path) -> None:
+    a_file = tmp_path / 'afile'
+    a_file.write_text('not a directory')
+
+    with pytest.raises(ConfigError, match='LOOK_STORAGE_PATH'):
+        create_app(Config(environ={}, storage_path=a_file, redis_url=''))
 
 
 def test_config_error_is_a_value_error() -> None:
