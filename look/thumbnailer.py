@@ -19,6 +19,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
@@ -318,19 +319,49 @@ class Thumbnailer:
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
-                # NOTE: 'spawn' because max_tasks_per_child needs it, and it
-                #   keeps the web worker's sockets and locks out of the pool.
-                self._pool = concurrent.futures.ProcessPoolExecutor(
-                    max_workers=self.processes,
-                    mp_context=multiprocessing.get_context('spawn'),
-                    initializer=_init_pool_process,
-                    initargs=(os.getpid(), memory_limit(self.max_pixels)),
-                    max_tasks_per_child=self.max_tasks_per_child,
-                )
-                self._pool_pid = os.getpid()
-                self._unfinished = {}
-            return self._pool
+            return self._current_pool()
+
+    def _current_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        """Return this process's pool, made if need be; the caller holds the lock."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            # NOTE: 'spawn' because max_tasks_per_child needs it, and it
+            #   keeps the web worker's sockets and locks out of the pool.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context('spawn'),
+                initializer=_init_pool_process,
+                initargs=(os.getpid(), memory_limit(self.max_pixels)),
+                max_tasks_per_child=self.max_tasks_per_child,
+            )
+            self._pool_pid = os.getpid()
+            self._unfinished = {}
+        return self._pool
+
+    def _submit(
+        self, function: Callable[..., object], args: tuple[object, ...]
+    ) -> tuple[
+        concurrent.futures.ProcessPoolExecutor,
+        concurrent.futures.Future[object],
+        dict[concurrent.futures.Future[object], None],
+    ]:
+        """Submit a task; return its pool, its future and that pool's unfinished tasks."""
+        # NOTE: submitted and recorded under one lock, so _unfinished keeps
+        #   the order in which the pool takes its tasks.
+        broken = None
+        with self._lock:
+            pool = self._current_pool()
+            try:
+                future = pool.submit(function, *args)
+            except BrokenProcessPool:
+                broken, self._pool = pool, None
+                pool = self._current_pool()
+                future = pool.submit(function, *args)
+            unfinished = self._unfinished
+            unfinished[future] = None
+        if broken is not None:
+            _stop(broken)
+        future.add_done_callback(lambda done: unfinished.pop(done, None))
+        return pool, future, unfinished
 
     def _discard(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
         with self._lock:
@@ -349,16 +380,7 @@ class Thumbnailer:
                 )
             self._in_flight += 1
         try:
-            pool = self._executor()
-            try:
-                future = pool.submit(function, *args)
-            except BrokenProcessPool:
-                self._discard(pool)
-                pool = self._executor()
-                future = pool.submit(function, *args)
-            unfinished = self._unfinished
-            unfinished[future] = None
-            future.add_done_callback(lambda done: unfinished.pop(done, None))
+            pool, future, unfinished = self._submit(function, args)
             try:
                 return self._result(future, unfinished, limit)
             except concurrent.futures.CancelledError:
@@ -432,7 +454,7 @@ def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
 
 
 def resize_all(processes: int) -> None:
-    """Size every pool in this process (gunicorn's post_fork, for an app made before it)."""
+    """Size the next pool of every thumbnailer here (post_fork, for an app made before it)."""
     for thumbnailer in list(_thumbnailers):
         thumbnailer.resize(processes)
 

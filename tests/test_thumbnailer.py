@@ -725,7 +725,7 @@ def test_tasks_queued_when_an_overrun_restarts_the_pool_are_told_to_retry(
 
     with concurrent.futures.ThreadPoolExecutor(4) as clients:
         hung = clients.submit(worker._run, time.sleep, 30)
-        time.sleep(0.1)
+        assert wait_until(lambda: len(worker._unfinished) == 1, 5.0)  # first in line
         queued = [clients.submit(worker._run, time.sleep, 0.1) for _ in range(3)]
         for task in [hung, *queued]:
             with pytest.raises(ThumbnailerUnavailable):
