@@ -19,16 +19,6 @@ from look.thumbnailer import Thumbnailer
 log = logging.getLogger('look')
 
 
-def cache_key_prefix(config: Config) -> str:
-    """Return the prefix of the Redis keys of thumbnails rendered under ``config``.
-
-    A thumbnail's bytes depend on the JPEG quality and which sizes exist on
-    the minimum size: a change of either starts a new set of keys, so no hit
-    serves a thumbnail the settings no longer make (nor one a delete missed).
-    """
-    return f'look:q{config.jpeg_quality}:m{config.min_thumb_size}:'
-
-
 def create_app(config: Config | None = None) -> falcon.App:
     """Create the look WSGI app; the thumbnailer pool starts on first use."""
     config = config if config is not None else Config()
@@ -52,7 +42,8 @@ def create_app(config: Config | None = None) -> falcon.App:
         cache = RedisCache(
             config.redis_from_url(config.redis_url),
             ttl=config.cache_ttl,
-            key_prefix=cache_key_prefix(config),
+            # A thumbnail's bytes follow the quality; which sizes exist, the minimum.
+            variant=f'q{config.jpeg_quality}:m{config.min_thumb_size}',
         )
     else:
         log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')

@@ -1,8 +1,9 @@
 """Redis middleware that caches thumbnail responses; it knows nothing of images.
 
-An entry is msgpack ``[content_type, body, validators]``: the validators
-(ETag, Last-Modified, Cache-Control) let a hit answer conditional requests
-with a 304 without asking the store.
+An entry is msgpack ``[content_type, body, validators, variant]``: the
+validators (ETag, Last-Modified, Cache-Control) let a hit answer conditional
+requests with a 304 without asking the store; the variant names the settings
+the response was made under, so an entry made under others is not served.
 
 Redis is only a cache: when it is unreachable, slow or returns garbage,
 requests are answered uncached. After a failure the cache is skipped for
@@ -61,6 +62,7 @@ class RedisCache:
         ttl: int,
         path_prefix: str = '/thumbnails/',
         key_prefix: str = 'look:',
+        variant: str = '',
         timeout: float = 0.25,
         retry_interval: float = 5.0,
     ) -> None:
@@ -69,6 +71,10 @@ class RedisCache:
         self.ttl = ttl
         self.path_prefix = path_prefix
         self.key_prefix = key_prefix
+        # NOTE: one key per path whatever the settings, so a purge reaches
+        #   every deployment sharing the Redis; an entry made under other
+        #   settings is replaced, as a corrupt one is.
+        self.variant = variant
         self.retry_interval = retry_interval
         self._skip_until = 0.0  # 0.0 while Redis answers, else when to probe it again
         self._probe_lock = threading.Lock()
@@ -102,11 +108,12 @@ class RedisCache:
         if raw is None or raw == PURGED_MARKER:
             return
         entry = _decode(raw)
-        if entry is None:
-            log.warning('ignoring a corrupt cache entry for %s', path)
+        if entry is None or entry[3] != self.variant:
+            if entry is None:
+                log.warning('ignoring a corrupt cache entry for %s', path)
             self._call('DEL', self.client.delete, key)
             return
-        content_type, body, validators = entry
+        content_type, body, validators, _variant = entry
         resp.content_type = content_type
         resp.set_headers(validators)
         resp.set_header(CACHE_HEADER, 'Hit')
@@ -139,7 +146,9 @@ class RedisCache:
                     for name in VALIDATOR_HEADERS
                     if (value := resp.get_header(name)) is not None
                 }
-                entry = msgpack.packb([resp.content_type, body, validators], use_bin_type=True)
+                entry = msgpack.packb(
+                    [resp.content_type, body, validators, self.variant], use_bin_type=True
+                )
                 key = self._key(path)
                 self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
 
@@ -215,24 +224,26 @@ def _cached_path(req: falcon.Request) -> str:
     return '/' + path.lstrip('/') if path.startswith('//') else path
 
 
-def _decode(raw: Any) -> tuple[str, bytes, dict[str, str]] | None:
+def _decode(raw: Any) -> tuple[str, bytes, dict[str, str], str] | None:
     """Return a well-formed entry, or None for anything else: it is never served."""
     try:
         entry = msgpack.unpackb(raw, raw=False)
     except Exception:
         return None
-    if not isinstance(entry, list) or len(entry) not in (2, 3):
+    if not isinstance(entry, list) or len(entry) not in (2, 3, 4):
         return None
     content_type, body = entry[0], entry[1]
-    validators = entry[2] if len(entry) == 3 else {}
+    validators = entry[2] if len(entry) >= 3 else {}
+    variant = entry[3] if len(entry) == 4 else ''
     if not (
         isinstance(content_type, str)
         and isinstance(body, bytes)
         and isinstance(validators, dict)
+        and isinstance(variant, str)
         and all(
             name in VALIDATOR_HEADERS and isinstance(value, str)
             for name, value in validators.items()
         )
     ):
         return None
-    return content_type, body, validators
+    return content_type, body, validators, variant

@@ -148,10 +148,10 @@ class Images:
     def on_delete_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._store.get(image_id)
         self._store.delete(image.id)
-        # Cached thumbnails of this image are stale on every worker now.
+        # Cached thumbnails of this image are stale on every worker now: every
+        # halving, as a deployment with a smaller LOOK_MIN_THUMB_SIZE has more.
         resp.context.stale_paths = [
-            thumbnail_uri(image.id, size)
-            for size in thumbnail_sizes(image.size, self._min_thumb_size)
+            thumbnail_uri(image.id, size) for size in thumbnail_sizes(image.size, 1)
         ]
         resp.status = falcon.HTTP_204
 

@@ -22,6 +22,7 @@ from PIL import Image
 
 from look.cache import CACHE_HEADER, PURGED_MARKER, RedisCache, limit_waits
 from look.config import Config
+from look.thumbnailer import thumbnail_sizes
 
 from imagegen import image_bytes
 
@@ -258,7 +259,8 @@ def test_entry_is_msgpack_of_type_and_body_with_the_ttl(
         pytest.param(msgpack.packb([7, b'x']), id='int-type'),
         pytest.param(msgpack.packb(['image/jpeg', b'x', {'Set-Cookie': 'a=b'}]), id='header'),
         pytest.param(msgpack.packb(['image/jpeg', b'x', {'ETag': 5}]), id='int-header'),
-        pytest.param(msgpack.packb(['image/jpeg', b'x', {}, 'extra']), id='long'),
+        pytest.param(msgpack.packb(['image/jpeg', b'x', {}, 7]), id='int-variant'),
+        pytest.param(msgpack.packb(['image/jpeg', b'x', {}, '', 'extra']), id='long'),
     ],
 )
 def test_corrupt_entry_is_ignored_and_replaced(
@@ -357,36 +359,39 @@ def test_delete_purges_the_cached_thumbnails(
 
     assert client.simulate_delete(upload['image']).status_code == 204
 
-    # Each key now holds the purge marker, which a late render cannot replace.
+    # Each key now holds the purge marker, which a late render cannot replace;
+    # so do those of the sizes a smaller minimum would list, down to 1 pixel.
     values = [inspect_redis.get(key) for key in inspect_redis.keys('*')]
-    assert values == [PURGED_MARKER] * len(upload['thumbnails'])
+    assert values == [PURGED_MARKER] * len(thumbnail_sizes((640, 360), 1))
     for url in upload['thumbnails']:
         assert client.simulate_get(url).status_code == 404
 
 
-def test_a_new_quality_or_minimum_size_starts_a_new_set_of_keys(
+def test_thumbnails_made_under_other_settings_are_not_served_and_a_delete_reaches_them(
     make_config: Callable[..., Config], make_client: MakeClient
 ) -> None:
-    """Same storage and Redis, new settings: no hit serves what the old settings made."""
-    before = make_config(min_thumb_size=16)
-    client = make_client(before)
-    upload = client.simulate_post('/images', body=UPLOAD).json
+    """Two deployments on one storage and one Redis: new settings, or a rollback."""
+    old = make_config(min_thumb_size=16)
+    old_client = make_client(old)
+    upload = old_client.simulate_post('/images', body=UPLOAD).json
     large, small = upload['thumbnails'][0], upload['thumbnails'][-1]  # 320x180 and 40x22
     for url in (large, small):
-        client.simulate_get(url)
-        assert client.simulate_get(url).headers[CACHE_HEADER] == 'Hit'
-
-    after = make_client(
-        make_config(storage_path=before.storage_path, jpeg_quality=60, min_thumb_size=100)
+        old_client.simulate_get(url)
+        assert old_client.simulate_get(url).headers[CACHE_HEADER] == 'Hit'
+    new_client = make_client(
+        make_config(storage_path=old.storage_path, jpeg_quality=60, min_thumb_size=100)
     )
 
-    rendered = after.simulate_get(large)
+    rendered = new_client.simulate_get(large)
     assert rendered.headers[CACHE_HEADER] == 'Miss'
     assert rendered.headers['ETag'].endswith('-q60"')
-    assert after.simulate_get(small).status_code == 404  # not a size under the new minimum
-    assert after.simulate_delete(upload['image']).status_code == 204
-    assert after.simulate_get(small).status_code == 404
-    assert after.simulate_get(large).status_code == 404
+    assert new_client.simulate_get(large).headers[CACHE_HEADER] == 'Hit'
+    assert new_client.simulate_get(small).status_code == 404  # not a size under its minimum
+
+    assert new_client.simulate_delete(upload['image']).status_code == 204
+    for client in (new_client, old_client):
+        for url in (large, small):
+            assert client.simulate_get(url).status_code == 404
 
 
 def test_leading_slashes_are_the_same_thumbnail_to_the_cache(client: TestClient) -> None:

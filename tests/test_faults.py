@@ -35,9 +35,7 @@ import pytest
 import redis
 from PIL import Image
 
-from look.app import cache_key_prefix
 from look.cache import RedisCache
-from look.config import Config
 from look.store import TEMP_GRACE_SECONDS
 
 from imagegen import encode, image_bytes
@@ -874,7 +872,7 @@ def test_wrong_typed_cache_key_is_a_miss_and_replaced(
     """
     server = make_gunicorn(workers=1, redis_url=redis_server.url)
     path = upload(server, image_bytes('JPEG', (640, 360), seed=11))['thumbnails'][0]
-    key = cache_key_prefix(Config(environ={})) + path  # look's default settings
+    key = f'look:{path}'
     inspector = redis.Redis(unix_socket_path=str(redis_server.socket_path))
     try:
         inspector.rpush(key, b'not a thumbnail')

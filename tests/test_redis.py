@@ -23,7 +23,7 @@ import redis
 from PIL import Image
 
 from look import thumbnailer
-from look.app import cache_key_prefix, create_app
+from look.app import create_app
 from look.cache import PURGED_MARKER
 from look.config import Config
 
@@ -126,17 +126,18 @@ def wait_for_hit(client: falcon.testing.TestClient, path: str) -> bool:
 
 
 def cache_key(path: str) -> str:
-    """Return the Redis key of a cached path, under look's default settings."""
-    return cache_key_prefix(Config(environ={})) + path
+    """Return the Redis key of a cached path (RedisCache's default prefix)."""
+    return f'look:{path}'
 
 
 def check_entry(raw: bytes | None, result: falcon.testing.Result) -> None:
-    """Assert a stored entry is msgpack [content type, body, validators] of ``result``."""
+    """Assert a stored entry is msgpack [content type, body, validators, variant] of ``result``."""
     assert raw is not None, 'nothing was cached'
-    content_type, body, validators = msgpack.unpackb(raw, raw=False)
+    content_type, body, validators, variant = msgpack.unpackb(raw, raw=False)
     assert content_type == result.headers['Content-Type']
     assert body == result.content
     assert validators == {name: result.headers[name] for name in VALIDATORS}
+    assert variant == 'q85:m64'  # the settings it was made under: look's defaults
 
 
 def test_miss_then_hit(make_app: MakeApp, redis_server: RedisServer) -> None:
