@@ -94,6 +94,7 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
                     f'The image is {width}x{height}; a JPEG side can be at most '
                     f'{JPEG_MAX_SIDE} pixels.'
                 )
+            _match_trns_to_decoded_depth(image)
             try:
                 image.load()  # the first frame of an animation
                 # In place: no copy of the whole image when it is upright already.
@@ -114,6 +115,25 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
         out.flush()
         os.fsync(out.fileno())
     return rgb.size
+
+
+# PNG raw modes that Pillow decodes into 8-bit pixels from other depths.
+_LOW_BIT_GREYS = {'1': 1, 'L;2': 2, 'L;4': 4}
+
+
+def _match_trns_to_decoded_depth(image: Image.Image) -> None:
+    """Scale a PNG's tRNS colour to the 8-bit pixels Pillow decodes it into (before load)."""
+    transparency = image.info.get('transparency')
+    if transparency is None or image.format != 'PNG' or len(image.tile) != 1:
+        return
+    rawmode = image.tile[0].args
+    bits = _LOW_BIT_GREYS.get(rawmode) if isinstance(rawmode, str) else None
+    if bits and isinstance(transparency, int):
+        image.info['transparency'] = transparency * 255 // (2**bits - 1)
+    elif rawmode == 'RGB;16B' and isinstance(transparency, tuple):
+        # NOTE: Pillow keeps the high byte of each sample, so a colour that
+        #   differs from the transparent one in its low byte only goes too.
+        image.info['transparency'] = tuple(value >> 8 for value in transparency)
 
 
 def _to_srgb(image: Image.Image) -> Image.Image:

@@ -177,6 +177,28 @@ def rgba_png(size: tuple[int, int] = (256, 128)) -> bytes:
     return encode(image, 'PNG')
 
 
+def trns_png(depth: int, colour_type: int, rows: list[bytes], width: int, trns: bytes) -> bytes:
+    """Return a PNG written byte by byte, with a tRNS chunk: depths Pillow does not write.
+
+    ``rows`` are the raw scanlines (each gets filter byte 0); colour type 0 is
+    grey, 2 is RGB.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        checksum = struct.pack('>I', zlib.crc32(kind + data))
+        return struct.pack('>I', len(data)) + kind + data + checksum
+
+    header = struct.pack('>IIBBBBB', width, len(rows), depth, colour_type, 0, 0, 0)
+    pixels = zlib.compress(b''.join(b'\0' + row for row in rows))
+    return (
+        b'\x89PNG\r\n\x1a\n'
+        + chunk(b'IHDR', header)
+        + chunk(b'tRNS', trns)
+        + chunk(b'IDAT', pixels)
+        + chunk(b'IEND', b'')
+    )
+
+
 def animated_gif(size: tuple[int, int] = (128, 96), frames: int = 3) -> bytes:
     """Return an animated GIF: the first frame red, the next ones green, then blue."""
     colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]

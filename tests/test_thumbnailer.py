@@ -10,6 +10,7 @@ import os
 import pathlib
 import pickle
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -204,6 +205,33 @@ def test_a_colour_named_transparent_by_trns_becomes_white(
 
     assert is_colour(stored.getpixel((16, 32)), WHITE)
     assert is_colour(stored.getpixel((112, 32)), opaque_rgb)
+
+
+@pytest.mark.parametrize(
+    ('depth', 'colour_type', 'transparent', 'opaque', 'trns'),
+    [
+        # Each row: 8 pixels of the colour named transparent, then 8 black ones.
+        pytest.param(2, 0, b'\x55' * 2, b'\x00' * 2, struct.pack('>H', 1), id='grey-2-bit'),
+        pytest.param(4, 0, b'\x55' * 4, b'\x00' * 4, struct.pack('>H', 5), id='grey-4-bit'),
+        pytest.param(
+            16,
+            2,
+            struct.pack('>HHH', 0x1234, 0x5678, 0x9ABC) * 8,
+            struct.pack('>HHH', 0, 0, 0) * 8,
+            struct.pack('>HHH', 0x1234, 0x5678, 0x9ABC),
+            id='rgb-16-bit',
+        ),
+    ],
+)
+def test_trns_of_a_depth_pillow_rescales_is_matched_at_that_depth(
+    convert: Convert, depth: int, colour_type: int, transparent: bytes, opaque: bytes, trns: bytes
+) -> None:
+    """Pillow decodes 1, 2 and 4-bit grey and 16-bit RGB into 8 bits, but not tRNS with them."""
+    rows = [transparent + opaque] * 16
+    _, stored = convert(imagegen.trns_png(depth, colour_type, rows, 16, trns))
+
+    assert is_colour(stored.getpixel((2, 8)), WHITE)
+    assert is_colour(stored.getpixel((13, 8)), BLACK)
 
 
 @pytest.mark.parametrize(('value', 'grey'), [(32768, 128), (65535, 255), (256 * 40, 40)])
