@@ -8,6 +8,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
+from urllib.parse import urlparse
 
 import redis
 
@@ -68,8 +69,10 @@ def _redis_url(name: str, value: str) -> str:
         settings = redis.connection.parse_url(value)
     except ValueError as ex:
         raise ConfigError(f'{name} is not a usable Redis URL ({ex}), got {value!r}') from None
-    if value.startswith('unix://') and not settings.get('path'):
+    if value.startswith('unix://') and (not settings.get('path') or urlparse(value).netloc):
         raise ConfigError(f'{name} must name the socket file (unix:///path), got {value!r}')
+    if settings.get('decode_responses'):
+        raise ConfigError(f'{name} must not set decode_responses: the cache keeps bytes')
     return value
 
 

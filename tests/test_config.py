@@ -85,6 +85,8 @@ def test_environment_variable_is_parsed(
         ('LOOK_REDIS_URL', 'redis://cache:notaport/0'),
         ('LOOK_REDIS_URL', 'redis://cache/0?socket_timeout=soon'),
         ('LOOK_REDIS_URL', 'unix://'),
+        ('LOOK_REDIS_URL', 'unix://run/redis.sock'),
+        ('LOOK_REDIS_URL', 'redis://cache/0?decode_responses=true'),
         ('LOOK_MIN_THUMB_SIZE', '0'),
         ('LOOK_MAX_UPLOAD_BYTES', '32MB'),
         ('LOOK_MAX_PIXELS', '-1'),
@@ -103,6 +105,19 @@ def test_environment_variable_is_parsed(
 def test_bad_value_names_the_variable(variable: str, value: str) -> None:
     with pytest.raises(ConfigError, match=variable):
         Config(environ={variable: value})
+
+
+@pytest.mark.parametrize(
+    'url',
+    [
+        'redis://user:secret@cache:6379/0',
+        'rediss://cache:6380/1?ssl_cert_reqs=none&socket_timeout=0.5',
+        'unix:///run/redis/redis.sock?db=2',
+        'redis://[::1]:6379/0',
+    ],
+)
+def test_redis_urls_redis_py_takes_are_kept(url: str) -> None:
+    assert Config(environ={'LOOK_REDIS_URL': url}).redis_url == url
 
 
 @pytest.mark.parametrize('variable', ['LOOK_RENDER_TIMEOUT', 'LOOK_UPLOAD_TIMEOUT'])
