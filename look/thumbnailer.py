@@ -270,12 +270,7 @@ class Thumbnailer:
         self.max_pixels = max_pixels
         self.quality = quality
         self.render_timeout = render_timeout
-        # NOTE: renders beyond this many in flight are refused at once with a
-        #   503 rather than queued without bound; a large pool is never idle for it.
-        self._max_waiting_follows_processes = max_waiting is None
-        if max_waiting is None:
-            max_waiting = max(MAX_WAITING_RENDERS, processes)
-        self.max_waiting = max_waiting
+        self._max_waiting = max_waiting
         self.max_tasks_per_child = max_tasks_per_child
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._pool_pid: int | None = None
@@ -284,6 +279,17 @@ class Thumbnailer:
         # This pool's tasks not done yet, in the order the pool takes them.
         self._unfinished: dict[concurrent.futures.Future[object], None] = {}
         _thumbnailers.add(self)
+
+    @property
+    def max_waiting(self) -> int:
+        """Renders in flight beyond which more are refused at once with a 503.
+
+        Rather than queued without bound; by default never fewer than the
+        pool's processes, so a large pool is never idle for it.
+        """
+        if self._max_waiting is not None:
+            return self._max_waiting
+        return max(MAX_WAITING_RENDERS, self.processes)
 
     def convert_upload(self, path: pathlib.Path) -> tuple[int, int]:
         """Replace an uploaded file with the JPEG to store; return its size."""
@@ -327,8 +333,6 @@ class Thumbnailer:
         """Make the next pool ``processes`` large: one running now keeps its size."""
         with self._lock:
             self.processes = processes
-            if self._max_waiting_follows_processes:
-                self.max_waiting = max(MAX_WAITING_RENDERS, processes)
 
     def close(self) -> None:
         """Stop the pool and its processes."""
