@@ -13,8 +13,8 @@ look adds (no middleware, no store, no index):
   its own: what any app under this gunicorn pays for an uncached thumbnail;
 - ``POST /converted``: the body written to a new file in ``BENCH_BARE_UPLOADS``
   and turned into a JPEG there by the Pillow limit's conversion, in the same
-  pool: what any app under this gunicorn pays to take an upload, without
-  look's index or its durable commit.
+  pool, then fsync'd: what any app under this gunicorn pays to take an
+  upload, without look's index or the rest of its durable commit.
 
 Pools are as large as gunicorn.conf.py makes look's (LOOK_PROCESSES).
 """
@@ -112,12 +112,14 @@ class Converted:
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
         # NOTE: a new name each time and nothing deleted, as the Pillow
-        #   limit's conversion does (see limits._new_file).
+        #   limit's conversion does (see limits._new_path).
         path = self._directory / f'{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}'
         with open(path, 'xb') as out:
             while chunk := req.bounded_stream.read(CHUNK_SIZE):
                 out.write(chunk)
-        width, height = self._pool.run(limits.convert, str(path), None)
+        converted = self._pool.run(limits.convert, str(path), None)
+        limits.fsync_converted(converted)
+        width, height = converted[1]
         resp.status = falcon.HTTP_201
         resp.media = {'size': [width, height]}
 

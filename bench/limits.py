@@ -45,31 +45,41 @@ def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
     return out.getvalue()
 
 
-def convert(source: str, target_dir: str | None, quality: int = QUALITY) -> tuple[int, int]:
-    """Store an upload as an upright RGB JPEG: open, exif_transpose, convert, save, fsync.
+def convert(
+    source: str, target_dir: str | None, quality: int = QUALITY
+) -> tuple[str, tuple[int, int]]:
+    """Store an upload as an upright RGB JPEG: open, exif_transpose, convert, save.
 
     The JPEG goes to a new file in ``target_dir``, or over ``source`` itself
     when that is None (as an app converting the file it received would).
+    Returns its path and size: the caller makes it durable (``fsync_converted``),
+    as look's web worker does, so the pool never waits for the disk.
     """
     with Image.open(source) as image:
         # In place and only when needed: no copy that Pillow can do without.
         ImageOps.exif_transpose(image, in_place=True)
         rgb = image if image.mode == 'RGB' else image.convert('RGB')
         rgb.load()
-    fd = _new_file(target_dir) if target_dir else os.open(source, os.O_WRONLY | os.O_TRUNC)
-    with os.fdopen(fd, 'wb') as out:
+    path = _new_path(target_dir) if target_dir else source
+    with open(path, 'xb' if target_dir else 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
-        out.flush()
-        os.fsync(out.fileno())
-    return rgb.size
+    return path, rgb.size
 
 
-def _new_file(directory: str) -> int:
+def fsync_converted(converted: tuple[str, tuple[int, int]]) -> None:
+    """Make the JPEG ``convert`` wrote durable, as look does before it answers an upload."""
+    fd = os.open(converted[0], os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _new_path(directory: str) -> str:
     # NOTE: a new file each time, kept as look keeps each upload. Deleting it
     #   here would cost the next creations: ext4 without a journal skips
     #   inodes freed in the last minute, one by one.
-    path = os.path.join(directory, f'{os.getpid()}-{time.monotonic_ns()}.jpeg')
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    return os.path.join(directory, f'{os.getpid()}-{time.monotonic_ns()}.jpeg')
 
 
 def _init_process() -> None:
@@ -96,8 +106,14 @@ def pool_throughput(
     *,
     seconds: float,
     in_flight: int,
+    finish: Callable[[Any], object] | None = None,
 ) -> float:
-    """Keep ``in_flight`` jobs queued for ``seconds``; return finished jobs per second."""
+    """Keep ``in_flight`` jobs queued for ``seconds``; return finished jobs per second.
+
+    ``finish``, if given, is called here with each job's result (while the
+    pool goes on with the jobs queued), as look's web worker finishes an
+    upload the pool converted.
+    """
     pending: set[concurrent.futures.Future[Any]] = set()
     done_count = 0
     submitted = 0
@@ -113,6 +129,8 @@ def pool_throughput(
             pending, return_when=concurrent.futures.FIRST_COMPLETED
         )
         for future in done:
-            future.result()  # raise what a job raised
+            result = future.result()  # raise what a job raised
+            if finish is not None:
+                finish(result)
             done_count += 1
     return done_count / (time.perf_counter() - start)

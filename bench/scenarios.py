@@ -277,6 +277,9 @@ def _compare_http(
 
 # -- uncached thumbnails and uploads vs Pillow alone -----------------------------
 
+# The Pillow limit's function, its jobs, and what this process does with each result.
+PillowWork = tuple[Callable[..., Any], list[tuple[Any, ...]], Callable[[Any], object] | None]
+
 
 def uncached(ctx: Context) -> list[Row]:
     """Thumbnails with the cache off, and uploads, vs Pillow alone in a pool.
@@ -302,7 +305,7 @@ def uncached(ctx: Context) -> list[Row]:
         def compare(
             work: str,
             calls: list[Call],
-            pillow: tuple[Callable[..., Any], list[tuple[Any, ...]]],
+            pillow: PillowWork,
             bare_calls: list[Call],
             *,
             target: float,
@@ -310,11 +313,11 @@ def uncached(ctx: Context) -> list[Row]:
             same: str,
         ) -> None:
             """Add the row against Pillow alone, then its reference row against the bare app."""
-            function, jobs = pillow
+            function, jobs, finish = pillow
 
             def pillow_side(seconds: float) -> float:
                 return limits.pool_throughput(
-                    pool, function, jobs, seconds=seconds, in_flight=s.pool_jobs
+                    pool, function, jobs, seconds=seconds, in_flight=s.pool_jobs, finish=finish
                 )
 
             look = (server, calls)
@@ -346,7 +349,7 @@ def uncached(ctx: Context) -> list[Row]:
             compare(
                 f'uncached thumbnail {source} → {width}x{height}',
                 [Call('GET', f'/thumbnails/{i}/{width}x{height}.jpeg') for i in ids],
-                (limits.render, [(_stored(ctx, i), (width, height)) for i in ids]),
+                (limits.render, [(_stored(ctx, i), (width, height)) for i in ids], None),
                 [Call('GET', f'/rendered/{i}.jpeg/{width}x{height}') for i in ids],
                 target=0.85,
                 limit_unit='renders/s',
@@ -363,7 +366,7 @@ def uncached(ctx: Context) -> list[Row]:
             compare(
                 work,
                 [Call('POST', '/images', body, headers, expect=201)],
-                (limits.convert, [(str(ctx.files[key]), out)]),
+                (limits.convert, [(str(ctx.files[key]), out)], limits.fsync_converted),
                 [Call('POST', '/converted', body, headers, expect=201)],
                 target=0.8,
                 limit_unit='conversions/s',

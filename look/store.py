@@ -328,7 +328,10 @@ class Store:
         return TempFile(path)
 
     def add(self, image_id: str, upload: TempFile, size: tuple[int, int]) -> StoredImage:
-        """Commit the finished, fsync'd JPEG in ``upload`` under ``image_id``; index it durably.
+        """Commit the finished JPEG in ``upload`` under ``image_id``; index it durably.
+
+        The JPEG's data, its name and its index line reach the disk in that
+        order, so a crash can never leave an indexed name without its bytes.
 
         Only the index line is written under the writers' lock: the file is
         linked into place before it, so uploads do not queue behind each
@@ -339,6 +342,7 @@ class Store:
         final_path = self.path(image_id)
         image = StoredImage(image_id, int(time.time()), (int(size[0]), int(size[1])))
         record = {'op': 'add', 'id': image_id, 'modified': image.modified, 'size': [*image.size]}
+        os.fsync(upload.file.fileno())  # whoever wrote the file: fsync is per inode
         try:
             # NOTE: a link, unlike a rename, never replaces an existing image.
             os.link(upload.path, final_path)

@@ -64,7 +64,9 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
     """Replace the uploaded image file at ``path`` with an upright sRGB JPEG.
 
     Returns the stored size. Metadata (EXIF, GPS, comments) is not carried
-    over. An upload that is refused is left as it was.
+    over. An upload that is refused is left as it was. The caller makes the
+    JPEG durable (``Store.add``): an fsync here would hold this process,
+    which renders and uploads queue for, idle while the disk catches up.
     """
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -112,8 +114,6 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
     rgb.info.clear()
     with open(path, 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
-        out.flush()
-        os.fsync(out.fileno())
     return rgb.size
 
 

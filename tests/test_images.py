@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import email.utils
+import errno
 import io
 import os
 import pathlib
@@ -378,6 +379,31 @@ def test_failed_upload_leaves_storage_unchanged(
 
     assert response.status_code == status
     assert set(response.json) == {'title', 'description'}
+    assert storage_state(config) == before
+    assert len(client.simulate_get('/images').json) == 1
+
+
+def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
+    make_client: MakeClient, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The JPEG is synced before it gets a name, so an I/O error there leaves no trace."""
+    config = make_config()
+    client = make_client(config)
+    assert client.simulate_post('/images', body=UPLOAD).status_code == 201
+    before = storage_state(config)
+    images_dir = pathlib.Path(config.storage_path) / 'images'
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if pathlib.Path(os.readlink(f'/proc/self/fd/{fd}')).parent == images_dir:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    response = client.simulate_post('/images', body=UPLOAD)
+
+    assert response.status_code == 507
+    assert 'Input/output error' in response.json['description']
     assert storage_state(config) == before
     assert len(client.simulate_get('/images').json) == 1
 

@@ -17,6 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -42,7 +43,6 @@ def commit(store: Store, image_id: str | None = None, size: tuple[int, int] = (8
     try:
         temp.file.write(JPEG)
         temp.file.flush()
-        os.fsync(temp.file.fileno())
         store.add(image_id, temp, size)
     finally:
         temp.close()
@@ -122,6 +122,33 @@ def test_add_moves_the_file_and_leaves_no_temp(store: Store) -> None:
     image_id = commit(store)
 
     assert sorted(os.listdir(store.images_dir)) == [f'{image_id}.jpeg']
+
+
+def test_add_syncs_the_jpeg_then_its_name_then_its_index_line(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whatever moment a crash comes at, no indexed name is left without its bytes."""
+    synced_and_linked: list[str] = []
+    names = {
+        os.stat(store.images_dir).st_ino: 'directory',
+        os.stat(store.index_path).st_ino: 'index',
+    }
+    real_fsync, real_link = os.fsync, os.link
+
+    def fsync(fd: int) -> None:
+        synced_and_linked.append(names.get(os.fstat(fd).st_ino, 'jpeg'))
+        real_fsync(fd)
+
+    def link(source: Any, target: Any, **kwargs: Any) -> None:
+        synced_and_linked.append('link')
+        real_link(source, target, **kwargs)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    monkeypatch.setattr(os, 'link', link)
+
+    commit(store)  # the writer of the file does not fsync it
+
+    assert synced_and_linked == ['jpeg', 'link', 'directory', 'index']
 
 
 def test_adding_an_existing_id_is_refused(store: Store) -> None:
