@@ -342,7 +342,9 @@ class Store:
         final_path = self.path(image_id)
         image = StoredImage(image_id, int(time.time()), (int(size[0]), int(size[1])))
         record = {'op': 'add', 'id': image_id, 'modified': image.modified, 'size': [*image.size]}
-        os.fsync(upload.file.fileno())  # whoever wrote the file: fsync is per inode
+        # NOTE: fsync is per file, whichever process wrote it; this descriptor
+        #   was opened before those writes, so their errors are reported here.
+        os.fsync(upload.file.fileno())
         try:
             # NOTE: a link, unlike a rename, never replaces an existing image.
             os.link(upload.path, final_path)

@@ -128,15 +128,19 @@ def test_add_syncs_the_jpeg_then_its_name_then_its_index_line(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Whatever moment a crash comes at, no indexed name is left without its bytes."""
+    temp = store.temporary()
+    temp.file.write(JPEG)  # the writer of the file does not fsync it
+    temp.file.flush()
     synced_and_linked: list[str] = []
     names = {
+        os.fstat(temp.file.fileno()).st_ino: 'jpeg',
         os.stat(store.images_dir).st_ino: 'directory',
         os.stat(store.index_path).st_ino: 'index',
     }
     real_fsync, real_link = os.fsync, os.link
 
     def fsync(fd: int) -> None:
-        synced_and_linked.append(names.get(os.fstat(fd).st_ino, 'jpeg'))
+        synced_and_linked.append(names.get(os.fstat(fd).st_ino, 'another file'))
         real_fsync(fd)
 
     def link(source: Any, target: Any, **kwargs: Any) -> None:
@@ -145,8 +149,10 @@ def test_add_syncs_the_jpeg_then_its_name_then_its_index_line(
 
     monkeypatch.setattr(os, 'fsync', fsync)
     monkeypatch.setattr(os, 'link', link)
-
-    commit(store)  # the writer of the file does not fsync it
+    try:
+        store.add(new_id(), temp, (8, 6))
+    finally:
+        temp.close()
 
     assert synced_and_linked == ['jpeg', 'link', 'directory', 'index']
 
