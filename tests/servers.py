@@ -67,6 +67,11 @@ class ProcessInfo:
     state: str
     cmdline: str
 
+    @property
+    def is_image_process(self) -> bool:
+        """Whether this is a thumbnailer pool process (spawned by multiprocessing)."""
+        return 'multiprocessing.spawn' in self.cmdline
+
 
 def live_processes() -> list[ProcessInfo]:
     """Return every process that is not a zombie (zombies have exited; only reaping is left)."""

@@ -184,7 +184,7 @@ def pool_pids(worker: int) -> set[int]:
     return {
         process.pid
         for process in live_processes()
-        if process.ppid == worker and 'multiprocessing.spawn' in process.cmdline
+        if process.ppid == worker and process.is_image_process
     }
 
 

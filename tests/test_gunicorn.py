@@ -550,7 +550,7 @@ def test_graceful_stop_leaves_no_process(make_gunicorn: MakeGunicorn) -> None:
         if workers <= uploaded_by:
             break
     processes = server.processes()
-    pools = {p.ppid for p in processes if 'multiprocessing.spawn' in p.cmdline}
+    pools = {p.ppid for p in processes if p.is_image_process}
     assert pools == workers, f'every worker should run a pool process: {processes}'
 
     server.stop()
@@ -598,7 +598,7 @@ def test_pools_started_before_first_request(make_gunicorn: MakeGunicorn) -> None
     workers = server.worker_pids()
 
     def pool_owners() -> set[int]:
-        return {p.ppid for p in server.processes() if 'multiprocessing.spawn' in p.cmdline}
+        return {p.ppid for p in server.processes() if p.is_image_process}
 
     started = wait_until(lambda: workers <= pool_owners(), 3.0)
     assert started, f'of workers {workers}, only {pool_owners()} run a pool before any request'
@@ -635,7 +635,7 @@ def test_pools_share_the_cores(
     def pool_sizes() -> dict[int, int]:
         sizes = dict.fromkeys(server.worker_pids(), 0)
         for process in server.processes():
-            if 'multiprocessing.spawn' in process.cmdline and process.ppid in sizes:
+            if process.is_image_process and process.ppid in sizes:
                 sizes[process.ppid] += 1
         return sizes
 
