@@ -24,8 +24,8 @@ from __future__ import annotations
 import os
 import pathlib
 import re
+import shutil
 import threading
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -111,13 +111,10 @@ class Converted:
         self._pool = pool
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        # NOTE: a new name each time and nothing deleted, as the Pillow
-        #   limit's conversion does (see limits._new_path).
-        path = self._directory / f'{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}'
+        path = limits.new_path(str(self._directory))  # nothing deleted, as in the limit
         with open(path, 'xb') as out:
-            while chunk := req.bounded_stream.read(CHUNK_SIZE):
-                out.write(chunk)
-        converted = self._pool.run(limits.convert, str(path), None)
+            shutil.copyfileobj(req.bounded_stream, out, CHUNK_SIZE)
+        converted = self._pool.run(limits.convert, path, None)
         limits.fsync_converted(converted)
         width, height = converted[1]
         resp.status = falcon.HTTP_201

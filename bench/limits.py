@@ -13,6 +13,7 @@ import io
 import multiprocessing
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -60,7 +61,7 @@ def convert(
         ImageOps.exif_transpose(image, in_place=True)
         rgb = image if image.mode == 'RGB' else image.convert('RGB')
         rgb.load()
-    path = _new_path(target_dir) if target_dir else source
+    path = new_path(target_dir) if target_dir else source
     with open(path, 'xb' if target_dir else 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
     return path, rgb.size
@@ -75,11 +76,13 @@ def fsync_converted(converted: tuple[str, tuple[int, int]]) -> None:
         os.close(fd)
 
 
-def _new_path(directory: str) -> str:
+def new_path(directory: str) -> str:
+    """Return a name no other process or thread here has used in ``directory``."""
     # NOTE: a new file each time, kept as look keeps each upload. Deleting it
     #   here would cost the next creations: ext4 without a journal skips
     #   inodes freed in the last minute, one by one.
-    return os.path.join(directory, f'{os.getpid()}-{time.monotonic_ns()}.jpeg')
+    name = f'{os.getpid()}-{threading.get_ident()}-{time.monotonic_ns()}.jpeg'
+    return os.path.join(directory, name)
 
 
 def _init_process() -> None:
