@@ -137,7 +137,8 @@ class Store:
         self._view_lock = threading.Lock()
         self._images: dict[str, StoredImage] = {}
         self._order: list[str] = []  # ids in commit order; may hold deleted ids
-        self._position: dict[str, int] = {}  # id -> its place in _order
+        # Every id ever committed -> where in _order the images after it begin.
+        self._start_after: dict[str, int] = {}
         self._offset = 0  # bytes of the index already applied to the view
         self._inode: int | None = None
 
@@ -233,10 +234,10 @@ class Store:
         with self._view_lock:
             start = 0
             if after is not None:
-                position = self._position.get(after)
-                if position is None:
+                start_after = self._start_after.get(after)
+                if start_after is None:
                     raise ImageNotFound(f'No image has the id {after!r}.')
-                start = position + 1
+                start = start_after
             found: list[StoredImage] = []
             order = self._order
             for position in range(start, len(order)):
@@ -273,7 +274,7 @@ class Store:
     def _reset_view(self, inode: int) -> None:
         self._images.clear()
         self._order.clear()
-        self._position.clear()
+        self._start_after.clear()
         self._offset = 0
         self._inode = inode
 
@@ -287,9 +288,11 @@ class Store:
             if op == 'add':
                 width, height = record['size']
                 image = StoredImage(image_id, int(record['modified']), (int(width), int(height)))
-                if image_id not in self._position:
-                    self._position[image_id] = len(self._order)
+                start_after = self._start_after.get(image_id)
+                # Still in the order (deleted since, perhaps): it keeps its place.
+                if start_after is None or self._order[start_after - 1 : start_after] != [image_id]:
                     self._order.append(image_id)
+                    self._start_after[image_id] = len(self._order)
                 self._images[image_id] = image
             elif op == 'delete':
                 self._images.pop(image_id, None)
@@ -298,11 +301,24 @@ class Store:
         except (ValueError, KeyError, TypeError, OverflowError) as ex:
             log.error('skipping unreadable index line %r: %s', line[:200], ex)
             return
-        # NOTE: deleted ids stay in _order so `after=` keeps working for them;
-        #   compact once they are the majority, to keep listing fast.
+        # NOTE: deleted ids are skipped while listing; compacted away once
+        #   they are the majority, to keep listing fast.
         if len(self._order) > 1024 and len(self._images) < len(self._order) // 2:
-            self._order = [i for i in self._order if i in self._images]
-            self._position = {image_id: n for n, image_id in enumerate(self._order)}
+            self._compact()
+
+    def _compact(self) -> None:
+        """Drop deleted ids from the order; ``after=`` any of them still resumes in place.
+
+        A client paging through the list while images are deleted keeps its
+        place in every worker, whether or not that worker has compacted.
+        """
+        live_before = [0]  # live ids among the first n of the old order
+        for image_id in self._order:
+            live_before.append(live_before[-1] + (image_id in self._images))
+        self._order = [image_id for image_id in self._order if image_id in self._images]
+        self._start_after = {
+            image_id: live_before[start] for image_id, start in self._start_after.items()
+        }
 
     def check_writable(self) -> str | None:
         """Return None if a file can be written beside the images, else why not."""

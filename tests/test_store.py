@@ -265,6 +265,31 @@ def test_listing_stays_right_after_many_deletes(root: pathlib.Path) -> None:
     assert len(store) == 500
 
 
+def test_after_a_deleted_id_resumes_in_place_once_it_is_compacted_away(root: pathlib.Path) -> None:
+    """Every id ever committed works as a cursor, through two compactions."""
+    first = [new_id(n) for n in range(1500)]
+    second = [new_id(n) for n in range(1500, 3500)]
+    # NOTE: the view compacts 751 deletes into the first batch, then 249 more
+    #   of it and 1126 of the second; the last 774 deleted ids stay in order.
+    deleted = first[:1000] + second[:1900]
+    lines = [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in first]
+    lines += [{'op': 'delete', 'id': i} for i in first[:1000]]
+    lines += [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in second]
+    lines += [{'op': 'delete', 'id': i} for i in second[:1900]]
+    root.mkdir()
+    (root / 'index.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    store = Store(root)
+
+    committed = first + second
+    gone = set(deleted)
+    next_two: list[str] = []  # the first two live ids after the one at hand
+    for image_id in reversed(committed):
+        assert [image.id for image in store.list(after=image_id, limit=2)] == next_two
+        if image_id not in gone:
+            next_two = [image_id, *next_two][:2]
+    assert [image.id for image in store.list()] == first[1000:] + second[1900:]
+
+
 def test_check_writable(store: Store) -> None:
     assert store.check_writable() is None
     assert os.listdir(store.images_dir) == []  # the probe file is gone
