@@ -115,6 +115,15 @@ def _is_locked(fd: int) -> bool:
     return False
 
 
+def _added(image: StoredImage) -> dict[str, object]:
+    """Return the index record that adds ``image``."""
+    return {'op': 'add', 'id': image.id, 'modified': image.modified, 'size': [*image.size]}
+
+
+def _encoded(record: dict[str, object]) -> bytes:
+    return json.dumps(record, separators=(',', ':')).encode() + b'\n'
+
+
 def _fsync_directory(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -357,7 +366,6 @@ class Store:
         """
         final_path = self.path(image_id)
         image = StoredImage(image_id, int(time.time()), (int(size[0]), int(size[1])))
-        record = {'op': 'add', 'id': image_id, 'modified': image.modified, 'size': [*image.size]}
         # NOTE: fsync is per file, whichever process wrote it; this descriptor
         #   was opened before those writes, so their errors are reported here.
         os.fsync(upload.file.fileno())
@@ -369,7 +377,7 @@ class Store:
         try:
             _fsync_directory(self.images_dir)
             with self._exclusive():
-                self._append(record)
+                self._append(_added(image), undo={'op': 'delete', 'id': image_id})
         except BaseException:
             with contextlib.suppress(OSError):
                 final_path.unlink()
@@ -381,9 +389,10 @@ class Store:
         self.path(image_id)  # validates the id before taking the lock
         with self._exclusive():
             self._refresh()
-            if image_id not in self._images:
+            image = self._images.get(image_id)
+            if image is None:
                 raise ImageNotFound(f'No image has the id {image_id}.')
-            self._append({'op': 'delete', 'id': image_id})
+            self._append({'op': 'delete', 'id': image_id}, undo=_added(image))
             with contextlib.suppress(FileNotFoundError):
                 self.path(image_id).unlink()
             _fsync_directory(self.images_dir)
@@ -400,28 +409,54 @@ class Store:
         finally:
             os.close(fd)
 
-    def _append(self, record: dict[str, object]) -> None:
-        """Append one line and fsync it; the caller holds the writers' lock."""
-        line = json.dumps(record, separators=(',', ':')).encode() + b'\n'
+    def _append(self, record: dict[str, object], *, undo: dict[str, object] | None = None) -> None:
+        """Append one line and fsync it; the caller holds the writers' lock.
+
+        A line that cannot be made durable is taken back. While incomplete it
+        is cut off: no reader applies a line before its newline. Once complete,
+        other workers may have applied it already, so ``undo`` is appended
+        instead: cutting it would leave them reading from the middle of the
+        next line.
+        """
+        line = _encoded(record)
         fd = os.open(self.index_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
             start = os.fstat(fd).st_size
             if start and os.pread(fd, 1, start - 1) != b'\n':
                 self._cut_partial_tail()
                 start = os.fstat(fd).st_size
+            written = 0
             try:
                 with refused_writes():
-                    written = 0
                     while written < len(line):
                         written += os.write(fd, line[written:])
                     os.fsync(fd)
             except BaseException:
-                # Leave no partial line behind (a full disk, say).
-                with contextlib.suppress(OSError):
-                    os.ftruncate(fd, start)
+                if written < len(line):
+                    with contextlib.suppress(OSError):
+                        os.ftruncate(fd, start)
+                elif undo is not None:
+                    self._append_undo(fd, start + len(line), undo)
                 raise
         finally:
             os.close(fd)
+
+    @staticmethod
+    def _append_undo(fd: int, end: int, undo: dict[str, object]) -> None:
+        """Append ``undo`` after a line that failed to sync, as far as the disk allows."""
+        line = _encoded(undo)
+        written = 0
+        try:
+            while written < len(line):
+                written += os.write(fd, line[written:])
+            os.fsync(fd)
+        except OSError as ex:
+            # NOTE: start-up settles what is left: it drops an indexed image
+            #   whose file is gone and removes a file the index does not list.
+            log.error('could not take back an index line with %s: %s', undo, ex)
+            if written < len(line):
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
 
     def _cut_partial_tail(self) -> None:
         """Cut off a line left half-written by a crash; the caller holds the lock."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import errno
 import json
 import multiprocessing
 import os
@@ -155,6 +156,64 @@ def test_add_syncs_the_jpeg_then_its_name_then_its_index_line(
         temp.close()
 
     assert synced_and_linked == ['jpeg', 'link', 'directory', 'index']
+
+
+def fail_index_fsyncs(
+    monkeypatch: pytest.MonkeyPatch, store: Store, reader: Store, times: int
+) -> None:
+    """Make the next ``times`` fsyncs of the index fail, after ``reader`` has read it."""
+    index_inode = os.stat(store.index_path).st_ino
+    real_fsync = os.fsync
+    left = [times]
+
+    def fsync(fd: int) -> None:
+        if left[0] and os.fstat(fd).st_ino == index_inode:
+            left[0] -= 1
+            reader.list()  # another worker applies the complete, unsynced line
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+
+
+@pytest.mark.parametrize('times', [1, 2], ids=['then-undone', 'undo-fails-too'])
+def test_an_add_whose_index_line_fails_to_sync_is_undone_for_every_reader(
+    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, times: int
+) -> None:
+    """Readers that applied the line drop the image again, and keep reading the index right."""
+    earlier = commit(store)
+    reader = other_worker(root)
+    fail_index_fsyncs(monkeypatch, store, reader, times)
+    failed = new_id()
+
+    with pytest.raises(StorageError):
+        commit(store, failed)
+
+    assert not store.path(failed).exists()
+    for view in (store, reader, other_worker(root)):
+        assert [image.id for image in view.list()] == [earlier]
+    later = commit(store)
+    for view in (store, reader, other_worker(root)):
+        assert [image.id for image in view.list()] == [earlier, later]
+
+
+def test_a_delete_whose_index_line_fails_to_sync_is_undone_for_every_reader(
+    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The image stays, in its place, for the worker that read the delete too."""
+    ids = [commit(store) for _ in range(3)]
+    reader = other_worker(root)
+    fail_index_fsyncs(monkeypatch, store, reader, 1)
+
+    with pytest.raises(StorageError):
+        store.delete(ids[1])
+
+    assert store.path(ids[1]).read_bytes() == JPEG
+    for view in (store, reader, other_worker(root)):
+        assert [image.id for image in view.list()] == ids
+    store.delete(ids[1])
+    for view in (store, reader, other_worker(root)):
+        assert [image.id for image in view.list()] == [ids[0], ids[2]]
 
 
 def test_adding_an_existing_id_is_refused(store: Store) -> None:
