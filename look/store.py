@@ -16,6 +16,7 @@ upload taken by one worker is visible to all the others on their next request.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import email.utils
@@ -120,7 +121,13 @@ def _added(image: StoredImage) -> dict[str, object]:
     return {'op': 'add', 'id': image.id, 'modified': image.modified, 'size': [*image.size]}
 
 
+def _deleted(image_id: str) -> dict[str, object]:
+    """Return the index record that deletes ``image_id``."""
+    return {'op': 'delete', 'id': image_id}
+
+
 def _encoded(record: dict[str, object]) -> bytes:
+    """Return ``record`` as one line of the index."""
     return json.dumps(record, separators=(',', ':')).encode() + b'\n'
 
 
@@ -146,8 +153,11 @@ class Store:
         self._view_lock = threading.Lock()
         self._images: dict[str, StoredImage] = {}
         self._order: list[str] = []  # ids in commit order; may hold deleted ids
-        # Every id ever committed -> where in _order the images after it begin.
-        self._start_after: dict[str, int] = {}
+        self._order_seq: list[int] = []  # their sequence numbers, ascending
+        # NOTE: every id ever committed keeps its number (about 150 bytes an
+        #   id), so that a page cursor naming a deleted image still resumes
+        #   where it was, in every worker.
+        self._seq: dict[str, int] = {}
         self._offset = 0  # bytes of the index already applied to the view
         self._inode: int | None = None
 
@@ -183,7 +193,7 @@ class Store:
                     self._remove_unlisted_image(pathlib.Path(entry.path))
         for image_id in sorted(listed - on_disk):
             log.warning('index lists %s but its file is missing; dropping it', image_id)
-            self._append({'op': 'delete', 'id': image_id})
+            self._append(_deleted(image_id), undo=None)  # right whatever happens next
         self._refresh()
 
     @staticmethod
@@ -243,10 +253,10 @@ class Store:
         with self._view_lock:
             start = 0
             if after is not None:
-                start_after = self._start_after.get(after)
-                if start_after is None:
+                seq = self._seq.get(after)
+                if seq is None:
                     raise ImageNotFound(f'No image has the id {after!r}.')
-                start = start_after
+                start = bisect.bisect_right(self._order_seq, seq)
             found: list[StoredImage] = []
             order = self._order
             for position in range(start, len(order)):
@@ -283,7 +293,8 @@ class Store:
     def _reset_view(self, inode: int) -> None:
         self._images.clear()
         self._order.clear()
-        self._start_after.clear()
+        self._order_seq.clear()
+        self._seq.clear()
         self._offset = 0
         self._inode = inode
 
@@ -297,11 +308,7 @@ class Store:
             if op == 'add':
                 width, height = record['size']
                 image = StoredImage(image_id, int(record['modified']), (int(width), int(height)))
-                start_after = self._start_after.get(image_id)
-                # Still in the order (deleted since, perhaps): it keeps its place.
-                if start_after is None or self._order[start_after - 1 : start_after] != [image_id]:
-                    self._order.append(image_id)
-                    self._start_after[image_id] = len(self._order)
+                self._place(image_id)
                 self._images[image_id] = image
             elif op == 'delete':
                 self._images.pop(image_id, None)
@@ -315,19 +322,25 @@ class Store:
         if len(self._order) > 1024 and len(self._images) < len(self._order) // 2:
             self._compact()
 
-    def _compact(self) -> None:
-        """Drop deleted ids from the order; ``after=`` any of them still resumes in place.
+    def _place(self, image_id: str) -> None:
+        """Put an added id in the order: at the end, or back where it was if seen before."""
+        seq = self._seq.get(image_id)
+        if seq is None:
+            seq = self._seq[image_id] = len(self._seq)
+            self._order.append(image_id)
+            self._order_seq.append(seq)
+            return
+        # Added again after a delete (a failed delete is undone this way).
+        at = bisect.bisect_left(self._order_seq, seq)
+        if at == len(self._order_seq) or self._order_seq[at] != seq:  # compacted away
+            self._order.insert(at, image_id)
+            self._order_seq.insert(at, seq)
 
-        A client paging through the list while images are deleted keeps its
-        place in every worker, whether or not that worker has compacted.
-        """
-        live_before = [0]  # live ids among the first n of the old order
-        for image_id in self._order:
-            live_before.append(live_before[-1] + (image_id in self._images))
-        self._order = [image_id for image_id in self._order if image_id in self._images]
-        self._start_after = {
-            image_id: live_before[start] for image_id, start in self._start_after.items()
-        }
+    def _compact(self) -> None:
+        """Drop deleted ids from the order; their numbers keep ``after=`` working for them."""
+        kept = [n for n, image_id in enumerate(self._order) if image_id in self._images]
+        self._order = [self._order[n] for n in kept]
+        self._order_seq = [self._order_seq[n] for n in kept]
 
     def check_writable(self) -> str | None:
         """Return None if a file can be written beside the images, else why not."""
@@ -377,10 +390,11 @@ class Store:
         try:
             _fsync_directory(self.images_dir)
             with self._exclusive():
-                self._append(_added(image), undo={'op': 'delete', 'id': image_id})
+                self._append(_added(image), undo=_deleted(image_id))
         except BaseException:
-            with contextlib.suppress(OSError):
-                final_path.unlink()
+            if not self._lists(image_id):  # the line was cut off or undone
+                with contextlib.suppress(OSError):
+                    final_path.unlink()
             raise
         return image
 
@@ -392,11 +406,20 @@ class Store:
             image = self._images.get(image_id)
             if image is None:
                 raise ImageNotFound(f'No image has the id {image_id}.')
-            self._append({'op': 'delete', 'id': image_id}, undo=_added(image))
-            with contextlib.suppress(FileNotFoundError):
-                self.path(image_id).unlink()
+            try:
+                self._append(_deleted(image_id), undo=_added(image))
+            finally:
+                if not self._lists(image_id):  # deleted, even if its line failed to sync
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path(image_id).unlink()
             _fsync_directory(self.images_dir)
         self._refresh()
+
+    def _lists(self, image_id: str) -> bool:
+        """Return whether the index, as every worker reads it now, lists ``image_id``."""
+        with contextlib.suppress(OSError):
+            self._refresh()
+        return image_id in self._images
 
     @contextlib.contextmanager
     def _exclusive(self) -> Iterator[None]:
@@ -409,14 +432,14 @@ class Store:
         finally:
             os.close(fd)
 
-    def _append(self, record: dict[str, object], *, undo: dict[str, object] | None = None) -> None:
+    def _append(self, record: dict[str, object], *, undo: dict[str, object] | None) -> None:
         """Append one line and fsync it; the caller holds the writers' lock.
 
         A line that cannot be made durable is taken back. While incomplete it
         is cut off: no reader applies a line before its newline. Once complete,
         other workers may have applied it already, so ``undo`` is appended
-        instead: cutting it would leave them reading from the middle of the
-        next line.
+        instead (cutting it would leave them reading from the middle of the
+        next line), as far as the disk allows; with ``undo`` None it stays.
         """
         line = _encoded(record)
         fd = os.open(self.index_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)

@@ -6,6 +6,7 @@ import datetime
 import email.utils
 import errno
 import io
+import json
 import os
 import pathlib
 import uuid
@@ -405,6 +406,34 @@ def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
     assert response.status_code == 507
     assert 'Input/output error' in response.json['description']
     assert storage_state(config) == before
+    assert len(client.simulate_get('/images').json) == 1
+
+
+def test_disk_error_syncing_the_index_line_is_507_and_the_line_is_undone(
+    make_client: MakeClient, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Other workers may have read the line already: it is undone by another, not cut off."""
+    config = make_config()
+    client = make_client(config)
+    assert client.simulate_post('/images', body=UPLOAD).status_code == 201
+    names_before, index_before = storage_state(config)
+    index = pathlib.Path(config.storage_path) / 'index.jsonl'
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if os.fstat(fd).st_ino == os.stat(index).st_ino:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    response = client.simulate_post('/images', body=UPLOAD)
+
+    assert response.status_code == 507
+    assert set(response.json) == {'title', 'description'}
+    names, index_after = storage_state(config)
+    assert names == names_before
+    added, undone = (json.loads(line) for line in index_after[len(index_before) :].splitlines())
+    assert (added['op'], undone) == ('add', {'op': 'delete', 'id': added['id']})
     assert len(client.simulate_get('/images').json) == 1
 
 

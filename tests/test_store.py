@@ -79,6 +79,30 @@ def other_worker(root: pathlib.Path) -> Store:
     return store
 
 
+def index_ops(root: pathlib.Path) -> list[tuple[str, str]]:
+    """Return the index's records as (op, id), in order."""
+    lines = (root / 'index.jsonl').read_text().splitlines()
+    return [(record['op'], record['id']) for record in map(json.loads, lines)]
+
+
+def fail_index_fsyncs(
+    monkeypatch: pytest.MonkeyPatch, store: Store, reader: Store, *, times: int
+) -> None:
+    """Make the next ``times`` fsyncs of the index fail, after ``reader`` has read it."""
+    index_inode = os.stat(store.index_path).st_ino
+    real_fsync = os.fsync
+    left = [times]
+
+    def fsync(fd: int) -> None:
+        if left[0] and os.fstat(fd).st_ino == index_inode:
+            left[0] -= 1
+            reader.list()  # another worker applies the complete, unsynced line
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+
+
 # -- adding, reading, listing ---------------------------------------------------
 
 
@@ -158,62 +182,122 @@ def test_add_syncs_the_jpeg_then_its_name_then_its_index_line(
     assert synced_and_linked == ['jpeg', 'link', 'directory', 'index']
 
 
-def fail_index_fsyncs(
-    monkeypatch: pytest.MonkeyPatch, store: Store, reader: Store, times: int
-) -> None:
-    """Make the next ``times`` fsyncs of the index fail, after ``reader`` has read it."""
-    index_inode = os.stat(store.index_path).st_ino
-    real_fsync = os.fsync
-    left = [times]
-
-    def fsync(fd: int) -> None:
-        if left[0] and os.fstat(fd).st_ino == index_inode:
-            left[0] -= 1
-            reader.list()  # another worker applies the complete, unsynced line
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync)
-
-
-@pytest.mark.parametrize('times', [1, 2], ids=['then-undone', 'undo-fails-too'])
 def test_an_add_whose_index_line_fails_to_sync_is_undone_for_every_reader(
-    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, times: int
+    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Readers that applied the line drop the image again, and keep reading the index right."""
+    """A reader that applied the line drops the image again and keeps reading the index right."""
     earlier = commit(store)
     reader = other_worker(root)
-    fail_index_fsyncs(monkeypatch, store, reader, times)
+    fail_index_fsyncs(monkeypatch, store, reader, times=1)
     failed = new_id()
 
     with pytest.raises(StorageError):
         commit(store, failed)
 
+    assert index_ops(root) == [('add', earlier), ('add', failed), ('delete', failed)]
     assert not store.path(failed).exists()
-    for view in (store, reader, other_worker(root)):
+    for view in (store, reader):
         assert [image.id for image in view.list()] == [earlier]
     later = commit(store)
     for view in (store, reader, other_worker(root)):
         assert [image.id for image in view.list()] == [earlier, later]
 
 
-def test_a_delete_whose_index_line_fails_to_sync_is_undone_for_every_reader(
-    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize('undo_written', [0, 20], ids=['undo-not-written', 'undo-half-written'])
+def test_an_add_that_cannot_be_undone_either_stays_whole(
+    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, undo_written: int
 ) -> None:
-    """The image stays, in its place, for the worker that read the delete too."""
-    ids = [commit(store) for _ in range(3)]
+    """The disk fails again: the index keeps only whole lines, and its image keeps its file."""
     reader = other_worker(root)
-    fail_index_fsyncs(monkeypatch, store, reader, 1)
+    fail_index_fsyncs(monkeypatch, store, reader, times=1)
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if b'"delete"' in data:  # the undo
+            if undo_written:
+                real_write(fd, data[:undo_written])
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, 'write', write)
+    failed = new_id()
+
+    with pytest.raises(StorageError):
+        commit(store, failed)
+
+    assert store.index_path.read_bytes().endswith(b'}\n')
+    assert index_ops(root) == [('add', failed)]
+    assert store.path(failed).read_bytes() == JPEG  # listed, so served
+    for view in (store, reader, other_worker(root)):
+        assert [image.id for image in view.list()] == [failed]
+
+
+@pytest.mark.parametrize('times', [1, 2], ids=['undo-synced', 'undo-not-synced'])
+def test_a_delete_whose_index_line_fails_to_sync_is_undone_for_every_reader(
+    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, times: int
+) -> None:
+    """The image stays as it was, in its place, for the worker that read the delete too."""
+    ids = [commit(store) for _ in range(3)]
+    before = store.list()
+    reader = other_worker(root)
+    fail_index_fsyncs(monkeypatch, store, reader, times=times)
 
     with pytest.raises(StorageError):
         store.delete(ids[1])
 
+    assert index_ops(root)[-2:] == [('delete', ids[1]), ('add', ids[1])]
     assert store.path(ids[1]).read_bytes() == JPEG
     for view in (store, reader, other_worker(root)):
-        assert [image.id for image in view.list()] == ids
+        assert view.list() == before
     store.delete(ids[1])
     for view in (store, reader, other_worker(root)):
         assert [image.id for image in view.list()] == [ids[0], ids[2]]
+
+
+def test_a_delete_that_cannot_be_undone_stands_and_its_file_goes(
+    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [commit(store) for _ in range(2)]
+    reader = other_worker(root)
+    fail_index_fsyncs(monkeypatch, store, reader, times=1)
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if b'"add"' in data:  # the undo
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, 'write', write)
+
+    with pytest.raises(StorageError):
+        store.delete(ids[0])
+
+    assert index_ops(root)[-1] == ('delete', ids[0])
+    assert not store.path(ids[0]).exists()
+    for view in (store, reader, other_worker(root)):
+        assert [image.id for image in view.list()] == [ids[1]]
+
+
+def test_a_delete_undone_after_it_compacted_the_view_puts_the_image_back_in_place(
+    root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = [new_id(n) for n in range(1100)]
+    # One more delete and deleted ids are the majority: the view compacts.
+    lines = [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in ids]
+    lines += [{'op': 'delete', 'id': i} for i in ids[:550]]
+    root.mkdir()
+    (root / 'index.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    store, reader = Store(root), Store(root)
+    victim = ids[700]
+    fail_index_fsyncs(monkeypatch, store, reader, times=1)
+
+    with pytest.raises(StorageError):
+        store.delete(victim)
+
+    for view in (store, reader, Store(root)):
+        assert [image.id for image in view.list(after=ids[699], limit=2)] == ids[700:702]
+        assert [image.id for image in view.list(after=victim, limit=1)] == [ids[701]]
+        assert len(view) == 550
 
 
 def test_adding_an_existing_id_is_refused(store: Store) -> None:
@@ -324,12 +408,20 @@ def test_listing_stays_right_after_many_deletes(root: pathlib.Path) -> None:
     assert len(store) == 500
 
 
-def test_after_a_deleted_id_resumes_in_place_once_it_is_compacted_away(root: pathlib.Path) -> None:
-    """Every id ever committed works as a cursor, through two compactions."""
+def test_after_a_deleted_id_resumes_in_place_once_it_is_compacted_away(
+    root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every id ever committed works as a cursor, however often the view compacts."""
+    compactions = []
+    real_compact = Store._compact
+
+    def compact(self: Store) -> None:
+        compactions.append(len(self._order))
+        real_compact(self)
+
+    monkeypatch.setattr(Store, '_compact', compact)
     first = [new_id(n) for n in range(1500)]
     second = [new_id(n) for n in range(1500, 3500)]
-    # NOTE: the view compacts 751 deletes into the first batch, then 249 more
-    #   of it and 1126 of the second; the last 774 deleted ids stay in order.
     deleted = first[:1000] + second[:1900]
     lines = [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in first]
     lines += [{'op': 'delete', 'id': i} for i in first[:1000]]
@@ -347,6 +439,7 @@ def test_after_a_deleted_id_resumes_in_place_once_it_is_compacted_away(root: pat
         if image_id not in gone:
             next_two = [image_id, *next_two][:2]
     assert [image.id for image in store.list()] == first[1000:] + second[1900:]
+    assert len(compactions) >= 2
 
 
 def test_check_writable(store: Store) -> None:
@@ -381,12 +474,15 @@ def test_index_replaced_on_disk_is_read_afresh(store: Store, root: pathlib.Path)
     restored = other_worker(root.parent / 'backup')
     kept = commit(restored)
     shutil.copy(restored.path(kept), store.path(kept))
+    assert [image.id for image in store.list()] == [old]  # in this worker's view
 
     os.replace(restored.index_path, store.index_path)
 
     assert [image.id for image in store.list()] == [kept]
     with pytest.raises(ImageNotFound):
         store.get(old)
+    with pytest.raises(ImageNotFound):
+        store.list(after=old)
 
 
 def _add_many(root: str, count: int) -> list[str]:
