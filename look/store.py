@@ -474,8 +474,8 @@ class Store:
                 written += os.write(fd, line[written:])
             os.fsync(fd)
         except OSError as ex:
-            # NOTE: start-up settles what is left: it drops an indexed image
-            #   whose file is gone and removes a file the index does not list.
+            # NOTE: the line it undoes stands, for every worker; the caller
+            #   keeps or removes the image file to match.
             log.error('could not take back an index line with %s: %s', undo, ex)
             if written < len(line):
                 with contextlib.suppress(OSError):
