@@ -409,11 +409,11 @@ class Store:
             try:
                 self._append(_deleted(image_id), undo=_added(image))
             finally:
+                # This view reads the index afresh here, so no refresh is owed after.
                 if not self._lists(image_id):  # deleted, even if its line failed to sync
                     with contextlib.suppress(FileNotFoundError):
                         self.path(image_id).unlink()
             _fsync_directory(self.images_dir)
-        self._refresh()
 
     def _lists(self, image_id: str) -> bool:
         """Return whether the index, as every worker reads it now, lists ``image_id``."""
