@@ -384,6 +384,18 @@ def test_failed_upload_leaves_storage_unchanged(
     assert len(client.simulate_get('/images').json) == 1
 
 
+def fail_fsyncs(monkeypatch: pytest.MonkeyPatch, fails: Callable[[int], bool]) -> None:
+    """Make fsync raise EIO for every file descriptor that ``fails`` picks."""
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        if fails(fd):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+
+
 def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
     make_client: MakeClient, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -393,14 +405,10 @@ def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
     assert client.simulate_post('/images', body=UPLOAD).status_code == 201
     before = storage_state(config)
     images_dir = pathlib.Path(config.storage_path) / 'images'
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if pathlib.Path(os.readlink(f'/proc/self/fd/{fd}')).parent == images_dir:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync)
+    fail_fsyncs(
+        monkeypatch,
+        lambda fd: pathlib.Path(os.readlink(f'/proc/self/fd/{fd}')).parent == images_dir,
+    )
     response = client.simulate_post('/images', body=UPLOAD)
 
     assert response.status_code == 507
@@ -418,14 +426,7 @@ def test_disk_error_syncing_the_index_line_is_507_and_the_line_is_undone(
     assert client.simulate_post('/images', body=UPLOAD).status_code == 201
     names_before, index_before = storage_state(config)
     index = pathlib.Path(config.storage_path) / 'index.jsonl'
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.fstat(fd).st_ino == os.stat(index).st_ino:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync)
+    fail_fsyncs(monkeypatch, lambda fd: os.fstat(fd).st_ino == os.stat(index).st_ino)
     response = client.simulate_post('/images', body=UPLOAD)
 
     assert response.status_code == 507
