@@ -85,6 +85,19 @@ def index_ops(root: pathlib.Path) -> list[tuple[str, str]]:
     return [(record['op'], record['id']) for record in map(json.loads, lines)]
 
 
+def write_index(root: pathlib.Path, *steps: tuple[str, list[str]]) -> None:
+    """Write an index by hand into a new ``root``: each step adds or deletes its ids, in order."""
+    records = [
+        {'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]}
+        if op == 'add'
+        else {'op': op, 'id': i}
+        for op, ids in steps
+        for i in ids
+    ]
+    root.mkdir()
+    (root / 'index.jsonl').write_text(''.join(json.dumps(record) + '\n' for record in records))
+
+
 def fail_index_fsyncs(
     monkeypatch: pytest.MonkeyPatch, store: Store, reader: Store, *, times: int
 ) -> None:
@@ -283,10 +296,7 @@ def test_a_delete_undone_after_it_compacted_the_view_puts_the_image_back_in_plac
 ) -> None:
     ids = [new_id(n) for n in range(1100)]
     # One more delete and deleted ids are the majority: the view compacts.
-    lines = [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in ids]
-    lines += [{'op': 'delete', 'id': i} for i in ids[:550]]
-    root.mkdir()
-    (root / 'index.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    write_index(root, ('add', ids), ('delete', ids[:550]))
     store, reader = Store(root), Store(root)
     victim = ids[700]
     fail_index_fsyncs(monkeypatch, store, reader, times=1)
@@ -397,10 +407,7 @@ def test_list_with_limit_zero_is_empty(store: Store) -> None:
 def test_listing_stays_right_after_many_deletes(root: pathlib.Path) -> None:
     """Deleted ids are compacted away once they are most of the journal."""
     ids = [new_id(n) for n in range(1500)]
-    lines = [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in ids]
-    lines += [{'op': 'delete', 'id': i} for i in ids[:1000]]
-    root.mkdir()
-    (root / 'index.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    write_index(root, ('add', ids), ('delete', ids[:1000]))
     store = Store(root)  # not opened: no image files to check against
 
     assert [image.id for image in store.list()] == ids[1000:]
@@ -423,12 +430,9 @@ def test_after_a_deleted_id_resumes_in_place_once_it_is_compacted_away(
     first = [new_id(n) for n in range(1500)]
     second = [new_id(n) for n in range(1500, 3500)]
     deleted = first[:1000] + second[:1900]
-    lines = [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in first]
-    lines += [{'op': 'delete', 'id': i} for i in first[:1000]]
-    lines += [{'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]} for i in second]
-    lines += [{'op': 'delete', 'id': i} for i in second[:1900]]
-    root.mkdir()
-    (root / 'index.jsonl').write_text(''.join(json.dumps(line) + '\n' for line in lines))
+    write_index(
+        root, ('add', first), ('delete', first[:1000]), ('add', second), ('delete', second[:1900])
+    )
     store = Store(root)
 
     committed = first + second
