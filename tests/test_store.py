@@ -116,6 +116,21 @@ def fail_index_fsyncs(
     monkeypatch.setattr(os, 'fsync', fsync)
 
 
+def fail_undo_writes(monkeypatch: pytest.MonkeyPatch, op: str, *, written: int = 0) -> None:
+    """Make writing an index line of ``op`` (the undo) fail, after its first ``written`` bytes."""
+    marker = f'"{op}"'.encode()
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if marker in data:
+            if written:
+                real_write(fd, data[:written])
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, 'write', write)
+
+
 # -- adding, reading, listing ---------------------------------------------------
 
 
@@ -223,16 +238,7 @@ def test_an_add_that_cannot_be_undone_either_stays_whole(
     """The disk fails again: the index keeps only whole lines, and its image keeps its file."""
     reader = other_worker(root)
     fail_index_fsyncs(monkeypatch, store, reader, times=1)
-    real_write = os.write
-
-    def write(fd: int, data: bytes) -> int:
-        if b'"delete"' in data:  # the undo
-            if undo_written:
-                real_write(fd, data[:undo_written])
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, 'write', write)
+    fail_undo_writes(monkeypatch, 'delete', written=undo_written)
     failed = new_id()
 
     with pytest.raises(StorageError):
@@ -273,14 +279,7 @@ def test_a_delete_that_cannot_be_undone_stands_and_its_file_goes(
     ids = [commit(store) for _ in range(2)]
     reader = other_worker(root)
     fail_index_fsyncs(monkeypatch, store, reader, times=1)
-    real_write = os.write
-
-    def write(fd: int, data: bytes) -> int:
-        if b'"add"' in data:  # the undo
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, 'write', write)
+    fail_undo_writes(monkeypatch, 'add')
 
     with pytest.raises(StorageError):
         store.delete(ids[0])
