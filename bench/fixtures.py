@@ -1,19 +1,19 @@
 """Seeded test images, and look storage directories built directly on disk.
 
-A 50 000-image index is written in look's own format (see look/store.py)
+A 50 000-image index is written in look's own format (look/index/journal.py)
 rather than uploaded: ``index.jsonl`` add records, and ``images/<id>.jpeg``
 hard links to one JPEG, so it takes seconds, not hours.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 import random
 import time
 import uuid
 
+from look.index.journal import encode_line
 from tests.imagegen import encode, picture
 
 MiB = 1024 * 1024
@@ -51,5 +51,5 @@ def build_storage(
         image_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         os.link(jpeg, images / f'{image_id}.jpeg')
         record = {'op': 'add', 'id': image_id, 'modified': modified + n, 'size': list(size)}
-        lines.append(json.dumps(record, separators=(',', ':')))
-    (root / 'index.jsonl').write_text('\n'.join(lines) + '\n' if lines else '')
+        lines.append(encode_line(record))
+    (root / 'index.jsonl').write_bytes(b''.join(lines))

@@ -1,22 +1,29 @@
-"""Redis middleware that caches thumbnail responses; it knows nothing of images.
+"""Redis middleware that caches responses; it knows nothing of images.
 
-An entry is msgpack ``[content_type, body, validators, variant]``: the
+A resource says which of its responses may be cached, and under which key,
+by a ``cacheable(req, **params)`` method that returns a ``Cacheable``. An
+entry is msgpack ``[content_type, body, validators, variant]``: the
 validators (ETag, Last-Modified, Cache-Control) let a hit answer conditional
-requests with a 304 without asking the store; the variant names the settings
-the response was made under, so an entry made under others is not served.
+requests with a 304 without asking the resource; the variant names the
+settings the response was made under, so an entry made under others is not
+served.
 
-Redis is only a cache: when it is unreachable, slow or returns garbage,
-requests are answered uncached. After a failure the cache is skipped for
-``retry_interval`` seconds, so a dead Redis costs one short timeout per
-worker every few seconds rather than one per request.
+Redis is only a cache: when it is unreachable, slow, returns garbage or is
+not Redis at all, requests are answered uncached. Each call has one
+deadline for the whole of it, not per socket read; after a failure the
+cache is skipped for ``retry_interval`` seconds, so a dead Redis costs one
+short timeout per worker every few seconds rather than one per request.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import socket
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import falcon
@@ -31,14 +38,85 @@ log = logging.getLogger(__name__)
 
 CACHE_HEADER = 'X-Look-Cache'
 _HIT_FLAG = 'look_cache_hit'
+_CACHEABLE = 'look_cacheable'
 # NOTE: a purge leaves this marker rather than an empty key, and entries are
 #   only added where no key exists (SET NX): a render that was already under
 #   way when its image was deleted cannot put it back in the cache.
 PURGED_MARKER = b'look:purged'
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Cacheable:
+    """How a response may be cached: its key, the variant it must match, headers to add."""
+
+    key: str
+    variant: str
+    headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+
+# -- one deadline per call ------------------------------------------------------
+
+_deadline = threading.local()
+
+
+@contextlib.contextmanager
+def call_deadline(seconds: float) -> Iterator[None]:
+    """Bound every socket read and write of this thread's Redis calls in the block, together."""
+    _deadline.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
+class _DeadlineSocket(socket.socket):
+    """A socket whose reads and writes stop at the calling thread's deadline.
+
+    NOTE: redis-py's own socket timeout is per read: a server answering one
+      byte every 0.2 s held a request for 13 s under a 0.25 s timeout.
+    """
+
+    def _bounded(self, call: Any, *args: Any) -> Any:
+        at = getattr(_deadline, 'at', None)
+        if at is None:
+            return call(*args)
+        left = at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError('the cache call ran past its deadline')
+        current = self.gettimeout()
+        if current is not None and current <= left:
+            return call(*args)  # redis-py's own shorter timeout (0 when it polls)
+        self.settimeout(left)
+        try:
+            return call(*args)
+        finally:
+            self.settimeout(current)
+
+    def recv(self, *args: Any) -> bytes:
+        result: bytes = self._bounded(super().recv, *args)
+        return result
+
+    def recv_into(self, *args: Any) -> int:
+        result: int = self._bounded(super().recv_into, *args)
+        return result
+
+    def sendall(self, *args: Any) -> None:
+        self._bounded(super().sendall, *args)
+
+
+class _DeadlineConnection:
+    """Mixed into a redis-py connection class: its sockets honour the call deadline."""
+
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()  # type: ignore[misc]
+        timeout = sock.gettimeout()
+        wrapped = _DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        wrapped.settimeout(timeout)
+        return wrapped
+
+
 def limit_waits(client: Any, timeout: float) -> None:
-    """Give a redis-py client short socket timeouts (unless set) and no retries."""
+    """Give a redis-py client short socket timeouts (unless set), call deadlines, no retries."""
     pool = getattr(client, 'connection_pool', None)
     connection_kwargs = getattr(pool, 'connection_kwargs', None)
     if isinstance(connection_kwargs, dict):
@@ -46,6 +124,16 @@ def limit_waits(client: Any, timeout: float) -> None:
             connection_kwargs['socket_timeout'] = timeout
         if connection_kwargs.get('socket_connect_timeout') is None:
             connection_kwargs['socket_connect_timeout'] = timeout
+    connection_class = getattr(pool, 'connection_class', None)
+    if isinstance(connection_class, type) and connection_class in (
+        redis.Connection,
+        redis.UnixDomainSocketConnection,
+    ):
+        # NOTE: TLS sockets are made by the ssl module and read in C; they
+        #   keep redis-py's per-read timeout only.
+        pool.connection_class = type(  # type: ignore[union-attr]
+            f'Deadline{connection_class.__name__}', (_DeadlineConnection, connection_class), {}
+        )
     if hasattr(client, 'set_retry'):
         # NOTE: retrying is the circuit breaker's job; redis-py's default
         #   retries with exponential backoff would hold a request for seconds.
@@ -53,28 +141,24 @@ def limit_waits(client: Any, timeout: float) -> None:
 
 
 class RedisCache:
-    """Cache GET responses under ``path_prefix`` as msgpack ``[content_type, body, ...]``."""
+    """Cache GET responses of resources that name a ``Cacheable`` for them."""
 
     def __init__(
         self,
         client: Any,
         *,
         ttl: int,
-        path_prefix: str = '/thumbnails/',
+        max_entry_bytes: int = 1024 * 1024,
         key_prefix: str = 'look:',
-        variant: str = '',
         timeout: float = 0.25,
         retry_interval: float = 5.0,
     ) -> None:
         limit_waits(client, timeout)
         self.client = client
         self.ttl = ttl
-        self.path_prefix = path_prefix
+        self.max_entry_bytes = max_entry_bytes
         self.key_prefix = key_prefix
-        # NOTE: one key per path whatever the settings, so a purge reaches
-        #   every deployment sharing the Redis; an entry made under other
-        #   settings is replaced, as a corrupt one is.
-        self.variant = variant
+        self.timeout = timeout
         self.retry_interval = retry_interval
         self._skip_until = 0.0  # 0.0 while Redis answers, else when to probe it again
         self._probe_lock = threading.Lock()
@@ -95,12 +179,24 @@ class RedisCache:
         """Return whether Redis answers now."""
         return bool(self._call('PING', self.client.ping))
 
-    def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
+    def process_resource(
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        resource: object,
+        params: dict[str, Any],
+    ) -> None:
         # PERF: a hit is the hottest path in look; it does no more than this.
-        path = _cached_path(req)
-        if req.method not in ('GET', 'HEAD') or not path.startswith(self.path_prefix):
+        if req.method not in ('GET', 'HEAD'):
             return
-        key = self._key(path)
+        name_entry = getattr(resource, 'cacheable', None)
+        if name_entry is None:
+            return
+        cacheable: Cacheable | None = name_entry(req, **params)
+        if cacheable is None:
+            return
+        req.context[_CACHEABLE] = cacheable
+        key = self.key_prefix + cacheable.key
         if self._unpurged and key in self._unpurged:
             self._purge()
             return
@@ -108,14 +204,16 @@ class RedisCache:
         if raw is None or raw == PURGED_MARKER:
             return
         entry = _decode(raw)
-        if entry is None or entry[3] != self.variant:
+        if entry is None or entry[3] != cacheable.variant:
             if entry is None:
-                log.warning('ignoring a corrupt cache entry for %s', path)
+                log.warning('ignoring a corrupt cache entry for %s', cacheable.key)
             self._call('DEL', self.client.delete, key)
             return
         content_type, body, validators, _variant = entry
         resp.content_type = content_type
         resp.set_headers(validators)
+        if cacheable.headers:
+            resp.set_headers(cacheable.headers)
         resp.set_header(CACHE_HEADER, 'Hit')
         req.context[_HIT_FLAG] = True
         resp.complete = True
@@ -133,32 +231,36 @@ class RedisCache:
     ) -> None:
         if req.context.get(_HIT_FLAG):
             return
-        path = _cached_path(req)
-        if req.method not in ('GET', 'HEAD') or not path.startswith(self.path_prefix):
+        cacheable: Cacheable | None = req.context.get(_CACHEABLE)
+        if cacheable is None:
             self._purge_stale(resp, req_succeeded)
             return
         resp.set_header(CACHE_HEADER, 'Miss')
-        if req_succeeded and resp.status_code == 200:
-            body = resp.data
-            if isinstance(body, bytes):
-                validators = {
-                    name: value
-                    for name in VALIDATOR_HEADERS
-                    if (value := resp.get_header(name)) is not None
-                }
-                entry = msgpack.packb(
-                    [resp.content_type, body, validators, self.variant], use_bin_type=True
-                )
-                key = self._key(path)
-                self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
+        body = resp.data
+        if (
+            req_succeeded
+            and resp.status_code == 200
+            and isinstance(body, bytes)
+            and len(body) <= self.max_entry_bytes
+        ):
+            validators = {
+                name: value
+                for name in VALIDATOR_HEADERS
+                if (value := resp.get_header(name)) is not None
+            }
+            entry = msgpack.packb(
+                [resp.content_type, body, validators, cacheable.variant], use_bin_type=True
+            )
+            key = self.key_prefix + cacheable.key
+            self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
 
     def _purge_stale(self, resp: falcon.Response, req_succeeded: bool) -> None:
-        # NOTE: resources name the cached paths a change made stale in
-        #   resp.context.stale_paths; purging them here keeps Redis out of
+        # NOTE: resources name the cache keys a change made stale in
+        #   resp.context.stale_keys; purging them here keeps Redis out of
         #   the resources.
-        stale: Iterable[str] = resp.context.get('stale_paths') or ()
+        stale: Iterable[str] = resp.context.get('stale_keys') or ()
         if req_succeeded and stale:
-            self._unpurged.update(self._key(path) for path in stale)
+            self._unpurged.update(self.key_prefix + key for key in stale)
             self._purge()
 
     def _purge(self) -> None:
@@ -173,9 +275,6 @@ class RedisCache:
 
         if self._call('purge', mark_purged):
             self._unpurged.difference_update(keys)
-
-    def _key(self, path: str) -> str:
-        return self.key_prefix + path
 
     def _get(self, key: str) -> Any:
         try:
@@ -196,8 +295,9 @@ class RedisCache:
                     return None
                 self._skip_until = time.monotonic() + self.retry_interval
         try:
-            result = method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError) as ex:
+            with call_deadline(self.timeout):
+                result = method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as ex:
             self._skip_until = time.monotonic() + self.retry_interval
             log.warning(
                 'Redis unavailable (%s: %s); serving uncached for %gs',
@@ -205,8 +305,19 @@ class RedisCache:
                 ex,
                 self.retry_interval,
             )
-        except redis.RedisError as ex:
+        except redis.ResponseError as ex:
             log.warning('Redis %s failed: %s', name, ex)
+        except Exception as ex:
+            # NOTE: whatever answers on the cache URL, its errors are the
+            #   cache's (a server that is not Redis raises parser errors).
+            self._skip_until = time.monotonic() + self.retry_interval
+            log.warning(
+                'the cache at the Redis URL answered %s with %s: %s; serving uncached for %gs',
+                name,
+                type(ex).__name__,
+                ex,
+                self.retry_interval,
+            )
         else:
             if self._failing:
                 log.info('Redis is back; caching again')
@@ -217,24 +328,15 @@ class RedisCache:
         return None
 
 
-def _cached_path(req: falcon.Request) -> str:
-    # NOTE: Falcon's router skips leading slashes: //thumbnails/... is the
-    #   same thumbnail, and must not be a way around the cache.
-    path: str = req.path
-    return '/' + path.lstrip('/') if path.startswith('//') else path
-
-
 def _decode(raw: Any) -> tuple[str, bytes, dict[str, str], str] | None:
     """Return a well-formed entry, or None for anything else: it is never served."""
     try:
         entry = msgpack.unpackb(raw, raw=False)
     except Exception:
         return None
-    if not isinstance(entry, list) or len(entry) not in (2, 3, 4):
+    if not isinstance(entry, list) or len(entry) != 4:
         return None
-    content_type, body = entry[0], entry[1]
-    validators = entry[2] if len(entry) >= 3 else {}
-    variant = entry[3] if len(entry) == 4 else ''
+    content_type, body, validators, variant = entry
     if not (
         isinstance(content_type, str)
         and isinstance(body, bytes)

@@ -12,6 +12,9 @@ from urllib.parse import urlparse
 
 import redis
 
+from look.auth import ApiKey, parse_keys
+from look.renditions import FALLBACK_FORMAT, FORMAT_MEDIA_TYPES
+
 MiB = 1024 * 1024
 MAX_PIXELS_LIMIT = 65500 * 65500  # no JPEG is larger: its sides stop at 65 500
 MAX_CACHE_TTL = 2**31 - 1  # seconds; Redis refuses expiry times far beyond this
@@ -76,6 +79,49 @@ def _redis_url(name: str, value: str) -> str:
     return value
 
 
+def _flag(name: str, value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in ('1', 'true', 'yes', 'on'):
+        return True
+    if lowered in ('', '0', 'false', 'no', 'off'):
+        return False
+    raise ConfigError(f'{name} must be 1 or 0 (true or false), got {value!r}')
+
+
+def _api_keys(name: str, value: str) -> list[ApiKey]:
+    try:
+        return parse_keys(value, source=name)
+    except ValueError as ex:
+        raise ConfigError(str(ex)) from None
+
+
+def _api_keys_file(name: str, value: str) -> list[ApiKey]:
+    path = _path(name, value)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as ex:
+        raise ConfigError(f'{name} {value!r} cannot be read: {ex}') from None
+    try:
+        return parse_keys(text, source=f'{name} {value}')
+    except ValueError as ex:
+        raise ConfigError(str(ex)) from None
+
+
+def _thumbnail_formats(name: str, value: str) -> tuple[str, ...]:
+    formats = [item.strip().lower() for item in value.split(',') if item.strip()]
+    unknown = [item for item in formats if item not in FORMAT_MEDIA_TYPES]
+    if unknown:
+        raise ConfigError(
+            f'{name} may list {", ".join(FORMAT_MEDIA_TYPES)}; '
+            f'{", ".join(unknown)} is not one of them'
+        )
+    if FALLBACK_FORMAT not in formats:
+        raise ConfigError(
+            f'{name} must include {FALLBACK_FORMAT}: it is what every client can show'
+        )
+    return tuple(dict.fromkeys(formats))
+
+
 # attribute -> (environment variable, parser)
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'storage_path': ('LOOK_STORAGE_PATH', _path),
@@ -88,6 +134,11 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'render_timeout': ('LOOK_RENDER_TIMEOUT', _positive_float),
     'upload_timeout': ('LOOK_UPLOAD_TIMEOUT', _positive_float),
     'jpeg_quality': ('LOOK_JPEG_QUALITY', _positive_int),
+    'api_keys': ('LOOK_API_KEYS', _api_keys),
+    'allow_anonymous_writes': ('LOOK_ALLOW_ANONYMOUS_WRITES', _flag),
+    'max_concurrent_uploads': ('LOOK_MAX_CONCURRENT_UPLOADS', _positive_int),
+    'cache_max_bytes': ('LOOK_CACHE_MAX_BYTES', _positive_int),
+    'thumbnail_formats': ('LOOK_THUMBNAIL_FORMATS', _thumbnail_formats),
 }
 
 
@@ -110,6 +161,11 @@ class Config:
     render_timeout: float
     upload_timeout: float
     jpeg_quality: int
+    api_keys: list[ApiKey]
+    allow_anonymous_writes: bool
+    max_concurrent_uploads: int
+    cache_max_bytes: int
+    thumbnail_formats: tuple[str, ...]
 
     def __init__(self, environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
         if environ is None:
@@ -133,15 +189,40 @@ class Config:
         # NOTE: quality 85 without progressive/optimize is where size vs
         #   encode time levels off; see "Performance" in the README.
         self.jpeg_quality = 85
+        # NOTE: with no keys, anyone who can reach look may upload, list and
+        #   delete: fine on 127.0.0.1, refused on a network by gunicorn.conf.py
+        #   unless allow_anonymous_writes says the operator means it.
+        self.api_keys = []
+        self.allow_anonymous_writes = False
+        # NOTE: bodies a worker receives at once; the rest of its threads stay
+        #   for downloads, cache hits and renders, however slow the uploaders.
+        self.max_concurrent_uploads = 6
+        # NOTE: the largest thumbnail kept in Redis: a 4000x3000 photo's
+        #   largest thumbnail is about 0.5 MiB.
+        self.cache_max_bytes = MiB
+        self.thumbnail_formats = ('jpeg',)
 
         for attribute, (variable, parse) in _ENVIRONMENT.items():
             if variable in environ:
                 setattr(self, attribute, parse(variable, environ[variable]))
+        if 'LOOK_API_KEYS_FILE' in environ:
+            self.api_keys = [
+                *self.api_keys,
+                *_api_keys_file('LOOK_API_KEYS_FILE', environ['LOOK_API_KEYS_FILE']),
+            ]
 
         for attribute, value in overrides.items():
             if not hasattr(self, attribute):
                 raise TypeError(f'Config has no setting {attribute!r}')
             setattr(self, attribute, value)
+
+        # Keys and formats may also be given as in the environment, in a string.
+        if isinstance(self.api_keys, str):
+            self.api_keys = _api_keys('api_keys', self.api_keys)
+        if isinstance(self.thumbnail_formats, str):
+            self.thumbnail_formats = _thumbnail_formats(
+                'thumbnail_formats', self.thumbnail_formats
+            )
 
         for variable, value, most in (
             ('LOOK_JPEG_QUALITY', self.jpeg_quality, 95),
@@ -152,5 +233,8 @@ class Config:
                 raise ConfigError(f'{variable} must be at most {most}, got {value}')
 
     def __repr__(self) -> str:
-        fields = ', '.join(f'{name}={value!r}' for name, value in vars(self).items())
+        fields = ', '.join(
+            f'{name}={value!r}' if name != 'api_keys' else f'api_keys=<{len(value)} keys>'
+            for name, value in vars(self).items()
+        )
         return f'Config({fields})'

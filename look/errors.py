@@ -61,6 +61,14 @@ class UploadTimeout(LookError):
     status = falcon.HTTP_408
 
 
+class TooManyUploads(LookError):
+    """Every upload slot of this worker is receiving a body; the client should retry."""
+
+    title = 'Too many uploads'
+    status = falcon.HTTP_503
+    retry_after = 2
+
+
 class ImageTooLarge(LookError):
     title = 'Image too large'
     status = falcon.HTTP_413
@@ -79,6 +87,21 @@ class StorageError(LookError):
 
     title = 'Storage unavailable'
     status = falcon.HTTP_507
+
+
+class ImageExists(LookError):
+    """An image with this id is stored already (ids are never reused)."""
+
+    title = 'Image exists'
+    status = falcon.HTTP_409
+
+
+class BackendUnavailable(LookError):
+    """The index or the image store does not answer now; the client should retry."""
+
+    title = 'Service unavailable'
+    status = falcon.HTTP_503
+    retry_after = 5
 
 
 # The errors of a disk that cannot take a write, as opposed to a bug.

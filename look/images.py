@@ -1,20 +1,29 @@
-"""Falcon resources for images and thumbnails: parse, call store and thumbnailer, respond."""
+"""Falcon resources for images and thumbnails: parse, call library and thumbnailer, respond."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 import uuid
 from collections.abc import Callable
 from typing import Any
 
 import falcon
 
-from look import uploads
+from look.auth import Access, new_delete_token
+from look.cache import Cacheable
 from look.conditional import answer_not_modified, is_not_modified, set_immutable
 from look.errors import ImageNotFound, refused_writes
-from look.store import Store, StoredImage, is_valid_id
-from look.thumbnailer import Thumbnailer, thumbnail_sizes
+from look.index import StoredImage, is_valid_id
+from look.library import Library
+from look.renditions import FORMAT_MEDIA_TYPES, Rendition, Renditions
+from look.spool import Spool
+from look.thumbnailer import Thumbnailer
+from look.uploads import Receiver, stop_reading
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -42,15 +51,38 @@ class SideConverter(falcon.routing.BaseConverter):
         return None
 
 
-CONVERTERS = {'image_id': ImageIdConverter, 'side': SideConverter}
+class FormatConverter(falcon.routing.BaseConverter):
+    """Match a thumbnail format look knows, as its lowercase extension."""
+
+    def convert(self, value: str) -> str | None:
+        return value if value in FORMAT_MEDIA_TYPES else None
+
+
+CONVERTERS = {'image_id': ImageIdConverter, 'side': SideConverter, 'format': FormatConverter}
 
 
 def image_uri(image_id: str) -> str:
     return f'/images/{image_id}.jpeg'
 
 
-def thumbnail_uri(image_id: str, size: tuple[int, int]) -> str:
-    return f'/thumbnails/{image_id}/{size[0]}x{size[1]}.jpeg'
+def describe(image: StoredImage, renditions: Renditions) -> dict[str, Any]:
+    """Return the JSON description of an image: its URLs, size and thumbnails in every format."""
+    sizes = renditions.sizes(image.size)
+    formats = {}
+    for format in renditions.formats:
+        thumbnails = [renditions.rendition(image.id, size, format) for size in sizes]
+        formats[format] = {
+            'type': FORMAT_MEDIA_TYPES[format],
+            'srcset': ', '.join(f'{r.path} {r.size[0]}w' for r in thumbnails),
+        }
+    return {
+        'id': image.id,
+        'image': image_uri(image.id),
+        'modified': image.modified_http,
+        'size': list(image.size),
+        'thumbnails': [renditions.rendition(image.id, size, 'jpeg').path for size in sizes],
+        'formats': formats,
+    }
 
 
 class Images:
@@ -58,39 +90,32 @@ class Images:
 
     def __init__(
         self,
-        store: Store,
+        library: Library,
         thumbnailer: Thumbnailer,
+        renditions: Renditions,
+        access: Access,
         *,
+        spool: Spool,
+        receiver: Receiver,
         uuid_generator: Callable[[], uuid.UUID],
-        max_upload_bytes: int,
-        upload_timeout: float,
-        min_thumb_size: int,
     ) -> None:
-        self._store = store
+        self._library = library
         self._thumbnailer = thumbnailer
+        self._renditions = renditions
+        self._access = access
+        self._spool = spool
+        self._receiver = receiver
         self._uuid_generator = uuid_generator
-        self._max_upload_bytes = max_upload_bytes
-        self._upload_timeout = upload_timeout
-        self._min_thumb_size = min_thumb_size
-
-    def describe(self, image: StoredImage) -> dict[str, Any]:
-        """Return the JSON description of an image."""
-        return {
-            'id': image.id,
-            'image': image_uri(image.id),
-            'modified': image.modified_http,
-            'size': list(image.size),
-            'thumbnails': [
-                thumbnail_uri(image.id, size)
-                for size in thumbnail_sizes(image.size, self._min_thumb_size)
-            ],
-        }
 
     # -- /images ------------------------------------------------------------
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._access.require_key(req, 'list images')
         limit = req.get_param_as_int('limit', min_value=1, max_value=MAX_PAGE_SIZE)
         after = req.get_param('after')
+        order = req.get_param('order', default='oldest')
+        if order not in ('oldest', 'newest'):
+            raise falcon.HTTPInvalidParam('The value must be "oldest" or "newest".', 'order')
         if after is not None:
             try:
                 after = str(uuid.UUID(after))
@@ -98,7 +123,9 @@ class Images:
                 raise falcon.HTTPInvalidParam('The value must be an image id.', 'after') from None
         page_size = limit or DEFAULT_PAGE_SIZE
         try:
-            page = self._store.list(after=after, limit=page_size + 1)
+            page = self._library.page(
+                after=after, limit=page_size + 1, newest_first=order == 'newest'
+            )
         except ImageNotFound:
             raise falcon.HTTPInvalidParam(
                 f'No image has the id {after}; use an id from the previous page.', 'after'
@@ -106,52 +133,72 @@ class Images:
         if len(page) > page_size:
             page = page[:page_size]
             # RFC 8288: the next page starts after the last image of this one.
-            next_uri = f'/images?limit={page_size}&after={page[-1].id}'
+            ordering = '&order=newest' if order == 'newest' else ''
+            next_uri = f'/images?limit={page_size}{ordering}&after={page[-1].id}'
             resp.append_header('Link', f'<{next_uri}>; rel="next"')
-        resp.media = [self.describe(image) for image in page]
+        resp.media = [describe(image, self._renditions) for image in page]
 
     on_head = on_get
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        try:
+            who = self._access.require_key(req, 'upload images')
+        except falcon.HTTPError:
+            stop_reading(req)  # a large body is not read just to be refused
+            raise
         image_id = str(self._uuid_generator())
+        token, token_hash = new_delete_token()
         with contextlib.ExitStack() as cleanup, refused_writes():
-            upload = self._store.temporary()
+            upload = self._spool.create()
             cleanup.callback(upload.close)
-            uploads.receive(
-                req, upload.file, max_bytes=self._max_upload_bytes, deadline=self._upload_timeout
-            )
+            received = self._receiver.receive(req, upload.file)
             size = self._thumbnailer.convert_upload(upload.path)
-            image = self._store.add(image_id, upload, size)
-
+            length = os.fstat(upload.file.fileno()).st_size
+            image = StoredImage(image_id, int(time.time()), size, length, token_hash)
+            self._library.add(image, upload)
+        log.info(
+            'stored image %s: %dx%d, %d bytes (%d received), by %s',
+            image.id,
+            *image.size,
+            length,
+            received,
+            who,
+        )
         resp.status = falcon.HTTP_201
         resp.location = image_uri(image.id)
-        resp.media = self.describe(image)
+        resp.media = {**describe(image, self._renditions), 'delete_token': token}
 
     # -- /images/{id}.jpeg --------------------------------------------------
 
     def on_get_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._validated(req, resp, image_id)
         if image is not None:
-            stream = self._store.open_image(image)
-            resp.content_length = os.fstat(stream.fileno()).st_size
+            original = self._library.open_original(image)
+            resp.content_length = original.length
             # NOTE: Falcon hands a stream with read() to the server's
-            #   wsgi.file_wrapper, so gunicorn sends the file with sendfile().
-            resp.stream = stream
+            #   wsgi.file_wrapper, so gunicorn sends a file with sendfile().
+            resp.stream = original.stream
 
     def on_head_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._validated(req, resp, image_id)
         if image is not None:
+            if image.length:
+                resp.content_length = image.length
+                return
             # Falcon drops a HEAD body without closing it: don't leave one.
-            with self._store.open_image(image) as stream:
-                resp.content_length = os.fstat(stream.fileno()).st_size
+            original = self._library.open_original(image)
+            original.stream.close()
+            resp.content_length = original.length
 
     def on_delete_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
-        image = self._store.get(image_id)
-        self._store.delete(image.id)
-        # Cached thumbnails of this image are stale on every worker now: every
-        # halving, as a deployment with a smaller LOOK_MIN_THUMB_SIZE has more.
-        resp.context.stale_paths = [
-            thumbnail_uri(image.id, size) for size in thumbnail_sizes(image.size, 1)
+        image = self._library.get(image_id)
+        who = self._access.may_delete(req, image)
+        self._library.delete(image.id)
+        log.info('deleted image %s: %dx%d, by %s', image.id, *image.size, who)
+        # Cached thumbnails of this image are stale on every worker now.
+        resp.context.stale_keys = [
+            rendition.cache_key
+            for rendition in self._renditions.every_cached(image.id, image.size)
         ]
         resp.status = falcon.HTTP_204
 
@@ -159,7 +206,7 @@ class Images:
         self, req: falcon.Request, resp: falcon.Response, image_id: str
     ) -> StoredImage | None:
         """Set the headers of an original; return None if a 304 answers the request."""
-        image = self._store.get(image_id)
+        image = self._library.get(image_id)
         resp.content_type = 'image/jpeg'
         set_immutable(resp, etag=image.id, last_modified=image.modified_http)
         if is_not_modified(req, resp):
@@ -169,12 +216,27 @@ class Images:
 
 
 class Thumbnails:
-    """``/thumbnails/{id}/{width}x{height}.jpeg``: rendered on demand."""
+    """``/thumbnails/{id}/{w}x{h}.{format}``, and ``/thumbnails/{id}/{w}x{h}`` by Accept."""
 
-    def __init__(self, store: Store, thumbnailer: Thumbnailer, *, min_thumb_size: int) -> None:
-        self._store = store
+    def __init__(self, library: Library, thumbnailer: Thumbnailer, renditions: Renditions) -> None:
+        self._library = library
         self._thumbnailer = thumbnailer
-        self._min_thumb_size = min_thumb_size
+        self._renditions = renditions
+
+    def cacheable(
+        self, req: falcon.Request, image_id: str, width: int, height: int, format: str = ''
+    ) -> Cacheable | None:
+        """Name the cache entry that answers this request (the cache middleware asks)."""
+        if not format:
+            format = self._renditions.negotiate(req.get_header('Accept'))
+            headers = self._negotiated_headers(image_id, width, height, format)
+        elif self._renditions.offers(format):
+            headers = {}
+        else:
+            return None
+        rendition = self._renditions.rendition(image_id, (width, height), format)
+        variant = f'{rendition.encoding}:m{self._renditions.min_thumb_size}'
+        return Cacheable(rendition.cache_key, variant, headers)
 
     def on_get(
         self,
@@ -183,27 +245,45 @@ class Thumbnails:
         image_id: str,
         width: int,
         height: int,
+        format: str = '',
     ) -> None:
-        image = self._store.get(image_id)
+        if not format:
+            format = self._renditions.negotiate(req.get_header('Accept'))
+            resp.set_headers(self._negotiated_headers(image_id, width, height, format))
+        elif not self._renditions.offers(format):
+            raise ImageNotFound(
+                f'{format.upper()} thumbnails are turned off here; '
+                f'the formats there are: {", ".join(self._renditions.formats)}.'
+            )
+        image = self._library.get(image_id)
         # NOTE: only the listed sizes are rendered; arbitrary sizes would let
         #   anyone keep the pool busy (and fill the cache) at will.
-        if (width, height) not in thumbnail_sizes(image.size, self._min_thumb_size):
+        if (width, height) not in self._renditions.sizes(image.size):
             raise ImageNotFound(
                 f'{width}x{height} is not a thumbnail size of image {image.id}; '
                 'its "thumbnails" list has the sizes there are.'
             )
-        resp.content_type = 'image/jpeg'
-        # The quality is part of the tag: the bytes change if it does.
-        etag = f'{image.id}-{width}x{height}-q{self._thumbnailer.quality}'
-        set_immutable(resp, etag=etag, last_modified=image.modified_http)
+        rendition = self._renditions.rendition(image.id, (width, height), format)
+        resp.content_type = rendition.media_type
+        set_immutable(resp, etag=rendition.etag, last_modified=image.modified_http)
         if is_not_modified(req, resp):
             answer_not_modified(resp)
             return
-        try:
-            data = self._thumbnailer.render(self._store.path(image.id), (width, height))
-        except FileNotFoundError:
-            raise ImageNotFound(f'No image has the id {image.id}.') from None
-        self._store.get(image.id)  # deleted while this one rendered: don't serve it
-        resp.data = data
+        resp.data = self._render(image, rendition)
 
     on_head = on_get
+
+    def _render(self, image: StoredImage, rendition: Rendition) -> bytes:
+        try:
+            with self._library.local_path(image) as source:
+                data = self._thumbnailer.render(source, rendition.size, rendition.format)
+        except FileNotFoundError:
+            raise ImageNotFound(f'No image has the id {image.id}.') from None
+        self._library.get(image.id)  # deleted while this one rendered: don't serve it
+        return data
+
+    def _negotiated_headers(
+        self, image_id: str, width: int, height: int, format: str
+    ) -> dict[str, str]:
+        path = self._renditions.rendition(image_id, (width, height), format).path
+        return {'Vary': 'Accept', 'Content-Location': path}

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import falcon
 
 from look import __version__
+from look.renditions import FORMAT_MEDIA_TYPES
 
 _ERROR = {'$ref': '#/components/responses/Error'}
+_UNAUTHORIZED = {'$ref': '#/components/responses/Unauthorized'}
 _UUID = {'type': 'string', 'format': 'uuid'}
 _JPEG = {'image/jpeg': {'schema': {'type': 'string', 'contentMediaType': 'image/jpeg'}}}
+_PUBLIC: list[dict[str, list[str]]] = []  # no credential needed
 _VALIDATOR_HEADERS = {
     'ETag': {'$ref': '#/components/headers/ETag'},
     'Last-Modified': {'$ref': '#/components/headers/Last-Modified'},
@@ -36,18 +40,21 @@ def _retry_later(description: str) -> dict[str, Any]:
     }
 
 
-def _jpeg_operation(summary: str, parameters: list[Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _image_operation(
+    summary: str, parameters: list[Any], extra: dict[str, Any], content: dict[str, Any] = _JPEG
+) -> dict[str, Any]:
     return {
         'summary': summary,
+        'security': _PUBLIC,
         'parameters': parameters + _CONDITIONAL_PARAMETERS,
         'responses': {
             '200': {
-                'description': 'The JPEG; it never changes, so it may be cached for a year.',
+                'description': 'The image; it never changes, so it may be cached for a year.',
                 'headers': {
                     **_VALIDATOR_HEADERS,
                     'Content-Length': {'schema': {'type': 'integer'}},
                 },
-                'content': _JPEG,
+                'content': content,
             },
             '304': {
                 'description': "The client's copy is current.",
@@ -65,14 +72,31 @@ def _head_of(operation: dict[str, Any]) -> dict[str, Any]:
         if isinstance(response, dict) and 'content' in response:
             response.pop('content')
     head['responses'] = {
-        status: ({'description': 'Error; headers only.'} if response == _ERROR else response)
+        status: (
+            {'description': 'Error; headers only.'}
+            if response in (_ERROR, _UNAUTHORIZED)
+            else response
+        )
         for status, response in head['responses'].items()
     }
     return head
 
 
-def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str, Any]:
-    """Return the OpenAPI 3.1 document of look with this configuration's limits."""
+def _needs_key(keys_required: bool, *others: str) -> list[dict[str, list[str]]]:
+    """Return the security of an operation that takes an API key (or ``others``)."""
+    schemes = [{'apiKey': []}, *({name: []} for name in others)]
+    return schemes if keys_required else [{}, *schemes]
+
+
+def openapi_document(
+    *,
+    max_upload_bytes: int,
+    min_thumb_size: int,
+    formats: Sequence[str] = ('jpeg',),
+    keys_required: bool = False,
+) -> dict[str, Any]:
+    """Return the OpenAPI 3.1 document of look with this configuration's limits and keys."""
+    refused = {'401': _UNAUTHORIZED} if keys_required else {}
     image_id = {
         'name': 'image_id',
         'in': 'path',
@@ -82,6 +106,7 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
     }
     list_images = {
         'summary': 'List images, oldest first, a page at a time',
+        'security': _needs_key(keys_required),
         'parameters': [
             {
                 'name': 'limit',
@@ -94,6 +119,12 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                 'in': 'query',
                 'description': 'Start after this image id (the last of the previous page).',
                 'schema': _UUID,
+            },
+            {
+                'name': 'order',
+                'in': 'query',
+                'description': 'Oldest (upload order) or newest first.',
+                'schema': {'type': 'string', 'enum': ['oldest', 'newest'], 'default': 'oldest'},
             },
         ],
         'responses': {
@@ -115,9 +146,10 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                 },
             },
             **_errors(400),
+            **refused,
         },
     }
-    get_image = _jpeg_operation('Download an image', [image_id], _errors(404))
+    get_image = _image_operation('Download an image', [image_id], _errors(404))
     thumbnail_parameters = [
         image_id,
         {
@@ -133,17 +165,62 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
             'schema': {'type': 'integer', 'minimum': 1},
         },
     ]
-    get_thumbnail = _jpeg_operation(
-        'Render a thumbnail (only the sizes in the image\'s "thumbnails")',
-        thumbnail_parameters,
-        {'404': _ERROR, '503': _retry_later('Too busy or a render failed; retry shortly.')},
-    )
-    get_thumbnail['responses']['200']['headers']['X-Look-Cache'] = {
-        'description': 'Whether the thumbnail came from the cache.',
-        'schema': {'type': 'string', 'enum': ['Hit', 'Miss']},
+    thumbnail_content = {
+        FORMAT_MEDIA_TYPES[name]: {
+            'schema': {'type': 'string', 'contentMediaType': FORMAT_MEDIA_TYPES[name]}
+        }
+        for name in formats
     }
+    thumbnail_errors = {
+        '404': _ERROR,
+        '503': _retry_later('Too busy or a render failed; retry shortly.'),
+    }
+    get_thumbnail = _image_operation(
+        'Render a thumbnail (only the sizes the image lists, in the formats it lists)',
+        [
+            *thumbnail_parameters,
+            {
+                'name': 'format',
+                'in': 'path',
+                'required': True,
+                'schema': {'type': 'string', 'enum': list(formats)},
+            },
+        ],
+        thumbnail_errors,
+        thumbnail_content,
+    )
+    negotiated = _image_operation(
+        'Render a thumbnail in the best format the Accept header names (JPEG by default)',
+        [
+            *thumbnail_parameters,
+            {
+                'name': 'Accept',
+                'in': 'header',
+                'required': False,
+                'description': 'AVIF, then WebP, then JPEG among equal q-values.',
+                'schema': {'type': 'string'},
+            },
+        ],
+        thumbnail_errors,
+        thumbnail_content,
+    )
+    negotiated['responses']['200']['headers'].update(
+        {
+            'Vary': {'schema': {'type': 'string', 'const': 'Accept'}},
+            'Content-Location': {
+                'description': 'The explicit URL of the format served.',
+                'schema': {'type': 'string'},
+            },
+        }
+    )
+    for operation in (get_thumbnail, negotiated):
+        operation['responses']['200']['headers']['X-Look-Cache'] = {
+            'description': 'Whether the thumbnail came from the cache.',
+            'schema': {'type': 'string', 'enum': ['Hit', 'Miss']},
+        }
     health = {
         'summary': 'Report whether look can serve, and the state of each part',
+        'security': _PUBLIC,
         'responses': {
             '200': {
                 'description': 'look can serve (a cache that is down does not stop it).',
@@ -162,6 +239,7 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
     }
     openapi = {
         'summary': 'This document',
+        'security': _PUBLIC,
         'responses': {
             '200': {
                 'description': 'The OpenAPI 3.1 document of this service.',
@@ -173,7 +251,19 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
         'type': 'object',
         'required': ['status'],
         'properties': {
-            'status': {'type': 'string', 'enum': ['ok', 'fail', 'unavailable', 'disabled']},
+            'status': {
+                'type': 'string',
+                'enum': [
+                    'ok',
+                    'fail',
+                    'unavailable',
+                    'disabled',
+                    'read-only',
+                    'full',
+                    'quarantine',
+                    'damaged',
+                ],
+            },
             'detail': {'type': 'string'},
         },
     }
@@ -185,8 +275,10 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
             'description': (
                 'Self-hosted image sharing. Upload any common image format; look '
                 'stores an upright sRGB JPEG and renders thumbnails in halving sizes '
-                f'down to {min_thumb_size} pixels a side. Every error is JSON with '
-                '"title" and "description".'
+                f'down to {min_thumb_size} pixels a side, as {", ".join(formats)}. Every '
+                'error is JSON with "title" and "description". Image and thumbnail URLs '
+                'are public; uploading and listing take an API key where keys are set, '
+                "deleting takes an API key or the image's delete token."
             ),
         },
         'paths': {
@@ -195,6 +287,7 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                 'head': _head_of(list_images),
                 'post': {
                     'summary': 'Upload an image',
+                    'security': _needs_key(keys_required),
                     'description': (
                         'The body is the image itself (any Content-Type), or a '
                         'multipart/form-data form with the image in the field "image" '
@@ -230,15 +323,19 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                             },
                             'content': {
                                 'application/json': {
-                                    'schema': {'$ref': '#/components/schemas/Image'}
+                                    'schema': {'$ref': '#/components/schemas/CreatedImage'}
                                 }
                             },
                         },
                         '400': _ERROR,
+                        **refused,
                         '408': _ERROR,
+                        '409': _ERROR,
                         '413': _ERROR,
                         '415': _ERROR,
-                        '503': _retry_later('The image could not be converted now; retry.'),
+                        '503': _retry_later(
+                            'Too many uploads, or the image could not be converted now; retry.'
+                        ),
                         '507': _ERROR,
                     },
                 },
@@ -248,13 +345,26 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                 'head': _head_of(get_image),
                 'delete': {
                     'summary': 'Delete an image and its thumbnails',
+                    'description': (
+                        'Takes the delete_token of the upload that stored the image, '
+                        'or an API key.'
+                    ),
+                    'security': _needs_key(keys_required, 'deleteToken'),
                     'parameters': [image_id],
-                    'responses': {'204': {'description': 'Deleted.'}, **_errors(404)},
+                    'responses': {
+                        '204': {'description': 'Deleted.'},
+                        '401': _UNAUTHORIZED,
+                        **_errors(403, 404, 507),
+                    },
                 },
             },
-            '/thumbnails/{image_id}/{width}x{height}.jpeg': {
+            '/thumbnails/{image_id}/{width}x{height}.{format}': {
                 'get': get_thumbnail,
                 'head': _head_of(get_thumbnail),
+            },
+            '/thumbnails/{image_id}/{width}x{height}': {
+                'get': negotiated,
+                'head': _head_of(negotiated),
             },
             '/health': {'get': health, 'head': _head_of(health)},
             '/openapi.json': {'get': openapi},
@@ -263,8 +373,7 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
             'schemas': {
                 'Image': {
                     'type': 'object',
-                    'required': ['id', 'image', 'modified', 'size', 'thumbnails'],
-                    'additionalProperties': False,
+                    'required': ['id', 'image', 'modified', 'size', 'thumbnails', 'formats'],
                     'properties': {
                         'id': _UUID,
                         'image': {'type': 'string', 'description': 'URI of the JPEG.'},
@@ -279,8 +388,38 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                         'thumbnails': {
                             'type': 'array',
                             'items': {'type': 'string'},
-                            'description': 'URIs of the thumbnails, largest first.',
+                            'description': 'URIs of the JPEG thumbnails, largest first.',
                         },
+                        'formats': {
+                            'type': 'object',
+                            'description': (
+                                'Each thumbnail format, best first: its media type and a '
+                                'srcset of its thumbnails with their widths, for <picture>.'
+                            ),
+                            'propertyNames': {'enum': list(formats)},
+                            'additionalProperties': {
+                                'type': 'object',
+                                'required': ['type', 'srcset'],
+                                'additionalProperties': False,
+                                'properties': {
+                                    'type': {'type': 'string'},
+                                    'srcset': {'type': 'string'},
+                                },
+                            },
+                        },
+                    },
+                },
+                'CreatedImage': {
+                    'allOf': [{'$ref': '#/components/schemas/Image'}],
+                    'required': ['delete_token'],
+                    'properties': {
+                        'delete_token': {
+                            'type': 'string',
+                            'description': (
+                                'Deletes this image (Authorization: Bearer <token>). '
+                                'Shown once: look keeps only its hash.'
+                            ),
+                        }
                     },
                 },
                 'Error': {
@@ -294,16 +433,38 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                 },
                 'Health': {
                     'type': 'object',
-                    'required': ['status', 'storage', 'thumbnailer', 'cache'],
+                    'required': ['status', 'index', 'storage', 'thumbnailer', 'cache'],
                     'properties': {
-                        'status': {'type': 'string', 'enum': ['ok', 'fail']},
+                        'status': {'type': 'string', 'enum': ['ok', 'degraded', 'fail']},
+                        'index': part,
                         'storage': part,
                         'thumbnailer': part,
                         'cache': part,
                     },
                 },
             },
+            'securitySchemes': {
+                'apiKey': {
+                    'type': 'http',
+                    'scheme': 'bearer',
+                    'description': 'One of the keys in LOOK_API_KEYS or LOOK_API_KEYS_FILE.',
+                },
+                'deleteToken': {
+                    'type': 'http',
+                    'scheme': 'bearer',
+                    'description': 'The delete_token of the upload that stored the image.',
+                },
+            },
             'responses': {
+                'Unauthorized': {
+                    'description': 'No valid API key came; nothing of the body was read.',
+                    'headers': {
+                        'WWW-Authenticate': {'required': True, 'schema': {'type': 'string'}}
+                    },
+                    'content': {
+                        'application/json': {'schema': {'$ref': '#/components/schemas/Error'}}
+                    },
+                },
                 'Error': {
                     'description': 'An error, always JSON with a title and a description.',
                     'headers': {
@@ -315,7 +476,7 @@ def openapi_document(*, max_upload_bytes: int, min_thumb_size: int) -> dict[str,
                     'content': {
                         'application/json': {'schema': {'$ref': '#/components/schemas/Error'}}
                     },
-                }
+                },
             },
             'headers': {
                 'ETag': {'description': 'Strong validator.', 'schema': {'type': 'string'}},

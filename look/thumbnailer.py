@@ -41,20 +41,11 @@ JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
 # crops or resizes maps fresh memory for its second image: ~1000 page faults
 # and 1.7x the CPU.
 IMAGE_BLOCKS_CACHED = 4
+# The thumbnail formats render_thumbnail encodes.
+THUMBNAIL_FORMATS = ('jpeg',)
 # Renders a web worker lets wait on its pool before it answers 503: fewer
 # than gunicorn.conf.py's threads, which cache hits and downloads also need.
 MAX_WAITING_RENDERS = 8
-
-
-def thumbnail_sizes(size: tuple[int, int], min_size: int) -> list[tuple[int, int]]:
-    """Return the thumbnail sizes of an image: halve both sides while both stay >= min_size."""
-    width, height = size
-    sizes = []
-    while True:
-        width, height = width // 2, height // 2
-        if width < min_size or height < min_size:
-            return sizes
-        sizes.append((width, height))
 
 
 # -- run in the pool processes -------------------------------------------------
@@ -302,9 +293,11 @@ class Thumbnailer:
         )
         return width, height
 
-    def render(self, source: pathlib.Path, size: tuple[int, int]) -> bytes:
-        """Render a thumbnail of a stored JPEG."""
-        data: bytes = self._run(render_thumbnail, str(source), size, self.quality)
+    def render(self, source: str, size: tuple[int, int], format: str) -> bytes:
+        """Render a thumbnail of a stored JPEG in one of ``THUMBNAIL_FORMATS``."""
+        if format not in THUMBNAIL_FORMATS:
+            raise ValueError(f'no encoder for {format!r} thumbnails')
+        data: bytes = self._run(render_thumbnail, source, size, self.quality)
         return data
 
     def check(self, timeout: float = 5.0) -> str | None:
@@ -493,3 +486,10 @@ def start_all() -> None:
     """Start every pool in this process (gunicorn's post_worker_init hook)."""
     for thumbnailer in list(_thumbnailers):
         thumbnailer.start()
+
+
+def stored_size(path: str) -> tuple[int, int]:
+    """Return the pixel size of a stored JPEG, from its header (for a check's restore)."""
+    with Image.open(path, formats=('JPEG',)) as image:
+        width, height = image.size
+    return width, height

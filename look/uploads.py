@@ -1,8 +1,9 @@
 """Receiving an upload: stream the body to a file, a chunk at a time, within limits.
 
-The web worker never holds more than one chunk of a body in memory, and a
-client cannot hold a worker thread for longer than ``deadline`` seconds by
-trickling its upload.
+The web worker never holds more than one chunk of a body in memory, a client
+cannot hold a worker thread for longer than ``deadline`` seconds by
+trickling its upload, and only so many bodies are received at once, so
+uploads never take every thread from downloads and cache hits.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from look.errors import (
     BadUpload,
     EmptyUpload,
     LookError,
+    TooManyUploads,
     UploadTimeout,
     UploadTooLarge,
     refused_writes,
@@ -33,11 +35,36 @@ _MULTIPART = falcon.media.MultipartFormHandler()
 IDLE_TIMEOUT = 15.0
 
 
+class Receiver:
+    """Receive upload bodies within a size limit, a deadline and a number at once."""
+
+    def __init__(self, *, max_bytes: int, deadline: float, max_at_once: int) -> None:
+        self.max_bytes = max_bytes
+        self.deadline = deadline
+        self.max_at_once = max_at_once
+        self._slots = threading.BoundedSemaphore(max_at_once)
+
+    def receive(self, req: falcon.Request, out: IO[bytes]) -> int:
+        """Copy the image in the request body into ``out``; return its size.
+
+        Raise TooManyUploads at once, before reading, when every slot is taken.
+        """
+        if not self._slots.acquire(blocking=False):
+            stop_reading(req)
+            raise TooManyUploads(
+                f'{self.max_at_once} uploads are being received here already; try again shortly.'
+            )
+        try:
+            return receive(req, out, max_bytes=self.max_bytes, deadline=self.deadline)
+        finally:
+            self._slots.release()
+
+
 def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: float) -> int:
     """Copy the image in the request body (raw or multipart) into ``out``; return its size."""
     length = req.content_length
     if length is not None and length > max_bytes:
-        _stop_reading(req)
+        stop_reading(req)
         raise UploadTooLarge(_too_large(max_bytes))
 
     with _time_limit(req, deadline) as timed_out:
@@ -52,7 +79,7 @@ def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: fl
                 if length is not None and received < length:
                     raise UploadTimeout('The upload stopped before the whole body arrived.')
         except UploadTooLarge:
-            _stop_reading(req)
+            stop_reading(req)
             raise
         except (LookError, falcon.HTTPError):
             raise  # our own answers, and Falcon's 400 for a malformed form
@@ -60,7 +87,7 @@ def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: fl
             # Reading the body failed. A full disk was already turned into
             # StorageError, so this is the client's doing: too slow, gone, or
             # a broken framing that the server's parser refused.
-            _stop_reading(req)
+            stop_reading(req)
             if timed_out.is_set() or isinstance(ex, TimeoutError):
                 raise UploadTimeout(
                     f'The upload did not arrive within {deadline:g}s; send it faster or smaller.'
@@ -84,16 +111,21 @@ def _receive_multipart(
     # Room for the form's other fields and boundaries around a file of max_bytes.
     form_limit = req.content_length or max_bytes + _FORM_OVERHEAD
     form = _MULTIPART.deserialize(body, req.content_type, form_limit)
-    # The field named "image" wins; otherwise the first file part.
+    # The first field named "image" wins; otherwise the first file part.
     received = None
+    found_image_field = False
     for part in form:
         is_image_field = part.name == 'image'
-        if is_image_field or (received is None and part.filename):
+        if not found_image_field and (is_image_field or (received is None and part.filename)):
             out.seek(0)
             out.truncate()
             received = _copy(part.stream, out, max_bytes)
-            if is_image_field:
-                break
+            found_image_field = is_image_field
+        else:
+            # NOTE: the rest of the form is read too (and thrown away, within
+            #   the form's limit): an answer sent before the body is read
+            #   would reach a client that is still sending, which may never see it.
+            _discard(part.stream, max_bytes)
     if received is None:
         raise EmptyUpload(
             'The form has no file; send the image in a field named "image" '
@@ -111,6 +143,14 @@ def _copy(stream: IO[bytes], out: IO[bytes], max_bytes: int) -> int:
         with refused_writes():
             out.write(chunk)
     return received
+
+
+def _discard(stream: IO[bytes], max_bytes: int) -> None:
+    received = 0
+    while chunk := stream.read(CHUNK_SIZE):
+        received += len(chunk)
+        if received > max_bytes:
+            raise UploadTooLarge(_too_large(max_bytes))
 
 
 def _too_large(max_bytes: int) -> str:
@@ -178,7 +218,8 @@ def _time_limit(req: falcon.Request, deadline: float) -> Iterator[threading.Even
             sock.settimeout(None)
 
 
-def _stop_reading(req: falcon.Request) -> None:
+def stop_reading(req: falcon.Request) -> None:
+    """Stop reading the request body: the answer goes out, the rest of the body is not read."""
     # NOTE: without this, gunicorn would read and discard the rest of a
     #   refused body before the next request on the connection, at whatever
     #   pace the client chooses. The response still goes out.

@@ -7,7 +7,8 @@ import pathlib
 import pytest
 
 from bench import limits
-from look.thumbnailer import convert_upload, render_thumbnail, thumbnail_sizes
+from look.renditions import thumbnail_sizes
+from look.thumbnailer import convert_upload, render_thumbnail
 
 from imagegen import image_bytes
 

@@ -20,9 +20,9 @@ import redis
 from falcon.testing import TestClient
 from PIL import Image
 
-from look.cache import CACHE_HEADER, PURGED_MARKER, RedisCache, limit_waits
+from look.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache, limit_waits
 from look.config import Config
-from look.thumbnailer import thumbnail_sizes
+from look.renditions import FORMAT_MEDIA_TYPES, thumbnail_sizes
 
 from imagegen import image_bytes
 
@@ -83,10 +83,18 @@ def jpeg_size(data: bytes) -> tuple[int, int]:
 
 
 class Rendered:
-    """A resource that says how often it was asked; 'missing' is a 404."""
+    """A resource that says how often it was asked; 'missing' is a 404.
+
+    Its answers under /thumbnails/ may be cached, under their path.
+    """
 
     def __init__(self) -> None:
         self.calls = 0
+
+    def cacheable(self, req: falcon.Request, name: str) -> Cacheable | None:
+        if not req.path.startswith('/thumbnails/'):
+            return None
+        return Cacheable(f'/thumbnails/{name}', 'v1')
 
     def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         self.calls += 1
@@ -103,7 +111,7 @@ class Rendered:
         resp.data = b'posted'
 
     def on_delete(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
-        resp.context.stale_paths = [f'/thumbnails/{name}']
+        resp.context.stale_keys = [f'/thumbnails/{name}']
         resp.status = falcon.HTTP_204
 
 
@@ -360,9 +368,11 @@ def test_delete_purges_the_cached_thumbnails(
     assert client.simulate_delete(upload['image']).status_code == 204
 
     # Each key now holds the purge marker, which a late render cannot replace;
-    # so do those of the sizes a smaller minimum would list, down to 1 pixel.
+    # so do those of the sizes a smaller minimum would list, down to 1 pixel,
+    # in every format.
     values = [inspect_redis.get(key) for key in inspect_redis.keys('*')]
-    assert values == [PURGED_MARKER] * len(thumbnail_sizes((640, 360), 1))
+    every = len(thumbnail_sizes((640, 360), 1)) * len(FORMAT_MEDIA_TYPES)
+    assert values == [PURGED_MARKER] * every
     for url in upload['thumbnails']:
         assert client.simulate_get(url).status_code == 404
 

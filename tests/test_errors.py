@@ -97,7 +97,7 @@ CASES: dict[str, tuple[int, Callable[[MakeClient, dict[str, str]], Result]]] = {
         503,
         lambda make, h: make(render_timeout=0.001).simulate_post('/images', body=PNG, headers=h),
     ),
-    'existing-id-507': (507, _upload_twice_with_one_id),
+    'existing-id-409': (409, _upload_twice_with_one_id),
 }
 
 

@@ -16,7 +16,6 @@ import http.client
 import inspect
 import io
 import itertools
-import json
 import os
 import pathlib
 import random
@@ -36,7 +35,7 @@ import redis
 from PIL import Image
 
 from look.cache import RedisCache
-from look.store import TEMP_GRACE_SECONDS
+from look.spool import TEMP_GRACE_SECONDS
 
 from imagegen import encode, image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)
@@ -54,6 +53,7 @@ from servers import (  # noqa: F401 (fixtures are registered by importing them)
     send,
     wait_until,
 )
+from storage import image_files, indexed_ids, storage_state, temp_files
 
 pytestmark = pytest.mark.e2e
 
@@ -111,40 +111,6 @@ def list_ids(server: Gunicorn, connection: http.client.HTTPConnection | None = N
         link = NEXT_PAGE.search(response.header('Link') or '')
         path = link[1] if link else None
     return ids
-
-
-def indexed_ids(storage: pathlib.Path) -> list[str]:
-    """Return the ids the index holds, in order; assert every line is whole and readable."""
-    data = (storage / 'index.jsonl').read_bytes()
-    assert not data or data.endswith(b'\n'), f'the index ends in a half line: {data[-200:]!r}'
-    live: dict[str, None] = {}
-    for number, line in enumerate(data.splitlines(), 1):
-        record = json.loads(line)
-        assert record['op'] in ('add', 'delete'), f'line {number}: {line!r}'
-        if record['op'] == 'add':
-            assert record['id'] not in live, f'line {number} adds {record["id"]} twice'
-            live[record['id']] = None
-        else:
-            live.pop(record['id'], None)
-    return list(live)
-
-
-def temp_files(storage: pathlib.Path) -> list[str]:
-    """Return the names of the temporary files in the images directory."""
-    return sorted(
-        name
-        for name in os.listdir(storage / 'images')
-        if name.startswith('.') and name.endswith('.tmp')
-    )
-
-
-def image_files(storage: pathlib.Path) -> set[str]:
-    """Return the ids of the committed JPEG files on disk."""
-    return {
-        name.removesuffix('.jpeg')
-        for name in os.listdir(storage / 'images')
-        if name.endswith('.jpeg') and not name.startswith('.')
-    }
 
 
 def check_error(response: Response, status: int) -> dict[str, str]:
@@ -244,8 +210,9 @@ class Uploaders:
     def __init__(self, server: Gunicorn, threads: int) -> None:
         self.server = server
         self.acknowledged: set[str] = set()
-        self.refusals: list[str] = []  # answers other than 201: there should be none
+        self.refusals: list[str] = []  # answers other than 201 or 503: there should be none
         self.cut_off = 0  # connections refused or cut: expected once a process is killed
+        self.retried = 0  # 503s with Retry-After (every upload slot busy): tried again
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
@@ -296,6 +263,8 @@ class Uploaders:
             with self._lock:
                 if response.status == 201:
                     self.acknowledged.add(response.json()['id'])
+                elif response.status == 503 and response.header('Retry-After'):
+                    self.retried += 1
                 else:
                     self.refusals.append(f'{response.status}: {response.body[:300]!r}')
 
@@ -335,7 +304,7 @@ def test_sigkill_of_the_whole_server_mid_upload_loses_nothing_acknowledged(
     #   writer may be alive); these are old enough once aged past it.
     past = time.time() - TEMP_GRACE_SECONDS - 10
     for name in left_by_crash:
-        os.utime(storage / 'images' / name, (past, past))
+        os.utime(storage / name, (past, past))
 
     with Gunicorn(storage, workers=2) as restarted:
         listed = list_ids(restarted)
@@ -622,17 +591,26 @@ def test_full_disk_refuses_the_upload_cleanly_and_heals(
     assert not problems, '\n'.join(problems) + f'\n{server.log_tail(30)}'
 
 
-def test_health_on_a_full_disk_is_503_and_leaves_nothing(full_disk_setup: FullDiskSetup) -> None:
-    """The storage probe that /health writes must be removed when the write fails."""
+def test_health_on_a_full_disk_is_degraded_while_downloads_work(
+    full_disk_setup: FullDiskSetup,
+) -> None:
+    """A full disk stops uploads, not downloads: a load balancer must keep the host.
+
+    /health says so without writing anything.
+    """
     server, storage = full_disk_setup.server, full_disk_setup.server.storage_path
-    temps_before = set(temp_files(storage))
+    image_id = next(iter(full_disk_setup.earlier))
+    names_before = storage_state(storage)[0]
     with disk_filled(full_disk_setup.disk):
         answers = [get(f'{server.url}/health') for _ in range(4)]
-        left = set(temp_files(storage)) - temps_before
-    assert [answer.status for answer in answers] == [503] * 4
-    assert all(answer.json()['storage']['status'] == 'fail' for answer in answers)
-    assert not left, f'health checks left temporary files: {sorted(left)}'
-    assert get(f'{server.url}/health').status == 200  # room again
+        download = get(f'{server.url}/images/{image_id}.jpeg')
+        names = storage_state(storage)[0]
+    assert [answer.status for answer in answers] == [200] * 4
+    assert {answer.json()['status'] for answer in answers} == {'degraded'}
+    assert {answer.json()['storage']['status'] for answer in answers} == {'full'}
+    assert download.status == 200
+    assert names == names_before, 'health checks wrote to the disk'
+    assert get(f'{server.url}/health').json()['storage']['status'] == 'ok'  # room again
 
 
 # -- Redis that hangs ------------------------------------------------------------------

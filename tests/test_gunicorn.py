@@ -57,6 +57,7 @@ from servers import (  # noqa: F401 (fixtures are registered by importing them)
     require_executable,
     wait_until,
 )
+from storage import storage_state
 
 pytestmark = pytest.mark.e2e
 
@@ -82,12 +83,6 @@ def stored_path(server: Gunicorn, image_id: str) -> pathlib.Path:
     return server.storage_path / 'images' / f'{image_id}.jpeg'
 
 
-def storage_state(server: Gunicorn) -> tuple[list[str], bytes]:
-    """Return the names in the images directory (dot-files too) and the index bytes."""
-    names = sorted(os.listdir(server.storage_path / 'images'))
-    return names, (server.storage_path / 'index.jsonl').read_bytes()
-
-
 def thumbnail_size(path: str) -> tuple[int, int]:
     """Return the size a thumbnail path names."""
     match = re.search(r'/(\d+)x(\d+)\.jpeg$', path)
@@ -97,7 +92,9 @@ def thumbnail_size(path: str) -> tuple[int, int]:
 
 def check_description(description: Any, size: tuple[int, int]) -> str:
     """Assert the JSON of an uploaded image and return its id."""
-    assert set(description) == {'id', 'image', 'modified', 'size', 'thumbnails'}, description
+    assert set(description) >= {'id', 'image', 'modified', 'size', 'thumbnails', 'formats'}, (
+        description
+    )
     image_id = description['id']
     assert str(uuid.UUID(image_id)) == image_id
     assert description['image'] == f'/images/{image_id}.jpeg'
@@ -142,10 +139,14 @@ def check_error(response: Response, status: int) -> None:
 
 
 def upload(server: Gunicorn, data: bytes | None = None) -> dict[str, Any]:
-    """Upload an image (a seeded 640x360 JPEG by default); return its description."""
+    """Upload an image (a seeded 640x360 JPEG by default); return its description.
+
+    That is the 201's JSON without the delete token, which is never shown again.
+    """
     response = post(f'{server.url}/images', data or image_bytes('JPEG'), 'image/jpeg')
     assert response.status == 201, response.body
     description: dict[str, Any] = response.json()
+    assert description.pop('delete_token')
     return description
 
 
@@ -463,7 +464,7 @@ def test_bad_request_refused_and_nothing_left(
     gunicorn: Gunicorn, existing_image: dict[str, Any], bad: BadRequest
 ) -> None:
     """Bad input gets its status and the JSON error shape, and leaves no trace on disk."""
-    before = storage_state(gunicorn)
+    before = storage_state(gunicorn.storage_path)
     path = bad.path.format(id=existing_image['id'], unknown=uuid.uuid4())
     headers = {'Content-Type': bad.content_type} if bad.content_type else {}
     response = request(bad.method, gunicorn.url + path, bad.body(), headers, chunked=bad.chunked)
@@ -472,7 +473,7 @@ def test_bad_request_refused_and_nothing_left(
     if bad.status == 405:
         allowed = response.header('Allow') or ''
         assert allowed and bad.method not in allowed, allowed
-    names, index = storage_state(gunicorn)
+    names, index = storage_state(gunicorn.storage_path)
     assert not [name for name in names if name.startswith('.')], 'a temp file was left'
     assert (names, index) == before
 

@@ -36,6 +36,7 @@ from look.config import Config
 import imagegen
 from imagegen import image_bytes
 from servers import Gunicorn, Response, get, multipart, request
+from storage import image_files, indexed_ids, storage_state, temp_files
 
 MakeConfig = Callable[..., Config]
 MakeClient = Callable[..., falcon.testing.TestClient]
@@ -87,11 +88,6 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
         yield Site(server, created.json(), beside, inside, canaries)
     for canary in canaries:
         assert canary.read_bytes() == CANARY, f'{canary} was changed'
-
-
-def storage_state(storage: pathlib.Path) -> tuple[list[str], bytes]:
-    """Return every name in the images directory (temp files too) and the index bytes."""
-    return sorted(os.listdir(storage / 'images')), (storage / 'index.jsonl').read_bytes()
 
 
 def check_error(response: Response, status: int) -> None:
@@ -720,13 +716,9 @@ def test_fuzzed_upload_is_201_or_4xx_and_leaves_nothing_half_done(
         response.text,
     )
     listed = [image['id'] for image in client.simulate_get('/images?limit=1000').json]
-    names = os.listdir(storage / 'images')
-    assert not [name for name in names if name.startswith('.')], f'temp files left: {names}'
-    indexed = [
-        json.loads(line)['id'] for line in (storage / 'index.jsonl').read_bytes().splitlines()
-    ]
-    assert indexed == listed, 'the index and the list disagree'
-    assert sorted(name.removesuffix('.jpeg') for name in names) == sorted(listed)
+    assert not temp_files(storage), f'temp files left: {temp_files(storage)}'
+    assert indexed_ids(storage) == listed, 'the index and the list disagree'
+    assert sorted(image_files(storage)) == sorted(listed)
     if response.status_code == 201:
         image_id = response.json['id']
         assert listed == [*listed_before, image_id]

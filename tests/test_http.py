@@ -276,7 +276,7 @@ def test_health_stays_200_when_the_cache_is_down(make_client):
     result = client.simulate_get('/health')
     assert result.status_code == 200
     assert result.json['cache']['status'] == 'unavailable'
-    assert result.json['status'] == 'ok'
+    assert result.json['status'] == 'degraded'
 
 
 def test_health_says_disabled_without_a_cache(make_client):

@@ -6,7 +6,6 @@ import datetime
 import email.utils
 import errno
 import io
-import json
 import os
 import pathlib
 import uuid
@@ -18,9 +17,11 @@ from falcon.testing import Result, TestClient
 from PIL import Image
 
 from look.config import Config
+from look.index.journal import decode_line
 
 import imagegen
 from imagegen import encode, image_bytes, solid
+from storage import storage_state
 
 MakeClient = Callable[..., TestClient]
 UPLOAD = image_bytes('PNG', size=(640, 360))
@@ -65,12 +66,6 @@ def decode(data: bytes) -> Image.Image:
     return image
 
 
-def storage_state(config: Config) -> tuple[list[str], bytes]:
-    """Return the names in images/ (temp files too) and the index: what failures must keep."""
-    root = pathlib.Path(config.storage_path)
-    return sorted(os.listdir(root / 'images')), (root / 'index.jsonl').read_bytes()
-
-
 def stored_colour(client: TestClient, response: Result) -> tuple[int, ...]:
     image = decode(client.simulate_get(response.headers['Location']).content)
     return image.getpixel((image.width // 2, image.height // 2))
@@ -111,7 +106,16 @@ def test_upload_raw_body(make_client: MakeClient, content_type: str | None) -> N
             f'/thumbnails/{image_id}/320x180.jpeg',
             f'/thumbnails/{image_id}/160x90.jpeg',
         ],
+        'formats': {
+            'jpeg': {
+                'type': 'image/jpeg',
+                'srcset': f'/thumbnails/{image_id}/320x180.jpeg 320w, '
+                f'/thumbnails/{image_id}/160x90.jpeg 160w',
+            }
+        },
+        'delete_token': response.json['delete_token'],
     }
+    assert len(response.json['delete_token']) >= 43  # 256 random bits
     modified = email.utils.parsedate_to_datetime(response.json['modified'])
     assert response.json['modified'].endswith(' GMT')
     assert before <= modified <= datetime.datetime.now(datetime.UTC)
@@ -371,7 +375,7 @@ def test_failed_upload_leaves_storage_unchanged(
     assert (
         client.simulate_post('/images', body=image_bytes('PNG', size=(30, 30))).status_code == 201
     )
-    before = storage_state(config)
+    before = storage_state(config.storage_path)
     kwargs = dict(request_kwargs)
     if isinstance(kwargs['body'], tuple):
         kwargs['body'], kwargs['content_type'] = kwargs['body']
@@ -380,7 +384,7 @@ def test_failed_upload_leaves_storage_unchanged(
 
     assert response.status_code == status
     assert set(response.json) == {'title', 'description'}
-    assert storage_state(config) == before
+    assert storage_state(config.storage_path) == before
     assert len(client.simulate_get('/images').json) == 1
 
 
@@ -403,17 +407,17 @@ def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
     config = make_config()
     client = make_client(config)
     assert client.simulate_post('/images', body=UPLOAD).status_code == 201
-    before = storage_state(config)
-    images_dir = pathlib.Path(config.storage_path) / 'images'
+    before = storage_state(config.storage_path)
+    spool_dir = pathlib.Path(config.storage_path) / 'spool'
     fail_fsyncs(
         monkeypatch,
-        lambda fd: pathlib.Path(os.readlink(f'/proc/self/fd/{fd}')).parent == images_dir,
+        lambda fd: pathlib.Path(os.readlink(f'/proc/self/fd/{fd}')).parent == spool_dir,
     )
     response = client.simulate_post('/images', body=UPLOAD)
 
     assert response.status_code == 507
     assert 'Input/output error' in response.json['description']
-    assert storage_state(config) == before
+    assert storage_state(config.storage_path) == before
     assert len(client.simulate_get('/images').json) == 1
 
 
@@ -424,16 +428,16 @@ def test_disk_error_syncing_the_index_line_is_507_and_the_line_is_undone(
     config = make_config()
     client = make_client(config)
     assert client.simulate_post('/images', body=UPLOAD).status_code == 201
-    names_before, index_before = storage_state(config)
+    names_before, index_before = storage_state(config.storage_path)
     index = pathlib.Path(config.storage_path) / 'index.jsonl'
     fail_fsyncs(monkeypatch, lambda fd: os.fstat(fd).st_ino == os.stat(index).st_ino)
     response = client.simulate_post('/images', body=UPLOAD)
 
     assert response.status_code == 507
     assert set(response.json) == {'title', 'description'}
-    names, index_after = storage_state(config)
+    names, index_after = storage_state(config.storage_path)
     assert names == names_before
-    added, undone = (json.loads(line) for line in index_after[len(index_before) :].splitlines())
+    added, undone = (decode_line(line) for line in index_after[len(index_before) :].splitlines())
     assert (added['op'], undone) == ('add', {'op': 'delete', 'id': added['id']})
     assert len(client.simulate_get('/images').json) == 1
 
@@ -444,13 +448,13 @@ def test_side_no_jpeg_can_have_is_413_and_leaves_nothing(
     """140 000 pixels is within the pixel limit, but 70 000 pixels is no JPEG side."""
     config = make_config()
     client = make_client(config)
-    before = storage_state(config)
+    before = storage_state(config.storage_path)
 
     response = client.simulate_post('/images', body=image_bytes('PNG', size=(70_000, 2)))
 
     assert response.status_code == 413
     assert '65500' in response.json['description']
-    assert storage_state(config) == before
+    assert storage_state(config.storage_path) == before
 
 
 def test_chunked_upload_over_the_limit_is_413(
@@ -459,12 +463,12 @@ def test_chunked_upload_over_the_limit_is_413(
     """Without a Content-Length the limit is enforced while reading."""
     config = make_config(max_upload_bytes=LIMIT)
     client = make_client(config)
-    before = storage_state(config)
+    before = storage_state(config.storage_path)
 
     response = post_chunked(client, TOO_BIG)
 
     assert response.status_code == 413
-    assert storage_state(config) == before
+    assert storage_state(config.storage_path) == before
 
 
 class CountingBody(io.BytesIO):
@@ -486,7 +490,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
     """A client announcing a huge body is answered at once, not after sending it all."""
     config = make_config(max_upload_bytes=LIMIT)
     client = make_client(config)
-    before = storage_state(config)
+    before = storage_state(config.storage_path)
     body = CountingBody(TOO_BIG)
 
     response = client.simulate_post(
@@ -495,7 +499,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
 
     assert response.status_code == 413
     assert body.bytes_read == 0
-    assert storage_state(config) == before
+    assert storage_state(config.storage_path) == before
 
 
 @pytest.mark.parametrize(
@@ -510,10 +514,10 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
     ],
 )
 def test_other_methods_are_405(client: TestClient, config: Config, method: str, path: str) -> None:
-    before = storage_state(config)
+    before = storage_state(config.storage_path)
 
     response = client.simulate_request(method, path, body=SMALL)
 
     assert response.status_code == 405
     assert 'Allow' in response.headers
-    assert storage_state(config) == before
+    assert storage_state(config.storage_path) == before

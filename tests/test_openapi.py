@@ -95,7 +95,8 @@ def test_document_is_openapi_3_1_and_lists_every_route(app: falcon.App) -> None:
     assert set(document['paths']) == {
         '/images',
         '/images/{image_id}.jpeg',
-        '/thumbnails/{image_id}/{width}x{height}.jpeg',
+        '/thumbnails/{image_id}/{width}x{height}.{format}',
+        '/thumbnails/{image_id}/{width}x{height}',
         '/health',
         '/openapi.json',
     }

@@ -23,7 +23,8 @@ from PIL.PngImagePlugin import PngInfo
 
 from look import errors, thumbnailer
 from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, UnsupportedImage
-from look.thumbnailer import Thumbnailer, convert_upload, render_thumbnail, thumbnail_sizes
+from look.renditions import thumbnail_sizes
+from look.thumbnailer import Thumbnailer, convert_upload, render_thumbnail
 
 import imagegen
 from imagegen import encode, image_bytes, picture, solid
@@ -563,7 +564,7 @@ def test_pool_renders_and_converts(
     assert worker.convert_upload(upload) == (300, 200)
     with Image.open(upload) as stored:
         assert (stored.format, stored.size) == ('JPEG', (300, 200))
-    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90)))) as thumbnail:
+    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90), 'jpeg'))) as thumbnail:
         assert thumbnail.size == (160, 90)
 
 
@@ -585,7 +586,7 @@ def test_pool_starts_lazily_and_close_leaves_no_process(
     worker = make_thumbnailer(processes=2)
     assert pool_pids() == before  # no work at construction
 
-    worker.render(stored_jpeg, (160, 90))
+    worker.render(stored_jpeg, (160, 90), 'jpeg')
     started = pool_pids() - before
     assert started
 
@@ -594,7 +595,7 @@ def test_pool_starts_lazily_and_close_leaves_no_process(
     assert not any(is_running(pid) for pid in started)
     # Processes of earlier tests may have ended meanwhile; none of this pool remains.
     assert not pool_pids() - before
-    worker.render(stored_jpeg, (160, 90))  # and it starts again on demand
+    worker.render(stored_jpeg, (160, 90), 'jpeg')  # and it starts again on demand
 
 
 def page_faults(pid: int) -> int:
@@ -609,11 +610,11 @@ def faults_per_render(
     """Render 960x540s of ``sources`` in a one-process pool; return its page faults per render."""
     before = pool_pids()
     for source in sources:  # start the process, import, allocate for the first time
-        worker.render(source, (960, 540))
+        worker.render(source, (960, 540), 'jpeg')
     (pid,) = pool_pids() - before
     start = page_faults(pid)
     for n in range(renders):
-        worker.render(sources[n % len(sources)], (960, 540))
+        worker.render(sources[n % len(sources)], (960, 540), 'jpeg')
     return (page_faults(pid) - start) / renders
 
 
@@ -678,7 +679,7 @@ def test_killed_pool_process_fails_one_render_then_recovers(
     in_background: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
     worker = make_thumbnailer()
-    worker.render(stored_jpeg, (160, 90))
+    worker.render(stored_jpeg, (160, 90), 'jpeg')
     (victim,) = pool_pids()
     busy = in_background.submit(worker._run, time.sleep, 30)
     time.sleep(0.3)
@@ -687,7 +688,7 @@ def test_killed_pool_process_fails_one_render_then_recovers(
 
     with pytest.raises(ThumbnailerUnavailable):
         busy.result(timeout=10)
-    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90)))) as thumbnail:
+    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90), 'jpeg'))) as thumbnail:
         assert thumbnail.size == (160, 90)
     assert victim not in pool_pids()
 
@@ -696,7 +697,7 @@ def test_pool_process_killed_while_idle_costs_at_most_one_render(
     stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
 ) -> None:
     worker = make_thumbnailer()
-    worker.render(stored_jpeg, (160, 90))
+    worker.render(stored_jpeg, (160, 90), 'jpeg')
     (victim,) = pool_pids()
 
     os.kill(victim, signal.SIGKILL)
@@ -704,19 +705,19 @@ def test_pool_process_killed_while_idle_costs_at_most_one_render(
     failures = 0
     for _ in range(2):
         try:
-            worker.render(stored_jpeg, (160, 90))
+            worker.render(stored_jpeg, (160, 90), 'jpeg')
             break
         except ThumbnailerUnavailable:
             failures += 1
     assert failures <= 1
-    worker.render(stored_jpeg, (160, 90))
+    worker.render(stored_jpeg, (160, 90), 'jpeg')
 
 
 def test_render_over_the_timeout_is_abandoned_and_its_process_killed(
     stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
 ) -> None:
     worker = make_thumbnailer(render_timeout=0.5)
-    worker.render(stored_jpeg, (160, 90))
+    worker.render(stored_jpeg, (160, 90), 'jpeg')
     (hung,) = pool_pids()
     started = time.monotonic()
 
@@ -725,7 +726,7 @@ def test_render_over_the_timeout_is_abandoned_and_its_process_killed(
 
     assert time.monotonic() - started < 5
     assert not is_running(hung)
-    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90)))) as thumbnail:
+    with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90), 'jpeg'))) as thumbnail:
         assert thumbnail.size == (160, 90)
 
 
@@ -774,7 +775,7 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
 
     started = time.monotonic()
     with pytest.raises(ThumbnailerUnavailable):
-        worker.render(stored_jpeg, (160, 90))
+        worker.render(stored_jpeg, (160, 90), 'jpeg')
     assert time.monotonic() - started < 0.5
 
     # Uploads wait their turn instead: refusing them would lose the user's upload.
@@ -808,11 +809,11 @@ def test_one_process_pool_takes_a_page_of_renders(
     with concurrent.futures.ThreadPoolExecutor(8) as browser:
         # The only process waits for the file, so everything after it waits in line.
         first = browser.submit(worker._run, _wait_for_file, str(release))
-        rest = [browser.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(7)]
+        rest = [browser.submit(worker.render, stored_jpeg, (160, 90), 'jpeg') for _ in range(7)]
         try:
             assert wait_until(lambda: worker._in_flight == 8, 10)
             with pytest.raises(ThumbnailerUnavailable):
-                worker.render(stored_jpeg, (160, 90))  # one more than a worker lets wait
+                worker.render(stored_jpeg, (160, 90), 'jpeg')  # one more than a worker lets wait
         finally:
             release.touch()
         first.result(timeout=10)

@@ -1,0 +1,162 @@
+"""Who may do what: API keys for uploading and listing, a delete token per image.
+
+Image and thumbnail URLs stay public: an image id is an unguessable
+capability, as in every sharing service. With API keys set, uploading,
+listing and deleting need ``Authorization: Bearer <secret>``; deleting
+also takes the image's own delete token, handed out once in its ``201``.
+With no keys set, anyone may do anything, as on a machine of one's own.
+
+Only SHA-256 digests of secrets and tokens are kept, and every comparison
+takes the same time whichever bytes differ.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import hmac
+import secrets
+from collections.abc import Sequence
+
+import falcon
+
+from look.index import StoredImage
+
+# NOTE: 32 random bytes (256 bits) as URL-safe base64: 43 characters.
+DELETE_TOKEN_BYTES = 32
+MIN_SECRET_LENGTH = 16
+ANONYMOUS = 'anonymous'
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A named API key; only its digest is kept."""
+
+    name: str
+    digest: bytes
+
+    @classmethod
+    def from_secret(cls, name: str, secret: str) -> ApiKey:
+        """Make a key from its secret, which is not kept."""
+        return cls(name, _digest(secret))
+
+
+def _digest(secret: str) -> bytes:
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def new_delete_token() -> tuple[str, str]:
+    """Return a new delete token and the hex digest the index keeps of it."""
+    token = secrets.token_urlsafe(DELETE_TOKEN_BYTES)
+    return token, _digest(token).hex()
+
+
+def parse_keys(text: str, *, source: str) -> list[ApiKey]:
+    """Parse ``name:secret`` pairs or bare secrets, one per line or comma-separated.
+
+    Blank lines and lines starting with ``#`` are skipped. Raise ValueError,
+    naming ``source``, for a secret too short to be one.
+    """
+    keys = []
+    for line in text.splitlines():
+        if line.strip().startswith('#'):
+            continue
+        for item in line.split(','):
+            item = item.strip()
+            if not item:
+                continue
+            name, colon, secret = item.partition(':')
+            if not colon:
+                name, secret = f'key{len(keys) + 1}', item
+            name, secret = name.strip(), secret.strip()
+            if len(secret) < MIN_SECRET_LENGTH:
+                raise ValueError(
+                    f'{source}: the secret of key {name!r} is {len(secret)} characters; use at '
+                    f"least {MIN_SECRET_LENGTH} (python3 -c 'import secrets; "
+                    "print(secrets.token_urlsafe())')"
+                )
+            keys.append(ApiKey.from_secret(name or f'key{len(keys) + 1}', secret))
+    return keys
+
+
+def _bearer(req: falcon.Request) -> str | None:
+    """Return the Bearer credential of a request, or None if it has none."""
+    header = req.get_header('Authorization')
+    if not header:
+        return None
+    scheme, _, credential = header.strip().partition(' ')
+    if scheme.lower() != 'bearer' or not credential.strip():
+        return None
+    return credential.strip()
+
+
+class Access:
+    """Decide, from a request's credential, whether it may upload, list or delete."""
+
+    def __init__(self, keys: Sequence[ApiKey]) -> None:
+        self._keys = tuple(keys)
+
+    @property
+    def open(self) -> bool:
+        """Whether no keys are set: everyone may upload, list and delete."""
+        return not self._keys
+
+    def require_key(self, req: falcon.Request, action: str) -> str:
+        """Return the name of the key the request carries (or ``anonymous`` with no keys set).
+
+        Raise 401 with ``WWW-Authenticate: Bearer`` when keys are set and
+        the request carries none of them.
+        """
+        if self.open:
+            return ANONYMOUS
+        credential = _bearer(req)
+        name = self._key_named(credential) if credential is not None else None
+        if name is None:
+            raise _unauthorized(action, presented=credential is not None)
+        return name
+
+    def may_delete(self, req: falcon.Request, image: StoredImage) -> str:
+        """Return who deletes the image: a key's name, ``delete token`` or ``anonymous``.
+
+        Raise 401 when credentials are needed and none came, 403 when the
+        one that came may not delete this image.
+        """
+        credential = _bearer(req)
+        if credential is None:
+            if self.open:
+                return ANONYMOUS
+            raise _unauthorized('delete an image', presented=False)
+        name = self._key_named(credential)
+        if name is not None:
+            return name
+        digest = _digest(credential).hex()
+        if image.token_hash and hmac.compare_digest(digest, image.token_hash):
+            return 'delete token'
+        raise falcon.HTTPForbidden(
+            title='Not allowed',
+            description=(
+                f'This credential may not delete image {image.id}: send the delete_token '
+                'its upload answered with, or an API key.'
+            ),
+        )
+
+    def _key_named(self, credential: str) -> str | None:
+        """Return the name of the key whose secret this is; every key is compared."""
+        digest = _digest(credential)
+        found = None
+        for key in self._keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key.name
+        return found
+
+
+def _unauthorized(action: str, *, presented: bool) -> falcon.HTTPUnauthorized:
+    if presented:
+        description = f'The API key is not valid here; a valid one is needed to {action}.'
+        challenge = 'Bearer realm="look", error="invalid_token"'
+    else:
+        description = f'An API key is needed to {action}: send "Authorization: Bearer <key>".'
+        challenge = 'Bearer realm="look"'
+    return falcon.HTTPUnauthorized(
+        title='Authentication required', description=description, challenges=[challenge]
+    )
