@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import threading
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
+import psycopg
 import redis
 
 from look.auth import ApiKey, parse_keys
@@ -79,6 +81,78 @@ def _redis_url(name: str, value: str) -> str:
     return value
 
 
+def _size(name: str, value: str) -> int:
+    try:
+        number = int(value.strip().replace('_', ''))
+    except ValueError:
+        raise ConfigError(f'{name} must be a whole number of bytes, got {value!r}') from None
+    if number < 0:
+        raise ConfigError(f'{name} must be 0 or more, got {number}')
+    return number
+
+
+# NOTE: S3's rules for new bucket names: 3 to 63 lowercase letters, digits,
+#   dots and hyphens, starting and ending with a letter or digit.
+_BUCKET = re.compile(r'[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z')
+
+
+def _images_url(name: str, value: str) -> str:
+    value = value.strip()
+    if not value:
+        return value
+    parts = urlparse(value)
+    if parts.scheme != 's3' or not _BUCKET.match(parts.netloc) or parts.query or parts.fragment:
+        raise ConfigError(
+            f'{name} must be s3://BUCKET or s3://BUCKET/PREFIX (or empty to keep images '
+            f'under LOOK_STORAGE_PATH), got {value!r}'
+        )
+    return value
+
+
+def _index_url(name: str, value: str) -> str:
+    value = value.strip()
+    if not value:
+        return value
+    if not value.startswith(('postgresql://', 'postgres://')):
+        raise ConfigError(
+            f'{name} must be a postgresql:// URL (or empty to keep the index under '
+            f'LOOK_STORAGE_PATH), got {without_password(value)!r}'
+        )
+    try:
+        psycopg.conninfo.conninfo_to_dict(value)
+    except psycopg.ProgrammingError as ex:
+        raise ConfigError(f'{name} is not a usable PostgreSQL URL: {ex}') from None
+    return value
+
+
+def without_password(url: str) -> str:
+    """Return ``url`` with any password replaced by ***, for messages and logs."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f':{parts.password}@', ':***@', 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def _s3_options(environ: Mapping[str, str]) -> dict[str, str]:
+    """Return the object store's endpoint, credentials and region from AWS's own variables."""
+    options = {}
+    endpoint = environ.get('AWS_ENDPOINT_URL_S3') or environ.get('AWS_ENDPOINT_URL')
+    if endpoint:
+        options['endpoint_url'] = endpoint
+    for variable, option in (
+        ('AWS_ACCESS_KEY_ID', 'aws_access_key_id'),
+        ('AWS_SECRET_ACCESS_KEY', 'aws_secret_access_key'),
+        ('AWS_SESSION_TOKEN', 'aws_session_token'),
+    ):
+        if environ.get(variable):
+            options[option] = environ[variable]
+    region = environ.get('AWS_DEFAULT_REGION') or environ.get('AWS_REGION')
+    if region:
+        options['region_name'] = region
+    return options
+
+
 def _flag(name: str, value: str) -> bool:
     lowered = value.strip().lower()
     if lowered in ('1', 'true', 'yes', 'on'):
@@ -139,6 +213,10 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'max_concurrent_uploads': ('LOOK_MAX_CONCURRENT_UPLOADS', _positive_int),
     'cache_max_bytes': ('LOOK_CACHE_MAX_BYTES', _positive_int),
     'thumbnail_formats': ('LOOK_THUMBNAIL_FORMATS', _thumbnail_formats),
+    'images_url': ('LOOK_IMAGES_URL', _images_url),
+    'index_url': ('LOOK_INDEX_URL', _index_url),
+    'originals_cache_bytes': ('LOOK_ORIGINALS_CACHE_BYTES', _size),
+    'index_pool_size': ('LOOK_INDEX_POOL_SIZE', _positive_int),
 }
 
 
@@ -166,6 +244,11 @@ class Config:
     max_concurrent_uploads: int
     cache_max_bytes: int
     thumbnail_formats: tuple[str, ...]
+    images_url: str
+    index_url: str
+    s3_options: dict[str, str]
+    originals_cache_bytes: int
+    index_pool_size: int
 
     def __init__(self, environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
         if environ is None:
@@ -201,6 +284,18 @@ class Config:
         #   largest thumbnail is about 0.5 MiB.
         self.cache_max_bytes = MiB
         self.thumbnail_formats = ('jpeg',)
+        # NOTE: empty: images and index live under storage_path, as one host's
+        #   files. s3://... and postgresql://... let many hosts share them.
+        self.images_url = ''
+        self.index_url = ''
+        self.s3_options = _s3_options(environ)
+        # NOTE: originals fetched from the object store for renders are kept
+        #   on local disk, least recently used first out, up to this many
+        #   bytes (0: none kept); a page of thumbnails fetches each once.
+        self.originals_cache_bytes = 512 * MiB
+        # NOTE: index connections per web worker; each query holds one for
+        #   well under a millisecond, so a few serve all the worker's threads.
+        self.index_pool_size = 4
 
         for attribute, (variable, parse) in _ENVIRONMENT.items():
             if variable in environ:
@@ -231,10 +326,25 @@ class Config:
         ):
             if value > most:
                 raise ConfigError(f'{variable} must be at most {most}, got {value}')
+        if self.images_url and not self.index_url:
+            raise ConfigError(
+                'LOOK_IMAGES_URL needs LOOK_INDEX_URL: images in an object store are shared '
+                'by many hosts, and so must be the index that lists them (postgresql://...)'
+            )
 
     def __repr__(self) -> str:
-        fields = ', '.join(
-            f'{name}={value!r}' if name != 'api_keys' else f'api_keys=<{len(value)} keys>'
-            for name, value in vars(self).items()
-        )
+        fields = ', '.join(f'{name}={_shown(name, value)}' for name, value in vars(self).items())
         return f'Config({fields})'
+
+
+def _shown(name: str, value: Any) -> str:
+    """Return a setting as repr() shows it: never a key, a password or a secret."""
+    if name == 'api_keys':
+        return f'<{len(value)} keys>'
+    if name == 'index_url':
+        return repr(without_password(value))
+    if name == 's3_options':
+        return repr(
+            {key: '***' if 'secret' in key or 'token' in key else v for key, v in value.items()}
+        )
+    return repr(value)
