@@ -124,11 +124,8 @@ def repair(
 
 
 def _still_missing(images: ImageStore, image_id: str) -> None:
-    try:
-        images.open_original(image_id).stream.close()
-    except ImageNotFound:
-        return
-    raise ImageNotFound(image_id)
+    if images.exists(image_id):
+        raise ImageNotFound(image_id)
 
 
 def _restore(

@@ -61,6 +61,9 @@ class ImageStore(Protocol):
     def local_path(self, image_id: str) -> contextlib.AbstractContextManager[str]:
         """Give a local file of the JPEG for the block, for the pool to read (ImageNotFound)."""
 
+    def exists(self, image_id: str) -> bool:
+        """Return whether the store holds the JPEG of ``image_id`` now."""
+
     def delete(self, image_id: str) -> None:
         """Remove the JPEG of ``image_id``; one already gone is not an error."""
 

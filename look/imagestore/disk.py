@@ -139,6 +139,10 @@ class DiskImageStore:
         """Give the file itself: the pool reads it in place."""
         yield str(self.path(image_id))
 
+    def exists(self, image_id: str) -> bool:
+        """Return whether the image file is there."""
+        return self.path(image_id).is_file()
+
     def delete(self, image_id: str) -> None:
         """Remove the file and make its removal durable."""
         with refused_writes():
