@@ -63,7 +63,8 @@ def post_worker_init(worker):
 
 
 def worker_exit(server, worker):
-    """Stop the worker's pool processes so none outlive gunicorn."""
-    from look import thumbnailer
+    """Stop the worker's pool processes so none outlive gunicorn; close its connections."""
+    from look import backends, thumbnailer
 
     thumbnailer.close_all()
+    backends.close_all()

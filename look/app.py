@@ -11,7 +11,7 @@ from look import check
 from look.auth import Access
 from look.backends import is_local, open_library
 from look.cache import RedisCache
-from look.config import Config, ConfigError
+from look.config import Config, ConfigError, without_password
 from look.errors import add_error_handlers
 from look.health import Health
 from look.images import CONVERTERS, Images, Thumbnails
@@ -22,6 +22,10 @@ from look.thumbnailer import Thumbnailer
 from look.uploads import Receiver
 
 log = logging.getLogger('look')
+
+
+def _where(url: str, storage_path: pathlib.Path) -> str:
+    return url or str(storage_path.resolve())
 
 
 def create_app(config: Config | None = None) -> falcon.App:
@@ -37,7 +41,11 @@ def create_app(config: Config | None = None) -> falcon.App:
         raise ConfigError(f'LOOK_STORAGE_PATH {config.storage_path} cannot be used: {ex}') from ex
     if is_local(library) and not library.index.read_only:
         check.quarantine_unlisted(library.index, library.images)
-    log.info('storing images in %s', storage_path.resolve())
+    log.info(
+        'images: %s; index: %s',
+        _where(config.images_url, storage_path),
+        _where(without_password(config.index_url), storage_path),
+    )
 
     thumbnailer = Thumbnailer(
         processes=config.processes,

@@ -1,26 +1,91 @@
-"""Pick the index and the image store a Config asks for, for the app and the command line."""
+"""Pick the index and the image store a Config asks for, for the app and the command line.
+
+By default both are files under LOOK_STORAGE_PATH. LOOK_INDEX_URL moves the
+index to PostgreSQL, and LOOK_IMAGES_URL (which needs it) moves the images
+to an S3-compatible object store; LOOK_STORAGE_PATH then keeps only this
+host's scratch space (the upload spool, the originals cache).
+"""
 
 from __future__ import annotations
 
+import logging
 import pathlib
 
-from look.config import Config, ConfigError
+from look.config import Config, ConfigError, without_password
+from look.errors import BackendUnavailable
+from look.imagestore import ImageStore
 from look.imagestore.disk import DiskImageStore
+from look.index import Index
 from look.index.journal import JournalIndex
 from look.library import Library
+
+log = logging.getLogger(__name__)
+
+# Every library opened in this process, for close_all (gunicorn's worker_exit).
+_libraries: list[Library] = []
 
 
 def open_library(config: Config) -> Library:
     """Build and open the library of this configuration; raise ConfigError naming what failed."""
+    library = Library(_index(config), _images(config))
+    _open_images(config, library.images)
+    _open_index(config, library.index)
+    _libraries.append(library)
+    return library
+
+
+def _index(config: Config) -> Index:
+    if config.index_url:
+        from look.index.postgres import PostgresIndex
+
+        return PostgresIndex(config.index_url, pool_size=config.index_pool_size)
+    return JournalIndex(pathlib.Path(config.storage_path))
+
+
+def _images(config: Config) -> ImageStore:
     storage_path = pathlib.Path(config.storage_path)
-    library = Library(JournalIndex(storage_path), DiskImageStore(storage_path))
+    if config.images_url:
+        from look.imagestore.originals import OriginalsCache
+        from look.imagestore.s3 import S3ImageStore
+
+        return S3ImageStore(
+            config.images_url,
+            options=config.s3_options,
+            originals=OriginalsCache(storage_path / 'originals', config.originals_cache_bytes),
+        )
+    return DiskImageStore(storage_path)
+
+
+def _open_images(config: Config, images: ImageStore) -> None:
     try:
-        library.open()
+        images.open()
     except OSError as ex:
         raise ConfigError(f'LOOK_STORAGE_PATH {config.storage_path} cannot be used: {ex}') from ex
-    return library
+    except BackendUnavailable as ex:
+        raise ConfigError(
+            f'LOOK_IMAGES_URL {config.images_url} cannot be used: {ex} (the endpoint, '
+            'credentials and region come from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, '
+            'AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION)'
+        ) from ex
+
+
+def _open_index(config: Config, index: Index) -> None:
+    try:
+        index.open()
+    except OSError as ex:
+        raise ConfigError(f'LOOK_STORAGE_PATH {config.storage_path} cannot be used: {ex}') from ex
+    except BackendUnavailable as ex:
+        raise ConfigError(
+            f'LOOK_INDEX_URL {without_password(config.index_url)} cannot be used: {ex}'
+        ) from ex
 
 
 def is_local(library: Library) -> bool:
     """Whether index and images are this host's own files (and start-up may quarantine)."""
     return isinstance(library.index, JournalIndex) and isinstance(library.images, DiskImageStore)
+
+
+def close_all() -> None:
+    """Close every library of this process: its connection pools and clients."""
+    while _libraries:
+        _libraries.pop().close()
