@@ -1,8 +1,15 @@
-"""Shared fixtures for the in-process tests: configs, apps and clients on fresh storage."""
+"""Shared fixtures for the in-process tests: configs, apps and clients on fresh storage.
+
+A module or test marked ``@pytest.mark.backends('local', 'shared')`` runs once
+per backend: ``local`` keeps images and index under the storage path (the
+default), ``shared`` keeps them in this run's SeaweedFS and PostgreSQL, each
+Config on a bucket prefix and a schema of its own.
+"""
 
 from __future__ import annotations
 
 import itertools
+import os
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -11,19 +18,45 @@ import fakeredis
 import falcon.testing
 import pytest
 
-from look import thumbnailer
+from look import backends, thumbnailer
 from look.app import create_app
 from look.config import Config
+
+from servers import postgres_fixture, seaweed_fixture  # noqa: F401
 
 MakeConfig = Callable[..., Config]
 MakeClient = Callable[..., falcon.testing.TestClient]
 
 
+BACKENDS = ('local', 'shared')
+SHARED_BUCKET = 'look-tests'
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Run a test once per backend its ``backends`` marker names (the closest one wins)."""
+    marker = metafunc.definition.get_closest_marker('backends')
+    if marker is None or 'backend' not in metafunc.fixturenames:
+        return
+    names = marker.args
+    unknown = set(names) - set(BACKENDS)
+    if unknown or not names:
+        raise pytest.UsageError(f'backends() takes names from {BACKENDS}, got {names}')
+    if names != ('local',):
+        metafunc.parametrize('backend', names, indirect=True)
+
+
 @pytest.fixture(autouse=True)
 def _stop_pools() -> Iterator[None]:
-    """Stop every thumbnailer pool a test started, so no pool process outlives it."""
+    """Stop every thumbnailer pool and close every library a test opened."""
     yield
     thumbnailer.close_all()
+    backends.close_all()
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """Name the backend this test runs on: local unless its marker says otherwise."""
+    return str(getattr(request, 'param', 'local'))
 
 
 @pytest.fixture
@@ -37,13 +70,33 @@ def fake_redis_server() -> fakeredis.FakeServer:
 
 
 @pytest.fixture
-def make_config(tmp_path: pathlib.Path, fake_redis_server: fakeredis.FakeServer) -> MakeConfig:
+def make_config(
+    request: pytest.FixtureRequest,
+    backend: str,
+    tmp_path: pathlib.Path,
+    fake_redis_server: fakeredis.FakeServer,
+) -> MakeConfig:
     """Return a factory of Configs on fresh storage, with fake Redis and a small pool.
 
     The process environment is not read, so a LOOK_* variable set in the
-    shell cannot change what a test sees.
+    shell cannot change what a test sees. On the shared backend, a Config
+    made with the ``storage_path`` of an earlier one shares its bucket
+    prefix and schema too: the same store, as another worker or host sees it.
     """
     numbers = itertools.count()
+    shared: dict[pathlib.Path, dict[str, Any]] = {}
+
+    def shared_settings(storage_path: pathlib.Path) -> dict[str, Any]:
+        if storage_path not in shared:
+            seaweed = request.getfixturevalue('seaweed')
+            postgres = request.getfixturevalue('postgres')
+            name = f't{os.urandom(6).hex()}'
+            shared[storage_path] = {
+                'images_url': f's3://{SHARED_BUCKET}/{name}',
+                'index_url': postgres.create_schema(name),
+                's3_options': seaweed.options,
+            }
+        return shared[storage_path]
 
     def make(**overrides: Any) -> Config:
         settings: dict[str, Any] = {
@@ -53,6 +106,8 @@ def make_config(tmp_path: pathlib.Path, fake_redis_server: fakeredis.FakeServer)
             'processes': 2,
         }
         settings.update(overrides)
+        if backend == 'shared':
+            settings = {**shared_settings(pathlib.Path(settings['storage_path'])), **settings}
         return Config(environ={}, **settings)
 
     return make

@@ -19,9 +19,11 @@ import pathlib
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -338,6 +340,293 @@ class RedisServer(_Server):
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
+# -- SeaweedFS and PostgreSQL ------------------------------------------------------
+
+S3_ACCESS_KEY = 'look-test'
+S3_SECRET_KEY = 'look-test-secret'
+
+
+class SeaweedServer(_Server):
+    """A private SeaweedFS (``weed server -s3``) on free ports, in its own temp dir.
+
+    Master, volume, filer and S3 gateway in one process; one identity with
+    the access key ``S3_ACCESS_KEY``. ``stop()`` and ``start()`` again keep
+    its data and ports, as a store that was down and is back.
+    """
+
+    def __init__(self) -> None:
+        self.executable = require_executable('weed')
+        self.directory = pathlib.Path(tempfile.mkdtemp(prefix='look-weed-'))
+        self.log_path = self.directory / 'weed.log'
+        self.ports = [free_port() for _ in range(8)]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint_url(self) -> str:
+        """The S3 endpoint (AWS_ENDPOINT_URL_S3)."""
+        return f'http://127.0.0.1:{self.ports[6]}'
+
+    @property
+    def environ(self) -> dict[str, str]:
+        """The AWS_* variables that point look (or any AWS tool) at this server."""
+        return {
+            'AWS_ENDPOINT_URL_S3': self.endpoint_url,
+            'AWS_ACCESS_KEY_ID': S3_ACCESS_KEY,
+            'AWS_SECRET_ACCESS_KEY': S3_SECRET_KEY,
+            'AWS_DEFAULT_REGION': 'us-east-1',
+        }
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The same settings as Config.s3_options holds them."""
+        return {
+            'endpoint_url': self.endpoint_url,
+            'aws_access_key_id': S3_ACCESS_KEY,
+            'aws_secret_access_key': S3_SECRET_KEY,
+            'region_name': 'us-east-1',
+        }
+
+    def client(self) -> Any:
+        """Return a boto3 client of this server, to look behind look's back."""
+        import boto3
+        import botocore.config
+
+        config = botocore.config.Config(s3={'addressing_style': 'path'})
+        return boto3.session.Session().client('s3', config=config, **self.options)
+
+    def start(self) -> None:
+        """Start weed and wait until its S3 gateway answers."""
+        identities = {
+            'identities': [
+                {
+                    'name': 'look',
+                    'credentials': [{'accessKey': S3_ACCESS_KEY, 'secretKey': S3_SECRET_KEY}],
+                    'actions': ['Admin', 'Read', 'Write', 'List', 'Tagging'],
+                }
+            ]
+        }
+        config_path = self.directory / 's3.json'
+        config_path.write_text(json.dumps(identities))
+        data = self.directory / 'data'
+        data.mkdir(exist_ok=True)
+        master, master_grpc, volume, volume_grpc, filer, filer_grpc, s3, s3_grpc = self.ports
+        argv = [
+            self.executable,
+            'server',
+            f'-dir={data}',
+            '-ip=127.0.0.1',
+            '-ip.bind=127.0.0.1',
+            f'-master.port={master}',
+            f'-master.port.grpc={master_grpc}',
+            '-master.volumeSizeLimitMB=64',
+            f'-volume.port={volume}',
+            f'-volume.port.grpc={volume_grpc}',
+            '-volume.max=0',
+            '-filer',
+            f'-filer.port={filer}',
+            f'-filer.port.grpc={filer_grpc}',
+            f'-filer.localSocket={self.directory}/filer.sock',
+            '-s3',
+            f'-s3.port={s3}',
+            f'-s3.port.grpc={s3_grpc}',
+            '-s3.port.iceberg=0',
+            '-s3.port.lance=0',
+            f'-s3.localSocket={self.directory}/s3.sock',
+            f'-s3.config={config_path}',
+        ]
+        with open(self.log_path, 'ab') as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=self.directory,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if not wait_until(self.answers, START_TIMEOUT, interval=0.1):
+            self.stop()
+            pytest.fail(f'weed did not answer on {self.endpoint_url}:\n{_tail(self.log_path)}')
+
+    def answers(self) -> bool:
+        """Return whether the S3 gateway answers a request and its volumes take writes."""
+        if self.process is None or self.process.poll() is not None:
+            return False
+        try:
+            # NOTE: S3 answers 403 to an unsigned request as soon as it runs.
+            return get(f'{self.endpoint_url}/').status == 403 and self._writable()
+        except OSError:
+            return False
+
+    def _writable(self) -> bool:
+        try:
+            status = json.loads(get(f'http://127.0.0.1:{self.ports[0]}/dir/status').body)
+        except (OSError, ValueError):
+            return False
+        return bool(status.get('Topology', {}).get('DataCenters'))
+
+    @property
+    def running(self) -> bool:
+        """Whether the process has been started and not yet exited."""
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """Kill weed, as a crash would (its graceful stop takes over 10 s); its data stays."""
+        process = self.process
+        if process is None or process.poll() is not None:
+            return
+        process.kill()
+        process.wait()
+
+    def close(self) -> None:
+        """Stop weed and remove its directory."""
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+POSTGRES_URL = os.environ.get('LOOK_TEST_POSTGRES_URL', 'postgresql://postgres@127.0.0.1:5432')
+
+
+class PostgresDatabase(_Server):
+    """A database of its own on the machine's PostgreSQL, created on start, dropped on close.
+
+    The server is not ours to start: without one, tests skip (fail under CI=true).
+    """
+
+    def __init__(self, server_url: str = POSTGRES_URL) -> None:
+        self.server_url = server_url.rstrip('/')
+        self.name = f'look_test_{os.getpid()}_{os.urandom(4).hex()}'
+        self._created = False
+
+    @property
+    def url(self) -> str:
+        """The LOOK_INDEX_URL of this database."""
+        return f'{self.server_url}/{self.name}'
+
+    def schema_url(self, schema: str) -> str:
+        """Return a LOOK_INDEX_URL whose tables live in ``schema`` of this database."""
+        return f'{self.url}?options=-csearch_path%3D{schema}'
+
+    def _admin(self) -> Any:
+        import psycopg
+
+        return psycopg.connect(f'{self.server_url}/postgres', autocommit=True, connect_timeout=5)
+
+    def start(self) -> None:
+        """Create the database; skip, or fail under CI=true, if PostgreSQL cannot be reached."""
+        import psycopg
+
+        try:
+            with self._admin() as connection:
+                connection.execute(f'CREATE DATABASE {self.name}')
+        except psycopg.OperationalError as ex:
+            message = f'PostgreSQL at {self.server_url} cannot be reached: {ex}'
+            if os.environ.get('CI', '').lower() == 'true':
+                pytest.fail(f'{message}, and CI=true needs these tests to run')
+            pytest.skip(message)
+        self._created = True
+
+    def connect(self) -> Any:
+        """Return a connection to this database (autocommit), to look behind look's back."""
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+    def create_schema(self, schema: str) -> str:
+        """Create an empty schema; return the LOOK_INDEX_URL that uses it."""
+        with self.connect() as connection:
+            connection.execute(f'CREATE SCHEMA {schema}')
+        return self.schema_url(schema)
+
+    def close(self) -> None:
+        """Drop the database, closing whatever connections are left on it."""
+        if not self._created:
+            return
+        self._created = False
+        with self._admin() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS {self.name} WITH (FORCE)')
+
+
+class TcpProxy(_Server):
+    """Forward a free port on 127.0.0.1 to ``target``; ``cut()`` makes the target unreachable.
+
+    While cut, open connections are reset and new ones refused, as when the
+    server behind it is down; ``mend()`` lets connections through again.
+    """
+
+    def __init__(self, target_host: str, target_port: int) -> None:
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def start(self) -> None:
+        """Listen and forward."""
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(('127.0.0.1', self.port))
+        listener.listen(64)
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return  # closed by cut()
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            with self._lock:
+                if self._listener is not listener:  # cut meanwhile
+                    client.close()
+                    upstream.close()
+                    return
+                self._open.update((client, upstream))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                self._open.discard(source)
+            source.close()
+
+    def cut(self) -> None:
+        """Refuse new connections and reset the open ones."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()
+        with self._lock:
+            sockets, self._open = self._open, set()
+        for sock in sockets:
+            with contextlib.suppress(OSError):
+                # SO_LINGER 0: close() sends a reset, as a crashed server's host would.
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
+                sock.close()
+
+    def mend(self) -> None:
+        """Accept and forward connections again, on the same port."""
+        if self._listener is None:
+            self.start()
+
+    def close(self) -> None:
+        """Stop forwarding for good."""
+        self.cut()
+
+
 # -- gunicorn -------------------------------------------------------------------
 
 
@@ -580,6 +869,20 @@ def redis_server_fixture() -> Iterator[RedisServer]:
     """A fresh redis-server for one test; tests may kill and restart it."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope='session', name='seaweed')
+def seaweed_fixture() -> Iterator[SeaweedServer]:
+    """One SeaweedFS for the whole run; tests keep apart by bucket prefix, never stop it."""
+    with SeaweedServer() as server:
+        yield server
+
+
+@pytest.fixture(scope='session', name='postgres')
+def postgres_fixture() -> Iterator[PostgresDatabase]:
+    """One database of this run's own, dropped at the end; tests keep apart by schema."""
+    with PostgresDatabase() as database:
+        yield database
 
 
 @pytest.fixture(scope='module', name='gunicorn')

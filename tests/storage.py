@@ -1,16 +1,33 @@
-"""What a local store holds on disk, read behind look's back, for tests that find nothing left."""
+"""What a store holds, read behind look's back, for tests that find nothing left.
+
+Most helpers read a local store's files; those that take a Config read
+either backend: the files under its storage path, or its bucket prefix
+and index schema.
+"""
 
 from __future__ import annotations
 
 import os
 import pathlib
+from typing import Any
 
+from look.config import Config
+from look.imagestore.s3 import parse_images_url
 from look.index.journal import decode_line
 
 
-def storage_state(root: pathlib.Path) -> tuple[list[str], bytes]:
-    """Return every name in images/ and spool/ (temp files too), and the index bytes."""
-    root = pathlib.Path(root)
+def storage_state(where: pathlib.Path | Config) -> tuple[list[str], bytes]:
+    """Return every name in images/ and spool/ (temp files too), and the index bytes.
+
+    For a Config on the shared backends: every object key under its prefix
+    and every name in its spool and originals directories, and the index
+    rows (tombstones too).
+    """
+    if isinstance(where, Config):
+        if where.images_url:
+            return _shared_state(where)
+        where = where.storage_path
+    root = pathlib.Path(where)
     names = sorted(os.listdir(root / 'images'))
     spool = root / 'spool'
     if spool.is_dir():
@@ -55,3 +72,85 @@ def image_files(root: pathlib.Path) -> set[str]:
         for name in os.listdir(pathlib.Path(root) / 'images')
         if name.endswith('.jpeg') and not name.startswith('.')
     }
+
+
+# -- either backend ------------------------------------------------------------
+
+
+def s3_client(config: Config) -> Any:
+    """Return a boto3 client of the object store a Config uses."""
+    import boto3
+    import botocore.config
+
+    settings = botocore.config.Config(s3={'addressing_style': 'path'})
+    return boto3.session.Session().client('s3', config=settings, **config.s3_options)
+
+
+def _keys(config: Config) -> list[str]:
+    bucket, prefix = parse_images_url(config.images_url)
+    client = s3_client(config)
+    try:
+        pages = client.get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=prefix)
+        return sorted(item['Key'] for page in pages for item in page.get('Contents', ()))
+    finally:
+        client.close()
+
+
+def _index_rows(config: Config) -> list[tuple[Any, ...]]:
+    import psycopg
+
+    with psycopg.connect(config.index_url) as connection:
+        return connection.execute(
+            'SELECT seq, id::text, modified, width, height, length, token_hash, deleted_at '
+            'FROM look_images ORDER BY seq'
+        ).fetchall()
+
+
+def _shared_state(config: Config) -> tuple[list[str], bytes]:
+    names = [f's3:{key}' for key in _keys(config)]
+    for directory in ('spool', 'originals'):
+        path = pathlib.Path(config.storage_path) / directory
+        if path.is_dir():
+            names += sorted(f'{directory}/{name}' for name in os.listdir(path))
+    return names, repr(_index_rows(config)).encode()
+
+
+def stored_jpeg(config: Config, image_id: str) -> bytes:
+    """Return the stored JPEG of an image, from the store itself (not a cache)."""
+    if not config.images_url:
+        return (pathlib.Path(config.storage_path) / 'images' / f'{image_id}.jpeg').read_bytes()
+    bucket, prefix = parse_images_url(config.images_url)
+    client = s3_client(config)
+    try:
+        return bytes(
+            client.get_object(Bucket=bucket, Key=f'{prefix}images/{image_id}.jpeg')['Body'].read()
+        )
+    finally:
+        client.close()
+
+
+def stored_ids(config: Config) -> set[str]:
+    """Return the ids of the JPEGs in the store."""
+    if not config.images_url:
+        return image_files(config.storage_path)
+    _, prefix = parse_images_url(config.images_url)
+    return {
+        key.removeprefix(f'{prefix}images/').removesuffix('.jpeg')
+        for key in _keys(config)
+        if key.startswith(f'{prefix}images/')
+    }
+
+
+def remove_jpeg(config: Config, image_id: str) -> None:
+    """Remove an image's JPEG behind look's back: its file, or its object and cached copies."""
+    if not config.images_url:
+        (pathlib.Path(config.storage_path) / 'images' / f'{image_id}.jpeg').unlink()
+        return
+    bucket, prefix = parse_images_url(config.images_url)
+    client = s3_client(config)
+    try:
+        client.delete_object(Bucket=bucket, Key=f'{prefix}images/{image_id}.jpeg')
+    finally:
+        client.close()
+    cached = pathlib.Path(config.storage_path) / 'originals' / f'{image_id}.jpeg'
+    cached.unlink(missing_ok=True)

@@ -17,6 +17,8 @@ from look.config import Config
 
 from imagegen import image_bytes
 
+pytestmark = pytest.mark.backends('local', 'shared')
+
 MakeClient = Callable[..., TestClient]
 MakeConfig = Callable[..., Config]
 SOME_ID = '00000000-0000-0000-0000-000000000001'

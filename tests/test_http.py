@@ -4,8 +4,6 @@ HEAD, DELETE, pagination, health and the web's upload forms."""
 from __future__ import annotations
 
 import io
-import os
-import pathlib
 import urllib.parse
 
 import falcon
@@ -18,6 +16,9 @@ from look.app import create_app
 from look.conditional import IMMUTABLE
 
 from imagegen import image_bytes
+from storage import stored_ids
+
+pytestmark = pytest.mark.backends('local', 'shared')
 
 
 def upload(client: falcon.testing.TestClient, seed: int = 0, size=(640, 360)) -> dict:
@@ -174,8 +175,7 @@ def test_delete_removes_image_thumbnails_listing_and_file(make_config):
         assert gone.status_code == 404, 'a cached thumbnail outlived its image'
         assert gone.json['title']
     assert [listed['id'] for listed in client.simulate_get('/images').json] == [kept['id']]
-    files = os.listdir(pathlib.Path(config.storage_path) / 'images')
-    assert files == [f'{kept["id"]}.jpeg']
+    assert stored_ids(config) == {kept['id']}
 
 
 def test_delete_of_an_unknown_or_deleted_image_is_404(client):
@@ -284,6 +284,7 @@ def test_health_says_disabled_without_a_cache(make_client):
     assert result.json['cache'] == {'status': 'disabled'}
 
 
+@pytest.mark.backends('local')
 def test_health_is_503_when_storage_cannot_be_written(make_client, tmp_path):
     """The storage volume went away: a file now sits where the images directory was."""
     client = make_client(redis_url='', storage_path=tmp_path / 'volume')

@@ -1,4 +1,7 @@
-"""The HTTP API as a user of ``create_app(config)`` sees it, through Falcon's TestClient."""
+"""The HTTP API as a user of ``create_app(config)`` sees it, through Falcon's TestClient.
+
+Every test runs on both backends, but those about the local disk itself.
+"""
 
 from __future__ import annotations
 
@@ -21,7 +24,9 @@ from look.index.journal import decode_line
 
 import imagegen
 from imagegen import encode, image_bytes, solid
-from storage import storage_state
+from storage import storage_state, stored_jpeg
+
+pytestmark = pytest.mark.backends('local', 'shared')
 
 MakeClient = Callable[..., TestClient]
 UPLOAD = image_bytes('PNG', size=(640, 360))
@@ -207,7 +212,7 @@ def test_download_returns_the_stored_bytes(client: TestClient, config: Config) -
 
     response = client.simulate_get(upload['image'])
 
-    stored = pathlib.Path(config.storage_path, 'images', f'{upload["id"]}.jpeg').read_bytes()
+    stored = stored_jpeg(config, upload['id'])
     assert response.status_code == 200
     assert response.headers['Content-Type'] == 'image/jpeg'
     assert response.headers['Content-Length'] == str(len(stored))
@@ -254,6 +259,7 @@ def test_listed_thumbnails_have_exactly_their_size(client: TestClient) -> None:
         assert decode(response.content).size == (width, height)
 
 
+@pytest.mark.backends('local')  # routing: the same on any backend
 @pytest.mark.parametrize(
     'size',
     [
@@ -280,6 +286,7 @@ def test_unlisted_thumbnail_size_is_404(client: TestClient, size: str) -> None:
     assert set(response.json) == {'title', 'description'}
 
 
+@pytest.mark.backends('local')  # routing: the same on any backend
 @pytest.mark.parametrize(
     'spelling',
     [
@@ -375,7 +382,7 @@ def test_failed_upload_leaves_storage_unchanged(
     assert (
         client.simulate_post('/images', body=image_bytes('PNG', size=(30, 30))).status_code == 201
     )
-    before = storage_state(config.storage_path)
+    before = storage_state(config)
     kwargs = dict(request_kwargs)
     if isinstance(kwargs['body'], tuple):
         kwargs['body'], kwargs['content_type'] = kwargs['body']
@@ -384,7 +391,7 @@ def test_failed_upload_leaves_storage_unchanged(
 
     assert response.status_code == status
     assert set(response.json) == {'title', 'description'}
-    assert storage_state(config.storage_path) == before
+    assert storage_state(config) == before
     assert len(client.simulate_get('/images').json) == 1
 
 
@@ -400,6 +407,7 @@ def fail_fsyncs(monkeypatch: pytest.MonkeyPatch, fails: Callable[[int], bool]) -
     monkeypatch.setattr(os, 'fsync', fsync)
 
 
+@pytest.mark.backends('local')
 def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
     make_client: MakeClient, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -407,7 +415,7 @@ def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
     config = make_config()
     client = make_client(config)
     assert client.simulate_post('/images', body=UPLOAD).status_code == 201
-    before = storage_state(config.storage_path)
+    before = storage_state(config)
     spool_dir = pathlib.Path(config.storage_path) / 'spool'
     fail_fsyncs(
         monkeypatch,
@@ -417,10 +425,11 @@ def test_disk_error_syncing_the_jpeg_is_507_and_leaves_nothing(
 
     assert response.status_code == 507
     assert 'Input/output error' in response.json['description']
-    assert storage_state(config.storage_path) == before
+    assert storage_state(config) == before
     assert len(client.simulate_get('/images').json) == 1
 
 
+@pytest.mark.backends('local')
 def test_disk_error_syncing_the_index_line_is_507_and_the_line_is_undone(
     make_client: MakeClient, make_config: Callable[..., Config], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -428,14 +437,14 @@ def test_disk_error_syncing_the_index_line_is_507_and_the_line_is_undone(
     config = make_config()
     client = make_client(config)
     assert client.simulate_post('/images', body=UPLOAD).status_code == 201
-    names_before, index_before = storage_state(config.storage_path)
+    names_before, index_before = storage_state(config)
     index = pathlib.Path(config.storage_path) / 'index.jsonl'
     fail_fsyncs(monkeypatch, lambda fd: os.fstat(fd).st_ino == os.stat(index).st_ino)
     response = client.simulate_post('/images', body=UPLOAD)
 
     assert response.status_code == 507
     assert set(response.json) == {'title', 'description'}
-    names, index_after = storage_state(config.storage_path)
+    names, index_after = storage_state(config)
     assert names == names_before
     added, undone = (decode_line(line) for line in index_after[len(index_before) :].splitlines())
     assert (added['op'], undone) == ('add', {'op': 'delete', 'id': added['id']})
@@ -448,13 +457,13 @@ def test_side_no_jpeg_can_have_is_413_and_leaves_nothing(
     """140 000 pixels is within the pixel limit, but 70 000 pixels is no JPEG side."""
     config = make_config()
     client = make_client(config)
-    before = storage_state(config.storage_path)
+    before = storage_state(config)
 
     response = client.simulate_post('/images', body=image_bytes('PNG', size=(70_000, 2)))
 
     assert response.status_code == 413
     assert '65500' in response.json['description']
-    assert storage_state(config.storage_path) == before
+    assert storage_state(config) == before
 
 
 def test_chunked_upload_over_the_limit_is_413(
@@ -463,12 +472,12 @@ def test_chunked_upload_over_the_limit_is_413(
     """Without a Content-Length the limit is enforced while reading."""
     config = make_config(max_upload_bytes=LIMIT)
     client = make_client(config)
-    before = storage_state(config.storage_path)
+    before = storage_state(config)
 
     response = post_chunked(client, TOO_BIG)
 
     assert response.status_code == 413
-    assert storage_state(config.storage_path) == before
+    assert storage_state(config) == before
 
 
 class CountingBody(io.BytesIO):
@@ -490,7 +499,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
     """A client announcing a huge body is answered at once, not after sending it all."""
     config = make_config(max_upload_bytes=LIMIT)
     client = make_client(config)
-    before = storage_state(config.storage_path)
+    before = storage_state(config)
     body = CountingBody(TOO_BIG)
 
     response = client.simulate_post(
@@ -499,7 +508,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
 
     assert response.status_code == 413
     assert body.bytes_read == 0
-    assert storage_state(config.storage_path) == before
+    assert storage_state(config) == before
 
 
 @pytest.mark.parametrize(
@@ -514,10 +523,10 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
     ],
 )
 def test_other_methods_are_405(client: TestClient, config: Config, method: str, path: str) -> None:
-    before = storage_state(config.storage_path)
+    before = storage_state(config)
 
     response = client.simulate_request(method, path, body=SMALL)
 
     assert response.status_code == 405
     assert 'Allow' in response.headers
-    assert storage_state(config.storage_path) == before
+    assert storage_state(config) == before
