@@ -1,8 +1,8 @@
-"""The command line: ``python -m look check [--repair]``.
+"""The command line: ``python -m look check [--repair]`` and ``python -m look migrate``.
 
-It reads the same environment as the service (LOOK_STORAGE_PATH, ...), so
-it looks at the store the service uses, and it is safe to run while the
-service runs.
+It reads the same environment as the service (LOOK_STORAGE_PATH,
+LOOK_INDEX_URL, LOOK_IMAGES_URL, ...), so it looks at the store the service
+uses, and it is safe to run while the service runs.
 """
 
 from __future__ import annotations
@@ -10,12 +10,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
-from look import check
+from look import check, migrate
 from look.backends import open_library
-from look.config import Config, ConfigError
+from look.config import Config, ConfigError, without_password
+from look.index.journal import JournalIndex
+from look.index.postgres import PostgresIndex
 from look.thumbnailer import stored_size
 
 
@@ -71,6 +74,58 @@ def _check(arguments: argparse.Namespace) -> int:
         library.close()
 
 
+def _migrate(arguments: argparse.Namespace) -> int:
+    source_config = Config()
+    if source_config.index_url or source_config.images_url:
+        raise ConfigError(
+            'migrate moves the local store of LOOK_STORAGE_PATH: unset LOOK_INDEX_URL and '
+            'LOOK_IMAGES_URL, and name the targets with --to-index and --to-images'
+        )
+    # NOTE: the targets are read as the service reads them, so they are checked alike;
+    #   no originals are kept on this host: they are all here already.
+    target_config = Config(
+        environ={
+            **os.environ,
+            'LOOK_INDEX_URL': arguments.to_index,
+            'LOOK_IMAGES_URL': arguments.to_images or '',
+            'LOOK_ORIGINALS_CACHE_BYTES': '0',
+        }
+    )
+    source = open_library(source_config)
+    target = open_library(target_config)
+    try:
+        if not isinstance(source.index, JournalIndex) or not isinstance(
+            target.index, PostgresIndex
+        ):
+            raise ConfigError('migrate moves a local store into PostgreSQL (and S3)')
+        where = target_config.images_url or f'{source_config.storage_path} (staying there)'
+        print(
+            f'moving {source_config.storage_path} to {where} and '
+            f'{without_password(target_config.index_url)}'
+        )
+        moved = migrate.migrate(
+            source.index,
+            source.images,
+            to_index=target.index,
+            to_images=target.images if target_config.images_url else None,
+            report=lambda line: print(f'  {line}', flush=True),
+        )
+        listed, expected = target.index.count(), source.index.count()
+        print(
+            f'done: {moved.images} images and {moved.tombstones} deleted ids moved, '
+            f'{moved.copied} JPEGs copied, {moved.present} there already; the index lists '
+            f'{listed} images, the local store {expected}'
+        )
+        for failure in moved.failed:
+            print(f'  could not move {failure}')
+        if moved.failed:
+            return 1
+        return 0
+    finally:
+        target.close()
+        source.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; return the exit status."""
     parser = argparse.ArgumentParser(prog='python -m look', description=__doc__.split('\n')[0])
@@ -87,6 +142,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help='leave JPEGs younger than this: they may be uploads in progress (%(default)gs)',
     )
     checking.set_defaults(run=_check)
+    moving = commands.add_parser(
+        'migrate',
+        help='copy the local store into PostgreSQL and an object store (safe to run again)',
+    )
+    moving.add_argument(
+        '--to-index', required=True, metavar='URL', help='postgresql://... (LOOK_INDEX_URL)'
+    )
+    moving.add_argument(
+        '--to-images',
+        metavar='URL',
+        help='s3://BUCKET[/PREFIX] (LOOK_IMAGES_URL); without it the JPEGs stay where they are',
+    )
+    moving.set_defaults(run=_migrate)
     arguments = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format='%(levelname)s %(message)s')
     try:

@@ -216,6 +216,13 @@ class JournalIndex:
         self._refresh()
         return len(self._images)
 
+    def history(self) -> list[tuple[str, StoredImage | None]]:
+        """Return every id ever committed, in order, with its image (None once deleted)."""
+        self._refresh()
+        with self._view_lock:
+            in_order = sorted(self._seq, key=self._seq.__getitem__)
+            return [(image_id, self._images.get(image_id)) for image_id in in_order]
+
     def problems(self) -> list[str]:
         """Return the damaged lines found so far (the first few) and how many there were."""
         self._refresh()
