@@ -104,6 +104,10 @@ class BackendUnavailable(LookError):
     retry_after = 5
 
 
+class BackendUnreachable(BackendUnavailable):
+    """The index or the image store could not be reached at all: nothing was written there."""
+
+
 # The errors of a disk that cannot take a write, as opposed to a bug.
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 
-from look.errors import ImageNotFound
+from look.errors import BackendUnreachable, ImageNotFound
 from look.imagestore import Finished, ImageStore, Original
 from look.index import Index, StoredImage
 
@@ -40,12 +40,13 @@ class Library:
         self.images.put(image.id, jpeg)
         try:
             self.index.add(image)
-        except BaseException:
+        except BaseException as ex:
             # NOTE: an entry that could not be taken back stands (for every
             #   worker), and keeps its JPEG; one the index cannot even be
-            #   asked about keeps it too, for a check to settle.
+            #   asked about keeps it too, for a check to settle, unless the
+            #   index was never reached.
             with contextlib.suppress(Exception):
-                if not self._lists(image.id):
+                if isinstance(ex, BackendUnreachable) or not self._lists(image.id):
                     self.images.delete(image.id)
             raise
 

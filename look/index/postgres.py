@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import psycopg_pool
 
-from look.errors import BackendUnavailable, ImageExists, ImageNotFound
+from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
 from look.index import StoredImage, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -61,9 +61,10 @@ def _image(row: tuple[Any, ...]) -> StoredImage:
     return StoredImage(image_id, modified, (width, height), length, token_hash)
 
 
-def _unavailable(ex: Exception) -> BackendUnavailable:
+def _unavailable(ex: Exception, *, reached: bool = True) -> BackendUnavailable:
     log.error('the index database does not answer: %s', ex)
-    return BackendUnavailable('The index database does not answer now; try again shortly.')
+    kind = BackendUnavailable if reached else BackendUnreachable
+    return kind('The index database does not answer now; try again shortly.')
 
 
 class PostgresIndex:
@@ -77,6 +78,7 @@ class PostgresIndex:
         self._lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pool_pid: int | None = None
+        self._pool_born = 0.0
 
     # -- start-up ---------------------------------------------------------
 
@@ -146,15 +148,33 @@ class PostgresIndex:
                 )
                 pool.open(wait=False)
                 self._pool, self._pool_pid = pool, os.getpid()
+                self._pool_born = time.monotonic()
             return self._pool
+
+    def _replace_pool(self, pool: psycopg_pool.ConnectionPool) -> None:
+        """Drop a pool that found no connection, so the next request connects at once.
+
+        NOTE: a pool retries a lost database with growing pauses (up to
+          minutes); a new pool tries at once. At most one pool per timeout.
+        """
+        with self._lock:
+            if self._pool is not pool or time.monotonic() - self._pool_born < self.timeout:
+                return
+            self._pool = None
+        threading.Thread(target=pool.close, name='look-index-close', daemon=True).start()
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         """Lend a pooled connection; a database that does not answer is BackendUnavailable."""
+        pool = self._current_pool()
         try:
-            with self._current_pool().connection() as connection:
+            with pool.connection() as connection:
                 yield connection
-        except (psycopg_pool.PoolTimeout, psycopg.OperationalError) as ex:
+        except psycopg_pool.PoolTimeout as ex:
+            # No connection was lent: nothing was sent, let alone committed.
+            self._replace_pool(pool)
+            raise _unavailable(ex, reached=False) from ex
+        except psycopg.OperationalError as ex:
             raise _unavailable(ex) from ex
 
     def _one(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:

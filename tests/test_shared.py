@@ -1,0 +1,338 @@
+"""The shared backends on their own: PostgreSQL start-up, the originals cache, check, outages.
+
+Real SeaweedFS and PostgreSQL; an outage is a TCP proxy in front of them
+that refuses and resets connections, as a server that went down would.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pathlib
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from falcon.testing import TestClient
+
+from look import check
+from look.__main__ import main
+from look.backends import open_library
+from look.config import Config
+from look.imagestore.originals import OriginalsCache
+from look.index.postgres import MIGRATIONS, PostgresIndex
+from look.library import Library
+
+from imagegen import image_bytes
+from servers import PostgresDatabase, SeaweedServer, TcpProxy
+from storage import remove_jpeg, storage_state, stored_ids
+
+pytestmark = pytest.mark.backends('shared')
+
+MakeClient = Callable[..., TestClient]
+MakeConfig = Callable[..., Config]
+UPLOAD = image_bytes('PNG', size=(640, 360))
+
+
+def upload(client: TestClient, seed: int = 0) -> dict[str, Any]:
+    response = client.simulate_post('/images', body=image_bytes('PNG', size=(640, 360), seed=seed))
+    assert response.status_code == 201, response.text
+    return dict(response.json)
+
+
+def fetches(library: Library) -> list[str]:
+    """Record the keys the store's client GETs from now on."""
+    keys: list[str] = []
+    client = library.images.client  # type: ignore[attr-defined]
+    client.meta.events.register(
+        'before-call.s3.GetObject', lambda params, **_: keys.append(params['url_path'])
+    )
+    return keys
+
+
+# -- PostgreSQL ---------------------------------------------------------------------
+
+
+def test_hosts_starting_at_once_create_the_schema_once(postgres: PostgresDatabase) -> None:
+    url = postgres.create_schema(f's{os.urandom(5).hex()}')
+    indexes = [PostgresIndex(url) for _ in range(4)]
+    errors: list[BaseException] = []
+
+    def open_index(index: PostgresIndex) -> None:
+        try:
+            index.open()
+        except BaseException as ex:
+            errors.append(ex)
+
+    threads = [threading.Thread(target=open_index, args=(index,)) for index in indexes]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    schema = urllib.parse.unquote(url).rsplit('=', 1)[1]
+    with postgres.connect() as connection:
+        versions = connection.execute(f'SELECT version FROM {schema}.look_schema').fetchall()
+    assert versions == [(number,) for number in range(1, len(MIGRATIONS) + 1)]
+    for index in indexes:
+        assert index.count() == 0
+        index.close()
+
+
+# -- the originals cache ------------------------------------------------------------
+
+
+def another_host(make_config: MakeConfig, config: Config, **overrides: Any) -> Config:
+    """Return a Config on the same bucket prefix and schema, with scratch space of its own."""
+    return make_config(
+        images_url=config.images_url,
+        index_url=config.index_url,
+        storage_path=pathlib.Path(config.storage_path).parent / f'host-{os.urandom(3).hex()}',
+        **overrides,
+    )
+
+
+def test_an_original_is_fetched_once_for_every_render_of_it_on_a_host(
+    make_config: MakeConfig, make_client: MakeClient
+) -> None:
+    config = make_config()
+    image = upload(make_client(config))
+    library = open_library(another_host(make_config, config))
+    fetched = fetches(library)
+    stored = library.get(image['id'])
+
+    for _ in range(3):
+        with library.local_path(stored) as path:
+            assert pathlib.Path(path).read_bytes()[:2] == b'\xff\xd8'
+
+    assert len(fetched) == 1
+    # The host that took the upload kept it: its renders fetch nothing.
+    uploader = open_library(config)
+    with uploader.local_path(stored):
+        pass
+    assert fetches(uploader) == []
+
+
+def test_without_a_cache_each_render_fetches_its_original_once(
+    make_config: MakeConfig, make_client: MakeClient
+) -> None:
+    config = make_config()
+    image = upload(make_client(config))
+    library = open_library(another_host(make_config, config, originals_cache_bytes=0))
+    fetched = fetches(library)
+
+    for _ in range(2):
+        with library.local_path(library.get(image['id'])) as path:
+            assert os.path.getsize(path) == library.get(image['id']).length
+        assert not os.path.exists(path)
+
+    assert len(fetched) == 2
+    assert os.listdir(pathlib.Path(library.images.originals.directory)) == []  # type: ignore[attr-defined]
+
+
+def test_the_cache_keeps_to_its_size_least_recently_used_out_never_one_being_read(
+    tmp_path: pathlib.Path,
+) -> None:
+    cache = OriginalsCache(tmp_path, max_bytes=2500)
+    cache.open()
+    ids = [f'00000000-0000-4000-8000-00000000000{n}' for n in range(4)]
+
+    def write(out: Any) -> None:
+        out.write(b'x' * 1000)
+
+    with cache.fill(ids[0], write), cache.fill(ids[1], write):
+        pass
+    with cache.lease(ids[0]) as path:
+        assert path is not None  # ids[0] is now used more recently than ids[1]
+    with cache.lease(ids[0]) as reading:
+        for image_id in ids[2:]:
+            with cache.fill(image_id, write):
+                pass
+        assert reading is not None and os.path.exists(reading)
+
+    kept = sorted(name for name in os.listdir(tmp_path) if name.endswith('.jpeg'))
+    assert kept == [f'{ids[0]}.jpeg', f'{ids[3]}.jpeg']
+    assert cache.size() <= 2500
+
+
+def test_a_trim_leaves_a_file_being_read_and_catches_up_once_it_is_not(
+    tmp_path: pathlib.Path,
+) -> None:
+    cache = OriginalsCache(tmp_path, max_bytes=1500)
+    cache.open()
+    first, second, third = (f'00000000-0000-4000-8000-00000000000{n}' for n in (1, 2, 3))
+    with cache.fill(first, lambda out: out.write(b'x' * 1000)) as path:
+        held = os.open(path, os.O_RDONLY)
+        fcntl.flock(held, fcntl.LOCK_SH)  # a render in another process reads it
+    try:
+        with cache.fill(second, lambda out: out.write(b'y' * 1000)):
+            pass
+        assert os.path.exists(cache.path(first))
+    finally:
+        os.close(held)
+
+    with cache.fill(third, lambda out: out.write(b'z' * 1000)):
+        pass
+
+    assert [os.path.exists(cache.path(i)) for i in (first, second, third)] == [False, False, True]
+
+
+# -- check ------------------------------------------------------------------------------
+
+
+def test_check_finds_and_repairs_what_the_backends_disagree_on(
+    make_config: MakeConfig,
+    make_client: MakeClient,
+    seaweed: SeaweedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    config = make_config()
+    client = make_client(config)
+    kept, missing, unlisted, deleted = (upload(client, seed) for seed in range(4))
+    library = open_library(config)
+    remove_jpeg(config, missing['id'])  # an object removed behind look's back
+    library.index.delete(unlisted['id'])  # stands in for an upload that died before its row
+    with library.index._connection() as connection:  # type: ignore[attr-defined]
+        connection.execute('DELETE FROM look_images WHERE id = %s', (unlisted['id'],))
+    library.index.delete(deleted['id'])  # a delete that died before removing its object
+    for variable in [name for name in os.environ if name.startswith('LOOK_')]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv('LOOK_STORAGE_PATH', str(config.storage_path))
+    monkeypatch.setenv('LOOK_INDEX_URL', config.index_url)
+    monkeypatch.setenv('LOOK_IMAGES_URL', config.images_url)
+    for variable, value in seaweed.environ.items():
+        monkeypatch.setenv(variable, value)
+
+    assert main(['check', '--grace', '0']) == 1
+
+    report = capsys.readouterr().out
+    assert 'index: 2 images; image store: 3 JPEGs' in report
+    for line in (
+        f'listed, but their JPEG is gone: 1\n  {missing["id"]}',
+        f'JPEGs the index does not list: 1\n  {unlisted["id"]}',
+        f'left behind by deletes: 1\n  {deleted["id"]}',
+    ):
+        assert line in report
+
+    assert main(['check', '--grace', '0', '--repair']) == 0
+    assert '1 entries dropped, 1 images restored, 1 leftovers removed' in capsys.readouterr().out
+
+    assert main(['check']) == 0
+    assert 'index and images agree' in capsys.readouterr().out
+    listed = {image['id'] for image in client.simulate_get('/images').json}
+    assert listed == stored_ids(config) == {kept['id'], unlisted['id']}
+
+
+def test_check_leaves_a_young_unlisted_object_alone(
+    make_config: MakeConfig, make_client: MakeClient
+) -> None:
+    """An object whose row is a moment behind it is an upload in progress, not a leftover."""
+    config = make_config()
+    image = upload(make_client(config))
+    library = open_library(config)
+    with library.index._connection() as connection:  # type: ignore[attr-defined]
+        connection.execute('DELETE FROM look_images WHERE id = %s', (image['id'],))
+
+    findings = check.inspect(library.index, library.images)
+
+    assert findings.sound
+    assert findings.objects == 1
+
+
+# -- outages --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def outages(
+    make_config: MakeConfig, seaweed: SeaweedServer, postgres: PostgresDatabase
+) -> Iterator[tuple[Config, TcpProxy, TcpProxy]]:
+    """A Config that reaches the object store and the database through proxies that can be cut."""
+    config = make_config()
+    s3_port = urllib.parse.urlsplit(seaweed.endpoint_url).port
+    pg = urllib.parse.urlsplit(postgres.server_url)
+    with (
+        TcpProxy('127.0.0.1', s3_port or 0) as store,
+        TcpProxy(pg.hostname or '127.0.0.1', pg.port or 5432) as database,
+    ):
+        config.s3_options = {**config.s3_options, 'endpoint_url': f'http://127.0.0.1:{store.port}'}
+        config.index_url = config.index_url.replace(
+            f'{pg.hostname}:{pg.port}', f'127.0.0.1:{database.port}'
+        )
+        yield config, store, database
+
+
+def assert_unavailable(response: Any) -> None:
+    assert response.status_code == 503, response.text
+    assert int(response.headers['Retry-After']) > 0
+    assert set(response.json) == {'title', 'description'}
+
+
+def test_object_store_down_is_503_and_look_recovers_by_itself(
+    outages: tuple[Config, TcpProxy, TcpProxy], make_client: MakeClient
+) -> None:
+    config, store, _ = outages
+    client = make_client(config)
+    image = upload(client)
+    cached = image['thumbnails'][0]
+    assert client.simulate_get(cached).headers['X-Look-Cache'] == 'Miss'
+    uncached = image['thumbnails'][1]
+    remove_jpeg_copy(config, image['id'])  # this host keeps no copy of it now
+    before = storage_state(config)
+
+    store.cut()
+    try:
+        assert_unavailable(client.simulate_post('/images', body=UPLOAD))
+        assert_unavailable(client.simulate_get(image['image']))
+        assert_unavailable(client.simulate_get(uncached))
+        hit = client.simulate_get(cached)
+        assert (hit.status_code, hit.headers['X-Look-Cache']) == (200, 'Hit')
+        health = client.simulate_get('/health')
+        assert health.status_code == 503
+        assert health.json['storage']['status'] == 'fail'
+        assert health.json['index']['status'] == 'ok'
+    finally:
+        store.mend()
+
+    assert storage_state(config) == before  # nothing half-stored
+    assert client.simulate_get(image['image']).status_code == 200
+    assert client.simulate_get(uncached).status_code == 200
+    upload(client, seed=1)
+    assert client.simulate_get('/health').json['status'] == 'ok'
+
+
+def remove_jpeg_copy(config: Config, image_id: str) -> None:
+    (pathlib.Path(config.storage_path) / 'originals' / f'{image_id}.jpeg').unlink()
+
+
+def test_database_down_is_503_and_look_recovers_without_a_restart(
+    outages: tuple[Config, TcpProxy, TcpProxy], make_client: MakeClient
+) -> None:
+    config, _, database = outages
+    client = make_client(config)
+    image = upload(client)
+    cached = image['thumbnails'][0]
+    client.simulate_get(cached)
+    before = stored_ids(config)
+
+    database.cut()
+    try:
+        assert_unavailable(client.simulate_get('/images'))
+        assert_unavailable(client.simulate_post('/images', body=UPLOAD))
+        assert client.simulate_get(cached).headers['X-Look-Cache'] == 'Hit'
+        health = client.simulate_get('/health')
+        assert health.status_code == 503
+        assert health.json['index']['status'] == 'fail'
+        assert health.json['storage']['status'] == 'ok'
+    finally:
+        database.mend()
+
+    listed = client.simulate_get('/images')
+    assert listed.status_code == 200, listed.text
+    assert [listed_image['id'] for listed_image in listed.json] == [image['id']]
+    # The upload refused while the index was down left no object behind.
+    assert stored_ids(config) == before
+    upload(client, seed=2)
