@@ -124,8 +124,13 @@ class S3ImageStore:
             except ClientError as ex:
                 if _error_code(ex) not in ('404', 'NoSuchBucket', 'NotFound'):
                     raise
-                client.create_bucket(Bucket=self.bucket)
-                log.info('created the bucket %s', self.bucket)
+                try:
+                    client.create_bucket(Bucket=self.bucket)
+                    log.info('created the bucket %s', self.bucket)
+                except ClientError as again:
+                    # Another host or worker created it a moment ago.
+                    if _error_code(again) != 'BucketAlreadyOwnedByYou':
+                        raise
         except (ClientError, BotoCoreError) as ex:
             raise BackendUnavailable(f'the bucket {self.bucket} cannot be used: {ex}') from ex
         finally:
