@@ -66,6 +66,12 @@ def test_reads_process_environment_by_default(monkeypatch: pytest.MonkeyPatch) -
         ('LOOK_RENDER_TIMEOUT', '2.5', 'render_timeout', 2.5),
         ('LOOK_UPLOAD_TIMEOUT', '30', 'upload_timeout', 30.0),
         ('LOOK_JPEG_QUALITY', '95', 'jpeg_quality', 95),
+        ('LOOK_INDEX_URL', 'postgresql://db/look', 'index_url', 'postgresql://db/look'),
+        ('LOOK_INDEX_URL', ' postgres://u@db:5433/x ', 'index_url', 'postgres://u@db:5433/x'),
+        ('LOOK_INDEX_URL', '', 'index_url', ''),
+        ('LOOK_ORIGINALS_CACHE_BYTES', '0', 'originals_cache_bytes', 0),
+        ('LOOK_ORIGINALS_CACHE_BYTES', '1_000_000', 'originals_cache_bytes', 1_000_000),
+        ('LOOK_INDEX_POOL_SIZE', '8', 'index_pool_size', 8),
     ],
 )
 def test_environment_variable_is_parsed(
@@ -100,6 +106,15 @@ def test_environment_variable_is_parsed(
         ('LOOK_UPLOAD_TIMEOUT', '-1'),
         ('LOOK_JPEG_QUALITY', '0'),
         ('LOOK_JPEG_QUALITY', '96'),
+        ('LOOK_INDEX_URL', 'mysql://db/look'),
+        ('LOOK_INDEX_URL', 'postgresql://db/look?sslmode=sometimes&=x'),
+        ('LOOK_IMAGES_URL', 'https://bucket.example.com/look'),
+        ('LOOK_IMAGES_URL', 's3://'),
+        ('LOOK_IMAGES_URL', 's3://Bucket_Name/x'),
+        ('LOOK_IMAGES_URL', 's3://bucket/x?versionId=1'),
+        ('LOOK_ORIGINALS_CACHE_BYTES', '-1'),
+        ('LOOK_ORIGINALS_CACHE_BYTES', '1GB'),
+        ('LOOK_INDEX_POOL_SIZE', '0'),
     ],
 )
 def test_bad_value_names_the_variable(variable: str, value: str) -> None:
@@ -126,6 +141,80 @@ def test_timeouts_must_be_usable_as_timeouts(variable: str, value: str) -> None:
     """A timeout nothing can wait for would make every upload a 500 (OverflowError)."""
     with pytest.raises(ConfigError, match=variable):
         Config(environ={variable: value})
+
+
+def test_images_in_an_object_store_need_a_shared_index() -> None:
+    with pytest.raises(ConfigError, match='LOOK_IMAGES_URL needs LOOK_INDEX_URL'):
+        Config(environ={'LOOK_IMAGES_URL': 's3://look-images'})
+
+
+def test_the_object_store_and_its_index_are_read_together() -> None:
+    config = Config(
+        environ={
+            'LOOK_IMAGES_URL': 's3://look-images/prod/',
+            'LOOK_INDEX_URL': 'postgresql://look@db/look',
+            'AWS_ENDPOINT_URL': 'http://any:9000',
+            'AWS_ENDPOINT_URL_S3': 'http://s3:9000',
+            'AWS_ACCESS_KEY_ID': 'id',
+            'AWS_SECRET_ACCESS_KEY': 'secret',
+            'AWS_DEFAULT_REGION': 'eu-west-1',
+        }
+    )
+
+    assert config.images_url == 's3://look-images/prod/'
+    assert config.s3_options == {
+        'endpoint_url': 'http://s3:9000',
+        'aws_access_key_id': 'id',
+        'aws_secret_access_key': 'secret',
+        'region_name': 'eu-west-1',
+    }
+
+
+def test_an_index_alone_is_shared_and_images_stay_on_the_storage_path() -> None:
+    config = Config(environ={'LOOK_INDEX_URL': 'postgresql://db/look'})
+
+    assert (config.index_url, config.images_url) == ('postgresql://db/look', '')
+
+
+def test_repr_shows_no_password_or_secret() -> None:
+    config = Config(
+        environ={
+            'LOOK_INDEX_URL': 'postgresql://look:hunter2@db/look',
+            'AWS_SECRET_ACCESS_KEY': 'wJalrXUtnFEMI',
+            'AWS_ACCESS_KEY_ID': 'AKIDEXAMPLE',
+        }
+    )
+
+    text = repr(config)
+
+    assert 'hunter2' not in text and 'wJalrXUtnFEMI' not in text
+    assert 'postgresql://look:***@db/look' in text
+
+
+@pytest.mark.parametrize(
+    ('variable', 'url'),
+    [
+        ('LOOK_INDEX_URL', 'postgresql://postgres@127.0.0.1:1/look'),
+        ('LOOK_IMAGES_URL', 's3://look-images'),
+    ],
+)
+def test_backends_that_cannot_be_reached_stop_start_up_naming_the_variable(
+    tmp_path: pathlib.Path, variable: str, url: str
+) -> None:
+    """Nothing listens on port 1: a wrong address is found at start, not at the first upload."""
+    environ = {
+        'LOOK_STORAGE_PATH': str(tmp_path),
+        'LOOK_REDIS_URL': '',
+        'LOOK_INDEX_URL': 'postgresql://postgres@127.0.0.1:1/look',
+        'AWS_ENDPOINT_URL_S3': 'http://127.0.0.1:1',
+        'AWS_ACCESS_KEY_ID': 'id',
+        'AWS_SECRET_ACCESS_KEY': 'secret',
+        'AWS_DEFAULT_REGION': 'us-east-1',
+        variable: url,
+    }
+
+    with pytest.raises(ConfigError, match=variable):
+        create_app(Config(environ=environ))
 
 
 def test_storage_path_that_is_a_file_names_the_variable(tmp_path: pathlib.Path) -> None:
