@@ -24,10 +24,6 @@ from look.uploads import Receiver
 log = logging.getLogger('look')
 
 
-def _where(url: str, storage_path: pathlib.Path) -> str:
-    return url or str(storage_path.resolve())
-
-
 def create_app(config: Config | None = None) -> falcon.App:
     """Create the look WSGI app; the thumbnailer pool starts on first use."""
     config = config if config is not None else Config()
@@ -41,11 +37,9 @@ def create_app(config: Config | None = None) -> falcon.App:
         raise ConfigError(f'LOOK_STORAGE_PATH {config.storage_path} cannot be used: {ex}') from ex
     if is_local(library) and not library.index.read_only:
         check.quarantine_unlisted(library.index, library.images)
-    log.info(
-        'images: %s; index: %s',
-        _where(config.images_url, storage_path),
-        _where(without_password(config.index_url), storage_path),
-    )
+    log.info('storing images in %s', config.images_url or storage_path.resolve())
+    if config.index_url:
+        log.info('keeping the index in %s', without_password(config.index_url))
 
     thumbnailer = Thumbnailer(
         processes=config.processes,

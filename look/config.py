@@ -11,7 +11,6 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlparse
 
-import psycopg
 import redis
 
 from look.auth import ApiKey, parse_keys
@@ -118,6 +117,8 @@ def _index_url(name: str, value: str) -> str:
             f'{name} must be a postgresql:// URL (or empty to keep the index under '
             f'LOOK_STORAGE_PATH), got {without_password(value)!r}'
         )
+    import psycopg  # only where an index URL is set: a local look never loads it
+
     try:
         psycopg.conninfo.conninfo_to_dict(value)
     except psycopg.ProgrammingError as ex:
