@@ -94,6 +94,7 @@ def migrate(
                 f'({moved.copied_bytes / 1e6:.1f} MB), {moved.present} there already '
                 f'[{time.monotonic() - started:.1f} s]'
             )
+    to_index.analyze()
     return moved
 
 

@@ -20,7 +20,7 @@ import logging
 import os
 import threading
 import urllib.parse
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import boto3
@@ -210,9 +210,18 @@ class S3ImageStore:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def open_original(self, image_id: str) -> Original:
-        """Open the JPEG of an image: the cached file, else a stream from the store."""
+        """Open the JPEG of an image: the cached file, else fetched into the cache once.
+
+        With no originals kept on this host, it streams from the store.
+        """
         key = self.key(image_id)
         cached = self.originals.open_file(image_id)
+        if cached is None and self.originals.max_bytes:
+            # NOTE: fetched whole, then sent with sendfile(): the first download
+            #   on a host takes what a stream would, the next ones what a
+            #   local file takes (see "Running on several hosts" in the README).
+            with self.originals.fill(image_id, self._fetcher(image_id, key)) as path:
+                cached = open(path, 'rb')  # noqa: SIM115
         if cached is not None:
             return Original(cached, os.fstat(cached.fileno()).st_size)
         with _answers(image_id):
@@ -227,6 +236,11 @@ class S3ImageStore:
             if cached is not None:
                 yield cached
                 return
+        with self.originals.fill(image_id, self._fetcher(image_id, key)) as path:
+            yield path
+
+    def _fetcher(self, image_id: str, key: str) -> Callable[[IO[bytes]], None]:
+        """Return a function that copies the object at ``key`` into a file."""
 
         def fetch(out: IO[bytes]) -> None:
             with _answers(image_id):
@@ -237,8 +251,7 @@ class S3ImageStore:
                 finally:
                     body.close()
 
-        with self.originals.fill(image_id, fetch) as path:
-            yield path
+        return fetch
 
     def exists(self, image_id: str) -> bool:
         """Return whether the store holds the JPEG now (asking the store, not the cache)."""

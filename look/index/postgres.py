@@ -325,6 +325,15 @@ class PostgresIndex:
                 added += cursor.rowcount
         return added
 
+    def analyze(self) -> None:
+        """Refresh the planner's statistics, as after a bulk import.
+
+        NOTE: with statistics from an empty table, a page after a cursor was
+          planned as a sort of every later row: 15 ms at 50 000 rows, not 0.1 ms.
+        """
+        with self._connection() as connection:
+            connection.execute('ANALYZE look_images')
+
     def known(self, image_ids: list[str]) -> set[str]:
         """Return which of these ids have a row (listed or deleted)."""
         with self._connection() as connection:
