@@ -3,7 +3,9 @@
 A module or test marked ``@pytest.mark.backends('local', 'shared')`` runs once
 per backend: ``local`` keeps images and index under the storage path (the
 default), ``shared`` keeps them in this run's SeaweedFS and PostgreSQL, each
-Config on a bucket prefix and a schema of its own.
+Config on a bucket prefix and a schema of its own. A closer marker narrows
+it: a case marked ``backends('local')`` (a ``pytest.param`` too), one that
+never reaches the backends, runs once.
 """
 
 from __future__ import annotations
@@ -43,6 +45,22 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         raise pytest.UsageError(f'backends() takes names from {BACKENDS}, got {names}')
     if names != ('local',):
         metafunc.parametrize('backend', names, indirect=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out a backend that a closer marker does not name (a parameter's own, say)."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, 'callspec', None)
+        backend = callspec.params.get('backend') if callspec is not None else None
+        marker = item.get_closest_marker('backends')
+        if backend is not None and marker is not None and backend not in marker.args:
+            dropped.append(item)
+        else:
+            kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(autouse=True)

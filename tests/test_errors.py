@@ -103,7 +103,21 @@ CASES: dict[str, tuple[int, Callable[[MakeClient, dict[str, str]], Result]]] = {
 }
 
 
-@pytest.mark.parametrize('case', list(CASES))
+# NOTE: cases that never reach the index or the image store run once.
+ONCE = pytest.mark.backends('local')
+REACHING_THE_BACKENDS = {
+    'unknown-image-404',
+    'unlisted-thumbnail-404',
+    'corrupt-400',
+    'unexpected-500',
+    'existing-id-409',
+}
+
+
+@pytest.mark.parametrize(
+    'case',
+    [case if case in REACHING_THE_BACKENDS else pytest.param(case, marks=ONCE) for case in CASES],
+)
 def test_every_error_has_the_one_shape(make_client: MakeClient, case: str) -> None:
     """Even a client that asks for XML gets the JSON error."""
     status, request = CASES[case]
@@ -113,6 +127,7 @@ def test_every_error_has_the_one_shape(make_client: MakeClient, case: str) -> No
     assert_error_shape(response, status)
 
 
+@ONCE
 @pytest.mark.parametrize('accept', [None, 'text/html', 'application/json', '*/*', 'image/*'])
 def test_error_shape_whatever_the_client_accepts(
     make_client: MakeClient, accept: str | None
@@ -138,6 +153,7 @@ def assert_error_shape(response: Result, status: int) -> None:
         assert body[key].strip(), f'{key} is empty'
 
 
+@ONCE
 def test_method_not_allowed_names_the_allowed_methods(make_client: MakeClient) -> None:
     response = make_client().simulate_delete('/images')
 

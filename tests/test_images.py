@@ -27,6 +27,8 @@ from imagegen import encode, image_bytes, solid
 from storage import storage_state, stored_jpeg
 
 pytestmark = pytest.mark.backends('local', 'shared')
+# NOTE: cases that never reach the index or the image store run once.
+ONCE = pytest.mark.backends('local')
 
 MakeClient = Callable[..., TestClient]
 UPLOAD = image_bytes('PNG', size=(640, 360))
@@ -87,10 +89,10 @@ def is_colour(pixel: tuple[int, ...], colour: tuple[int, int, int]) -> bool:
     'content_type',
     [
         None,
-        'application/octet-stream',
-        'application/x-www-form-urlencoded',  # what curl --data-binary sends
-        'image/png',
-        'image/jpeg',  # a wrong type: the bytes decide
+        pytest.param('application/octet-stream', marks=ONCE),
+        pytest.param('application/x-www-form-urlencoded', marks=ONCE),  # curl --data-binary
+        pytest.param('image/png', marks=ONCE),
+        pytest.param('image/jpeg', marks=ONCE),  # a wrong type: the bytes decide
     ],
 )
 def test_upload_raw_body(make_client: MakeClient, content_type: str | None) -> None:
@@ -135,6 +137,7 @@ def test_upload_with_chunked_body(client: TestClient) -> None:
     assert response.json['size'] == [640, 360]
 
 
+@ONCE
 @pytest.mark.parametrize(
     'parts',
     [
@@ -158,6 +161,7 @@ def test_upload_multipart(client: TestClient, parts: list[tuple[str, str | None,
     assert response.json['size'] == [640, 360]
 
 
+@ONCE
 @pytest.mark.parametrize(
     ('names', 'stored'),
     [
@@ -195,6 +199,7 @@ def test_list_is_empty_at_first(client: TestClient) -> None:
     assert response.json == []
 
 
+@ONCE
 def test_upload_is_stored_upright_without_metadata(client: TestClient) -> None:
     response = client.simulate_post('/images', body=imagegen.exif_jpeg((640, 360), 6))
 
@@ -224,15 +229,15 @@ def test_download_returns_the_stored_bytes(client: TestClient, config: Config) -
     'path',
     [
         '/images/00000000-0000-0000-0000-000000000001.jpeg',  # well-formed, unknown
-        '/images/not-an-id.jpeg',
-        '/images/1234.jpeg',
-        '/images/../index.jsonl',
-        '/images/%2e%2e%2findex.jsonl',
-        '/images/00000000-0000-0000-0000-000000000001.png',
-        '/images/00000000-0000-0000-0000-000000000001',
-        '/thumbnails/not-an-id/160x90.jpeg',
+        pytest.param('/images/not-an-id.jpeg', marks=ONCE),
+        pytest.param('/images/1234.jpeg', marks=ONCE),
+        pytest.param('/images/../index.jsonl', marks=ONCE),
+        pytest.param('/images/%2e%2e%2findex.jsonl', marks=ONCE),
+        pytest.param('/images/00000000-0000-0000-0000-000000000001.png', marks=ONCE),
+        pytest.param('/images/00000000-0000-0000-0000-000000000001', marks=ONCE),
+        pytest.param('/thumbnails/not-an-id/160x90.jpeg', marks=ONCE),
         '/thumbnails/00000000-0000-0000-0000-000000000001/160x90.jpeg',
-        '/index.jsonl',
+        pytest.param('/index.jsonl', marks=ONCE),
     ],
 )
 def test_unknown_or_malformed_address_is_404(client: TestClient, path: str) -> None:
@@ -259,7 +264,7 @@ def test_listed_thumbnails_have_exactly_their_size(client: TestClient) -> None:
         assert decode(response.content).size == (width, height)
 
 
-@pytest.mark.backends('local')  # routing: the same on any backend
+@ONCE  # routing: the same on any backend
 @pytest.mark.parametrize(
     'size',
     [
@@ -286,7 +291,7 @@ def test_unlisted_thumbnail_size_is_404(client: TestClient, size: str) -> None:
     assert set(response.json) == {'title', 'description'}
 
 
-@pytest.mark.backends('local')  # routing: the same on any backend
+@ONCE  # routing: the same on any backend
 @pytest.mark.parametrize(
     'spelling',
     [
@@ -358,16 +363,24 @@ TOO_BIG = imagegen.random_bytes(LIMIT + 1)
     ('request_kwargs', 'status'),
     [
         pytest.param({'body': b''}, 400, id='empty'),
-        pytest.param({'body': multipart(('image', 'a.png', b''))}, 400, id='empty-file-part'),
-        pytest.param({'body': multipart(('title', None, b'x'))}, 400, id='no-file-part'),
-        pytest.param({'body': imagegen.truncated(SMALL)}, 400, id='truncated'),
+        pytest.param(
+            {'body': multipart(('image', 'a.png', b''))}, 400, id='empty-file-part', marks=ONCE
+        ),
+        pytest.param(
+            {'body': multipart(('title', None, b'x'))}, 400, id='no-file-part', marks=ONCE
+        ),
+        pytest.param({'body': imagegen.truncated(SMALL)}, 400, id='truncated', marks=ONCE),
         pytest.param({'body': imagegen.corrupt_png((64, 64))}, 400, id='corrupt'),
-        pytest.param({'body': b'garbage', 'content_type': 'multipart/form-data'}, 400, id='form'),
+        pytest.param(
+            {'body': b'garbage', 'content_type': 'multipart/form-data'}, 400, id='form', marks=ONCE
+        ),
         pytest.param({'body': TOO_BIG}, 413, id='content-length'),
-        pytest.param({'body': multipart(('image', 'a.bin', TOO_BIG))}, 413, id='multipart'),
+        pytest.param(
+            {'body': multipart(('image', 'a.bin', TOO_BIG))}, 413, id='multipart', marks=ONCE
+        ),
         pytest.param({'body': imagegen.png_bomb()}, 413, id='bomb'),
-        pytest.param({'body': image_bytes('PNG', size=(640, 360))}, 413, id='pixels'),
-        pytest.param({'body': b'{"image": "cat.jpg"}'}, 415, id='json'),
+        pytest.param({'body': image_bytes('PNG', size=(640, 360))}, 413, id='pixels', marks=ONCE),
+        pytest.param({'body': b'{"image": "cat.jpg"}'}, 415, id='json', marks=ONCE),
         pytest.param({'body': imagegen.random_bytes(1000)}, 415, id='noise'),
     ],
 )
@@ -511,6 +524,7 @@ def test_declared_length_over_the_limit_is_refused_before_reading(
     assert storage_state(config) == before
 
 
+@ONCE
 @pytest.mark.parametrize(
     ('method', 'path'),
     [
