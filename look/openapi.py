@@ -40,6 +40,9 @@ def _retry_later(description: str) -> dict[str, Any]:
     }
 
 
+_BACKEND_DOWN = _retry_later('The index or the image store does not answer now; retry.')
+
+
 def _image_operation(
     summary: str, parameters: list[Any], extra: dict[str, Any], content: dict[str, Any] = _JPEG
 ) -> dict[str, Any]:
@@ -147,9 +150,12 @@ def openapi_document(
             },
             **_errors(400),
             **refused,
+            '503': _BACKEND_DOWN,
         },
     }
-    get_image = _image_operation('Download an image', [image_id], _errors(404))
+    get_image = _image_operation(
+        'Download an image', [image_id], {**_errors(404), '503': _BACKEND_DOWN}
+    )
     thumbnail_parameters = [
         image_id,
         {
@@ -173,7 +179,10 @@ def openapi_document(
     }
     thumbnail_errors = {
         '404': _ERROR,
-        '503': _retry_later('Too busy or a render failed; retry shortly.'),
+        '503': _retry_later(
+            'Too busy, a render failed, or the index or the image store does not answer; '
+            'retry shortly.'
+        ),
     }
     get_thumbnail = _image_operation(
         'Render a thumbnail (only the sizes the image lists, in the formats it lists)',
@@ -334,7 +343,8 @@ def openapi_document(
                         '413': _ERROR,
                         '415': _ERROR,
                         '503': _retry_later(
-                            'Too many uploads, or the image could not be converted now; retry.'
+                            'Too many uploads, the image could not be converted now, or the '
+                            'index or the image store does not answer; retry.'
                         ),
                         '507': _ERROR,
                     },
@@ -355,6 +365,7 @@ def openapi_document(
                         '204': {'description': 'Deleted.'},
                         '401': _UNAUTHORIZED,
                         **_errors(403, 404, 507),
+                        '503': _BACKEND_DOWN,
                     },
                 },
             },
