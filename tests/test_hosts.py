@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import threading
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -180,35 +181,64 @@ def test_image_processes_hold_no_connection(
     """The pool is handed file paths: its processes never connect to the store or the database."""
     image = upload(hosts[0], SMALL[7])
     assert get(f'{hosts[0].url}{image["thumbnails"][-1]}').status == 200
-    image_processes = [p for p in hosts[0].processes() if p.is_image_process]
+    image_processes = [p.pid for p in hosts[0].processes() if p.is_image_process]
     assert image_processes
 
-    inodes = {pid: socket_inodes(pid) for pid in (p.pid for p in image_processes)}
-
-    tcp = tcp_sockets()
-    assert {pid: found & tcp for pid, found in inodes.items()} == {pid: set() for pid in inodes}, (
-        'an image process holds a TCP connection'
-    )
+    backends = backend_ports(seaweed, postgres)
+    assert {pid: connected_ports(pid) & backends for pid in image_processes} == {
+        pid: set() for pid in image_processes
+    }
 
 
-def socket_inodes(pid: int) -> set[str]:
-    found = set()
+def test_a_preloaded_master_holds_no_connection_its_workers_would_share(
+    deployment: tuple[dict[str, str], RedisServer],
+    seaweed: SeaweedServer,
+    postgres: PostgresDatabase,
+    tmp_path: pathlib.Path,
+) -> None:
+    """With --preload the master makes the app: it checks the backends, then lets go of them."""
+    environ, redis = deployment
+    with Gunicorn(
+        tmp_path / 'preloaded',
+        redis_url=redis.url,
+        workers=2,
+        environ={**environ, 'GUNICORN_CMD_ARGS': '--preload'},
+    ) as host:
+        image = upload(host, SMALL[0])
+        assert get(f'{host.url}{image["image"]}').status == 200
+        backends = backend_ports(seaweed, postgres)
+        assert connected_ports(host.pid) & backends == set()
+        # The worker that answered made connections of its own, after the fork.
+        assert any(connected_ports(worker) & backends for worker in host.worker_pids())
+
+
+def backend_ports(seaweed: SeaweedServer, postgres: PostgresDatabase) -> set[int]:
+    """The TCP ports of the object store and the database."""
+    return {
+        urllib.parse.urlsplit(seaweed.endpoint_url).port or 0,
+        urllib.parse.urlsplit(postgres.server_url).port or 5432,
+    }
+
+
+def connected_ports(pid: int) -> set[int]:
+    """Return the remote ports of the TCP connections process ``pid`` holds open."""
+    inodes = set()
     with contextlib.suppress(FileNotFoundError, PermissionError):
         for fd in pathlib.Path(f'/proc/{pid}/fd').iterdir():
             with contextlib.suppress(OSError):
                 target = os.readlink(fd)
                 if target.startswith('socket:['):
-                    found.add(target[len('socket:[') : -1])
-    return found
-
-
-def tcp_sockets() -> set[str]:
-    inodes = set()
+                    inodes.add(target[len('socket:[') : -1])
+    ports = set()
     for table in ('/proc/net/tcp', '/proc/net/tcp6'):
         with contextlib.suppress(FileNotFoundError), open(table) as lines:
             next(lines)
-            inodes.update(line.split()[9] for line in lines)
-    return inodes
+            for line in lines:
+                fields = line.split()
+                # fields: local address, remote address (hex ip:port), state, ..., inode
+                if fields[9] in inodes and fields[3] == '01':  # ESTABLISHED
+                    ports.add(int(fields[2].rsplit(':', 1)[1], 16))
+    return ports
 
 
 # -- a host killed in an upload storm -----------------------------------------------------
