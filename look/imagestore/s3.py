@@ -153,7 +153,7 @@ class S3ImageStore:
             # NOTE: one retry: a store that is down answers 503 in seconds,
             #   one that dropped a kept-alive connection costs no request.
             'retries': {'max_attempts': 2, 'mode': 'standard'},
-            # As many connections as a worker has threads.
+            # More connections than a worker has threads (12).
             'max_pool_connections': 16,
         }
         if 'endpoint_url' in self.options:
