@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from falcon.testing import TestClient
+from PIL import Image
 
 from look import check
 from look.__main__ import main
@@ -25,7 +26,7 @@ from look.imagestore.originals import OriginalsCache
 from look.index.postgres import MIGRATIONS, PostgresIndex
 from look.library import Library
 
-from imagegen import image_bytes
+from imagegen import encode, image_bytes
 from servers import PostgresDatabase, SeaweedServer, TcpProxy
 from storage import remove_jpeg, storage_state, stored_ids
 
@@ -131,6 +132,48 @@ def test_without_a_cache_each_render_fetches_its_original_once(
 
     assert len(fetched) == 2
     assert os.listdir(pathlib.Path(library.images.originals.directory)) == []  # type: ignore[attr-defined]
+
+
+def test_a_download_read_to_its_end_is_kept_for_the_next_render_and_download(
+    make_config: MakeConfig, make_client: MakeClient
+) -> None:
+    config = make_config()
+    image = upload(make_client(config))
+    library = open_library(another_host(make_config, config))
+    fetched = fetches(library)
+    stored = library.get(image['id'])
+
+    original = library.open_original(stored)
+    data = b''.join(iter(lambda: original.stream.read(8192), b''))
+    original.stream.close()
+    with library.local_path(stored) as path:
+        assert pathlib.Path(path).read_bytes() == data
+    again = library.open_original(stored)
+    again.stream.close()
+
+    assert len(data) == stored.length
+    assert len(fetched) == 1
+
+
+def test_a_download_cut_short_keeps_nothing(
+    make_config: MakeConfig, make_client: MakeClient
+) -> None:
+    """The client went away: what was fetched is thrown away, not kept half."""
+    config = make_config()
+    noise = Image.merge('RGB', [Image.effect_noise((1024, 768), 64) for _ in range(3)])
+    response = make_client(config).simulate_post('/images', body=encode(noise, 'PNG'))
+    assert response.status_code == 201
+    image = response.json
+    host = another_host(make_config, config)
+    library = open_library(host)
+
+    stored = library.get(image['id'])
+    assert stored.length > 2 * 256 * 1024  # more than one piece of a download
+    original = library.open_original(stored)
+    assert original.stream.read(1000)
+    original.stream.close()
+
+    assert os.listdir(pathlib.Path(host.storage_path) / 'originals') == []
 
 
 def test_the_cache_keeps_to_its_size_least_recently_used_out_never_one_being_read(

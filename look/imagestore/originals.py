@@ -25,7 +25,7 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Iterator
-from typing import IO
+from typing import IO, Protocol
 
 from look.index import is_valid_id
 from look.spool import SpoolFile, remove_abandoned
@@ -122,6 +122,29 @@ class OriginalsCache:
             else:
                 spooled.close()
 
+    def keeping(self, image_id: str, stream: Readable, length: int) -> Readable:
+        """Return ``stream`` as it is read, keeping a copy once it has been read to its end.
+
+        A download that stops early (the client went away) keeps nothing.
+        """
+        if not self.max_bytes:
+            return stream
+        try:
+            spooled = SpoolFile(self.directory / f'.{os.urandom(12).hex()}.tmp')
+        except OSError as ex:
+            log.warning('could not keep the original of %s: %s', image_id, ex)
+            return stream
+        return _Keeping(self, image_id, stream, length, spooled)
+
+    def _keep(self, spooled: SpoolFile, image_id: str) -> None:
+        """Give a finished spool file its name in the cache (a fetch that completed)."""
+        spooled.file.flush()
+        fcntl.flock(spooled.file.fileno(), fcntl.LOCK_SH)
+        os.rename(spooled.path, self.path(image_id))
+        with contextlib.suppress(OSError):
+            spooled.file.close()
+        self.trim()
+
     def add(self, image_id: str, source: str | os.PathLike[str]) -> None:
         """Keep a copy of an original that is on this disk already (a new upload): a link."""
         if not self.max_bytes:
@@ -182,6 +205,58 @@ class OriginalsCache:
                     stat = entry.stat()
                     found.append((entry.path, stat.st_mtime, stat.st_size))
         return found
+
+
+class Readable(Protocol):
+    """What a download is read from: ``read(size)`` and ``close()``."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+class _Keeping:
+    """A stream that writes what is read from it to a spool file, kept if read to its end."""
+
+    def __init__(
+        self,
+        cache: OriginalsCache,
+        image_id: str,
+        stream: Readable,
+        length: int,
+        spooled: SpoolFile,
+    ) -> None:
+        self._cache = cache
+        self._image_id = image_id
+        self._stream = stream
+        self._left = length
+        self._spooled: SpoolFile | None = spooled
+
+    def read(self, size: int = -1, /) -> bytes:
+        data = self._stream.read(size)
+        spooled = self._spooled
+        if spooled is not None:
+            try:
+                spooled.file.write(data)
+                self._left -= len(data)
+                if not data or self._left <= 0:
+                    self._spooled = None
+                    if self._left == 0:
+                        self._cache._keep(spooled, self._image_id)
+                    else:
+                        spooled.close()
+            except OSError as ex:
+                # NOTE: the download goes on; only the copy is given up.
+                log.warning('could not keep the original of %s: %s', self._image_id, ex)
+                self._spooled = None
+                spooled.close()
+        return data
+
+    def close(self) -> None:
+        spooled, self._spooled = self._spooled, None
+        if spooled is not None:
+            spooled.close()
+        self._stream.close()
 
 
 def _touch(fd: int) -> None:

@@ -210,23 +210,24 @@ class S3ImageStore:
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def open_original(self, image_id: str) -> Original:
-        """Open the JPEG of an image: the cached file, else fetched into the cache once.
+        """Open the JPEG of an image: the cached file, else a stream from the store.
 
-        With no originals kept on this host, it streams from the store.
+        A stream read to its end is kept in the cache, for the next download
+        or render on this host.
         """
         key = self.key(image_id)
         cached = self.originals.open_file(image_id)
-        if cached is None and self.originals.max_bytes:
-            # NOTE: fetched whole, then sent with sendfile(): the first download
-            #   on a host takes what a stream would, the next ones what a
-            #   local file takes (see "Running on several hosts" in the README).
-            with self.originals.fill(image_id, self._fetcher(image_id, key)) as path:
-                cached = open(path, 'rb')  # noqa: SIM115
         if cached is not None:
             return Original(cached, os.fstat(cached.fileno()).st_size)
         with _answers(image_id):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
-        return Original(_Body(response['Body']), int(response['ContentLength']))
+        length = int(response['ContentLength'])
+        try:
+            body = self.originals.keeping(image_id, _Body(response['Body']), length)
+        except BaseException:
+            response['Body'].close()
+            raise
+        return Original(body, length)  # type: ignore[arg-type]
 
     @contextlib.contextmanager
     def local_path(self, image_id: str) -> Iterator[str]:
