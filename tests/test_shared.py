@@ -27,7 +27,7 @@ from look.index.postgres import MIGRATIONS, PostgresIndex
 from look.library import Library
 
 from imagegen import encode, image_bytes
-from servers import PostgresDatabase, SeaweedServer, TcpProxy
+from servers import PostgresDatabase, SeaweedServer, TcpProxy, wait_until
 from storage import remove_jpeg, storage_state, stored_ids
 
 pytestmark = pytest.mark.backends('shared')
@@ -341,7 +341,8 @@ def test_object_store_down_is_503_and_look_recovers_by_itself(
         store.mend()
 
     assert storage_state(config) == before  # nothing half-stored
-    assert client.simulate_get(image['image']).status_code == 200
+    # Requests answer 503 at once for a moment after a failure, then try the store again.
+    assert wait_until(lambda: client.simulate_get(image['image']).status_code == 200, 10)
     assert client.simulate_get(uncached).status_code == 200
     upload(client, seed=1)
     assert client.simulate_get('/health').json['status'] == 'ok'

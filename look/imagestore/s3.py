@@ -19,15 +19,23 @@ import contextlib
 import logging
 import os
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
 import boto3
 import botocore.config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
 
-from look.errors import BackendUnavailable, ImageExists, ImageNotFound
+from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
 from look.imagestore import Finished, Original, StoredObject
 from look.imagestore.originals import OriginalsCache
 from look.index import is_valid_id
@@ -68,22 +76,50 @@ def _error_code(ex: ClientError) -> str:
     return str(ex.response.get('Error', {}).get('Code', ''))
 
 
-def _unavailable(ex: Exception) -> BackendUnavailable:
-    log.error('the object store does not answer: %s', ex)
-    return BackendUnavailable('The image store does not answer now; try again shortly.')
+# Errors that say the store was not reached or did not answer in time.
+_UNREACHED = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+# NOTE: after such an error, requests answer 503 at once for this long rather
+#   than each wait out the timeouts of a store that does not answer.
+RETRY_INTERVAL = 2.0
 
 
-@contextlib.contextmanager
-def _answers(image_id: str) -> Iterator[None]:
-    """Turn the store's errors into ImageNotFound (no such key) or BackendUnavailable."""
-    try:
-        yield
-    except ClientError as ex:
-        if _error_code(ex) in _NOT_FOUND:
-            raise ImageNotFound(f'No image has the id {image_id}.') from None
-        raise _unavailable(ex) from ex
-    except BotoCoreError as ex:
-        raise _unavailable(ex) from ex
+class _Outage:
+    """When the store last failed to answer, so that requests meanwhile fail at once."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def check(self) -> None:
+        """Raise BackendUnreachable while the last failure is recent."""
+        since = self.since
+        if since is not None and time.monotonic() - since < RETRY_INTERVAL:
+            raise BackendUnreachable('The image store does not answer now; try again shortly.')
+
+    def record(self, ex: Exception) -> BackendUnavailable:
+        """Return the error to raise for ``ex``; remember it if the store was not reached."""
+        log.error('the object store does not answer: %s', ex)
+        if isinstance(ex, _UNREACHED):
+            self.since = time.monotonic()
+        return BackendUnavailable('The image store does not answer now; try again shortly.')
+
+    @contextlib.contextmanager
+    def answers(self, image_id: str) -> Iterator[None]:
+        """Turn the store's errors into ImageNotFound (no such key) or BackendUnavailable."""
+        self.check()
+        try:
+            yield
+        except ClientError as ex:
+            if _error_code(ex) in _NOT_FOUND:
+                raise ImageNotFound(f'No image has the id {image_id}.') from None
+            raise self.record(ex) from ex
+        except BotoCoreError as ex:
+            raise self.record(ex) from ex
+        self.since = None
 
 
 class S3ImageStore:
@@ -95,7 +131,7 @@ class S3ImageStore:
         *,
         options: dict[str, str],
         originals: OriginalsCache,
-        timeout: float = 5.0,
+        timeout: float = 3.0,
     ) -> None:
         self.url = url
         self.bucket, self.prefix = parse_images_url(url)
@@ -105,6 +141,7 @@ class S3ImageStore:
         self._lock = threading.Lock()
         self._client: Any = None
         self._client_pid: int | None = None
+        self._outage = _Outage()
 
     # -- start-up ---------------------------------------------------------
 
@@ -148,7 +185,7 @@ class S3ImageStore:
 
     def _new_client(self) -> Any:
         settings: dict[str, Any] = {
-            'connect_timeout': min(2.0, self.timeout),
+            'connect_timeout': min(1.0, self.timeout),
             'read_timeout': self.timeout,
             # NOTE: one retry: a store that is down answers 503 in seconds,
             #   one that dropped a kept-alive connection costs no request.
@@ -183,6 +220,7 @@ class S3ImageStore:
     def put(self, image_id: str, jpeg: Finished) -> None:
         """Upload the finished JPEG under its id, never over an existing object."""
         key = self.key(image_id)
+        self._outage.check()
         try:
             with open(jpeg.path, 'rb') as data:
                 self.client.put_object(
@@ -196,18 +234,23 @@ class S3ImageStore:
             if _error_code(ex) in _EXISTS:
                 raise ImageExists(f'An image with the id {image_id} already exists.') from None
             self._forget_put(key)
-            raise _unavailable(ex) from ex
+            raise self._outage.record(ex) from ex
         except BotoCoreError as ex:
             self._forget_put(key)
-            raise _unavailable(ex) from ex
+            raise self._outage.record(ex) from ex
+        self._outage.since = None
         self.originals.add(image_id, jpeg.path)
 
     def _forget_put(self, key: str) -> None:
-        """Remove an object whose put failed, in case it was stored all the same."""
+        """Remove, in the background, an object whose put failed, in case it was stored."""
+
         # NOTE: the id is new, so no one else's image is at this key; if the
         #   store is down, a check finds the object once its grace time is over.
-        with contextlib.suppress(ClientError, BotoCoreError):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+        def forget() -> None:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+
+        threading.Thread(target=forget, name='look-forget-put', daemon=True).start()
 
     def open_original(self, image_id: str) -> Original:
         """Open the JPEG of an image: the cached file, else a stream from the store.
@@ -219,7 +262,7 @@ class S3ImageStore:
         cached = self.originals.open_file(image_id)
         if cached is not None:
             return Original(cached, os.fstat(cached.fileno()).st_size)
-        with _answers(image_id):
+        with self._outage.answers(image_id):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         length = int(response['ContentLength'])
         try:
@@ -244,7 +287,7 @@ class S3ImageStore:
         """Return a function that copies the object at ``key`` into a file."""
 
         def fetch(out: IO[bytes]) -> None:
-            with _answers(image_id):
+            with self._outage.answers(image_id):
                 body = self.client.get_object(Bucket=self.bucket, Key=key)['Body']
                 try:
                     while chunk := body.read(_COPY_CHUNK):
@@ -257,7 +300,7 @@ class S3ImageStore:
     def exists(self, image_id: str) -> bool:
         """Return whether the store holds the JPEG now (asking the store, not the cache)."""
         try:
-            with _answers(image_id):
+            with self._outage.answers(image_id):
                 self.client.head_object(Bucket=self.bucket, Key=self.key(image_id))
         except ImageNotFound:
             return False
@@ -267,7 +310,7 @@ class S3ImageStore:
         """Remove the object (one already gone is not an error) and this host's copy."""
         key = self.key(image_id)
         self.originals.discard(image_id)
-        with _answers(image_id):
+        with self._outage.answers(image_id):
             self.client.delete_object(Bucket=self.bucket, Key=key)
 
     def objects(self) -> Iterator[StoredObject]:
@@ -280,7 +323,7 @@ class S3ImageStore:
 
     def _listed(self, prefix: str) -> Iterator[StoredObject]:
         paginator = self.client.get_paginator('list_objects_v2')
-        with _answers(prefix):
+        with self._outage.answers(prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get('Contents', ()):
                     name = item['Key'][len(prefix) :]
@@ -292,7 +335,7 @@ class S3ImageStore:
 
     def quarantine(self, image_id: str) -> None:
         """Move an object aside, under quarantine/."""
-        with _answers(image_id):
+        with self._outage.answers(image_id):
             self.client.copy_object(
                 Bucket=self.bucket,
                 Key=self._quarantine_key(image_id),
@@ -309,7 +352,7 @@ class S3ImageStore:
         """Move a quarantined object back into place (never over another)."""
         if self.exists(image_id):
             raise ImageExists(f'An image with the id {image_id} already exists.')
-        with _answers(image_id):
+        with self._outage.answers(image_id):
             self.client.copy_object(
                 Bucket=self.bucket,
                 Key=self.key(image_id),
@@ -322,9 +365,15 @@ class S3ImageStore:
     def state(self) -> dict[str, Any]:
         """Report whether the bucket answers, and what this host keeps in its cache."""
         try:
+            self._outage.check()
             self.client.head_bucket(Bucket=self.bucket)
+        except BackendUnreachable:
+            return {'status': 'fail', 'detail': 'the object store did not answer a moment ago'}
         except (ClientError, BotoCoreError) as ex:
+            if isinstance(ex, _UNREACHED):
+                self._outage.since = time.monotonic()
             return {'status': 'fail', 'detail': f'the object store does not answer: {ex}'}
+        self._outage.since = None
         return {
             'status': 'ok',
             'bucket': self.bucket,

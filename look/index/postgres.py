@@ -139,7 +139,15 @@ class PostgresIndex:
                     max_size=self.pool_size,
                     open=False,
                     timeout=self.timeout,
-                    kwargs={'autocommit': True, 'connect_timeout': max(1, int(self.timeout))},
+                    kwargs={
+                        'autocommit': True,
+                        'connect_timeout': max(1, int(self.timeout)),
+                        # NOTE: a database host that stops acknowledging (a
+                        #   network cut) drops the connection in seconds, not
+                        #   the kernel's quarter of an hour.
+                        'tcp_user_timeout': int(self.timeout * 1000),
+                        'keepalives_idle': 30,
+                    },
                     # A connection broken by a database restart is found
                     # here, not by the request that would get it.
                     check=psycopg_pool.ConnectionPool.check_connection,
