@@ -395,7 +395,16 @@ class SeaweedServer(_Server):
         return boto3.session.Session().client('s3', config=config, **self.options)
 
     def start(self) -> None:
-        """Start weed and wait until its S3 gateway answers."""
+        """Start weed and wait until its S3 gateway answers (on other ports if one was taken)."""
+        for _ in range(3):
+            if self._start_once():
+                return
+            # NOTE: free_port() cannot reserve a port; another process took one.
+            self.ports = [free_port() for _ in range(8)]
+        pytest.fail(f'weed found no free ports:\n{_tail(self.log_path)}')
+
+    def _start_once(self) -> bool:
+        """Start weed; return False if it exited at once (a port taken), fail if it hangs."""
         identities = {
             'identities': [
                 {
@@ -443,9 +452,11 @@ class SeaweedServer(_Server):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        if not wait_until(self.answers, START_TIMEOUT, interval=0.1):
-            self.stop()
-            pytest.fail(f'weed did not answer on {self.endpoint_url}:\n{_tail(self.log_path)}')
+        process = self.process
+        if wait_until(lambda: self.answers() or process.poll() is not None, START_TIMEOUT, 0.1):
+            return process.poll() is None
+        self.stop()
+        pytest.fail(f'weed did not answer on {self.endpoint_url}:\n{_tail(self.log_path)}')
 
     def answers(self) -> bool:
         """Return whether the S3 gateway answers a request and its volumes take writes."""
