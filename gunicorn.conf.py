@@ -4,8 +4,17 @@ Command-line flags and GUNICORN_CMD_ARGS override anything set here.
 """
 
 import os
+import shutil
+import tempfile
 
 bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
+
+# NOTE: every worker writes its Prometheus samples to one directory, and
+#   /metrics in any worker adds them all up. It must be set before a worker
+#   imports look; a fresh one per server, so no stale samples are counted.
+_OWN_METRICS_DIR = 'PROMETHEUS_MULTIPROC_DIR' not in os.environ
+if _OWN_METRICS_DIR:
+    os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(prefix='look-metrics-')
 
 # One worker per core; the image work itself runs in each worker's process
 # pool, so worker threads mostly wait on the pool, the disk or Redis.
@@ -67,3 +76,16 @@ def worker_exit(server, worker):
     from look import thumbnailer
 
     thumbnailer.close_all()
+
+
+def child_exit(server, worker):
+    """Stop counting a gone worker's gauges (its counters still add up)."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    """Remove the metrics directory this server made."""
+    if _OWN_METRICS_DIR:
+        shutil.rmtree(os.environ['PROMETHEUS_MULTIPROC_DIR'], ignore_errors=True)

@@ -10,11 +10,12 @@ import falcon
 from look import check
 from look.auth import Access
 from look.backends import is_local, open_library
-from look.cache import RedisCache
+from look.cache import CACHE_HEADER, RedisCache
 from look.config import Config, ConfigError
 from look.errors import add_error_handlers
 from look.health import Health
 from look.images import CONVERTERS, Images, Thumbnails
+from look.metrics import Metrics, MetricsMiddleware, MetricsResource
 from look.openapi import OpenAPI, openapi_document
 from look.renditions import Renditions
 from look.spool import Spool
@@ -22,6 +23,9 @@ from look.thumbnailer import Thumbnailer
 from look.uploads import Receiver
 
 log = logging.getLogger('look')
+
+# Seconds a request waits for another's render beyond the render time limit.
+FILL_WAIT_MARGIN = 5.0
 
 
 def create_app(config: Config | None = None) -> falcon.App:
@@ -39,11 +43,13 @@ def create_app(config: Config | None = None) -> falcon.App:
         check.quarantine_unlisted(library.index, library.images)
     log.info('storing images in %s', storage_path.resolve())
 
+    metrics = Metrics()
     thumbnailer = Thumbnailer(
         processes=config.processes,
         max_pixels=config.max_pixels,
         quality=config.jpeg_quality,
         render_timeout=config.render_timeout,
+        observer=metrics,
     )
     renditions = Renditions(
         formats=config.thumbnail_formats,
@@ -57,12 +63,19 @@ def create_app(config: Config | None = None) -> falcon.App:
             config.redis_from_url(config.redis_url),
             ttl=config.cache_ttl,
             max_entry_bytes=config.cache_max_bytes,
+            # A render may wait its turn in the pool before its time limit starts.
+            fill_timeout=config.render_timeout + FILL_WAIT_MARGIN,
+            on_error=metrics.cache_failed,
         )
     else:
         log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')
 
     access = Access(config.api_keys)
-    app = falcon.App(middleware=[cache] if cache else [])
+    # NOTE: metrics first, so its process_response runs last and sees every answer.
+    middleware: list[object] = [MetricsMiddleware(metrics, CACHE_HEADER)]
+    if cache is not None:
+        middleware.append(cache)
+    app = falcon.App(middleware=middleware)
     app.router_options.converters.update(CONVERTERS)
     images = Images(
         library,
@@ -76,6 +89,7 @@ def create_app(config: Config | None = None) -> falcon.App:
             max_at_once=config.max_concurrent_uploads,
         ),
         uuid_generator=config.uuid_generator,
+        metrics=metrics,
     )
     thumbnails = Thumbnails(library, thumbnailer, renditions)
     document = openapi_document(
@@ -93,5 +107,6 @@ def create_app(config: Config | None = None) -> falcon.App:
     )
     app.add_route('/health', Health(library, thumbnailer, cache))
     app.add_route('/openapi.json', OpenAPI(document))
+    app.add_route('/metrics', MetricsResource(metrics, access, public=config.metrics_public))
     add_error_handlers(app)
     return app

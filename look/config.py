@@ -139,6 +139,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'max_concurrent_uploads': ('LOOK_MAX_CONCURRENT_UPLOADS', _positive_int),
     'cache_max_bytes': ('LOOK_CACHE_MAX_BYTES', _positive_int),
     'thumbnail_formats': ('LOOK_THUMBNAIL_FORMATS', _thumbnail_formats),
+    'metrics_public': ('LOOK_METRICS_PUBLIC', _flag),
 }
 
 
@@ -166,6 +167,7 @@ class Config:
     max_concurrent_uploads: int
     cache_max_bytes: int
     thumbnail_formats: tuple[str, ...]
+    metrics_public: bool
 
     def __init__(self, environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
         if environ is None:
@@ -201,6 +203,10 @@ class Config:
         #   largest thumbnail is about 0.5 MiB.
         self.cache_max_bytes = MiB
         self.thumbnail_formats = ('jpeg',)
+        # NOTE: where API keys are set, /metrics takes one too (request rates
+        #   and error counts are the operator's business) unless this says
+        #   the network in front of it is trusted.
+        self.metrics_public = False
 
         for attribute, (variable, parse) in _ENVIRONMENT.items():
             if variable in environ:

@@ -18,6 +18,7 @@ from look.conditional import answer_not_modified, is_not_modified, set_immutable
 from look.errors import ImageNotFound, refused_writes
 from look.index import StoredImage, is_valid_id
 from look.library import Library
+from look.metrics import Metrics
 from look.renditions import FORMAT_MEDIA_TYPES, Rendition, Renditions
 from look.spool import Spool
 from look.thumbnailer import Thumbnailer
@@ -98,7 +99,9 @@ class Images:
         spool: Spool,
         receiver: Receiver,
         uuid_generator: Callable[[], uuid.UUID],
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._library = library
         self._thumbnailer = thumbnailer
         self._renditions = renditions
@@ -156,6 +159,7 @@ class Images:
             length = os.fstat(upload.file.fileno()).st_size
             image = StoredImage(image_id, int(time.time()), size, length, token_hash)
             self._library.add(image, upload)
+        self._metrics.stored(received)
         log.info(
             'stored image %s: %dx%d, %d bytes (%d received), by %s',
             image.id,

@@ -21,6 +21,7 @@ import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
+from typing import Protocol
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
@@ -241,6 +242,38 @@ def _exit_with_parent(parent_pid: int) -> None:
 _thumbnailers: weakref.WeakSet[Thumbnailer] = weakref.WeakSet()
 
 
+class Observer(Protocol):
+    """What a thumbnailer reports as it works (look.metrics counts it)."""
+
+    def render_done(self, format: str, seconds: float) -> None:
+        """A render finished."""
+
+    def task_refused(self, reason: str) -> None:
+        """A task was answered 503: ``busy``, ``timeout``, ``crashed`` or ``restarted``."""
+
+    def pool_restarted(self) -> None:
+        """The pool was rebuilt after a crash or an overrun."""
+
+    def tasks_changed(self, delta: int) -> None:
+        """Tasks in flight went up or down by ``delta``."""
+
+
+class _Unobserved:
+    """The observer of a thumbnailer nobody watches."""
+
+    def render_done(self, format: str, seconds: float) -> None:
+        pass
+
+    def task_refused(self, reason: str) -> None:
+        pass
+
+    def pool_restarted(self) -> None:
+        pass
+
+    def tasks_changed(self, delta: int) -> None:
+        pass
+
+
 class Thumbnailer:
     """Owns the process pool of one web worker; created lazily after the fork."""
 
@@ -256,8 +289,10 @@ class Thumbnailer:
         #   added ~0.35 ms to every small render. 10 000 still bounds Pillow's
         #   memory growth over days.
         max_tasks_per_child: int = 10_000,
+        observer: Observer | None = None,
     ) -> None:
         self.processes = processes
+        self.observer: Observer = observer if observer is not None else _Unobserved()
         self.max_pixels = max_pixels
         self.quality = quality
         self.render_timeout = render_timeout
@@ -297,7 +332,9 @@ class Thumbnailer:
         """Render a thumbnail of a stored JPEG in one of ``THUMBNAIL_FORMATS``."""
         if format not in THUMBNAIL_FORMATS:
             raise ValueError(f'no encoder for {format!r} thumbnails')
+        started = time.perf_counter()
         data: bytes = self._run(render_thumbnail, source, size, self.quality)
+        self.observer.render_done(format, time.perf_counter() - started)
         return data
 
     def check(self, timeout: float = 5.0) -> str | None:
@@ -384,6 +421,7 @@ class Thumbnailer:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
+        self.observer.pool_restarted()
         _stop(pool)
 
     def _run(  # type: ignore[no-untyped-def]
@@ -392,27 +430,32 @@ class Thumbnailer:
         limit = timeout or self.render_timeout
         with self._lock:
             if refuse_when_busy and self._in_flight >= self.max_waiting:
+                self.observer.task_refused('busy')
                 raise ThumbnailerUnavailable(
                     'Too many images are being rendered right now; try again shortly.'
                 )
             self._in_flight += 1
+        self.observer.tasks_changed(1)
         try:
             pool, future, unfinished = self._submit(function, args)
             try:
                 return self._result(future, unfinished, limit)
             except concurrent.futures.CancelledError:
                 # Still queued when another request's overrun restarted the pool.
+                self.observer.task_refused('restarted')
                 raise ThumbnailerUnavailable(
                     'The image processes were restarted; try again.'
                 ) from None
             except BrokenProcessPool:
                 log.error('an image process died; restarting the pool')
+                self.observer.task_refused('crashed')
                 self._discard(pool)
                 raise ThumbnailerUnavailable(
                     'An image process stopped unexpectedly; try again.'
                 ) from None
             except concurrent.futures.TimeoutError:
                 log.error('an image took over %gs; restarting the pool', limit)
+                self.observer.task_refused('timeout')
                 self._discard(pool)
                 raise ThumbnailerUnavailable(
                     f'The image took longer than {limit:g}s to process.'
@@ -420,6 +463,7 @@ class Thumbnailer:
         finally:
             with self._lock:
                 self._in_flight -= 1
+            self.observer.tasks_changed(-1)
 
     def _result(
         self,

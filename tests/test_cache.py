@@ -54,6 +54,9 @@ class Redis:
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         return self._call('delete', *args, **kwargs)
 
+    def mget(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call('mget', *args, **kwargs)
+
     def ping(self) -> Any:
         return self._call('ping')
 
