@@ -195,24 +195,27 @@ def render_thumbnail(source: str, size: tuple[int, int], quality: int) -> bytes:
     Image.MAX_IMAGE_PIXELS = None
     out = io.BytesIO()
     with Image.open(source) as image:
-        width, height = image.size
-        # NOTE: draft() makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
-        #   scaling), never below the target; thumbnail() only does that when
-        #   the target is at most half of what it asks for.
-        drafted = image.draft('RGB', size)
-        scale = round(width / drafted[1][2]) if drafted else 1
-        if size == (width // scale, height // scale):
-            # PERF: the decoder has done the whole resize. It rounds a scaled
-            #   side up where halving rounds down; the extra row or column is
-            #   what halving leaves out, so it is cropped. Resizing 961x541 to
-            #   960x540 instead made the whole render 4.6x slower.
-            thumbnail = image if image.size == size else image.crop((0, 0, *size))
-        else:
-            thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-        if thumbnail.mode != 'RGB':
-            thumbnail = thumbnail.convert('RGB')
-        thumbnail.save(out, 'JPEG', quality=quality)
+        scale_stored(image, size).save(out, 'JPEG', quality=quality)
     return out.getvalue()
+
+
+def scale_stored(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Return the opened, not yet loaded, stored JPEG ``image`` as RGB of exactly ``size``."""
+    width, height = image.size
+    # NOTE: draft() makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
+    #   scaling), never below the target; thumbnail() only does that when
+    #   the target is at most half of what it asks for.
+    drafted = image.draft('RGB', size)
+    scale = round(width / drafted[1][2]) if drafted else 1
+    if size == (width // scale, height // scale):
+        # PERF: the decoder has done the whole resize. It rounds a scaled
+        #   side up where halving rounds down; the extra row or column is
+        #   what halving leaves out, so it is cropped. Resizing 961x541 to
+        #   960x540 instead made the whole render 4.6x slower.
+        thumbnail = image if image.size == size else image.crop((0, 0, *size))
+    else:
+        thumbnail = image.resize(size, Image.Resampling.LANCZOS)
+    return thumbnail if thumbnail.mode == 'RGB' else thumbnail.convert('RGB')
 
 
 def memory_limit(max_pixels: int) -> int:
