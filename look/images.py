@@ -14,7 +14,7 @@ from look import uploads
 from look.conditional import answer_not_modified, is_not_modified, set_immutable
 from look.errors import ImageNotFound, refused_writes
 from look.store import Store, StoredImage, is_valid_id
-from look.thumbnailer import Thumbnailer, thumbnail_sizes
+from look.thumbnailer import Thumbnailer, encoding_tag, thumbnail_sizes
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
@@ -193,14 +193,14 @@ class Thumbnails:
                 'its "thumbnails" list has the sizes there are.'
             )
         resp.content_type = 'image/jpeg'
-        # The quality is part of the tag: the bytes change if it does.
-        etag = f'{image.id}-{width}x{height}-q{self._thumbnailer.quality}'
+        # How it is encoded is part of the tag: the bytes change if that does.
+        etag = f'{image.id}-{width}x{height}-{encoding_tag("jpeg", self._thumbnailer.quality)}'
         set_immutable(resp, etag=etag, last_modified=image.modified_http)
         if is_not_modified(req, resp):
             answer_not_modified(resp)
             return
         try:
-            data = self._thumbnailer.render(self._store.path(image.id), (width, height))
+            data = self._thumbnailer.render(self._store.path(image.id), (width, height), 'jpeg')
         except FileNotFoundError:
             raise ImageNotFound(f'No image has the id {image.id}.') from None
         self._store.get(image.id)  # deleted while this one rendered: don't serve it
