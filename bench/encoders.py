@@ -13,7 +13,9 @@ time; the encodings of each thumbnail run in a shuffled order.
 Photographs: every JPEG or PNG in PHOTO_DIR if given; otherwise Debian's
 lomiri-wallpapers-16.04 and -20.04 (``apt-get download``) and scikit-image's
 astronaut (``pip download``), fetched into a temporary directory; and a
-generated screenshot, for contrast. Needs numpy, which look does not.
+generated screenshot, for contrast. With ``--look``, only the JPEG and
+look's own settings (look.thumbnailer.ENCODINGS), for steadier times with
+``--repeat``. Needs numpy, which look does not.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
+from look import thumbnailer
 from look.thumbnailer import IMAGE_BLOCKS_CACHED, convert_upload, scale_stored
 
 JPEG_QUALITY = 85  # look's default LOOK_JPEG_QUALITY
@@ -73,12 +76,8 @@ THREADS = [
     ('avif', {'quality': 60, 'speed': s, 'subsampling': '4:2:0', 'max_threads': 2})
     for s in (8, 10)
 ]
-ENCODINGS: list[tuple[str, dict[str, Any]]] = [
-    ('jpeg', {'quality': JPEG_QUALITY}),
-    *WEBP,
-    *AVIF,
-    *THREADS,
-]
+JPEG = ('jpeg', {'quality': JPEG_QUALITY})
+Encodings = list[tuple[str, dict[str, Any]]]
 
 
 def fetch_photos(directory: pathlib.Path) -> dict[pathlib.Path, str]:
@@ -93,7 +92,7 @@ def fetch_photos(directory: pathlib.Path) -> dict[pathlib.Path, str]:
     pip = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--only-binary', ':all:']
     subprocess.run([*pip, '-d', directory, 'scikit-image'], check=True)
     with zipfile.ZipFile(next(directory.glob('scikit_image-*.whl'))) as wheel:
-        version = wheel.filename.split('-')[1]
+        version = pathlib.Path(str(wheel.filename)).name.split('-')[1]
         for name, text in SKIMAGE_PHOTOS.items():
             path = directory / name
             path.write_bytes(wheel.read(f'skimage/data/{name}'))
@@ -175,7 +174,7 @@ def scale_seconds(stored: pathlib.Path, size: tuple[int, int], times: int = 5) -
 
 
 def measure(
-    stored: pathlib.Path, repeat: int, rng: random.Random
+    stored: pathlib.Path, encodings: Encodings, repeat: int, rng: random.Random
 ) -> Iterator[tuple[int, int, dict[str, float]]]:
     """Yield (level, encoding index, figures) for every thumbnail of one stored photo."""
     for level in LEVELS:
@@ -185,13 +184,13 @@ def measure(
             pixels.load()
         reference = planes(pixels)
         scale = scale_seconds(stored, size)
-        times: dict[int, list[float]] = {n: [] for n in range(len(ENCODINGS))}
+        times: dict[int, list[float]] = {n: [] for n in range(len(encodings))}
         sizes: dict[int, bytes] = {}
         for _ in range(repeat):
-            order = list(range(len(ENCODINGS)))
+            order = list(range(len(encodings)))
             rng.shuffle(order)
             for n in order:
-                sizes[n], seconds = encode(pixels, *ENCODINGS[n])
+                sizes[n], seconds = encode(pixels, *encodings[n])
                 times[n].append(seconds)
         for n, data in sizes.items():
             with Image.open(io.BytesIO(data)) as decoded:
@@ -220,7 +219,7 @@ def settings_text(fmt: str, params: dict[str, Any]) -> str:
     return ' '.join(text)
 
 
-def table(results: dict[int, list[dict[str, float]]]) -> list[str]:
+def table(encodings: Encodings, results: dict[int, list[dict[str, float]]]) -> list[str]:
     """Return markdown rows: medians over the photographs, sizes against the JPEG's."""
     jpeg = results[0]
     lines = [
@@ -228,7 +227,7 @@ def table(results: dict[int, list[dict[str, float]]]) -> list[str]:
         '| encode ms (CPU) | render ms (CPU) |',
         '|---|---|---|---|---|---|---|---|',
     ]
-    for n, (fmt, params) in enumerate(ENCODINGS):
+    for n, (fmt, params) in enumerate(encodings):
         rows = results[n]
         ratio = statistics.median(r['bytes'] / j['bytes'] for r, j in zip(rows, jpeg, strict=True))
         worst = min(r['ssim_y'] - j['ssim_y'] for r, j in zip(rows, jpeg, strict=True))
@@ -245,7 +244,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(prog='python -m bench.encoders', description=__doc__)
     parser.add_argument('photo_dir', nargs='?', type=pathlib.Path)
     parser.add_argument('--repeat', type=int, default=1, help='encodes of each, for the time')
+    parser.add_argument('--look', action='store_true', help="only look's own settings")
     args = parser.parse_args()
+    if args.look:
+        encodings = [JPEG, *thumbnailer.ENCODINGS.items()]
+    else:
+        encodings = [JPEG, *WEBP, *AVIF, *THREADS]
     Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)  # as in look's pool processes
     with tempfile.TemporaryDirectory(prefix='look-encoders-') as work:
         workdir = pathlib.Path(work)
@@ -260,20 +264,20 @@ def main() -> int:
                 print(f'- {path.name} ({image.width}x{image.height}): {text}')
                 upright = ImageOps.exif_transpose(image).convert('RGB')
             stored.append(store(upright, workdir / f'{n}.jpeg'))
-        print(f'- screenshot (1920x1080): generated by {__name__}.screenshot()')
+        print('- screenshot (1920x1080): generated by bench.encoders.screenshot()')
         stored.append(store(screenshot(), workdir / 'screenshot.jpeg'))
 
         rng = random.Random(0)
         results: dict[int, dict[int, list[dict[str, float]]]] = {
-            level: {n: [] for n in range(len(ENCODINGS))} for level in LEVELS
+            level: {n: [] for n in range(len(encodings))} for level in LEVELS
         }
         for number, path in enumerate(stored, 1):
             print(f'measuring {number}/{len(stored)}', file=sys.stderr, flush=True)
-            for level, n, figures in measure(path, args.repeat, rng):
+            for level, n, figures in measure(path, encodings, args.repeat, rng):
                 results[level][n].append(figures)
     for level, name in LEVELS.items():
         print(f'\n### thumbnails at 1/{level} ({name} of 1920x1080), {len(stored)} pictures\n')
-        print('\n'.join(table(results[level])))
+        print('\n'.join(table(encodings, results[level])))
     return 0
 
 
