@@ -195,8 +195,8 @@ THUMBNAIL_FORMATS = ('jpeg', 'webp', 'avif')
 # NOTE: chosen with bench/encoders.py on 16 photographs and a screenshot, at
 #   about the SSIM of the q85 JPEG (medians at 960x540, 480x270, 240x135).
 #   WebP q85 is 0.70-0.77 of the JPEG's bytes at method 4 (libwebp's own);
-#   methods 0-2 take half the time for 2-19 points more, 5-6 take 1-3 off
-#   for up to twice the time. AVIF q70 is 0.69-0.71 at speed 9 (10 gives
+#   methods 0-2 take half the time or less for 2-19 points more, 5-6 take
+#   1-3 off for up to 2.2x the time. AVIF q70 is 0.69-0.71 at speed 9 (10 gives
 #   the same bytes) for 35/12/4 ms of CPU; speed 8 takes 3-8 points off for
 #   3-4x that, speed 6 6-9 points for 9-11x. 4:2:0 as in the JPEG: 4:4:4 is
 #   4-7% larger and needs AV1's High profile. One thread: a pool process has
