@@ -20,17 +20,20 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from look.thumbnailer import IMAGE_BLOCKS_CACHED
+from look.thumbnailer import ENCODINGS, IMAGE_BLOCKS_CACHED
 
 QUALITY = 85  # look's default LOOK_JPEG_QUALITY
 
 
-def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
-    """Return the stored JPEG at ``source`` as a ``size`` JPEG: draft, resize, encode.
+def render(
+    source: str, size: tuple[int, int], format: str = 'jpeg', quality: int = QUALITY
+) -> bytes:
+    """Return the stored JPEG at ``source`` as a ``size`` thumbnail: draft, resize, encode.
 
     A draft of the size itself needs no resize, and neither does one a row
     or a column over it: that is the decoder rounding up where halving rounds
-    down, and cropping gives look's result.
+    down, and cropping gives look's result. WebP and AVIF are encoded with
+    look's settings: the same work, not other work.
     """
     out = io.BytesIO()
     with Image.open(source) as image:
@@ -42,7 +45,10 @@ def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
             thumbnail = image.crop((0, 0, *size))
         else:
             thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-        thumbnail.save(out, 'JPEG', quality=quality)
+        if format == 'jpeg':
+            thumbnail.save(out, 'JPEG', quality=quality)
+        else:
+            thumbnail.save(out, format.upper(), **ENCODINGS[format])
     return out.getvalue()
 
 

@@ -19,7 +19,7 @@ from look.metrics import Metrics, MetricsMiddleware, MetricsResource
 from look.openapi import OpenAPI, openapi_document
 from look.renditions import Renditions
 from look.spool import Spool
-from look.thumbnailer import Thumbnailer
+from look.thumbnailer import THUMBNAIL_FORMATS, Thumbnailer, encoding_tag
 from look.uploads import Receiver
 
 log = logging.getLogger('look')
@@ -53,7 +53,9 @@ def create_app(config: Config | None = None) -> falcon.App:
     )
     renditions = Renditions(
         formats=config.thumbnail_formats,
-        encodings={'jpeg': f'q{config.jpeg_quality}'},
+        encodings={
+            format: encoding_tag(format, config.jpeg_quality) for format in THUMBNAIL_FORMATS
+        },
         min_thumb_size=config.min_thumb_size,
     )
 

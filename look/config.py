@@ -202,7 +202,7 @@ class Config:
         # NOTE: the largest thumbnail kept in Redis: a 4000x3000 photo's
         #   largest thumbnail is about 0.5 MiB.
         self.cache_max_bytes = MiB
-        self.thumbnail_formats = ('jpeg',)
+        self.thumbnail_formats = ('jpeg', 'webp', 'avif')
         # NOTE: where API keys are set, /metrics takes one too (request rates
         #   and error counts are the operator's business) unless this says
         #   the network in front of it is trusted.

@@ -42,8 +42,6 @@ JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
 # crops or resizes maps fresh memory for its second image: ~1000 page faults
 # and 1.7x the CPU.
 IMAGE_BLOCKS_CACHED = 4
-# The thumbnail formats render_thumbnail encodes.
-THUMBNAIL_FORMATS = ('jpeg',)
 # Renders a web worker lets wait on its pool before it answers 503: fewer
 # than gunicorn.conf.py's threads, which cache hits and downloads also need.
 MAX_WAITING_RENDERS = 8
@@ -179,32 +177,87 @@ def _apply_icc_profile(image: Image.Image, icc_profile: bytes) -> Image.Image:
         return image
 
 
-def render_thumbnail(source: str, size: tuple[int, int], quality: int) -> bytes:
-    """Return a JPEG of the stored image at ``source`` resized to exactly ``size``."""
+THUMBNAIL_FORMATS = ('jpeg', 'webp', 'avif')
+# Pillow's save parameters of each thumbnail format but JPEG, whose quality is
+# LOOK_JPEG_QUALITY. Stored JPEGs are sRGB: WebP without a profile is sRGB,
+# and Pillow's AVIF says so in its nclx box (BT.709 primaries, sRGB transfer,
+# full range) with JPEG's own BT.601 matrix.
+# NOTE: chosen with bench/encoders.py on 16 photographs and a screenshot, at
+#   about the SSIM of the q85 JPEG (medians at 960x540, 480x270, 240x135).
+#   WebP q85 is 0.70-0.77 of the JPEG's bytes at method 4 (libwebp's own);
+#   methods 0-2 take half the time or less for 2-19 points more, 5-6 take
+#   1-3 off for up to 2.2x the time. AVIF q70 is 0.69-0.71 at speed 9 (10 gives
+#   the same bytes) for 35/12/4 ms of CPU; speed 8 takes 3-8 points off for
+#   3-4x that, speed 6 6-9 points for 9-11x. 4:2:0 as in the JPEG: 4:4:4 is
+#   4-7% larger and needs AV1's High profile. One thread: a pool process has
+#   a core's share, and a second saves no CPU.
+ENCODINGS: dict[str, dict[str, int | str]] = {
+    'webp': {'quality': 85, 'method': 4},
+    'avif': {'quality': 70, 'speed': 9, 'subsampling': '4:2:0', 'max_threads': 1},
+}
+# How encoding_tag() writes each parameter: every one can change the bytes.
+_TAG_PREFIXES = {
+    'quality': 'q',
+    'method': 'm',
+    'speed': 's',
+    'subsampling': '',
+    'max_threads': 't',
+}
+
+
+def encoding_tag(format: str, jpeg_quality: int) -> str:
+    """Return a short name for how ``format`` is encoded; it changes whenever the bytes would."""
+    if format == 'jpeg':
+        return f'q{jpeg_quality}'
+    params = _encoding(format, jpeg_quality)[1]
+    tags = [_TAG_PREFIXES[key] + str(value).replace(':', '') for key, value in params.items()]
+    return '-'.join([format, *tags])
+
+
+def _encoding(format: str, jpeg_quality: int) -> tuple[str, dict[str, int | str]]:
+    """Return the Pillow format name and save parameters of a thumbnail format."""
+    if format == 'jpeg':
+        return 'JPEG', {'quality': jpeg_quality}
+    if format not in ENCODINGS:
+        raise ValueError(f'{format!r} is not one of {THUMBNAIL_FORMATS}')
+    return format.upper(), ENCODINGS[format]
+
+
+def render_thumbnail(source: str, size: tuple[int, int], format: str, jpeg_quality: int) -> bytes:
+    """Return the stored image at ``source`` resized to exactly ``size``, encoded as ``format``."""
+    pillow_format, params = _encoding(format, jpeg_quality)
     # NOTE: stored JPEGs passed the pixel limit of their day when uploaded;
     #   a limit the process kept from its last conversion is not theirs.
     #   The address-space limit still bounds the decode.
     Image.MAX_IMAGE_PIXELS = None
     out = io.BytesIO()
     with Image.open(source) as image:
-        width, height = image.size
-        # NOTE: draft() makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
-        #   scaling), never below the target; thumbnail() only does that when
-        #   the target is at most half of what it asks for.
-        drafted = image.draft('RGB', size)
-        scale = round(width / drafted[1][2]) if drafted else 1
-        if size == (width // scale, height // scale):
-            # PERF: the decoder has done the whole resize. It rounds a scaled
-            #   side up where halving rounds down; the extra row or column is
-            #   what halving leaves out, so it is cropped. Resizing 961x541 to
-            #   960x540 instead made the whole render 4.6x slower.
-            thumbnail = image if image.size == size else image.crop((0, 0, *size))
-        else:
-            thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-        if thumbnail.mode != 'RGB':
-            thumbnail = thumbnail.convert('RGB')
-        thumbnail.save(out, 'JPEG', quality=quality)
+        thumbnail = scale_stored(image, size)
+        # NOTE: stored JPEGs carry no metadata (convert_upload), and none may
+        #   reach a thumbnail even so: Pillow's AVIF writer copies an ICC
+        #   profile from info unless told otherwise, its JPEG writer a comment.
+        thumbnail.info.clear()
+        thumbnail.save(out, pillow_format, **params)
     return out.getvalue()
+
+
+def scale_stored(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Return the opened, not yet loaded, stored JPEG ``image`` as RGB of exactly ``size``."""
+    width, height = image.size
+    # NOTE: draft() makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
+    #   scaling), never below the target; thumbnail() only does that when
+    #   the target is at most half of what it asks for.
+    drafted = image.draft('RGB', size)
+    scale = round(width / drafted[1][2]) if drafted else 1
+    if size == (width // scale, height // scale):
+        # PERF: the decoder has done the whole resize. It rounds a scaled
+        #   side up where halving rounds down; the extra row or column is
+        #   what halving leaves out, so it is cropped. Resizing 961x541 to
+        #   960x540 instead made the whole render 4.6x slower.
+        thumbnail = image if image.size == size else image.crop((0, 0, *size))
+    else:
+        thumbnail = image.resize(size, Image.Resampling.LANCZOS)
+    return thumbnail if thumbnail.mode == 'RGB' else thumbnail.convert('RGB')
 
 
 def memory_limit(max_pixels: int) -> int:
@@ -329,11 +382,11 @@ class Thumbnailer:
         return width, height
 
     def render(self, source: str, size: tuple[int, int], format: str) -> bytes:
-        """Render a thumbnail of a stored JPEG in one of ``THUMBNAIL_FORMATS``."""
+        """Render a thumbnail of a stored JPEG as ``format`` (one of THUMBNAIL_FORMATS)."""
         if format not in THUMBNAIL_FORMATS:
             raise ValueError(f'no encoder for {format!r} thumbnails')
         started = time.perf_counter()
-        data: bytes = self._run(render_thumbnail, source, size, self.quality)
+        data: bytes = self._run(render_thumbnail, str(source), size, format, self.quality)
         self.observer.render_done(format, time.perf_counter() - started)
         return data
 
