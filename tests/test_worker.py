@@ -10,10 +10,8 @@ at LOOK_HEADER_TIMEOUT (a 408 first, if it had begun a request).
 from __future__ import annotations
 
 import concurrent.futures
-import dataclasses
 import pathlib
 import re
-import selectors
 import socket
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +21,17 @@ from gunicorn.config import Config
 
 from look.worker import reads_heads
 
-from servers import Gunicorn, connect, make_gunicorn_fixture, request, send, wait_until  # noqa: F401
+from servers import (  # noqa: F401
+    Gunicorn,
+    SlowClient,
+    connect,
+    make_gunicorn_fixture,
+    open_slow_clients,
+    request,
+    send,
+    trickle,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,71 +59,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
 # -- slow clients --------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class SlowClient:
-    """One attacking connection: what it has left to trickle, and what the server did."""
-
-    sock: socket.socket
-    to_send: bytes
-    started: float  # when its head's deadline began: connected, or sent its first byte
-    received: bytes = b''
-    closed_at: float | None = None
-
-    @property
-    def held(self) -> float:
-        """Seconds from ``started`` until the server closed the connection (inf if it did not)."""
-        return float('inf') if self.closed_at is None else self.closed_at - self.started
-
-
-def open_clients(port: int, count: int, to_send: bytes) -> list[SlowClient]:
-    """Connect ``count`` clients that will trickle ``to_send``; none has sent a byte yet."""
-    clients = []
-    for _ in range(count):
-        sock = socket.create_connection(('127.0.0.1', port), timeout=5.0)
-        clients.append(SlowClient(sock, to_send, time.monotonic()))
-    return clients
-
-
-def trickle(clients: list[SlowClient], until: float) -> None:
-    """Send each client's bytes, one per TRICKLE_INTERVAL; note answers and closes until ``until``.
-
-    One thread and a selector for all of them, as a cheap attacker would.
-    """
-    with selectors.DefaultSelector() as selector:
-        for client in clients:
-            client.sock.setblocking(False)
-            selector.register(client.sock, selectors.EVENT_READ, client)
-        next_byte = time.monotonic()
-        still_open = len(clients)
-        while still_open and time.monotonic() < until:
-            timeout = max(0.0, min(next_byte, until) - time.monotonic())
-            for key, _ in selector.select(timeout):
-                client = key.data
-                try:
-                    data = client.sock.recv(65536)
-                except BlockingIOError:
-                    continue
-                except OSError:
-                    data = b''
-                if data:
-                    client.received += data
-                    continue
-                client.closed_at = time.monotonic()
-                selector.unregister(client.sock)
-                still_open -= 1
-            if time.monotonic() >= next_byte:
-                next_byte += TRICKLE_INTERVAL
-                for client in clients:
-                    if client.closed_at is None and client.to_send:
-                        try:
-                            client.sock.send(client.to_send[:1])
-                        except OSError:
-                            continue  # closed by the server: the selector reports it
-                        client.to_send = client.to_send[1:]
-    for client in clients:
-        client.sock.close()
-
-
 def prompt_answers(url: str, count: int, spacing: float) -> list[float]:
     """GET /health on a new connection ``count`` times; return how long each answer took.
 
@@ -140,7 +83,7 @@ def under_attack(server: Gunicorn, clients: list[SlowClient]) -> list[float]:
     """Trickle ``clients`` in the background while timing normal requests; return their times."""
     until = time.monotonic() + HEADER_TIMEOUT + DEADLINE_SLACK + 1.0
     with concurrent.futures.ThreadPoolExecutor(1) as background:
-        attack = background.submit(trickle, clients, until)
+        attack = background.submit(trickle, clients, TRICKLE_INTERVAL, until)
         try:
             # Within the first 2.5 s, while every attacking connection is open.
             took = prompt_answers(server.url, 8, 0.3)
@@ -173,7 +116,7 @@ def test_slow_new_connections_hold_no_thread_and_close_at_the_deadline(
     server: Gunicorn, count: int, to_send: bytes, answer: bytes
 ) -> None:
     """More slow connections than threads: others are answered at once; each is closed in time."""
-    clients = open_clients(server.port, count, to_send)
+    clients = open_slow_clients(server.port, count, to_send)
     took = under_attack(server, clients)
 
     assert max(took) <= PROMPT, f'normal requests took {[round(t, 2) for t in took]}s'
@@ -182,7 +125,7 @@ def test_slow_new_connections_hold_no_thread_and_close_at_the_deadline(
 
 def test_a_kept_alive_connections_next_head_has_its_own_deadline(server: Gunicorn) -> None:
     """30 connections trickle their second request: others are served; 408 from its first byte."""
-    clients = open_clients(server.port, 30, HEAD)
+    clients = open_slow_clients(server.port, 30, HEAD)
     for client in clients:
         client.sock.sendall(HEAD.replace(b'GET', b'HEAD'))
         answer = b''
