@@ -3,6 +3,7 @@
 Command-line flags and GUNICORN_CMD_ARGS override anything set here.
 """
 
+import math
 import os
 
 bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
@@ -33,6 +34,18 @@ def _cores_per_worker(worker_count):
 if _SHARE_CORES:
     os.environ['LOOK_PROCESSES'] = _cores_per_worker(workers)
 
+
+def _seconds(name, default):
+    value = os.environ.get(name, default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise SystemExit(f'{name} must be a number of seconds greater than 0, got {value!r}')
+    return seconds
+
+
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
@@ -41,7 +54,7 @@ keepalive = 5
 #   request's first byte); then it gets a 408 and the connection is closed.
 #   Bodies have their own limit in look (LOOK_UPLOAD_TIMEOUT). gunicorn has
 #   no such setting: post_fork hands it to the worker.
-header_timeout = float(os.environ.get('LOOK_HEADER_TIMEOUT', '10'))
+header_timeout = _seconds('LOOK_HEADER_TIMEOUT', '10')
 
 # Uploads are streamed to disk, so request bodies need no limit here; look
 # enforces LOOK_MAX_UPLOAD_BYTES itself. Header limits stay at gunicorn's.

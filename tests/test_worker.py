@@ -10,9 +10,12 @@ at LOOK_HEADER_TIMEOUT (a 408 first, if it had begun a request).
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import pathlib
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -22,6 +25,7 @@ from gunicorn.config import Config
 from look.worker import reads_heads
 
 from servers import (  # noqa: F401
+    REPO_ROOT,
     Gunicorn,
     SlowClient,
     connect,
@@ -252,3 +256,20 @@ def test_heads_are_read_by_the_main_loop_only_over_plain_http1(tmp_path: pathlib
     )
     assert not reads_heads(gunicorn_config(proxy_protocol='v1'))
     assert not reads_heads(gunicorn_config(protocol='uwsgi'))
+
+
+@pytest.mark.parametrize('value', ['soon', '0', '-1', 'inf'])
+def test_a_bad_header_timeout_stops_start_up_naming_the_variable(value: str) -> None:
+    """gunicorn.conf.py refuses a LOOK_HEADER_TIMEOUT that is not a number of seconds above 0."""
+    result = subprocess.run(
+        [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', '--check-config', 'x:y'],
+        cwd=REPO_ROOT,
+        env={**os.environ, 'LOOK_HEADER_TIMEOUT': value},
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+        timeout=30,
+    )
+    assert result.returncode != 0
+    assert f'LOOK_HEADER_TIMEOUT must be a number of seconds greater than 0, got {value!r}' in (
+        result.stderr.decode()
+    )
