@@ -105,7 +105,7 @@ def test_a_thousand_slow_clients_wait_in_nginx_and_look_answers_the_rest_at_once
             with concurrent.futures.ThreadPoolExecutor(1) as background:
                 attack = background.submit(trickle, heads + bodies, TRICKLE_INTERVAL, until)
                 try:
-                    answers = answer_times(nginx.url, until - PROMPT)
+                    answers, most_connections = answer_times(nginx.url, until - PROMPT, look.port)
                 finally:
                     attack.result()
             nginx_log = nginx.log_tail()
@@ -113,21 +113,26 @@ def test_a_thousand_slow_clients_wait_in_nginx_and_look_answers_the_rest_at_once
     slow = [(what, seconds) for what, seconds in answers if seconds > PROMPT]
     assert not slow, f'{len(slow)} of {len(answers)} answers were slow: {slow[:5]}\n{nginx_log}'
     assert sum(what == 'upload' for what, _ in answers) >= 3, answers
+    # nginx kept its own few connections to look (upstream keepalive 16).
+    assert most_connections <= 32, f'look had {most_connections} connections from nginx'
     # nginx, not look, held them all: the heads until client_header_timeout,
     # the bodies for as long as they kept coming.
     check_held(heads, CLIENT_HEADER_TIMEOUT - 0.5, CLIENT_HEADER_TIMEOUT + 2.0)
     check_held(bodies, ATTACK, float('inf'))
 
 
-def answer_times(url: str, until: float) -> list[tuple[str, float]]:
+def answer_times(url: str, until: float, look_port: int) -> tuple[list[tuple[str, float]], int]:
     """GET /health every 0.5 s, and upload a small JPEG every 4th time, until ``until``.
 
-    Return what each request was and how long its answer took (inf for a wrong one).
+    Return what each request was and how long its answer took (inf for a wrong
+    one), and the most connections look had open meanwhile.
     """
     photo = image_bytes('JPEG', (64, 64), seed=7)
     answers: list[tuple[str, float]] = []
+    most_connections = 0
     while time.monotonic() < until:
         time.sleep(0.5)
+        most_connections = max(most_connections, connections_to(look_port))
         upload = len(answers) % 4 == 3
         started = time.monotonic()
         try:
@@ -141,7 +146,15 @@ def answer_times(url: str, until: float) -> list[tuple[str, float]]:
             ok = False
         took = time.monotonic() - started
         answers.append(('upload' if upload else 'get', took if ok else float('inf')))
-    return answers
+    return answers, most_connections
+
+
+def connections_to(port: int) -> int:
+    """Return how many TCP connections to 127.0.0.1:``port`` are established."""
+    local = f'0100007F:{port:04X}'
+    with open('/proc/net/tcp') as table:
+        next(table)
+        return sum(fields[1] == local and fields[3] == '01' for fields in map(str.split, table))
 
 
 def check_held(clients: list[SlowClient], at_least: float, at_most: float) -> None:
