@@ -106,7 +106,7 @@ class HeadConn(TConn):
             self.head = b''
         if not self.head_whole:
             # NOTE: past gunicorn's limits, or with a bare LF: the parser
-            #   answers 400 or 431, but may read once more first. The read
+            #   answers 400, 414 or 431, but may read once more first. The read
             #   must not outlast the head's deadline.
             self.sock.settimeout(max(self.head_deadline - time.monotonic(), 0.1))
 
@@ -117,7 +117,7 @@ class HeadFirstWorker(ThreadWorker):
     A connection waits in the main loop's poller, costing no thread, until its
     request line and headers have all arrived (``END_OF_HEAD``) or gunicorn's
     limits on them are passed (``head_limit``; a thread then runs gunicorn's
-    parser, which answers 400 or 431). The head must arrive within
+    parser, which answers 400, 414 or 431). The head must arrive within
     ``header_timeout`` seconds of the connection, or of the first byte of a
     kept-alive connection's next request, all bytes together; past it the
     client gets a 408 and the connection is closed, or is just closed if it

@@ -48,7 +48,7 @@ DEADLINE_SLACK = 1.5
 # A normal request is answered within this, whatever else is going on.
 PROMPT = 1.0
 TRICKLE_INTERVAL = 0.5
-HEAD = b'GET /health HTTP/1.1\r\nHost: look\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
+REQUEST_HEAD = b'GET /health HTTP/1.1\r\nHost: look\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
 
 
 @pytest.fixture(scope='module')
@@ -111,7 +111,7 @@ def check_closed_at_the_deadline(clients: list[SlowClient], answer: bytes) -> No
 @pytest.mark.parametrize(
     ('count', 'to_send', 'answer'),
     [
-        (50, HEAD, b'HTTP/1.1 408 Request Timeout'),
+        (50, REQUEST_HEAD, b'HTTP/1.1 408 Request Timeout'),
         (60, b'', b''),
     ],
     ids=['50 heads sent a byte every 0.5 s', '60 connections that send nothing'],
@@ -129,9 +129,9 @@ def test_slow_new_connections_hold_no_thread_and_close_at_the_deadline(
 
 def test_a_kept_alive_connections_next_head_has_its_own_deadline(server: Gunicorn) -> None:
     """30 connections trickle their second request: others are served; 408 from its first byte."""
-    clients = open_slow_clients(server.port, 30, HEAD)
+    clients = open_slow_clients(server.port, 30, REQUEST_HEAD)
     for client in clients:
-        client.sock.sendall(HEAD.replace(b'GET', b'HEAD'))
+        client.sock.sendall(REQUEST_HEAD.replace(b'GET', b'HEAD'))
         answer = b''
         while b'\r\n\r\n' not in answer:
             answer += client.sock.recv(65536)
@@ -169,7 +169,7 @@ def statuses(received: bytes) -> list[bytes]:
 
 def test_a_head_in_pieces_within_the_deadline_is_served(server: Gunicorn) -> None:
     """A head that arrives in pieces, a CRLF split among them, is one request."""
-    closing = HEAD.replace(b'Accept', b'Connection: close\r\nAccept')
+    closing = REQUEST_HEAD.replace(b'Accept', b'Connection: close\r\nAccept')
     received = exchange(server.port, closing[:5], closing[5:30], closing[30:-3], closing[-3:])
     assert statuses(received) == [b'HTTP/1.1 200 OK'], received[:300]
 
@@ -177,7 +177,7 @@ def test_a_head_in_pieces_within_the_deadline_is_served(server: Gunicorn) -> Non
 def test_pipelined_requests_are_answered_in_order(server: Gunicorn) -> None:
     """Requests sent back to back, the last one's head split across reads, all get answers."""
     last = b'GET /openapi.json HTTP/1.1\r\nHost: look\r\nConnection: close\r\n\r\n'
-    received = exchange(server.port, HEAD + HEAD + last[:20], last[20:])
+    received = exchange(server.port, REQUEST_HEAD + REQUEST_HEAD + last[:20], last[20:])
     assert statuses(received) == [b'HTTP/1.1 200 OK'] * 3, received[:300]
     assert received.rstrip().endswith(b'}')
 
@@ -210,11 +210,11 @@ def test_graceful_stop_serves_a_head_under_way_and_closes_idle_connections(
     idle = socket.create_connection(('127.0.0.1', server.port), timeout=10.0)
     begun = socket.create_connection(('127.0.0.1', server.port), timeout=10.0)
     with idle, begun, concurrent.futures.ThreadPoolExecutor(1) as background:
-        begun.sendall(HEAD[:20])
+        begun.sendall(REQUEST_HEAD[:20])
         time.sleep(0.3)
         stopping = background.submit(server.stop)
         assert wait_until(lambda: 'Handling signal: term' in server.log(), 5.0), server.log()
-        begun.sendall(HEAD[20:])
+        begun.sendall(REQUEST_HEAD[20:])
         answer = begun.recv(65536)
         assert idle.recv(65536) == b''  # closed, with nothing said
         stopping.result()
