@@ -3,6 +3,7 @@
 Command-line flags and GUNICORN_CMD_ARGS override anything set here.
 """
 
+import math
 import os
 import shutil
 import tempfile
@@ -19,7 +20,9 @@ if _OWN_METRICS_DIR:
 # One worker per core; the image work itself runs in each worker's process
 # pool, so worker threads mostly wait on the pool, the disk or Redis.
 workers = int(os.environ.get('WEB_CONCURRENCY', os.cpu_count() or 1))
-worker_class = 'gthread'
+# gthread, but a connection gets a thread only once its request line and
+# headers have all arrived: see look/worker.py.
+worker_class = 'look.worker.HeadFirstWorker'
 # NOTE: more threads than the 8 renders a worker lets wait on its pool, so
 #   cache hits and downloads always find a free thread. Keep-alive clients
 #   stay on one worker, so one worker may take a whole page of thumbnails.
@@ -40,9 +43,27 @@ def _cores_per_worker(worker_count):
 if _SHARE_CORES:
     os.environ['LOOK_PROCESSES'] = _cores_per_worker(workers)
 
+
+def _seconds(name, default):
+    value = os.environ.get(name, default)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise SystemExit(f'{name} must be a number of seconds greater than 0, got {value!r}')
+    return seconds
+
+
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
+# NOTE: seconds a client may take to send a request's line and headers, all
+#   of them, from when it connects (on a kept-alive connection, from the
+#   request's first byte); then it gets a 408 and the connection is closed.
+#   Bodies have their own limit in look (LOOK_UPLOAD_TIMEOUT). gunicorn has
+#   no such setting: post_fork hands it to the worker.
+header_timeout = _seconds('LOOK_HEADER_TIMEOUT', '10')
 
 # Uploads are streamed to disk, so request bodies need no limit here; look
 # enforces LOOK_MAX_UPLOAD_BYTES itself. Header limits stay at gunicorn's.
@@ -54,7 +75,8 @@ keepalive = 5
 
 
 def post_fork(server, worker):
-    """Give this worker's pool its share of the cores, counting workers as started."""
+    """Give this worker its head deadline and its pool's share of the cores."""
+    worker.header_timeout = header_timeout
     if _SHARE_CORES:
         share = _cores_per_worker(server.cfg.workers)
         os.environ['LOOK_PROCESSES'] = share
