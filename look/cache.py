@@ -253,10 +253,11 @@ class RedisCache:
         """Let one request in the whole deployment make a missing entry; the others wait for it.
 
         The one that takes the fill lock goes on to the resource. The others
-        poll for the entry, and answer from it; a failed fill leaves its
-        error for a moment, which they answer with too; a fill whose maker
-        vanished (its lock expired or was released without an entry) is
-        taken over. Without Redis, every request goes on to the resource.
+        poll for the entry, and answer from it; a fill that failed leaves
+        its error for a moment (FAILURE_SHARED_MS), which they and the
+        requests right after answer with too; a fill whose maker vanished
+        (its lock expired, or was let go without an entry) is taken over.
+        Without Redis, every request goes on to the resource.
         """
         assert self.fill_timeout is not None
         lock_key = self.key_prefix + _FILL_PREFIX + cacheable.key
@@ -264,15 +265,23 @@ class RedisCache:
         lock_ms = int(self.fill_timeout * 1000)
         deadline = time.monotonic() + self.fill_timeout
         delay = 0.004
+        failed = self._try('GET', self.client.get, failed_key)
+        if failed is _FAILED:
+            return  # Redis failed: make it here
+        if failed is not None and _answer_failure(req, resp, failed):
+            return  # it failed a moment ago: not again for everyone at once
         while True:
             took = self._try('SET', self.client.set, lock_key, b'1', px=lock_ms, nx=True)
             if took is _FAILED:
                 return  # Redis failed: make it here
             if took:
                 # NOTE: checked again: the last maker may have stored the entry
-                #   and let go of the lock between our GET and our SET.
-                raw = self._call('GET', self._get, key)
-                if raw is not None and self._serve(req, resp, cacheable, key, raw):
+                #   (or its failure) and let go of the lock since we looked.
+                found = self._call('MGET', self.client.mget, [key, failed_key]) or (None, None)
+                raw, failed = found
+                if (raw is not None and self._serve(req, resp, cacheable, key, raw)) or (
+                    failed is not None and _answer_failure(req, resp, failed)
+                ):
                     self._call('DEL', self.client.delete, lock_key)
                     return
                 req.context[_FILLING] = lock_key

@@ -750,6 +750,8 @@ class Gunicorn(_Server):
 
 # -- fixtures -----------------------------------------------------------------
 
+MakeGunicorn = Callable[..., Gunicorn]
+
 
 @pytest.fixture(name='redis_server')
 def redis_server_fixture() -> Iterator[RedisServer]:

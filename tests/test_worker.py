@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from gunicorn.config import Config
@@ -27,6 +27,7 @@ from look.worker import reads_heads
 from servers import (  # noqa: F401
     REPO_ROOT,
     Gunicorn,
+    MakeGunicorn,
     SlowClient,
     connect,
     make_gunicorn_fixture,
@@ -39,7 +40,6 @@ from servers import (  # noqa: F401
 
 pytestmark = pytest.mark.e2e
 
-MakeGunicorn = Callable[..., Gunicorn]
 
 HEADER_TIMEOUT = 3.0  # LOOK_HEADER_TIMEOUT of these servers
 # How long after its deadline a head may still be open: the worker looks
