@@ -68,6 +68,10 @@ header_timeout = _seconds('LOOK_HEADER_TIMEOUT', '10')
 # Uploads are streamed to disk, so request bodies need no limit here; look
 # enforces LOOK_MAX_UPLOAD_BYTES itself. Header limits stay at gunicorn's.
 
+# LOOK_LOG_FORMAT=json: gunicorn's lines and look's, one JSON object each.
+if os.environ.get('LOOK_LOG_FORMAT', '').strip().lower() == 'json':
+    logger_class = 'look.logs.JsonLogger'
+
 # NOTE: no access log by default, as in gunicorn itself: a line per request
 #   costs every request its formatting and a write. `--access-logfile -`
 #   (or GUNICORN_CMD_ARGS) turns it on. look's own messages go to gunicorn's

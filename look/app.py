@@ -14,7 +14,7 @@ from look.cache import CACHE_HEADER, RedisCache
 from look.config import Config, ConfigError
 from look.errors import add_error_handlers
 from look.health import Health
-from look.images import CONVERTERS, Images, Thumbnails
+from look.images import CONVERTERS, Images, Thumbnails, near_miss
 from look.metrics import Metrics, MetricsMiddleware, MetricsResource
 from look.openapi import OpenAPI, openapi_document
 from look.renditions import Renditions
@@ -24,6 +24,16 @@ from look.uploads import Receiver
 
 log = logging.getLogger('look')
 
+# What a script on another origin may read of an answer, besides the safelisted headers.
+CORS_EXPOSED_HEADERS = [
+    'Location',
+    'Link',
+    'ETag',
+    'Content-Location',
+    'Retry-After',
+    'WWW-Authenticate',
+    CACHE_HEADER,
+]
 # Seconds a request waits for another's render beyond the render time limit.
 FILL_WAIT_MARGIN = 5.0
 
@@ -75,6 +85,15 @@ def create_app(config: Config | None = None) -> falcon.App:
     access = Access(config.api_keys)
     # NOTE: metrics first, so its process_response runs last and sees every answer.
     middleware: list[object] = [MetricsMiddleware(metrics, CACHE_HEADER)]
+    if config.cors_origins:
+        middleware.append(
+            falcon.CORSMiddleware(
+                allow_origins=config.cors_origins[0]
+                if config.cors_origins == ('*',)
+                else config.cors_origins,
+                expose_headers=CORS_EXPOSED_HEADERS,
+            )
+        )
     if cache is not None:
         middleware.append(cache)
     app = falcon.App(middleware=middleware)
@@ -111,4 +130,16 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route('/openapi.json', OpenAPI(document))
     app.add_route('/metrics', MetricsResource(metrics, access, public=config.metrics_public))
     add_error_handlers(app)
+    app.add_error_handler(falcon.HTTPRouteNotFound, _route_not_found)
     return app
+
+
+def _route_not_found(
+    req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, object]
+) -> None:
+    """Answer a path no route takes with a 404 that names the address it most likely meant."""
+    hint = near_miss(req.path)
+    raise falcon.HTTPNotFound(
+        title='Not found',
+        description=f'There is nothing at {req.path}. {hint}' if hint else None,
+    )

@@ -122,6 +122,32 @@ def _thumbnail_formats(name: str, value: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(formats))
 
 
+def _origins(name: str, value: str) -> tuple[str, ...]:
+    origins = tuple(item.strip() for item in value.split(',') if item.strip())
+    if origins == ('*',):
+        return origins
+    for origin in origins:
+        parts = urlparse(origin)
+        if (
+            parts.scheme not in ('http', 'https')
+            or not parts.netloc
+            or parts.path
+            or '*' in origin
+        ):
+            raise ConfigError(
+                f'{name} must be * or origins such as https://example.com (scheme, host, '
+                f'port; no path), got {origin!r}'
+            )
+    return origins
+
+
+def _log_format(name: str, value: str) -> str:
+    value = value.strip().lower()
+    if value not in ('text', 'json'):
+        raise ConfigError(f'{name} must be text or json, got {value!r}')
+    return value
+
+
 # attribute -> (environment variable, parser)
 _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'storage_path': ('LOOK_STORAGE_PATH', _path),
@@ -140,6 +166,8 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'cache_max_bytes': ('LOOK_CACHE_MAX_BYTES', _positive_int),
     'thumbnail_formats': ('LOOK_THUMBNAIL_FORMATS', _thumbnail_formats),
     'metrics_public': ('LOOK_METRICS_PUBLIC', _flag),
+    'cors_origins': ('LOOK_CORS_ORIGINS', _origins),
+    'log_format': ('LOOK_LOG_FORMAT', _log_format),
 }
 
 
@@ -168,6 +196,8 @@ class Config:
     cache_max_bytes: int
     thumbnail_formats: tuple[str, ...]
     metrics_public: bool
+    cors_origins: tuple[str, ...]
+    log_format: str
 
     def __init__(self, environ: Mapping[str, str] | None = None, **overrides: Any) -> None:
         if environ is None:
@@ -207,6 +237,9 @@ class Config:
         #   and error counts are the operator's business) unless this says
         #   the network in front of it is trusted.
         self.metrics_public = False
+        # NOTE: browsers on other origins may use the API only where this names them.
+        self.cors_origins = ()
+        self.log_format = 'text'
 
         for attribute, (variable, parse) in _ENVIRONMENT.items():
             if variable in environ:
