@@ -217,6 +217,8 @@ class Gallery:
             description,
             rows,
             formats=formats,
+            # NOTE: gunicorn takes the scheme from X-Forwarded-Proto of the
+            #   proxies it trusts (forwarded_allow_ips): previews behind TLS say https.
             origin=req.prefix,
             keys_required=not self._access.open,
         )
@@ -476,7 +478,8 @@ def _gallery_page(
         'each<span class="js-only" hidden>; or drop them here</span>.</p>\n'
         '<button type="submit" class="no-js">Upload</button>\n'
         '</form>\n'
-        '<ul id="uploads" class="uploads" aria-live="polite"></ul>\n'
+        '<ul id="uploads" class="uploads"></ul>\n'
+        '<p id="upload-status" class="visually-hidden" role="status"></p>\n'
         '</section>\n'
         '<section aria-labelledby="images-heading">\n'
         '<h2 id="images-heading">Newest first</h2>\n'
@@ -532,7 +535,7 @@ def _image_page(
     links = (
         ('link-page', 'This page', page_url),
         ('link-image', 'The image (JPEG)', image_url),
-        ('link-markdown', 'Markdown', f'![{alt}]({page_url})'),
+        ('link-markdown', 'Markdown', f'[![{alt}]({preview_url})]({page_url})'),
     )
     link_rows = ''.join(
         f'<div class="copy"><label for="{name}">{_e(label)}</label>'

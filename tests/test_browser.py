@@ -200,6 +200,9 @@ def test_uploads_through_the_page_appear_without_a_reload(
     failed = page.locator('#uploads li.failed .state')
     assert failed.text_content() == api_error(gunicorn, b'not an image')
     assert 'not an image look can read' in (failed.text_content() or '')
+    # Outcomes, not every percent, are announced to screen readers.
+    assert page.locator('#upload-status').get_attribute('role') == 'status'
+    assert (page.text_content('#upload-status') or '').startswith(('Uploaded ', 'notes.txt'))
     uploaded = [
         f'/view/{i}'
         for i in page.eval_on_selector_all(

@@ -294,6 +294,10 @@ def test_an_image_page_shows_the_image_its_sizes_and_links(make_client: MakeClie
     )
     assert page.one('input', id='link-page').attrs['value'] == f'{origin}/view/{image_id}'
     assert page.one('input', id='link-image').attrs['value'] == f'{origin}{description["image"]}'
+    assert page.one('input', id='link-markdown').attrs['value'] == (
+        f'[![{img.attrs["alt"]}]({origin}/thumbnails/{image_id}/750x500.jpeg)]'
+        f'({origin}/view/{image_id})'
+    )
     for link in ('link-page', 'link-image', 'link-markdown'):
         assert page.one('label', for_=link).text
         assert 'hidden' in page.one('button', data_copy=link).attrs

@@ -245,10 +245,10 @@ function setUpList() {
     if (started !== generation) return; // the key changed meanwhile: this page is stale
     loading = false;
     if (!response || !response.ok) {
-      const status_ = response ? response.status : 0;
-      status.textContent = failure(status_, text, 'Listing images');
+      const code = response ? response.status : 0;
+      status.textContent = failure(code, text, 'Listing images');
       status.classList.add('error');
-      if (status_ === 401) document.getElementById('key')?.focus();
+      if (code === 401) document.getElementById('key')?.focus();
       return;
     }
     status.classList.remove('error');
@@ -328,8 +328,15 @@ function send(file, onProgress) {
   });
 }
 
+// NOTE: progress goes to each item's <progress>; only outcomes are announced,
+//   in one status line, so a screen reader is not read every percent.
+function announce(text) {
+  document.getElementById('upload-status').textContent = text;
+}
+
 class UploadItem {
   constructor(file, list) {
+    this.name = file.name;
     this.element = document.createElement('li');
     const name = document.createElement('span');
     name.className = 'name';
@@ -364,6 +371,7 @@ class UploadItem {
     this.state.append(link);
     this.state.className = 'state done';
     this.element.dataset.id = description.id;
+    announce(`Uploaded ${this.name}.`);
   }
 
   failed(text) {
@@ -371,6 +379,7 @@ class UploadItem {
     this.state.textContent = text;
     this.state.className = 'state error';
     this.element.classList.add('failed');
+    announce(`${this.name} was not uploaded: ${text}`);
   }
 }
 
