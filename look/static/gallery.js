@@ -401,7 +401,7 @@ async function upload(file, item, maxBytes, onUploaded) {
     const wait = Number.parseInt(answer.retryAfter, 10);
     if (answer.status === 503 && attempt === 1 && wait >= 0 && wait <= MAX_RETRY_WAIT) {
       item.say(`The server is busy; trying again in ${wait} s…`);
-      await sleep(Math.max(wait, 1));
+      await sleep(wait);
       continue;
     }
     item.failed(failure(answer.status, answer.text, 'Uploading'));
