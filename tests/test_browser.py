@@ -411,6 +411,16 @@ def test_without_javascript_the_gallery_is_a_plain_list(
     assert page.input_value('#link-page') == f'{gunicorn.url}/view/{everything[2]}'
     assert not page.is_visible('#delete') and not page.is_visible('button[data-copy]')
 
+    # The form posts the file to the API, whose answer (with the delete token) is shown;
+    # a JSON answer names no icon, so the browser asks for /favicon.ico, which is none.
+    tab.expect_error('/favicon.ico')
+    page.goto(f'{gunicorn.url}/')
+    page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
+    with page.expect_navigation():
+        page.click('#upload button[type="submit"]')
+    answer = json.loads(page.text_content('body') or '')
+    assert answer['id'] == api_ids(gunicorn)[0] and answer['delete_token']
+
 
 # -- accessibility ------------------------------------------------------------------------------
 
