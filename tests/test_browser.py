@@ -491,7 +491,10 @@ def test_with_keys_set_the_page_asks_for_one(
     page.goto(f'{server.url}/view/{listed["id"]}')
     assert page.is_visible('#delete-button')
 
+    # The key is kept: the list comes back by itself, until the key is forgotten.
     page.goto(f'{server.url}/')
+    page.wait_for_selector('#grid .tile')
+    assert tile_hrefs(page) == [f'/view/{i}' for i in api_ids(server, KEY)]
     page.click('#forget-key')
     page.wait_for_function('document.querySelectorAll("#grid .tile").length === 0')
     page.wait_for_function('document.getElementById("list-status").textContent !== ""')

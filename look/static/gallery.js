@@ -275,7 +275,7 @@ function setUpList() {
 
   control?.addEventListener('click', loadMore);
   if (grid.dataset.listed === 'false') {
-    if (apiKey()) restart();
+    if (apiKey()) loadMore(); // from data-next: where this address starts
     else status.textContent = 'Enter an API key above to see the images.';
   } else {
     showControl();
