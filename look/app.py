@@ -13,6 +13,7 @@ from look.backends import is_local, open_library
 from look.cache import CACHE_HEADER, RedisCache
 from look.config import Config, ConfigError
 from look.errors import add_error_handlers
+from look.gallery import Gallery, StaticFiles
 from look.health import Health
 from look.images import CONVERTERS, Images, Thumbnails, near_miss
 from look.metrics import Metrics, MetricsMiddleware, MetricsResource
@@ -126,6 +127,13 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route(
         '/thumbnails/{image_id:image_id}/{width:side}x{height:side}.{format:format}', thumbnails
     )
+    static = StaticFiles.from_package()
+    gallery = Gallery(
+        library, renditions, access, static, max_upload_bytes=config.max_upload_bytes
+    )
+    app.add_route('/', gallery)
+    app.add_route('/view/{image_id:image_id}', gallery, suffix='image')
+    app.add_route('/static/{filename}', static)
     app.add_route('/health', Health(library, thumbnailer, cache))
     app.add_route('/openapi.json', OpenAPI(document))
     app.add_route('/metrics', MetricsResource(metrics, access, public=config.metrics_public))
