@@ -315,7 +315,14 @@ def test_an_image_page_shows_the_image_its_sizes_and_links(make_client: MakeClie
     table_links = [
         a.attrs['href'] for a in page.all('a') if (a.attrs['href'] or '').startswith(('/i', '/t'))
     ]
-    assert table_links == [description['image'], *description['thumbnails']]
+    assert table_links == [
+        description['image'],
+        *(
+            thumbnail.replace('.jpeg', f'.{format}')
+            for thumbnail in description['thumbnails']
+            for format in description['formats']
+        ),
+    ]
     for href in table_links:
         assert client.simulate_head(href or '').status_code == 200
 
