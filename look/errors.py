@@ -66,6 +66,13 @@ class ImageTooLarge(LookError):
     status = falcon.HTTP_413
 
 
+class ImageTooComplex(LookError):
+    """The image is built as no real encoder builds it (scans, chunks, blocks)."""
+
+    title = 'Image too complex'
+    status = falcon.HTTP_422
+
+
 class ThumbnailerUnavailable(LookError):
     """The render could not be done now; the client should retry shortly."""
 

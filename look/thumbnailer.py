@@ -24,6 +24,7 @@ from concurrent.futures.process import BrokenProcessPool
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
+from look import preflight
 from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, UnsupportedImage
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,8 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
     Image.init()  # registers every plugin, so ACCEPTED_FORMATS can be looked up
+    # Before open(): Pillow parses some headers in Python, chunk by chunk.
+    preflight.check_container(path, max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
@@ -86,16 +89,13 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
 
         with image:
             width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f'The image is {width}x{height} ({width * height} pixels); '
-                    f'the limit is {max_pixels} pixels.'
-                )
+            preflight.check_pixel_count(width, height, max_pixels)
             if max(width, height) > JPEG_MAX_SIDE:
                 raise ImageTooLarge(
                     f'The image is {width}x{height}; a JPEG side can be at most '
                     f'{JPEG_MAX_SIDE} pixels.'
                 )
+            preflight.check_pixels_per_byte(image.format, image.size, os.path.getsize(path))
             _match_trns_to_decoded_depth(image)
             try:
                 image.load()  # the first frame of an animation
