@@ -81,6 +81,12 @@ class ThumbnailerUnavailable(LookError):
     retry_after = 1
 
 
+class ThumbnailerBusy(ThumbnailerUnavailable):
+    """As many images as the pool lets wait are waiting already; nothing was started."""
+
+    title = 'Image processes busy'
+
+
 class StorageError(LookError):
     """The disk refused a write (full, read-only); nothing was stored."""
 
