@@ -26,7 +26,8 @@ from look.errors import ImageTooComplex, ImageTooLarge
 #   know (jpegtran and jpegrescan choose among the same kinds of scan). Each
 #   scan is a pass over all of its blocks even when it codes nothing: an
 #   empty refinement scan of 10000x10000 took 70 ms here, so 600 of them
-#   held a process for 40 s. 32 such scans of 8192x8192 take ~1.5 s.
+#   held a process for 40 s. 32 such scans of 8192x8192 take 2 s of CPU,
+#   a real 10-scan JPEG of that size 0.8 s.
 JPEG_MAX_SCANS = 32
 # Marker segments (APPn, COM, DQT, DHT...): Pillow parses those before the
 # first scan in Python, ~4 us each. Real files have a dozen to a few dozen;
@@ -50,7 +51,7 @@ TIFF_MAX_STRIPS = 65_536
 
 # Up to this many pixels, an upload may be as small as it likes.
 # NOTE: the costliest such image measured, a blank 2048x2048 lossless WebP
-#   of 38 bytes, converts in ~65 ms of CPU, less than a 4000x3000 JPEG.
+#   of 38 bytes, converts in ~70 ms of CPU, as a 4000x3000 JPEG photo does.
 PIXELS_PER_BYTE_FLOOR = 2048 * 2048
 # NOTE: the most pixels a byte of upload carries in each format (measured
 #   on generated 4000x3000 images):
