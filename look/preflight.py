@@ -37,8 +37,10 @@ JPEG_MAX_SEGMENTS = 1024
 # a 32 MiB PNG has 4096 of them.
 PNG_MAX_CHUNKS = 16_384
 # Extension blocks and their sub-blocks before the first image, read by
-# Pillow in Python: comments, XMP, looping, frame timing.
-GIF_MAX_BLOCKS = 4096
+# Pillow in Python at ~1 us each: comments, looping, frame timing, and XMP,
+# whose bytes read as sub-blocks of ~80 each (Photoshop's XMP can run to a
+# megabyte: ~12 000 of them).
+GIF_MAX_BLOCKS = 65_536
 # Top-level chunks, one per frame of an animation: 16 384 frames are nine
 # minutes at 30 frames a second.
 WEBP_MAX_CHUNKS = 16_384
