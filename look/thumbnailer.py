@@ -458,17 +458,14 @@ class Thumbnailer:
         """Raise ThumbnailerBusy if the pool has no room for a task; the caller holds the lock."""
         # NOTE: an upload is refused after its body arrived, not before: a
         #   place held while a client sends could be held for minutes.
-        if upload and (
-            self._in_flight >= self.max_waiting
-            or self._uploads_in_flight >= self.max_waiting_uploads
-        ):
+        if self._in_flight >= self.max_waiting:
+            raise ThumbnailerBusy(
+                'Too many images are waiting for the image processes right now; try again shortly.'
+            )
+        if upload and self._uploads_in_flight >= self.max_waiting_uploads:
             raise ThumbnailerBusy(
                 'Too many uploads are waiting for the image processes right now; '
                 'try again shortly.'
-            )
-        if self._in_flight >= self.max_waiting:
-            raise ThumbnailerBusy(
-                'Too many images are being rendered right now; try again shortly.'
             )
 
     def _result(

@@ -779,7 +779,7 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
     with pytest.raises(ThumbnailerUnavailable):
         worker.render(stored_jpeg, (160, 90))
     # Uploads wait in the same queue: beyond it, they are refused alike.
-    with pytest.raises(ThumbnailerUnavailable, match='uploads'):
+    with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
         worker.convert_upload(upload)
     assert time.monotonic() - started < 0.5
     assert upload.read_bytes() == image_bytes('PNG', size=(64, 64))
@@ -840,12 +840,12 @@ def test_uploads_take_at_most_half_the_queue_and_renders_the_rest(
         try:
             assert wait_until(lambda: worker._uploads_in_flight == 4, 10)
             started = time.monotonic()
-            with pytest.raises(ThumbnailerUnavailable, match='uploads'):
+            with pytest.raises(ThumbnailerUnavailable, match='uploads are waiting'):
                 worker.convert_upload(uploads[3])
             assert time.monotonic() - started < 0.5
             renders = [clients.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(4)]
             assert wait_until(lambda: worker._in_flight == 8, 10)
-            with pytest.raises(ThumbnailerUnavailable, match='rendered'):
+            with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
                 worker.render(stored_jpeg, (160, 90))
         finally:
             release.touch()
