@@ -11,9 +11,10 @@ bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
 # pool, so worker threads mostly wait on the pool, the disk or Redis.
 workers = int(os.environ.get('WEB_CONCURRENCY', os.cpu_count() or 1))
 worker_class = 'gthread'
-# NOTE: more threads than the 8 renders a worker lets wait on its pool, so
-#   cache hits and downloads always find a free thread. Keep-alive clients
-#   stay on one worker, so one worker may take a whole page of thumbnails.
+# NOTE: more threads than the 8 images (renders and uploads) a worker lets
+#   wait on its pool, so cache hits and downloads always find a free thread.
+#   Keep-alive clients stay on one worker, so one worker may take a whole
+#   page of thumbnails.
 threads = 12
 
 # NOTE: the workers' image pools share the cores out: cores // workers image
