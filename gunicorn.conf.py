@@ -23,9 +23,10 @@ workers = int(os.environ.get('WEB_CONCURRENCY', os.cpu_count() or 1))
 # gthread, but a connection gets a thread only once its request line and
 # headers have all arrived: see look/worker.py.
 worker_class = 'look.worker.HeadFirstWorker'
-# NOTE: more threads than the 8 renders a worker lets wait on its pool, so
-#   cache hits and downloads always find a free thread. Keep-alive clients
-#   stay on one worker, so one worker may take a whole page of thumbnails.
+# NOTE: more threads than the 8 images (renders and uploads) a worker lets
+#   wait on its pool, so cache hits and downloads always find a free thread.
+#   Keep-alive clients stay on one worker, so one worker may take a whole
+#   page of thumbnails.
 threads = 12
 
 # NOTE: the workers' image pools share the cores out: cores // workers image

@@ -17,6 +17,11 @@ from look.renditions import FALLBACK_FORMAT, FORMAT_MEDIA_TYPES
 
 MiB = 1024 * 1024
 MAX_PIXELS_LIMIT = 65500 * 65500  # no JPEG is larger: its sides stop at 65 500
+# NOTE: 64 MiP, 8192x8192: above every phone's default photo (12-50 MP) and
+#   its full-sensor modes up to 64 MP (9248x6936), full-frame cameras
+#   (61 MP), and phone panoramas (63 MP). 100 MP medium format and the 108
+#   and 200 MP phone modes need a larger LOOK_MAX_PIXELS; see the README.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_CACHE_TTL = 2**31 - 1  # seconds; Redis refuses expiry times far beyond this
 
 
@@ -209,7 +214,7 @@ class Config:
         self.uuid_generator = uuid.uuid4
         self.min_thumb_size = 64
         self.max_upload_bytes = 32 * MiB
-        self.max_pixels = 100_000_000
+        self.max_pixels = DEFAULT_MAX_PIXELS
         self.processes = os.cpu_count() or 1
         self.cache_ttl = 3600
         # NOTE: a render that takes longer than this is abandoned with a 503;

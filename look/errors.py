@@ -83,12 +83,25 @@ class ImageTooLarge(LookError):
     status = falcon.HTTP_413
 
 
+class ImageTooComplex(LookError):
+    """The image is built as no real encoder builds it (scans, chunks, blocks)."""
+
+    title = 'Image too complex'
+    status = falcon.HTTP_422
+
+
 class ThumbnailerUnavailable(LookError):
     """The render could not be done now; the client should retry shortly."""
 
     title = 'Thumbnailer unavailable'
     status = falcon.HTTP_503
     retry_after = 1
+
+
+class ThumbnailerBusy(ThumbnailerUnavailable):
+    """As many images as the pool lets wait are waiting already; nothing was started."""
+
+    title = 'Image processes busy'
 
 
 class StorageError(LookError):

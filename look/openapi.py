@@ -333,6 +333,7 @@ def openapi_document(
                         '409': _ERROR,
                         '413': _ERROR,
                         '415': _ERROR,
+                        '422': _ERROR,
                         '503': _retry_later(
                             'Too many uploads, or the image could not be converted now; retry.'
                         ),

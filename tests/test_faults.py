@@ -61,6 +61,8 @@ pytestmark = pytest.mark.e2e
 ATTEMPTS = 200
 # A bound on "never waits long", far above a normal answer (a few milliseconds).
 PROMPT = 1.5
+# How long a test client waits before it sends again an upload a busy worker refused.
+BUSY_PAUSE = 0.05
 _CACHE_DEFAULTS = inspect.signature(RedisCache.__init__).parameters
 # After a failure the cache leaves Redis alone this long, per worker.
 RETRY_INTERVAL: float = _CACHE_DEFAULTS['retry_interval'].default
@@ -120,6 +122,12 @@ def check_error(response: Response, status: int) -> dict[str, str]:
     error: dict[str, str] = response.json()
     assert set(error) == {'title', 'description'}, error
     return error
+
+
+def is_busy(response: Response) -> bool:
+    """Return whether a worker refused an upload because it has too many already."""
+    busy = ('Image processes busy', 'Too many uploads')
+    return response.status == 503 and response.json()['title'] in busy
 
 
 def check_retry_later(response: Response) -> None:
@@ -210,9 +218,9 @@ class Uploaders:
     def __init__(self, server: Gunicorn, threads: int) -> None:
         self.server = server
         self.acknowledged: set[str] = set()
-        self.refusals: list[str] = []  # answers other than 201 or 503: there should be none
+        self.refusals: list[str] = []  # answers other than 201 or busy: there should be none
+        self.busy = 0  # 503s of a worker with more uploads waiting than it takes: sent again
         self.cut_off = 0  # connections refused or cut: expected once a process is killed
-        self.retried = 0  # 503s with Retry-After (every upload slot busy): tried again
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads = [
@@ -263,10 +271,12 @@ class Uploaders:
             with self._lock:
                 if response.status == 201:
                     self.acknowledged.add(response.json()['id'])
-                elif response.status == 503 and response.header('Retry-After'):
-                    self.retried += 1
+                elif is_busy(response):
+                    self.busy += 1
                 else:
                     self.refusals.append(f'{response.status}: {response.body[:300]!r}')
+            if is_busy(response):
+                self._stop.wait(BUSY_PAUSE)  # sooner than Retry-After: the test is short
 
 
 # -- nothing acknowledged is lost: a crash of the whole server -------------------------
@@ -313,7 +323,8 @@ def test_sigkill_of_the_whole_server_mid_upload_loses_nothing_acknowledged(
             f'crash test: {len(acknowledged)} uploads acknowledged, {len(found)} found after '
             f'restart; {len(listed)} listed in all ({len(set(listed) - acknowledged)} committed '
             f'but never acknowledged); {len(left_by_crash)} temp files and '
-            f'{"a" if half_line else "no"} half index line left by the crash'
+            f'{"a" if half_line else "no"} half index line left by the crash; '
+            f'{uploaders.busy} uploads sent again after a busy 503'
         )
         print(figures)
         assert found == acknowledged, f'{figures}; lost: {sorted(acknowledged - found)[:10]}'
@@ -356,14 +367,13 @@ def test_four_workers_uploading_at_once_lose_nothing_and_all_list_it(cluster: Gu
         checks = []
         for round_ in range(rounds):
             body = SMALL_UPLOADS[(number + round_) % len(SMALL_UPLOADS)]
-            # Every upload slot of a worker busy is a 503 to retry, as any client does.
             while True:
                 created, uploader = cluster.request_worker(
                     'POST', '/images', body, {'Content-Type': 'application/octet-stream'}
                 )
-                if created.status != 503 or not created.header('Retry-After'):
+                if not is_busy(created):
                     break
-                time.sleep(0.05)
+                time.sleep(BUSY_PAUSE)  # more uploads reached one worker than it lets wait
             assert created.status == 201, created.body
             image_id = created.json()['id']
             listing, lister = cluster.request_worker('GET', '/images?limit=1000')
@@ -994,6 +1004,55 @@ def test_overload_refuses_renders_at_once_and_downloads_stay_prompt(renders: Ren
         assert elapsed < min(served), f'{path} took {elapsed:.2f}s, held behind renders'
     after = get(thumbnail_url)
     assert after.status == 200, after.body
+
+
+def test_uploads_beyond_their_share_of_the_queue_are_refused_at_once(
+    renders: RenderSetup,
+) -> None:
+    """The only image process is stopped: four uploads wait for it, six more get 503s at once.
+
+    The four hold four threads, not all twelve: a listing is answered meanwhile.
+    Once the process runs again they are stored; the refused ones left nothing.
+    """
+    server = renders.server
+    (worker,) = server.worker_pids()
+    assert get(server.url + renders.small['thumbnails'][-1]).status == 200  # the process runs
+    (process,) = pool_pids(worker)
+    listed_before = list_ids(server)
+    bodies = [image_bytes('PNG', (64, 48), seed=seed) for seed in range(10)]
+
+    with concurrent.futures.ThreadPoolExecutor(len(bodies)) as clients:
+        os.kill(process, signal.SIGSTOP)
+        try:
+            uploads = [
+                clients.submit(request, 'POST', f'{server.url}/images', body) for body in bodies
+            ]
+
+            def answered() -> list[concurrent.futures.Future[Response]]:
+                return [upload for upload in uploads if upload.done()]
+
+            assert wait_until(lambda: len(answered()) >= 6, 10), 'uploads were not refused'
+            time.sleep(0.2)  # time for a seventh answer to come, were there one
+            refused = answered()
+            waiting = [upload for upload in uploads if not upload.done()]
+            listing, elapsed = timed(get, f'{server.url}/images?limit=1')
+        finally:
+            os.kill(process, signal.SIGCONT)
+        stored = [upload.result(timeout=30) for upload in waiting]
+
+    assert len(refused) == 6 and len(waiting) == 4, (len(refused), len(waiting))
+    for future in refused:
+        response = future.result()
+        check_retry_later(response)
+        assert is_busy(response), response.body
+    assert listing.status == 200 and elapsed < PROMPT, (listing.status, elapsed)
+    assert all(response.status == 201 for response in stored), [r.body for r in stored]
+    ids = {response.json()['id'] for response in stored}
+    listed = list_ids(server)
+    assert listed[: len(listed_before)] == listed_before
+    assert set(listed[len(listed_before) :]) == ids
+    assert image_files(server.storage_path) == set(listed)
+    assert temp_files(server.storage_path) == []
 
 
 def test_render_over_the_timeout_is_503_and_its_process_is_gone(renders: RenderSetup) -> None:

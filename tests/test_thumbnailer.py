@@ -930,15 +930,17 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
     busy = in_background.submit(worker._run, time.sleep, 1)
     time.sleep(0.2)
 
+    upload = tmp_path / 'u'
+    upload.write_bytes(image_bytes('PNG', size=(64, 64)))
+
     started = time.monotonic()
     with pytest.raises(ThumbnailerUnavailable):
         worker.render(stored_jpeg, (160, 90), 'jpeg')
+    # Uploads wait in the same queue: beyond it, they are refused alike.
+    with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
+        worker.convert_upload(upload)
     assert time.monotonic() - started < 0.5
-
-    # Uploads wait their turn instead: refusing them would lose the user's upload.
-    upload = tmp_path / 'u'
-    upload.write_bytes(image_bytes('PNG', size=(64, 64)))
-    assert worker.convert_upload(upload) == (64, 64)
+    assert upload.read_bytes() == image_bytes('PNG', size=(64, 64))
     busy.result(timeout=10)
 
 
@@ -977,11 +979,46 @@ def test_one_process_pool_takes_a_page_of_renders(
         assert all(len(future.result(timeout=10)) > 0 for future in rest)
 
 
+def test_uploads_take_at_most_half_the_queue_and_renders_the_rest(
+    tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    """Beyond four waiting uploads the next is refused at once; renders still find room."""
+    worker = make_thumbnailer(processes=1)
+    assert (worker.max_waiting, worker.max_waiting_uploads) == (8, 4)
+    worker.start()
+    release = tmp_path / 'release'
+    uploads = []
+    for seed in range(4):
+        uploads.append(tmp_path / f'upload-{seed}')
+        uploads[-1].write_bytes(image_bytes('PNG', size=(64, 48), seed=seed))
+    with concurrent.futures.ThreadPoolExecutor(8) as clients:
+        # An upload of the only process that takes until the file exists.
+        first = clients.submit(worker._run, _wait_for_file, str(release), upload=True)
+        queued = [clients.submit(worker.convert_upload, path) for path in uploads[:3]]
+        try:
+            assert wait_until(lambda: worker._uploads_in_flight == 4, 10)
+            started = time.monotonic()
+            with pytest.raises(ThumbnailerUnavailable, match='uploads are waiting'):
+                worker.convert_upload(uploads[3])
+            assert time.monotonic() - started < 0.5
+            renders = [clients.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(4)]
+            assert wait_until(lambda: worker._in_flight == 8, 10)
+            with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
+                worker.render(stored_jpeg, (160, 90))
+        finally:
+            release.touch()
+        first.result(timeout=10)
+        assert [future.result(timeout=10) for future in queued] == [(64, 48)] * 3
+        assert all(len(future.result(timeout=10)) > 0 for future in renders)
+    assert uploads[3].read_bytes() == image_bytes('PNG', size=(64, 48), seed=3)
+
+
 def test_a_pool_larger_than_the_queue_is_never_left_idle(
     make_thumbnailer: MakeThumbnailer,
 ) -> None:
     """Renders up to the pool's size are taken, however many processes it has."""
-    assert make_thumbnailer(processes=12).max_waiting == 12
+    large = make_thumbnailer(processes=12)
+    assert (large.max_waiting, large.max_waiting_uploads) == (12, 6)
 
 
 def _wait_for_file(path: str) -> None:
