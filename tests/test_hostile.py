@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from look.config import Config
+from look.index.journal import decode_line
 
 import imagegen
 from imagegen import image_bytes
@@ -234,7 +235,7 @@ def check_stored_only(site: Site, before: tuple[list[str], bytes], ids: set[str]
     names, index = storage_state(site.storage)
     assert set(names) == set(before[0]) | {f'{image_id}.jpeg' for image_id in ids}
     assert index.startswith(before[1])
-    added = [json.loads(line) for line in index[len(before[1]) :].splitlines()]
+    added = [decode_line(line) for line in index[len(before[1]) :].splitlines()]
     assert {line['id'] for line in added if line['op'] == 'add'} == ids
     assert len(added) == len(ids)
 

@@ -1001,10 +1001,12 @@ def test_uploads_take_at_most_half_the_queue_and_renders_the_rest(
             with pytest.raises(ThumbnailerUnavailable, match='uploads are waiting'):
                 worker.convert_upload(uploads[3])
             assert time.monotonic() - started < 0.5
-            renders = [clients.submit(worker.render, stored_jpeg, (160, 90)) for _ in range(4)]
+            renders = [
+                clients.submit(worker.render, stored_jpeg, (160, 90), 'jpeg') for _ in range(4)
+            ]
             assert wait_until(lambda: worker._in_flight == 8, 10)
             with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
-                worker.render(stored_jpeg, (160, 90))
+                worker.render(stored_jpeg, (160, 90), 'jpeg')
         finally:
             release.touch()
         first.result(timeout=10)
