@@ -6,6 +6,7 @@ Command-line flags and GUNICORN_CMD_ARGS override anything set here.
 import math
 import os
 import shutil
+import sys
 import tempfile
 
 bind = os.environ.get('LOOK_BIND', '127.0.0.1:8000')
@@ -77,6 +78,29 @@ if os.environ.get('LOOK_LOG_FORMAT', '').strip().lower() == 'json':
 #   costs every request its formatting and a write. `--access-logfile -`
 #   (or GUNICORN_CMD_ARGS) turns it on. look's own messages go to gunicorn's
 #   error log (look/wsgi.py).
+
+
+def on_starting(server):
+    """Stop before any socket or worker if look's settings are bad or writes would be open."""
+    from gunicorn import systemd
+
+    from look import startup
+
+    # The sockets gunicorn will serve on: systemd's or a re-executed master's, else the binds.
+    inherited = os.environ.get('GUNICORN_FD')
+    fds = systemd.listen_fds(unset_environment=False)
+    if fds:
+        addresses = list(range(systemd.SD_LISTEN_FDS_START, systemd.SD_LISTEN_FDS_START + fds))
+    elif inherited:
+        addresses = [int(fd) for fd in inherited.split(',')]
+    else:
+        addresses = server.cfg.address
+    problem = startup.refusal(addresses)
+    if problem is not None:
+        server.log.error(problem)
+        if server.pidfile is not None:
+            server.pidfile.unlink()
+        sys.exit(1)
 
 
 def post_fork(server, worker):

@@ -103,13 +103,19 @@ def _api_keys(name: str, value: str) -> list[ApiKey]:
 def _api_keys_file(name: str, value: str) -> list[ApiKey]:
     path = _path(name, value)
     try:
-        text = path.read_text()
+        # utf-8-sig: a byte-order mark some editors write is not part of a secret.
+        text = path.read_text(encoding='utf-8-sig')
     except (OSError, UnicodeDecodeError) as ex:
         raise ConfigError(f'{name} {value!r} cannot be read: {ex}') from None
     try:
-        return parse_keys(text, source=f'{name} {value}')
+        keys = parse_keys(text, source=f'{name} {value}')
     except ValueError as ex:
         raise ConfigError(str(ex)) from None
+    # NOTE: a file that was meant to hold keys but holds none (a secret not
+    #   mounted yet) must not leave look open to everyone.
+    if not keys:
+        raise ConfigError(f'{name} {value} holds no key; write one name:secret a line')
+    return keys
 
 
 def _thumbnail_formats(name: str, value: str) -> tuple[str, ...]:

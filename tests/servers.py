@@ -533,12 +533,14 @@ class Gunicorn(_Server):
         workers: int = 2,
         environ: Mapping[str, str | None] | None = None,
         bind_from_env: bool = False,
+        host: str = '127.0.0.1',
     ) -> None:
         self.storage_path = pathlib.Path(storage_path)
         self.redis_url = redis_url
         self.workers = workers
         self.environ = dict(environ or {})
         self.bind_from_env = bind_from_env
+        self.host = host  # what gunicorn binds; tests talk to it on 127.0.0.1
         self.port = free_port()
         self.runtime_dir = pathlib.Path(tempfile.mkdtemp(prefix='look-gunicorn-'))
         self.log_path = self.runtime_dir / 'gunicorn.log'
@@ -574,7 +576,7 @@ class Gunicorn(_Server):
         )
         argv = [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'look.wsgi:app']
         argv += ['--workers', str(self.workers)]
-        bind = f'127.0.0.1:{self.port}'
+        bind = f'[{self.host}]:{self.port}' if ':' in self.host else f'{self.host}:{self.port}'
         if self.bind_from_env:
             environ['GUNICORN_CMD_ARGS'] = f'--bind {bind}'
         else:
@@ -630,10 +632,33 @@ class Gunicorn(_Server):
         if len(self.worker_pids()) < self.workers:
             return False
         try:
-            # 401: API keys are set, and this request has none; look answers all the same.
+            # 401: API keys are set, and the listing answers only to them.
             return get(f'{self.url}/images').status in (200, 401)
         except OSError:
             return False
+
+    def run_until_exit(self, timeout: float = START_TIMEOUT) -> int:
+        """Start gunicorn expecting it to refuse to run; return its exit status.
+
+        Fail (after killing it) if it is still running after ``timeout`` seconds.
+        """
+        argv, environ = self.command()
+        self._stopped = True
+        with open(self.log_path, 'ab') as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_group()
+            pytest.fail(f'gunicorn still ran after {timeout}s:\n{self.log_tail()}')
 
     @property
     def running(self) -> bool:
