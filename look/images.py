@@ -327,7 +327,7 @@ def _suggested_address(parts: list[str]) -> str | None:
             )
         size, dot, extension = parts[2].partition('.')
         width, x, height = size.lower().partition('x')
-        if not (x and width.isdigit() and height.isdigit()):
+        if not (x and _is_side(width) and _is_side(height)):
             return None
         size = f'{int(width)}x{int(height)}'
         format = {'jpg': 'jpeg', 'jpe': 'jpeg'}.get(extension.lower(), extension.lower())
@@ -335,6 +335,11 @@ def _suggested_address(parts: list[str]) -> str | None:
             format = 'jpeg'
         return f'/thumbnails/{image_id}/{size}' + (f'.{format}' if dot else '')
     return None
+
+
+def _is_side(value: str) -> bool:
+    """Return whether ``value`` spells a side, leading zeros allowed (up to 12 digits)."""
+    return value.isascii() and value.isdigit() and len(value) <= 12
 
 
 def _canonical_id(value: str) -> str | None:
