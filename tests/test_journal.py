@@ -753,22 +753,37 @@ def test_journal_cut_short_while_running_is_written_again_from_the_view(
     assert index.problems() == [] and other.problems() == []
 
 
-def test_a_view_behind_the_others_rebuilds_without_their_latest_lines(
+def test_a_view_behind_the_others_writes_a_removed_journal_again_whole(
     root: pathlib.Path,
 ) -> None:
-    """The rebuild is this worker's view: what it had not read yet is not in the new journal.
+    """It reads what it had not read yet through the descriptor it holds of the removed one."""
+    behind, ahead = open_index(root), open_index(root)
+    earlier = add(ahead)
+    assert listed(behind) == [earlier]
+    later = add(ahead)
+    ahead.delete(earlier)
 
-    Those images' files are quarantined at the next start-up (see test_check.py).
-    """
+    os.unlink(ahead.path)
+
+    assert listed(behind) == [later]
+    assert listed(ahead) == [later]
+    assert index_ops(root) == [('delete', earlier), ('add', later)]
+
+
+def test_a_view_behind_the_others_writes_a_journal_cut_short_again_as_far_as_it_read(
+    root: pathlib.Path,
+) -> None:
+    """What it had not read yet is gone: those files are quarantined at the next start-up."""
     behind, ahead = open_index(root), open_index(root)
     earlier = add(ahead)
     assert listed(behind) == [earlier]
     later = add(ahead)
 
-    os.unlink(ahead.path)
+    with open(ahead.path, 'r+b') as journal:
+        journal.truncate(0)
 
     assert listed(behind) == [earlier]
-    assert listed(ahead) == [earlier]  # the journal it now reads is the rebuilt one
+    assert listed(ahead) == [earlier]  # the journal it now reads is the one written again
     assert index_ops(root) == [('add', earlier)]
     assert not ahead.was_deleted(later)
 

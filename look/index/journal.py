@@ -259,13 +259,24 @@ class JournalIndex:
             if stat is not None and stat.st_size != self._offset:
                 lost = stat.st_size < self._offset
                 if not lost:
-                    data = self._read(stat.st_size)
-                    complete = data.rfind(b'\n') + 1  # a line still being written waits
-                    for line in data[:complete].splitlines():
-                        self._apply(line)
-                    self._offset += complete
+                    self._apply_up_to(stat.st_size)
         if lost:
             self._rebuild_if_lost()
+
+    def _apply_up_to(self, size: int) -> None:
+        """Apply the complete lines between the offset and ``size``; the view lock is held."""
+        data = self._read(size)
+        complete = data.rfind(b'\n') + 1  # a line still being written waits
+        for line in data[:complete].splitlines():
+            self._apply(line)
+        self._offset += complete
+
+    def _read_rest(self) -> None:
+        """Apply what the journal this view holds open has beyond the offset (if anything)."""
+        if self._fd is not None:
+            size = os.fstat(self._fd).st_size
+            if size > self._offset:
+                self._apply_up_to(size)
 
     def _follow(self) -> os.stat_result | None:
         """Start the view afresh on the journal now at ``path`` (None if there is none)."""
@@ -419,10 +430,12 @@ class JournalIndex:
         """Write the journal again from this view if it was removed or cut short.
 
         look itself never removes or shortens a complete journal: someone
-        else did. This worker's view holds everything up to its last read;
-        anything other workers appended after that is missing from the new
-        journal, and their files are quarantined at the next start-up, where
-        ``check --repair`` restores them.
+        else did. A removed journal is still there for the descriptor this
+        view holds, so the view first reads what other workers appended
+        since its last look. Of a journal cut short, the view has what it
+        read; lines it had not read yet are gone, and the files they listed
+        are quarantined at the next start-up, where ``check --repair``
+        restores them.
         """
         if self.read_only:
             return
@@ -437,6 +450,8 @@ class JournalIndex:
                     if replaced or stat.st_size >= self._offset:
                         return  # another worker has written it again already
                 reason = 'was cut short'
+            with self._view_lock:
+                self._read_rest()
             log.error(
                 "the index %s %s while look ran; writing it again from this worker's view "
                 '(%d images)',
