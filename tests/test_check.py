@@ -48,6 +48,7 @@ from servers import (  # noqa: F401 (fixtures are registered by importing them)
     get,
     make_gunicorn_fixture,
     request,
+    wait_until,
 )
 
 MakeGunicorn = Callable[..., Gunicorn]
@@ -561,6 +562,11 @@ class DiskWatch:
 def assert_health_writes_nothing(server: Gunicorn, calls: int = 100) -> dict[str, Any]:
     """Call /health ``calls`` times; assert that nothing under the storage changed; return one."""
     storage = server.storage_path
+    # Every worker's start-up (which may write) is over before the watch begins.
+    assert wait_until(
+        lambda: server.log().count('storing images in') >= server.log().count('Booting worker'),
+        30,
+    ), server.log_tail()
     watch = DiskWatch(storage)
     try:
         answers = [get(f'{server.url}/health') for _ in range(calls)]
