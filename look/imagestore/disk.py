@@ -111,12 +111,17 @@ class DiskImageStore:
                 raise
 
     def _copy_into_place(self, source: pathlib.Path, final: pathlib.Path) -> None:
-        """Copy a JPEG from another filesystem under a temp name, then link it into place."""
+        """Copy a JPEG from another filesystem under a temp name, then link it into place.
+
+        The copy keeps the modification time (the upload time), as a link would.
+        """
         temporary = self.images_dir / f'.{secrets.token_hex(12)}.tmp'
         try:
             with open(source, 'rb') as data, open(temporary, 'xb') as out:
                 shutil.copyfileobj(data, out, 1024 * 1024)
                 out.flush()
+                written = os.fstat(data.fileno())
+                os.utime(out.fileno(), ns=(written.st_atime_ns, written.st_mtime_ns))
                 os.fsync(out.fileno())
             try:
                 os.link(temporary, final)
