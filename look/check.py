@@ -123,8 +123,11 @@ def repair(
     for stored in findings.quarantined:
         _restore(index, images, stored, read_size, repairs, from_quarantine=True)
     if findings.damage:
-        index.rewrite()
-        repairs.rewritten = True
+        try:
+            index.rewrite()
+            repairs.rewritten = True
+        except Exception as ex:
+            repairs.failed.append(f'the index could not be written again: {ex}')
     return repairs
 
 

@@ -19,6 +19,8 @@ import pathlib
 import secrets
 import time
 
+from look.files import entries
+
 log = logging.getLogger(__name__)
 
 TEMP_SUFFIX = '.tmp'
@@ -81,11 +83,7 @@ class Spool:
 def remove_abandoned(directory: pathlib.Path) -> None:
     """Remove temporary files in ``directory`` that are old and that nobody holds locked."""
     now = time.time()
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
+    for entry in entries(directory):
         name = entry.name
         if not (name.startswith('.') and name.endswith(TEMP_SUFFIX)):
             continue

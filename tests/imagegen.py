@@ -6,7 +6,9 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Sequence
 
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 
@@ -402,3 +404,25 @@ def rle_bmp(size: tuple[int, int], pixels: bytes = b'\x00\x01') -> bytes:
     return (
         b'BM' + struct.pack('<IHHI', offset + len(pixels), 0, 0, offset) + info + palette + pixels
     )
+
+
+def mutations(seeds: Sequence[bytes]) -> st.SearchStrategy[bytes]:
+    """A strategy of ``seeds`` with bytes flipped, inserted, deleted or cut off (for fuzzing)."""
+
+    @st.composite
+    def mutated(draw: st.DrawFn) -> bytes:
+        data = bytearray(draw(st.sampled_from(seeds)))
+        for _ in range(draw(st.integers(1, 4))):
+            at = draw(st.integers(0, max(len(data) - 1, 0)))
+            mutation = draw(st.sampled_from(['flip', 'insert', 'delete', 'cut']))
+            if mutation == 'flip' and data:
+                data[at] ^= draw(st.integers(1, 255))
+            elif mutation == 'insert':
+                data[at:at] = draw(st.binary(min_size=1, max_size=32))
+            elif mutation == 'delete':
+                del data[at : at + draw(st.integers(1, 32))]
+            else:
+                del data[at:]
+        return bytes(data)
+
+    return mutated()

@@ -296,6 +296,30 @@ def require_executable(name: str) -> str:
     return path
 
 
+@contextlib.contextmanager
+def tmpfs(mount_point: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
+    """Mount a tmpfs of ``size`` (``2m``) at ``mount_point`` for the block; skip, or fail under CI.
+
+    A disk of its own can be filled or made read-only for real.
+    """
+    mounted = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        if os.environ.get('CI', '').lower() == 'true':
+            pytest.fail(f'cannot mount a tmpfs: {mounted.stderr}')
+        pytest.skip(f'cannot mount a tmpfs: {mounted.stderr.strip()}')
+    try:
+        yield mount_point
+    finally:
+        unmounted = subprocess.run(['umount', str(mount_point)], check=False)
+        if unmounted.returncode != 0:
+            subprocess.run(['umount', '-l', str(mount_point)], check=False)
+
+
 class _Server:
     """A process started on entering a with block and closed, whatever happens, on leaving."""
 

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from PIL import Image
@@ -27,14 +27,15 @@ from look.spool import Spool, SpoolFile
 from imagegen import image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)
     Gunicorn,
+    MakeGunicorn,
     Response,
     get,
     make_gunicorn_fixture,
     request,
+    tmpfs,
 )
 
 JPEG = image_bytes('JPEG', size=(8, 6))
-MakeGunicorn = Callable[..., Gunicorn]
 
 
 def new_id() -> str:
@@ -257,25 +258,10 @@ def test_state_fails_when_the_images_directory_is_gone(store: DiskImageStore) ->
 
 
 @pytest.fixture(scope='module')
-def tmpfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
+def disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     """A small tmpfs of its own, so it can be remounted read-only for real."""
-    mount_point = tmp_path_factory.mktemp('disk')
-    mounted = subprocess.run(
-        ['mount', '-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        if os.environ.get('CI', '').lower() == 'true':
-            pytest.fail(f'cannot mount a tmpfs: {mounted.stderr}')
-        pytest.skip(f'cannot mount a tmpfs: {mounted.stderr.strip()}')
-    try:
+    with tmpfs(tmp_path_factory.mktemp('disk'), '16m') as mount_point:
         yield mount_point
-    finally:
-        unmounted = subprocess.run(['umount', str(mount_point)], check=False)
-        if unmounted.returncode != 0:
-            subprocess.run(['umount', '-l', str(mount_point)], check=False)
 
 
 def remount(mount_point: pathlib.Path, mode: str) -> None:
@@ -309,8 +295,8 @@ class Stored:
 
 
 @pytest.fixture(scope='module')
-def stored(tmpfs: pathlib.Path) -> Iterator[Stored]:
-    with Gunicorn(tmpfs / 'storage', workers=2) as server:
+def stored(disk: pathlib.Path) -> Iterator[Stored]:
+    with Gunicorn(disk / 'storage', workers=2) as server:
         images = {}
         for seed in (1, 2):
             created = request(
@@ -320,7 +306,7 @@ def stored(tmpfs: pathlib.Path) -> Iterator[Stored]:
             description = created.json()
             jpeg = get(f'{server.url}{description["image"]}').body
             images[description['id']] = (jpeg, description['thumbnails'][0])
-        yield Stored(server, tmpfs, images)
+        yield Stored(server, disk, images)
 
 
 def check_error(response: Response, status: int) -> None:

@@ -51,6 +51,7 @@ from servers import (  # noqa: F401 (fixtures are registered by importing them)
     redis_server_fixture,
     request,
     send,
+    tmpfs,
     wait_until,
 )
 from storage import image_files, indexed_ids, storage_state, temp_files
@@ -496,23 +497,8 @@ def test_sighup_reload_keeps_serving_and_replaces_the_workers(cluster: Gunicorn)
 @pytest.fixture(scope='module')
 def small_disk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pathlib.Path]:
     """A 2 MiB tmpfs, so the disk can be filled for real."""
-    mount_point = tmp_path_factory.mktemp('small-disk')
-    mounted = subprocess.run(
-        ['mount', '-t', 'tmpfs', '-o', 'size=2m', 'tmpfs', str(mount_point)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        if os.environ.get('CI', '').lower() == 'true':
-            pytest.fail(f'cannot mount a tmpfs: {mounted.stderr}')
-        pytest.skip(f'cannot mount a tmpfs: {mounted.stderr.strip()}')
-    try:
+    with tmpfs(tmp_path_factory.mktemp('small-disk'), '2m') as mount_point:
         yield mount_point
-    finally:
-        unmounted = subprocess.run(['umount', str(mount_point)], check=False)
-        if unmounted.returncode != 0:
-            subprocess.run(['umount', '-l', str(mount_point)], check=False)
 
 
 @dataclasses.dataclass

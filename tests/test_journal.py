@@ -7,7 +7,6 @@ What the image files do alongside the journal is pinned in test_library.py.
 from __future__ import annotations
 
 import email.utils
-import errno
 import fcntl
 import json
 import logging
@@ -25,7 +24,7 @@ from look.errors import ImageExists, ImageNotFound, StorageError
 from look.index import StoredImage, every_image
 from look.index.journal import MAX_PROBLEMS_KEPT, JournalIndex, decode_line, encode_line
 
-from storage import index_records
+from storage import fail_index_fsyncs, fail_undo_writes, index_records
 
 SIZE = (8, 6)
 # A line a crash cut short: no newline, not even its checksum.
@@ -90,39 +89,6 @@ def append_raw(index: JournalIndex, data: bytes) -> None:
     """Append bytes to the journal behind the index's back."""
     with open(index.path, 'ab') as journal:
         journal.write(data)
-
-
-def fail_index_fsyncs(
-    monkeypatch: pytest.MonkeyPatch, index: JournalIndex, reader: JournalIndex, *, times: int
-) -> None:
-    """Make the next ``times`` fsyncs of the journal fail, after ``reader`` has read it."""
-    journal_inode = os.stat(index.path).st_ino
-    real_fsync = os.fsync
-    left = [times]
-
-    def fsync(fd: int) -> None:
-        if left[0] and os.fstat(fd).st_ino == journal_inode:
-            left[0] -= 1
-            reader.count()  # another worker applies the complete, unsynced line
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync)
-
-
-def fail_undo_writes(monkeypatch: pytest.MonkeyPatch, op: str, *, written: int = 0) -> None:
-    """Make writing a journal line of ``op`` (the undo) fail, after its first ``written`` bytes."""
-    marker = f'"{op}"'.encode()
-    real_write = os.write
-
-    def write(fd: int, data: bytes) -> int:
-        if marker in data:
-            if written:
-                real_write(fd, data[:written])
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, 'write', write)
 
 
 @pytest.fixture
@@ -233,7 +199,7 @@ def test_an_add_whose_line_fails_to_sync_is_undone_for_every_reader(
     """A reader that applied the line drops the image again and keeps reading the journal right."""
     earlier = add(index)
     reader = open_index(root)
-    fail_index_fsyncs(monkeypatch, index, reader, times=1)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
     failed = new_id()
 
     with pytest.raises(StorageError):
@@ -254,7 +220,7 @@ def test_an_add_that_cannot_be_undone_either_stays_whole(
 ) -> None:
     """The disk fails again: the journal keeps only whole lines, and the image stays listed."""
     reader = open_index(root)
-    fail_index_fsyncs(monkeypatch, index, reader, times=1)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
     fail_undo_writes(monkeypatch, 'delete', written=undo_written)
     failed = new_id()
 
@@ -276,7 +242,7 @@ def test_a_delete_whose_line_fails_to_sync_is_undone_for_every_reader(
     ids = [add(index) for _ in range(3)]
     before = index.page(limit=10)
     reader = open_index(root)
-    fail_index_fsyncs(monkeypatch, index, reader, times=times)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=times)
 
     with pytest.raises(StorageError):
         index.delete(ids[1])
@@ -296,7 +262,7 @@ def test_a_delete_that_cannot_be_undone_stands(
     """The caller can tell by ``was_deleted`` (the library removes the JPEG to match)."""
     ids = [add(index) for _ in range(2)]
     reader = open_index(root)
-    fail_index_fsyncs(monkeypatch, index, reader, times=1)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
     fail_undo_writes(monkeypatch, 'add')
 
     with pytest.raises(StorageError):
@@ -316,7 +282,7 @@ def test_a_delete_undone_after_it_compacted_the_view_puts_the_image_back_in_plac
     write_index(root, ('add', ids), ('delete', ids[:550]))
     index, reader = JournalIndex(root), JournalIndex(root)
     victim = ids[700]
-    fail_index_fsyncs(monkeypatch, index, reader, times=1)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
 
     with pytest.raises(StorageError):
         index.delete(victim)

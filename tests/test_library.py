@@ -33,7 +33,7 @@ from look.library import Library
 from look.spool import TEMP_GRACE_SECONDS, Spool, SpoolFile
 
 from imagegen import image_bytes
-from storage import index_records
+from storage import fail_index_fsyncs, fail_undo_writes, index_records
 
 JPEG = image_bytes('JPEG', size=(8, 6))
 SIZE = (8, 6)
@@ -97,39 +97,6 @@ def jpeg_path(root: pathlib.Path, image_id: str) -> pathlib.Path:
 
 def index_ops(root: pathlib.Path) -> list[tuple[str, str]]:
     return [(str(record['op']), str(record['id'])) for record in index_records(root)]
-
-
-def fail_index_fsyncs(
-    monkeypatch: pytest.MonkeyPatch, root: pathlib.Path, reader: Library, *, times: int
-) -> None:
-    """Make the next ``times`` fsyncs of the journal fail, after ``reader`` has read it."""
-    journal_inode = os.stat(root / 'index.jsonl').st_ino
-    real_fsync = os.fsync
-    left = [times]
-
-    def fsync(fd: int) -> None:
-        if left[0] and os.fstat(fd).st_ino == journal_inode:
-            left[0] -= 1
-            reader.count()  # another worker applies the complete, unsynced line
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync)
-
-
-def fail_undo_writes(monkeypatch: pytest.MonkeyPatch, op: str, *, written: int = 0) -> None:
-    """Make writing a journal line of ``op`` (the undo) fail, after its first ``written`` bytes."""
-    marker = f'"{op}"'.encode()
-    real_write = os.write
-
-    def write(fd: int, data: bytes) -> int:
-        if marker in data:
-            if written:
-                real_write(fd, data[:written])
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, 'write', write)
 
 
 def age(path: pathlib.Path, seconds: float) -> None:
@@ -218,7 +185,7 @@ def test_an_add_whose_index_line_fails_to_sync_leaves_neither_entry_nor_jpeg(
 ) -> None:
     earlier = commit(library, spool)
     reader = worker_library(root)
-    fail_index_fsyncs(monkeypatch, root, reader, times=1)
+    fail_index_fsyncs(monkeypatch, root / 'index.jsonl', reader.count, times=1)
     failed = new_id()
 
     with pytest.raises(StorageError):
@@ -241,7 +208,7 @@ def test_an_add_that_cannot_be_undone_keeps_its_jpeg(
 ) -> None:
     """The disk fails again: the entry stands for every worker, so its JPEG must stay."""
     reader = worker_library(root)
-    fail_index_fsyncs(monkeypatch, root, reader, times=1)
+    fail_index_fsyncs(monkeypatch, root / 'index.jsonl', reader.count, times=1)
     fail_undo_writes(monkeypatch, 'delete', written=undo_written)
     failed = new_id()
 
@@ -264,7 +231,7 @@ def test_a_delete_whose_index_line_fails_to_sync_keeps_the_jpeg(
 ) -> None:
     ids = [commit(library, spool) for _ in range(3)]
     reader = worker_library(root)
-    fail_index_fsyncs(monkeypatch, root, reader, times=times)
+    fail_index_fsyncs(monkeypatch, root / 'index.jsonl', reader.count, times=times)
 
     with pytest.raises(StorageError):
         library.delete(ids[1])
@@ -282,7 +249,7 @@ def test_a_delete_that_cannot_be_undone_stands_and_its_jpeg_goes(
 ) -> None:
     ids = [commit(library, spool) for _ in range(2)]
     reader = worker_library(root)
-    fail_index_fsyncs(monkeypatch, root, reader, times=1)
+    fail_index_fsyncs(monkeypatch, root / 'index.jsonl', reader.count, times=1)
     fail_undo_writes(monkeypatch, 'add')
 
     with pytest.raises(StorageError):

@@ -12,7 +12,6 @@ from collections.abc import Callable
 
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from PIL import Image
 
 from look import preflight
@@ -345,31 +344,13 @@ FUZZ_SEEDS = [
 ]
 
 
-@st.composite
-def mutated(draw: st.DrawFn) -> bytes:
-    """A seed with bytes flipped, inserted, deleted or cut off."""
-    data = bytearray(draw(st.sampled_from(FUZZ_SEEDS)))
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        mutation = draw(st.sampled_from(['flip', 'insert', 'delete', 'cut']))
-        if mutation == 'flip' and data:
-            data[at] ^= draw(st.integers(1, 255))
-        elif mutation == 'insert':
-            data[at:at] = draw(st.binary(min_size=1, max_size=32))
-        elif mutation == 'delete':
-            del data[at : at + draw(st.integers(1, 32))]
-        else:
-            del data[at:]
-    return bytes(data)
-
-
 @settings(
     max_examples=300,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
-@given(data=mutated())
+@given(data=imagegen.mutations(FUZZ_SEEDS))
 def test_broken_containers_pass_or_are_refused_never_crash(check: Check, data: bytes) -> None:
     """Whatever the check cannot parse it leaves to Pillow; it raises only look's errors."""
     with contextlib.suppress(LookError):

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from look.errors import ImageExists, ImageNotFound, refused_writes
+from look.files import entries, fsync_directory
 from look.imagestore import Finished, Original, StoredObject
 from look.index import is_valid_id
 from look.spool import remove_abandoned
@@ -28,15 +29,6 @@ from look.spool import remove_abandoned
 _SUFFIX = '.jpeg'
 # Below this much free space (or 1% of a smaller disk) the store reports itself full.
 LOW_SPACE_BYTES = 64 * 1024 * 1024
-
-
-def fsync_directory(path: pathlib.Path) -> None:
-    """Make the names in a directory durable (a new, linked or removed file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_locked(path: pathlib.Path) -> bool:
@@ -219,11 +211,7 @@ class DiskImageStore:
 
 
 def _jpegs_in(directory: pathlib.Path) -> Iterator[StoredObject]:
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
+    for entry in entries(directory):
         name = entry.name
         if name.endswith(_SUFFIX) and is_valid_id(name[: -len(_SUFFIX)]):
             with contextlib.suppress(FileNotFoundError):

@@ -37,6 +37,7 @@ import zlib
 from collections.abc import Iterator
 
 from look.errors import ImageExists, ImageNotFound, StorageError, refused_writes
+from look.files import fsync_directory
 from look.index import StoredImage, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -101,14 +102,6 @@ def _image_of(record: dict[str, object]) -> StoredImage:
         int(record.get('length', 0)),  # type: ignore[call-overload]
         token,
     )
-
-
-def _fsync_directory(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class JournalIndex:
@@ -477,7 +470,7 @@ class JournalIndex:
                 os.fsync(journal.fileno())
             with refused_writes():
                 os.replace(temporary, self.path)
-                _fsync_directory(self.root)
+                fsync_directory(self.root)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()
