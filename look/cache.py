@@ -42,10 +42,11 @@ _CACHEABLE = 'look_cacheable'
 _FILLING = 'look_cache_filling'
 _FILL_PREFIX = 'fill:'
 _FAILED_PREFIX = 'failed:'
+_HANDOFF_PREFIX = 'handoff:'
 _FAILED = object()  # what a failed call returns, where None is an answer too
 # How long requests waiting for a fill that failed answer with its error.
 FAILURE_SHARED_MS = 2000
-# How long an entry over max_entry_bytes stays, for the requests waiting for it.
+# How long a render over max_entry_bytes stays, for the requests waiting for it.
 HANDOFF_SECONDS = 5
 # NOTE: a purge leaves this marker rather than an empty key, and entries are
 #   only added where no key exists (SET NX): a render that was already under
@@ -261,6 +262,7 @@ class RedisCache:
         """
         assert self.fill_timeout is not None
         lock_key = self.key_prefix + _FILL_PREFIX + cacheable.key
+        handoff_key = self.key_prefix + _HANDOFF_PREFIX + cacheable.key
         failed_key = self.key_prefix + _FAILED_PREFIX + cacheable.key
         lock_ms = int(self.fill_timeout * 1000)
         deadline = time.monotonic() + self.fill_timeout
@@ -295,10 +297,13 @@ class RedisCache:
                     )
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
-                found = self._try('MGET', self.client.mget, [key, failed_key, lock_key])
+                found = self._try(
+                    'MGET', self.client.mget, [key, handoff_key, failed_key, lock_key]
+                )
                 if found is _FAILED:
                     return  # Redis failed while waiting: make it here
-                raw, failed, holder = found
+                raw, handed_off, failed, holder = found
+                raw = raw if raw is not None else handed_off
                 if raw is not None and self._serve(req, resp, cacheable, key, raw):
                     return
                 if failed is not None and _answer_failure(req, resp, failed):
@@ -331,10 +336,13 @@ class RedisCache:
             entry = msgpack.packb(
                 [resp.content_type, body, validators, cacheable.variant], use_bin_type=True
             )
-            # NOTE: an entry too large to keep is still handed to the requests
-            #   waiting for it, for a few seconds.
-            ttl = self.ttl if len(body) <= self.max_entry_bytes else HANDOFF_SECONDS
-            self._call('SET', self.client.set, key, entry, ex=ttl, nx=True)
+            if len(body) <= self.max_entry_bytes:
+                self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
+            elif _FILLING in req.context:
+                # NOTE: too large to keep, but handed to the requests waiting
+                #   for this render, under a key only they read.
+                handoff_key = self.key_prefix + _HANDOFF_PREFIX + cacheable.key
+                self._call('SET', self.client.set, handoff_key, entry, ex=HANDOFF_SECONDS)
         elif _FILLING in req.context and resp.status_code >= 500:
             # NOTE: a 503 from a render is shared with those waiting for it;
             #   a 404 (an image deleted meanwhile) is quick to find for each.

@@ -41,6 +41,7 @@ from imagegen import encode, image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)
     STOP_TIMEOUT,
     Gunicorn,
+    MakeGunicorn,
     RedisServer,
     Response,
     connect,
@@ -623,9 +624,13 @@ class SilentServer:
     """A TCP server on 127.0.0.1 that accepts connections, reads what comes, never answers.
 
     It counts connections and bytes: each is a time a worker asked Redis, and waited.
+    Given a ``reply``, it answers every read with it instead, a byte every ``pace``
+    seconds: a Redis that is slow, or a server that is not Redis at all.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, reply: bytes = b'', pace: float = 0.0) -> None:
+        self._reply = reply
+        self._pace = pace
         self._listener = socket.create_server(('127.0.0.1', 0), backlog=128)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
@@ -666,6 +671,14 @@ class SilentServer:
                 return
             with self._lock:
                 self._received += len(data)
+            for at in range(len(self._reply)):
+                time.sleep(self._pace)
+                try:
+                    connection.sendall(self._reply[at : at + 1] if self._pace else self._reply)
+                except OSError:
+                    return
+                if not self._pace:
+                    break
 
     def close(self) -> None:
         """Stop accepting, drop every connection and wait for the threads."""
@@ -779,6 +792,42 @@ def test_slow_redis_is_probed_once_per_worker_by_a_burst(
         f'{probes} connections to a silent Redis from a burst of {len(paths)} requests '
         f'on {len(workers)} workers: every request waited {REDIS_TIMEOUT}s for it'
     )
+
+
+@pytest.mark.parametrize(
+    ('reply', 'pace'),
+    [
+        pytest.param(b'+OK\r\n', 0.2, id='a byte every 0.2 s'),
+        pytest.param(
+            b'HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n', 0.0, id='not redis'
+        ),
+    ],
+)
+def test_a_cache_that_trickles_or_is_not_redis_costs_a_request_one_short_wait(
+    make_gunicorn: MakeGunicorn, tmp_path: pathlib.Path, reply: bytes, pace: float
+) -> None:
+    """Each call to the cache has one deadline for the whole of it, not one per byte.
+
+    The issue: a Redis answering a byte every 0.2 s made a thumbnail take 13.4 s,
+    and a server on the cache URL that is not Redis turned /health into a 500.
+    """
+    cache = SilentServer(reply, pace)
+    try:
+        server = make_gunicorn(tmp_path / 'storage', workers=1, redis_url=cache.url)
+        created = upload(server, image_bytes('JPEG', (640, 360), seed=8))
+        for path in [*created['thumbnails'], '/health', created['thumbnails'][0]]:
+            response, elapsed = timed(get, server.url + path)
+            assert response.status == 200, response.body
+            assert elapsed < PROMPT, f'{path} waited {elapsed:.2f}s on the cache'
+            if path == '/health':
+                assert response.json()['cache']['status'] == 'unavailable'
+                assert response.json()['status'] == 'degraded'
+            else:
+                assert response.header('X-Look-Cache') == 'Miss'
+                assert decode(response.body).size == thumbnail_size(path)
+        assert cache.counts()[0] >= 1  # the cache was asked, and let go
+    finally:
+        cache.close()
 
 
 # -- Redis down, then back, under gunicorn ---------------------------------------------
