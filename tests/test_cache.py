@@ -20,8 +20,9 @@ import redis
 from falcon.testing import TestClient
 from PIL import Image
 
-from look.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache, limit_waits
+from look.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache
 from look.config import Config
+from look.redisclient import limit_waits
 from look.renditions import FORMAT_MEDIA_TYPES, thumbnail_sizes
 
 from imagegen import image_bytes
