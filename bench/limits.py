@@ -20,17 +20,22 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from look.thumbnailer import IMAGE_BLOCKS_CACHED
+from look import preflight
+from look.config import DEFAULT_MAX_PIXELS
+from look.thumbnailer import ENCODINGS, IMAGE_BLOCKS_CACHED
 
 QUALITY = 85  # look's default LOOK_JPEG_QUALITY
 
 
-def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
-    """Return the stored JPEG at ``source`` as a ``size`` JPEG: draft, resize, encode.
+def render(
+    source: str, size: tuple[int, int], format: str = 'jpeg', quality: int = QUALITY
+) -> bytes:
+    """Return the stored JPEG at ``source`` as a ``size`` thumbnail: draft, resize, encode.
 
     A draft of the size itself needs no resize, and neither does one a row
     or a column over it: that is the decoder rounding up where halving rounds
-    down, and cropping gives look's result.
+    down, and cropping gives look's result. WebP and AVIF are encoded with
+    look's settings: the same work, not other work.
     """
     out = io.BytesIO()
     with Image.open(source) as image:
@@ -42,21 +47,27 @@ def render(source: str, size: tuple[int, int], quality: int = QUALITY) -> bytes:
             thumbnail = image.crop((0, 0, *size))
         else:
             thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-        thumbnail.save(out, 'JPEG', quality=quality)
+        if format == 'jpeg':
+            thumbnail.save(out, 'JPEG', quality=quality)
+        else:
+            thumbnail.save(out, format.upper(), **ENCODINGS[format])
     return out.getvalue()
 
 
 def convert(
     source: str, target_dir: str | None, quality: int = QUALITY
 ) -> tuple[str, tuple[int, int]]:
-    """Store an upload as an upright RGB JPEG: open, exif_transpose, convert, save.
+    """Store an upload as an upright RGB JPEG: check, open, exif_transpose, convert, save.
 
     The JPEG goes to a new file in ``target_dir``, or over ``source`` itself
     when that is None (as an app converting the file it received would).
     Returns its path and size: the caller makes it durable (``fsync_converted``),
     as look's web worker does, so the pool never waits for the disk.
     """
+    # The checks any app taking uploads needs before decoding: look's own.
+    preflight.check_container(source, DEFAULT_MAX_PIXELS)
     with Image.open(source) as image:
+        preflight.check_pixels_per_byte(image.format, image.size, os.path.getsize(source))
         # In place and only when needed: no copy that Pillow can do without.
         ImageOps.exif_transpose(image, in_place=True)
         rgb = image if image.mode == 'RGB' else image.convert('RGB')

@@ -10,18 +10,33 @@ import falcon
 from look import check
 from look.auth import Access
 from look.backends import is_local, open_library
-from look.cache import RedisCache
+from look.cache import CACHE_HEADER, RedisCache
 from look.config import Config, ConfigError, without_password
 from look.errors import add_error_handlers
+from look.gallery import Gallery, StaticFiles
 from look.health import Health
-from look.images import CONVERTERS, Images, Thumbnails
+from look.images import CONVERTERS, Images, Thumbnails, near_miss
+from look.metrics import Metrics, MetricsMiddleware, MetricsResource
 from look.openapi import OpenAPI, openapi_document
 from look.renditions import Renditions
 from look.spool import Spool
-from look.thumbnailer import Thumbnailer
+from look.thumbnailer import THUMBNAIL_FORMATS, Thumbnailer, encoding_tag
 from look.uploads import Receiver
 
 log = logging.getLogger('look')
+
+# What a script on another origin may read of an answer, besides the safelisted headers.
+CORS_EXPOSED_HEADERS = [
+    'Location',
+    'Link',
+    'ETag',
+    'Content-Location',
+    'Retry-After',
+    'WWW-Authenticate',
+    CACHE_HEADER,
+]
+# Seconds a request waits for another's render beyond the render time limit.
+FILL_WAIT_MARGIN = 5.0
 
 
 def create_app(config: Config | None = None) -> falcon.App:
@@ -41,15 +56,19 @@ def create_app(config: Config | None = None) -> falcon.App:
     if config.index_url:
         log.info('keeping the index in %s', without_password(config.index_url))
 
+    metrics = Metrics()
     thumbnailer = Thumbnailer(
         processes=config.processes,
         max_pixels=config.max_pixels,
         quality=config.jpeg_quality,
         render_timeout=config.render_timeout,
+        observer=metrics,
     )
     renditions = Renditions(
         formats=config.thumbnail_formats,
-        encodings={'jpeg': f'q{config.jpeg_quality}'},
+        encodings={
+            format: encoding_tag(format, config.jpeg_quality) for format in THUMBNAIL_FORMATS
+        },
         min_thumb_size=config.min_thumb_size,
     )
 
@@ -59,12 +78,28 @@ def create_app(config: Config | None = None) -> falcon.App:
             config.redis_from_url(config.redis_url),
             ttl=config.cache_ttl,
             max_entry_bytes=config.cache_max_bytes,
+            # A render may wait its turn in the pool before its time limit starts.
+            fill_timeout=config.render_timeout + FILL_WAIT_MARGIN,
+            on_error=metrics.cache_failed,
         )
     else:
         log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')
 
     access = Access(config.api_keys)
-    app = falcon.App(middleware=[cache] if cache else [])
+    # NOTE: metrics first, so its process_response runs last and sees every answer.
+    middleware: list[object] = [MetricsMiddleware(metrics, CACHE_HEADER)]
+    if config.cors_origins:
+        middleware.append(
+            falcon.CORSMiddleware(
+                allow_origins=config.cors_origins[0]
+                if config.cors_origins == ('*',)
+                else config.cors_origins,
+                expose_headers=CORS_EXPOSED_HEADERS,
+            )
+        )
+    if cache is not None:
+        middleware.append(cache)
+    app = falcon.App(middleware=middleware)
     app.router_options.converters.update(CONVERTERS)
     images = Images(
         library,
@@ -78,6 +113,7 @@ def create_app(config: Config | None = None) -> falcon.App:
             max_at_once=config.max_concurrent_uploads,
         ),
         uuid_generator=config.uuid_generator,
+        metrics=metrics,
     )
     thumbnails = Thumbnails(library, thumbnailer, renditions)
     document = openapi_document(
@@ -93,7 +129,27 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route(
         '/thumbnails/{image_id:image_id}/{width:side}x{height:side}.{format:format}', thumbnails
     )
+    static = StaticFiles.from_package()
+    gallery = Gallery(
+        library, renditions, access, static, max_upload_bytes=config.max_upload_bytes
+    )
+    app.add_route('/', gallery)
+    app.add_route('/view/{image_id:image_id}', gallery, suffix='image')
+    app.add_route('/static/{filename}', static)
     app.add_route('/health', Health(library, thumbnailer, cache))
     app.add_route('/openapi.json', OpenAPI(document))
+    app.add_route('/metrics', MetricsResource(metrics, access, public=config.metrics_public))
     add_error_handlers(app)
+    app.add_error_handler(falcon.HTTPRouteNotFound, _route_not_found)
     return app
+
+
+def _route_not_found(
+    req: falcon.Request, resp: falcon.Response, ex: Exception, params: dict[str, object]
+) -> None:
+    """Answer a path no route takes with a 404 that names the address it most likely meant."""
+    hint = near_miss(req.path)
+    raise falcon.HTTPNotFound(
+        title='Not found',
+        description=f'There is nothing at {req.path}. {hint}' if hint else None,
+    )

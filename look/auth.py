@@ -25,15 +25,19 @@ from look.index import StoredImage
 # NOTE: 32 random bytes (256 bits) as URL-safe base64: 43 characters.
 DELETE_TOKEN_BYTES = 32
 MIN_SECRET_LENGTH = 16
+# NOTE: gunicorn refuses a header line over 8190 bytes; a longer secret
+#   could never be sent.
+MAX_SECRET_LENGTH = 4096
 ANONYMOUS = 'anonymous'
+_SECRET_ADVICE = "python3 -c 'import secrets; print(secrets.token_urlsafe())'"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ApiKey:
-    """A named API key; only its digest is kept."""
+    """A named API key; only its digest is kept, and no repr shows it."""
 
     name: str
-    digest: bytes
+    digest: bytes = dataclasses.field(repr=False)
 
     @classmethod
     def from_secret(cls, name: str, secret: str) -> ApiKey:
@@ -54,29 +58,49 @@ def new_delete_token() -> tuple[str, str]:
 def parse_keys(text: str, *, source: str) -> list[ApiKey]:
     """Parse ``name:secret`` pairs or bare secrets, one per line or comma-separated.
 
-    Blank lines and lines starting with ``#`` are skipped. Raise ValueError,
-    naming ``source``, for a secret too short to be one.
+    Blank lines and lines starting with ``#`` are skipped. A bare secret is
+    named after ``source`` and its place, as logs show who uploaded. Raise
+    ValueError, naming ``source`` (and the line, for text of many lines),
+    for a secret that is too short, too long or not sendable in a header.
     """
     keys = []
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for number, line in enumerate(lines, start=1):
         if line.strip().startswith('#'):
             continue
+        where = f'{source} line {number}' if len(lines) > 1 else source
         for item in line.split(','):
             item = item.strip()
             if not item:
                 continue
             name, colon, secret = item.partition(':')
-            if not colon:
-                name, secret = f'key{len(keys) + 1}', item
-            name, secret = name.strip(), secret.strip()
-            if len(secret) < MIN_SECRET_LENGTH:
-                raise ValueError(
-                    f'{source}: the secret of key {name!r} is {len(secret)} characters; use at '
-                    f"least {MIN_SECRET_LENGTH} (python3 -c 'import secrets; "
-                    "print(secrets.token_urlsafe())')"
-                )
-            keys.append(ApiKey.from_secret(name or f'key{len(keys) + 1}', secret))
+            name, secret = (name.strip(), secret.strip()) if colon else ('', item)
+            name = name or f'{source.split()[0]} #{len(keys) + 1}'
+            _check_secret(where, name, secret)
+            keys.append(ApiKey.from_secret(name, secret))
     return keys
+
+
+def _check_secret(where: str, name: str, secret: str) -> None:
+    if not name.isprintable():
+        raise ValueError(f'{where}: a key name may hold printable characters only')
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f'{where}: the secret of key {name!r} is {len(secret)} characters; use at least '
+            f'{MIN_SECRET_LENGTH}, such as {_SECRET_ADVICE}'
+        )
+    if len(secret) > MAX_SECRET_LENGTH:
+        raise ValueError(
+            f'{where}: the secret of key {name!r} is {len(secret)} characters; '
+            f'at most {MAX_SECRET_LENGTH} fit in a request header'
+        )
+    # NOTE: Bearer credentials are ASCII without spaces (RFC 6750); a secret
+    #   of other characters would never match what a client sends.
+    if not all('!' <= character <= '~' for character in secret):
+        raise ValueError(
+            f'{where}: the secret of key {name!r} may hold only printable ASCII characters '
+            f'without spaces, such as {_SECRET_ADVICE}'
+        )
 
 
 def _bearer(req: falcon.Request) -> str | None:
@@ -85,9 +109,10 @@ def _bearer(req: falcon.Request) -> str | None:
     if not header:
         return None
     scheme, _, credential = header.strip().partition(' ')
-    if scheme.lower() != 'bearer' or not credential.strip():
+    credential = credential.strip()
+    if scheme.lower() != 'bearer' or not credential:
         return None
-    return credential.strip()
+    return credential
 
 
 class Access:
@@ -95,6 +120,9 @@ class Access:
 
     def __init__(self, keys: Sequence[ApiKey]) -> None:
         self._keys = tuple(keys)
+
+    def __repr__(self) -> str:
+        return f'Access(<{len(self._keys)} keys>)'
 
     @property
     def open(self) -> bool:
@@ -115,11 +143,17 @@ class Access:
             raise _unauthorized(action, presented=credential is not None)
         return name
 
+    def require_credential(self, req: falcon.Request, action: str) -> None:
+        """Raise 401 when keys are set and the request carries no credential at all."""
+        if not self.open and _bearer(req) is None:
+            raise _unauthorized(action, presented=False)
+
     def may_delete(self, req: falcon.Request, image: StoredImage) -> str:
         """Return who deletes the image: a key's name, ``delete token`` or ``anonymous``.
 
         Raise 401 when credentials are needed and none came, 403 when the
-        one that came may not delete this image.
+        one that came may not delete this image (with no keys set too: a
+        token that is not this image's is a mistake worth hearing of).
         """
         credential = _bearer(req)
         if credential is None:
@@ -129,8 +163,10 @@ class Access:
         name = self._key_named(credential)
         if name is not None:
             return name
-        digest = _digest(credential).hex()
-        if image.token_hash and hmac.compare_digest(digest, image.token_hash):
+        # NOTE: compared as bytes: compare_digest refuses str with non-ASCII
+        #   characters, and the index is read from disk.
+        digest = _digest(credential).hex().encode()
+        if image.token_hash and hmac.compare_digest(digest, image.token_hash.encode()):
             return 'delete token'
         raise falcon.HTTPForbidden(
             title='Not allowed',

@@ -17,28 +17,34 @@ short timeout per worker every few seconds rather than one per request.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
-import socket
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import falcon
 import msgpack
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from look.conditional import VALIDATOR_HEADERS, answer_not_modified, is_not_modified
+from look.redisclient import call_deadline, limit_waits
 
 log = logging.getLogger(__name__)
 
 CACHE_HEADER = 'X-Look-Cache'
 _HIT_FLAG = 'look_cache_hit'
 _CACHEABLE = 'look_cacheable'
+_FILLING = 'look_cache_filling'
+_FILL_PREFIX = 'fill:'
+_FAILED_PREFIX = 'failed:'
+_HANDOFF_PREFIX = 'handoff:'
+_FAILED = object()  # what a failed call returns, where None is an answer too
+# How long requests waiting for a fill that failed answer with its error.
+FAILURE_SHARED_MS = 2000
+# How long a render over max_entry_bytes stays, for the requests waiting for it.
+HANDOFF_SECONDS = 5
 # NOTE: a purge leaves this marker rather than an empty key, and entries are
 #   only added where no key exists (SET NX): a render that was already under
 #   way when its image was deleted cannot put it back in the cache.
@@ -54,92 +60,6 @@ class Cacheable:
     headers: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
-# -- one deadline per call ------------------------------------------------------
-
-_deadline = threading.local()
-
-
-@contextlib.contextmanager
-def call_deadline(seconds: float) -> Iterator[None]:
-    """Bound every socket read and write of this thread's Redis calls in the block, together."""
-    _deadline.at = time.monotonic() + seconds
-    try:
-        yield
-    finally:
-        _deadline.at = None
-
-
-class _DeadlineSocket(socket.socket):
-    """A socket whose reads and writes stop at the calling thread's deadline.
-
-    NOTE: redis-py's own socket timeout is per read: a server answering one
-      byte every 0.2 s held a request for 13 s under a 0.25 s timeout.
-    """
-
-    def _bounded(self, call: Any, *args: Any) -> Any:
-        at = getattr(_deadline, 'at', None)
-        if at is None:
-            return call(*args)
-        left = at - time.monotonic()
-        if left <= 0:
-            raise TimeoutError('the cache call ran past its deadline')
-        current = self.gettimeout()
-        if current is not None and current <= left:
-            return call(*args)  # redis-py's own shorter timeout (0 when it polls)
-        self.settimeout(left)
-        try:
-            return call(*args)
-        finally:
-            self.settimeout(current)
-
-    def recv(self, *args: Any) -> bytes:
-        result: bytes = self._bounded(super().recv, *args)
-        return result
-
-    def recv_into(self, *args: Any) -> int:
-        result: int = self._bounded(super().recv_into, *args)
-        return result
-
-    def sendall(self, *args: Any) -> None:
-        self._bounded(super().sendall, *args)
-
-
-class _DeadlineConnection:
-    """Mixed into a redis-py connection class: its sockets honour the call deadline."""
-
-    def _connect(self) -> socket.socket:
-        sock: socket.socket = super()._connect()  # type: ignore[misc]
-        timeout = sock.gettimeout()
-        wrapped = _DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        wrapped.settimeout(timeout)
-        return wrapped
-
-
-def limit_waits(client: Any, timeout: float) -> None:
-    """Give a redis-py client short socket timeouts (unless set), call deadlines, no retries."""
-    pool = getattr(client, 'connection_pool', None)
-    connection_kwargs = getattr(pool, 'connection_kwargs', None)
-    if isinstance(connection_kwargs, dict):
-        if connection_kwargs.get('socket_timeout') is None:
-            connection_kwargs['socket_timeout'] = timeout
-        if connection_kwargs.get('socket_connect_timeout') is None:
-            connection_kwargs['socket_connect_timeout'] = timeout
-    connection_class = getattr(pool, 'connection_class', None)
-    if isinstance(connection_class, type) and connection_class in (
-        redis.Connection,
-        redis.UnixDomainSocketConnection,
-    ):
-        # NOTE: TLS sockets are made by the ssl module and read in C; they
-        #   keep redis-py's per-read timeout only.
-        pool.connection_class = type(  # type: ignore[union-attr]
-            f'Deadline{connection_class.__name__}', (_DeadlineConnection, connection_class), {}
-        )
-    if hasattr(client, 'set_retry'):
-        # NOTE: retrying is the circuit breaker's job; redis-py's default
-        #   retries with exponential backoff would hold a request for seconds.
-        client.set_retry(Retry(NoBackoff(), 0))
-
-
 class RedisCache:
     """Cache GET responses of resources that name a ``Cacheable`` for them."""
 
@@ -152,8 +72,15 @@ class RedisCache:
         key_prefix: str = 'look:',
         timeout: float = 0.25,
         retry_interval: float = 5.0,
+        fill_timeout: float | None = None,
+        on_error: Callable[[str], None] | None = None,
     ) -> None:
         limit_waits(client, timeout)
+        self._on_error = on_error
+        # NOTE: with fill_timeout set, concurrent misses of one entry, in every
+        #   worker and host on this Redis, wait for one request to make it
+        #   (at most this long) instead of each making its own.
+        self.fill_timeout = fill_timeout
         self.client = client
         self.ttl = ttl
         self.max_entry_bytes = max_entry_bytes
@@ -201,14 +128,23 @@ class RedisCache:
             self._purge()
             return
         raw = self._call('GET', self._get, key)
-        if raw is None or raw == PURGED_MARKER:
+        if raw is not None and self._serve(req, resp, cacheable, key, raw):
             return
+        if self.fill_timeout is not None and not _is_conditional(req):
+            self._fill_or_wait(req, resp, cacheable, key)
+
+    def _serve(
+        self, req: falcon.Request, resp: falcon.Response, cacheable: Cacheable, key: str, raw: Any
+    ) -> bool:
+        """Answer from an entry; return False (dropping a bad entry) if it cannot answer."""
+        if raw == PURGED_MARKER:
+            return False
         entry = _decode(raw)
         if entry is None or entry[3] != cacheable.variant:
             if entry is None:
                 log.warning('ignoring a corrupt cache entry for %s', cacheable.key)
             self._call('DEL', self.client.delete, key)
-            return
+            return False
         content_type, body, validators, _variant = entry
         resp.content_type = content_type
         resp.set_headers(validators)
@@ -221,6 +157,70 @@ class RedisCache:
             answer_not_modified(resp)
         else:
             resp.data = body
+        return True
+
+    def _fill_or_wait(
+        self, req: falcon.Request, resp: falcon.Response, cacheable: Cacheable, key: str
+    ) -> None:
+        """Let one request in the whole deployment make a missing entry; the others wait for it.
+
+        The one that takes the fill lock goes on to the resource. The others
+        poll for the entry, and answer from it; a fill that failed leaves
+        its error for a moment (FAILURE_SHARED_MS), which they and the
+        requests right after answer with too; a fill whose maker vanished
+        (its lock expired, or was let go without an entry) is taken over.
+        Without Redis, every request goes on to the resource.
+        """
+        assert self.fill_timeout is not None
+        lock_key = self.key_prefix + _FILL_PREFIX + cacheable.key
+        handoff_key = self.key_prefix + _HANDOFF_PREFIX + cacheable.key
+        failed_key = self.key_prefix + _FAILED_PREFIX + cacheable.key
+        lock_ms = int(self.fill_timeout * 1000)
+        deadline = time.monotonic() + self.fill_timeout
+        delay = 0.004
+        failed = self._try('GET', self.client.get, failed_key)
+        if failed is _FAILED:
+            return  # Redis failed: make it here
+        if failed is not None and _answer_failure(req, resp, failed):
+            return  # it failed a moment ago: not again for everyone at once
+        while True:
+            took = self._try('SET', self.client.set, lock_key, b'1', px=lock_ms, nx=True)
+            if took is _FAILED:
+                return  # Redis failed: make it here
+            if took:
+                # NOTE: checked again: the last maker may have stored the entry
+                #   (or its failure) and let go of the lock since we looked.
+                found = self._call('MGET', self.client.mget, [key, failed_key]) or (None, None)
+                raw, failed = found
+                if (raw is not None and self._serve(req, resp, cacheable, key, raw)) or (
+                    failed is not None and _answer_failure(req, resp, failed)
+                ):
+                    self._call('DEL', self.client.delete, lock_key)
+                    return
+                req.context[_FILLING] = lock_key
+                return
+            while True:
+                if time.monotonic() >= deadline:
+                    raise falcon.HTTPServiceUnavailable(
+                        title='Still rendering',
+                        description='Another request is still making this answer; try again.',
+                        retry_after=1,
+                    )
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+                found = self._try(
+                    'MGET', self.client.mget, [key, handoff_key, failed_key, lock_key]
+                )
+                if found is _FAILED:
+                    return  # Redis failed while waiting: make it here
+                raw, handed_off, failed, holder = found
+                raw = raw if raw is not None else handed_off
+                if raw is not None and self._serve(req, resp, cacheable, key, raw):
+                    return
+                if failed is not None and _answer_failure(req, resp, failed):
+                    return
+                if holder is None:
+                    break  # nobody is making it any more: take over
 
     def process_response(
         self,
@@ -236,13 +236,9 @@ class RedisCache:
             self._purge_stale(resp, req_succeeded)
             return
         resp.set_header(CACHE_HEADER, 'Miss')
+        key = self.key_prefix + cacheable.key
         body = resp.data
-        if (
-            req_succeeded
-            and resp.status_code == 200
-            and isinstance(body, bytes)
-            and len(body) <= self.max_entry_bytes
-        ):
+        if req_succeeded and resp.status_code == 200 and isinstance(body, bytes):
             validators = {
                 name: value
                 for name in VALIDATOR_HEADERS
@@ -251,8 +247,25 @@ class RedisCache:
             entry = msgpack.packb(
                 [resp.content_type, body, validators, cacheable.variant], use_bin_type=True
             )
-            key = self.key_prefix + cacheable.key
-            self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
+            if len(body) <= self.max_entry_bytes:
+                self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
+            elif _FILLING in req.context:
+                # NOTE: too large to keep, but handed to the requests waiting
+                #   for this render, under a key only they read.
+                handoff_key = self.key_prefix + _HANDOFF_PREFIX + cacheable.key
+                self._call('SET', self.client.set, handoff_key, entry, ex=HANDOFF_SECONDS)
+        elif _FILLING in req.context and resp.status_code >= 500:
+            # NOTE: a 503 from a render is shared with those waiting for it;
+            #   a 404 (an image deleted meanwhile) is quick to find for each.
+            failure = msgpack.packb(
+                [resp.status_code, resp.content_type, resp.data, resp.get_header('Retry-After')],
+                use_bin_type=True,
+            )
+            failed_key = self.key_prefix + _FAILED_PREFIX + cacheable.key
+            self._call('SET', self.client.set, failed_key, failure, px=FAILURE_SHARED_MS)
+        lock_key = req.context.get(_FILLING)
+        if lock_key is not None:
+            self._call('DEL', self.client.delete, lock_key)
 
     def _purge_stale(self, resp: falcon.Response, req_succeeded: bool) -> None:
         # NOTE: resources name the cache keys a change made stale in
@@ -287,30 +300,50 @@ class RedisCache:
             return None
 
     def _call(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call Redis; return what it answered, or None if the call failed (it is logged)."""
+        result = self._try(name, method, *args, **kwargs)
+        return None if result is _FAILED else result
+
+    def _try(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
+        """Call Redis; return what it answered, or ``_FAILED``."""
         if self._failing:
             # NOTE: after a failure, one thread at a time probes Redis once
             #   the interval is over; the others keep skipping it meanwhile.
             with self._probe_lock:
                 if not self.available:
-                    return None
+                    return _FAILED
                 self._skip_until = time.monotonic() + self.retry_interval
         try:
             with call_deadline(self.timeout):
                 result = method(*args, **kwargs)
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as ex:
-            self._skip_until = time.monotonic() + self.retry_interval
+        except Exception as ex:
+            self._failed(name, ex)
+            return _FAILED
+        if self._failing:
+            log.info('Redis is back; caching again')
+            self._skip_until = 0.0
+            if self._unpurged:
+                self._purge()
+        return result
+
+    def _failed(self, name: str, ex: Exception) -> None:
+        """Log a failed call; skip Redis for a while unless it only refused the command."""
+        if self._on_error is not None:
+            self._on_error(name)
+        if isinstance(ex, redis.ResponseError):
+            log.warning('Redis %s failed: %s', name, ex)
+            return
+        self._skip_until = time.monotonic() + self.retry_interval
+        if isinstance(ex, redis.ConnectionError | redis.TimeoutError | OSError):
             log.warning(
                 'Redis unavailable (%s: %s); serving uncached for %gs',
                 name,
                 ex,
                 self.retry_interval,
             )
-        except redis.ResponseError as ex:
-            log.warning('Redis %s failed: %s', name, ex)
-        except Exception as ex:
+        else:
             # NOTE: whatever answers on the cache URL, its errors are the
             #   cache's (a server that is not Redis raises parser errors).
-            self._skip_until = time.monotonic() + self.retry_interval
             log.warning(
                 'the cache at the Redis URL answered %s with %s: %s; serving uncached for %gs',
                 name,
@@ -318,14 +351,31 @@ class RedisCache:
                 ex,
                 self.retry_interval,
             )
-        else:
-            if self._failing:
-                log.info('Redis is back; caching again')
-                self._skip_until = 0.0
-                if self._unpurged:
-                    self._purge()
-            return result
-        return None
+
+
+def _is_conditional(req: falcon.Request) -> bool:
+    environ = req.env
+    return 'HTTP_IF_NONE_MATCH' in environ or 'HTTP_IF_MODIFIED_SINCE' in environ
+
+
+def _answer_failure(req: falcon.Request, resp: falcon.Response, raw: Any) -> bool:
+    """Answer with the error a failed fill left; return False if it is not one."""
+    try:
+        status, content_type, body, retry_after = msgpack.unpackb(raw, raw=False)
+    except Exception:
+        return False
+    if not (isinstance(status, int) and isinstance(body, bytes | None)):
+        return False
+    resp.status = status
+    if content_type:
+        resp.content_type = content_type
+    resp.data = body
+    resp.cache_control = ['no-store']
+    if retry_after:
+        resp.set_header('Retry-After', str(retry_after))
+    req.context[_HIT_FLAG] = True  # answered here; nothing to store
+    resp.complete = True
+    return True
 
 
 def _decode(raw: Any) -> tuple[str, bytes, dict[str, str], str] | None:

@@ -82,15 +82,20 @@ def inspect(index: Index, images: ImageStore, *, grace: float = DEFAULT_GRACE_SE
     on_store = {stored.id for stored in objects}
     findings.missing = [image for image_id, image in listed.items() if image_id not in on_store]
     now = time.time()
-    for stored in objects:
+    for stored in sorted(objects, key=_upload_order):
         if stored.id in listed:
             continue
         if index.was_deleted(stored.id):
             findings.leftovers.append(stored)
         elif now - stored.modified >= grace and not images.in_progress(stored.id):
             findings.unlisted.append(stored)
-    findings.quarantined = list(images.quarantined())
+    # NOTE: in upload order, so a repair lists restored images in the order they came.
+    findings.quarantined = sorted(images.quarantined(), key=_upload_order)
     return findings
+
+
+def _upload_order(stored: StoredObject) -> tuple[float, str]:
+    return stored.modified, stored.id
 
 
 def repair(
@@ -118,8 +123,11 @@ def repair(
     for stored in findings.quarantined:
         _restore(index, images, stored, read_size, repairs, from_quarantine=True)
     if findings.damage:
-        index.rewrite()
-        repairs.rewritten = True
+        try:
+            index.rewrite()
+            repairs.rewritten = True
+        except Exception as ex:
+            repairs.failed.append(f'the index could not be written again: {ex}')
     return repairs
 
 

@@ -18,6 +18,11 @@ from look.renditions import FALLBACK_FORMAT, FORMAT_MEDIA_TYPES
 
 MiB = 1024 * 1024
 MAX_PIXELS_LIMIT = 65500 * 65500  # no JPEG is larger: its sides stop at 65 500
+# NOTE: 64 MiP, 8192x8192: above every phone's default photo (12-50 MP) and
+#   its full-sensor modes up to 64 MP (9248x6936), full-frame cameras
+#   (61 MP), and phone panoramas (63 MP). 100 MP medium format and the 108
+#   and 200 MP phone modes need a larger LOOK_MAX_PIXELS; see the README.
+DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_CACHE_TTL = 2**31 - 1  # seconds; Redis refuses expiry times far beyond this
 
 
@@ -173,13 +178,19 @@ def _api_keys(name: str, value: str) -> list[ApiKey]:
 def _api_keys_file(name: str, value: str) -> list[ApiKey]:
     path = _path(name, value)
     try:
-        text = path.read_text()
+        # utf-8-sig: a byte-order mark some editors write is not part of a secret.
+        text = path.read_text(encoding='utf-8-sig')
     except (OSError, UnicodeDecodeError) as ex:
         raise ConfigError(f'{name} {value!r} cannot be read: {ex}') from None
     try:
-        return parse_keys(text, source=f'{name} {value}')
+        keys = parse_keys(text, source=f'{name} {value}')
     except ValueError as ex:
         raise ConfigError(str(ex)) from None
+    # NOTE: a file that was meant to hold keys but holds none (a secret not
+    #   mounted yet) must not leave look open to everyone.
+    if not keys:
+        raise ConfigError(f'{name} {value} holds no key; write one name:secret a line')
+    return keys
 
 
 def _thumbnail_formats(name: str, value: str) -> tuple[str, ...]:
@@ -195,6 +206,32 @@ def _thumbnail_formats(name: str, value: str) -> tuple[str, ...]:
             f'{name} must include {FALLBACK_FORMAT}: it is what every client can show'
         )
     return tuple(dict.fromkeys(formats))
+
+
+def _origins(name: str, value: str) -> tuple[str, ...]:
+    origins = tuple(item.strip() for item in value.split(',') if item.strip())
+    if origins == ('*',):
+        return origins
+    for origin in origins:
+        parts = urlparse(origin)
+        if (
+            parts.scheme not in ('http', 'https')
+            or not parts.netloc
+            or parts.path
+            or '*' in origin
+        ):
+            raise ConfigError(
+                f'{name} must be * or origins such as https://example.com (scheme, host, '
+                f'port; no path), got {origin!r}'
+            )
+    return origins
+
+
+def _log_format(name: str, value: str) -> str:
+    value = value.strip().lower()
+    if value not in ('text', 'json'):
+        raise ConfigError(f'{name} must be text or json, got {value!r}')
+    return value
 
 
 # attribute -> (environment variable, parser)
@@ -214,6 +251,9 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'max_concurrent_uploads': ('LOOK_MAX_CONCURRENT_UPLOADS', _positive_int),
     'cache_max_bytes': ('LOOK_CACHE_MAX_BYTES', _positive_int),
     'thumbnail_formats': ('LOOK_THUMBNAIL_FORMATS', _thumbnail_formats),
+    'metrics_public': ('LOOK_METRICS_PUBLIC', _flag),
+    'cors_origins': ('LOOK_CORS_ORIGINS', _origins),
+    'log_format': ('LOOK_LOG_FORMAT', _log_format),
     'images_url': ('LOOK_IMAGES_URL', _images_url),
     'index_url': ('LOOK_INDEX_URL', _index_url),
     'originals_cache_bytes': ('LOOK_ORIGINALS_CACHE_BYTES', _size),
@@ -245,6 +285,9 @@ class Config:
     max_concurrent_uploads: int
     cache_max_bytes: int
     thumbnail_formats: tuple[str, ...]
+    metrics_public: bool
+    cors_origins: tuple[str, ...]
+    log_format: str
     images_url: str
     index_url: str
     s3_options: dict[str, str]
@@ -261,7 +304,7 @@ class Config:
         self.uuid_generator = uuid.uuid4
         self.min_thumb_size = 64
         self.max_upload_bytes = 32 * MiB
-        self.max_pixels = 100_000_000
+        self.max_pixels = DEFAULT_MAX_PIXELS
         self.processes = os.cpu_count() or 1
         self.cache_ttl = 3600
         # NOTE: a render that takes longer than this is abandoned with a 503;
@@ -284,7 +327,14 @@ class Config:
         # NOTE: the largest thumbnail kept in Redis: a 4000x3000 photo's
         #   largest thumbnail is about 0.5 MiB.
         self.cache_max_bytes = MiB
-        self.thumbnail_formats = ('jpeg',)
+        self.thumbnail_formats = ('jpeg', 'webp', 'avif')
+        # NOTE: where API keys are set, /metrics takes one too (request rates
+        #   and error counts are the operator's business) unless this says
+        #   the network in front of it is trusted.
+        self.metrics_public = False
+        # NOTE: browsers on other origins may use the API only where this names them.
+        self.cors_origins = ()
+        self.log_format = 'text'
         # NOTE: empty: images and index live under storage_path, as one host's
         #   files. s3://... and postgresql://... let many hosts share them.
         self.images_url = ''

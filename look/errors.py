@@ -9,10 +9,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 import falcon
+
+log = logging.getLogger(__name__)
 
 
 class LookError(Exception):
@@ -29,6 +32,12 @@ class LookError(Exception):
 class ImageNotFound(LookError):
     title = 'Image not found'
     status = falcon.HTTP_404
+
+
+class NoSuchThumbnailSize(ImageNotFound):
+    """The image exists, but has no thumbnail of the size asked for."""
+
+    title = 'No such thumbnail size'
 
 
 class EmptyUpload(LookError):
@@ -74,12 +83,25 @@ class ImageTooLarge(LookError):
     status = falcon.HTTP_413
 
 
+class ImageTooComplex(LookError):
+    """The image is built as no real encoder builds it (scans, chunks, blocks)."""
+
+    title = 'Image too complex'
+    status = falcon.HTTP_422
+
+
 class ThumbnailerUnavailable(LookError):
     """The render could not be done now; the client should retry shortly."""
 
     title = 'Thumbnailer unavailable'
     status = falcon.HTTP_503
     retry_after = 1
+
+
+class ThumbnailerBusy(ThumbnailerUnavailable):
+    """As many images as the pool lets wait are waiting already; nothing was started."""
+
+    title = 'Image processes busy'
 
 
 class StorageError(LookError):
@@ -138,6 +160,18 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTP
     #   so scripts can always read `description`.
     title = ex.title or resp.status
     description = ex.description or _DEFAULT_DESCRIPTIONS.get(ex.status_code, title)
+    if ex.status_code >= 500:
+        # One line per server-side failure; 503 and 507 are look protecting itself.
+        level = logging.ERROR if ex.status_code == 500 else logging.WARNING
+        log.log(
+            level,
+            '%s %s answered %d %s: %s',
+            req.method,
+            req.path,
+            ex.status_code,
+            title,
+            description,
+        )
     # NOTE: a resource may have set an image's validators before the work
     #   that failed; the error must not be kept for a year as that image.
     resp.delete_header('ETag')

@@ -15,13 +15,14 @@ import falcon
 from look.auth import Access, new_delete_token
 from look.cache import Cacheable
 from look.conditional import answer_not_modified, is_not_modified, set_immutable
-from look.errors import ImageNotFound, refused_writes
+from look.errors import ImageNotFound, NoSuchThumbnailSize, refused_writes
 from look.index import StoredImage, is_valid_id
 from look.library import Library
+from look.metrics import Metrics
 from look.renditions import FORMAT_MEDIA_TYPES, Rendition, Renditions
 from look.spool import Spool
 from look.thumbnailer import Thumbnailer
-from look.uploads import Receiver, stop_reading
+from look.uploads import Receiver
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,9 @@ class Images:
         spool: Spool,
         receiver: Receiver,
         uuid_generator: Callable[[], uuid.UUID],
+        metrics: Metrics,
     ) -> None:
+        self._metrics = metrics
         self._library = library
         self._thumbnailer = thumbnailer
         self._renditions = renditions
@@ -141,11 +144,11 @@ class Images:
     on_head = on_get
 
     def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        try:
-            who = self._access.require_key(req, 'upload images')
-        except falcon.HTTPError:
-            stop_reading(req)  # a large body is not read just to be refused
-            raise
+        # NOTE: the 401 goes out before any of the body is read, and the read
+        #   side stays open: gunicorn then reads at most 64 KiB of the unread
+        #   body and closes. With the read side shut, its drain could see an
+        #   early end, keep the connection and read the whole body after all.
+        who = self._access.require_key(req, 'upload images')
         image_id = str(self._uuid_generator())
         token, token_hash = new_delete_token()
         with contextlib.ExitStack() as cleanup, refused_writes():
@@ -156,6 +159,7 @@ class Images:
             length = os.fstat(upload.file.fileno()).st_size
             image = StoredImage(image_id, int(time.time()), size, length, token_hash)
             self._library.add(image, upload)
+        self._metrics.stored(received)
         log.info(
             'stored image %s: %dx%d, %d bytes (%d received), by %s',
             image.id,
@@ -191,6 +195,8 @@ class Images:
             resp.content_length = original.length
 
     def on_delete_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        # With keys set, the anonymous hear 401 whether or not the image exists.
+        self._access.require_credential(req, 'delete an image')
         image = self._library.get(image_id)
         who = self._access.may_delete(req, image)
         self._library.delete(image.id)
@@ -258,10 +264,17 @@ class Thumbnails:
         image = self._library.get(image_id)
         # NOTE: only the listed sizes are rendered; arbitrary sizes would let
         #   anyone keep the pool busy (and fill the cache) at will.
-        if (width, height) not in self._renditions.sizes(image.size):
-            raise ImageNotFound(
-                f'{width}x{height} is not a thumbnail size of image {image.id}; '
-                'its "thumbnails" list has the sizes there are.'
+        sizes = self._renditions.sizes(image.size)
+        if (width, height) not in sizes:
+            if sizes:
+                listed = ', '.join(f'{w}x{h}' for w, h in sizes)
+                there_are = f'its sizes are {listed} (its "thumbnails" list)'
+            else:
+                there_are = (
+                    f'it has none: its sides halve below {self._renditions.min_thumb_size} pixels'
+                )
+            raise NoSuchThumbnailSize(
+                f'Image {image.id} has no {width}x{height} thumbnail; {there_are}.'
             )
         rendition = self._renditions.rendition(image.id, (width, height), format)
         resp.content_type = rendition.media_type
@@ -287,3 +300,51 @@ class Thumbnails:
     ) -> dict[str, str]:
         path = self._renditions.rendition(image_id, (width, height), format).path
         return {'Vary': 'Accept', 'Content-Location': path}
+
+
+def near_miss(path: str) -> str | None:
+    """Return a hint at the address a request for ``path`` (no route) most likely meant."""
+    suggested = _suggested_address(path.strip('/').split('/'))
+    if suggested is None or suggested == path:
+        return None
+    return f'Did you mean {suggested}?'
+
+
+def _suggested_address(parts: list[str]) -> str | None:
+    if parts == ['images']:
+        return '/images'
+    if len(parts) == 2 and parts[0] == 'images':
+        image_id = _canonical_id(parts[1].partition('.')[0])
+        return f'/images/{image_id}.jpeg' if image_id else None
+    if len(parts) in (2, 3) and parts[0] == 'thumbnails':
+        image_id = _canonical_id(parts[1])
+        if image_id is None:
+            return None
+        if len(parts) == 2:
+            return (
+                f'/thumbnails/{image_id}/<width>x<height>.jpeg, with a size from '
+                'the "thumbnails" list of the image'
+            )
+        size, dot, extension = parts[2].partition('.')
+        width, x, height = size.lower().partition('x')
+        if not (x and _is_side(width) and _is_side(height)):
+            return None
+        size = f'{int(width)}x{int(height)}'
+        format = {'jpg': 'jpeg', 'jpe': 'jpeg'}.get(extension.lower(), extension.lower())
+        if dot and format not in FORMAT_MEDIA_TYPES:
+            format = 'jpeg'
+        return f'/thumbnails/{image_id}/{size}' + (f'.{format}' if dot else '')
+    return None
+
+
+def _is_side(value: str) -> bool:
+    """Return whether ``value`` spells a side, leading zeros allowed (up to 12 digits)."""
+    return value.isascii() and value.isdigit() and len(value) <= 12
+
+
+def _canonical_id(value: str) -> str | None:
+    """Return an id in look's spelling if ``value`` is another spelling of one."""
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        return None

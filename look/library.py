@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
-from look.errors import BackendUnreachable, ImageNotFound
+from look.errors import BackendUnreachable, ImageExists, ImageNotFound
 from look.imagestore import Finished, ImageStore, Original
 from look.index import Index, StoredImage
 
@@ -36,10 +37,21 @@ class Library:
         self.images.close()
 
     def add(self, image: StoredImage, jpeg: Finished) -> None:
-        """Store the finished JPEG, then its index entry; a failure leaves neither."""
+        """Store the finished JPEG, then its index entry; a failure leaves neither.
+
+        The JPEG keeps the upload time as its modification time, so a check
+        that finds it unlisted restores it with the time its entry had.
+        """
+        os.utime(jpeg.file.fileno(), (image.modified, image.modified))
         self.images.put(image.id, jpeg)
         try:
             self.index.add(image)
+        except ImageExists:
+            # NOTE: the id is listed already and its JPEG was gone (or put
+            #   would have refused): the JPEG just put is not that image's.
+            with contextlib.suppress(Exception):
+                self.images.delete(image.id)
+            raise
         except BaseException as ex:
             # NOTE: an entry that could not be taken back stands (for every
             #   worker), and keeps its JPEG; one the index cannot even be

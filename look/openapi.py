@@ -17,6 +17,7 @@ _UNAUTHORIZED = {'$ref': '#/components/responses/Unauthorized'}
 _UUID = {'type': 'string', 'format': 'uuid'}
 _JPEG = {'image/jpeg': {'schema': {'type': 'string', 'contentMediaType': 'image/jpeg'}}}
 _PUBLIC: list[dict[str, list[str]]] = []  # no credential needed
+_CHALLENGE = {'WWW-Authenticate': {'$ref': '#/components/headers/WWW-Authenticate'}}
 _VALIDATOR_HEADERS = {
     'ETag': {'$ref': '#/components/headers/ETag'},
     'Last-Modified': {'$ref': '#/components/headers/Last-Modified'},
@@ -75,14 +76,17 @@ def _head_of(operation: dict[str, Any]) -> dict[str, Any]:
         if isinstance(response, dict) and 'content' in response:
             response.pop('content')
     head['responses'] = {
-        status: (
-            {'description': 'Error; headers only.'}
-            if response in (_ERROR, _UNAUTHORIZED)
-            else response
-        )
-        for status, response in head['responses'].items()
+        status: _headers_only(response) for status, response in head['responses'].items()
     }
     return head
+
+
+def _headers_only(response: dict[str, Any]) -> dict[str, Any]:
+    if response == _ERROR:
+        return {'description': 'Error; headers only.'}
+    if response == _UNAUTHORIZED:
+        return {'description': 'No valid API key came; headers only.', 'headers': _CHALLENGE}
+    return response
 
 
 def _needs_key(keys_required: bool, *others: str) -> list[dict[str, list[str]]]:
@@ -342,6 +346,7 @@ def openapi_document(
                         '409': _ERROR,
                         '413': _ERROR,
                         '415': _ERROR,
+                        '422': _ERROR,
                         '503': _retry_later(
                             'Too many uploads, the image could not be converted now, or the '
                             'index or the image store does not answer; retry.'
@@ -363,7 +368,7 @@ def openapi_document(
                     'parameters': [image_id],
                     'responses': {
                         '204': {'description': 'Deleted.'},
-                        '401': _UNAUTHORIZED,
+                        **refused,
                         **_errors(403, 404, 507),
                         '503': _BACKEND_DOWN,
                     },
@@ -469,9 +474,7 @@ def openapi_document(
             'responses': {
                 'Unauthorized': {
                     'description': 'No valid API key came; nothing of the body was read.',
-                    'headers': {
-                        'WWW-Authenticate': {'required': True, 'schema': {'type': 'string'}}
-                    },
+                    'headers': _CHALLENGE,
                     'content': {
                         'application/json': {'schema': {'$ref': '#/components/schemas/Error'}}
                     },
@@ -490,6 +493,11 @@ def openapi_document(
                 },
             },
             'headers': {
+                'WWW-Authenticate': {
+                    'description': 'The Bearer challenge (RFC 6750) of every 401.',
+                    'required': True,
+                    'schema': {'type': 'string', 'pattern': '^Bearer( |$)'},
+                },
                 'ETag': {'description': 'Strong validator.', 'schema': {'type': 'string'}},
                 'Last-Modified': {'description': 'Upload time.', 'schema': {'type': 'string'}},
                 'Cache-Control': {

@@ -11,12 +11,15 @@ keeps its own copy (or link) of the JPEG.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import logging
 import os
 import pathlib
 import secrets
 import time
+
+from look.files import entries
 
 log = logging.getLogger(__name__)
 
@@ -54,23 +57,33 @@ class Spool:
         self.directory = pathlib.Path(directory)
 
     def open(self) -> None:
-        """Create the directory and remove what crashed uploads left in it."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Create the directory and remove what crashed uploads left in it.
+
+        On a read-only disk there is nothing to do: uploads are refused (507).
+        """
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as ex:
+            if ex.errno != errno.EROFS:
+                raise
+            log.warning('no spool at %s (%s): uploads are refused', self.directory, ex)
+            return
         remove_abandoned(self.directory)
 
     def create(self) -> SpoolFile:
-        """Create a new locked spool file."""
-        return SpoolFile(self.directory / f'.{secrets.token_hex(12)}{TEMP_SUFFIX}')
+        """Create a new locked spool file (and the directory again, if it went)."""
+        path = self.directory / f'.{secrets.token_hex(12)}{TEMP_SUFFIX}'
+        try:
+            return SpoolFile(path)
+        except FileNotFoundError:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            return SpoolFile(path)
 
 
 def remove_abandoned(directory: pathlib.Path) -> None:
     """Remove temporary files in ``directory`` that are old and that nobody holds locked."""
     now = time.time()
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
+    for entry in entries(directory):
         name = entry.name
         if not (name.startswith('.') and name.endswith(TEMP_SUFFIX)):
             continue
@@ -87,7 +100,13 @@ def remove_abandoned(directory: pathlib.Path) -> None:
             except BlockingIOError:
                 continue  # its writer is alive
             log.info('removing abandoned temporary file %s', path)
-            with contextlib.suppress(FileNotFoundError):
+            try:
                 path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as ex:
+                # NOTE: a clean-up that cannot be done (a read-only disk)
+                #   never stops a start.
+                log.warning('could not remove abandoned temporary file %s: %s', path, ex)
         finally:
             os.close(fd)

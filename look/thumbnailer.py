@@ -21,10 +21,18 @@ import warnings
 import weakref
 from collections.abc import Callable
 from concurrent.futures.process import BrokenProcessPool
+from typing import Protocol
 
 from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
 
-from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, UnsupportedImage
+from look import preflight
+from look.errors import (
+    CorruptImage,
+    ImageTooLarge,
+    ThumbnailerBusy,
+    ThumbnailerUnavailable,
+    UnsupportedImage,
+)
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +49,15 @@ JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
 # crops or resizes maps fresh memory for its second image: ~1000 page faults
 # and 1.7x the CPU.
 IMAGE_BLOCKS_CACHED = 4
-# The thumbnail formats render_thumbnail encodes.
-THUMBNAIL_FORMATS = ('jpeg',)
 # Renders a web worker lets wait on its pool before it answers 503: fewer
 # than gunicorn.conf.py's threads, which cache hits and downloads also need.
+# Uploads waiting count toward it too.
 MAX_WAITING_RENDERS = 8
+# NOTE: uploads may take at most half of those places, so renders always
+#   find room, and a render waits behind at most four conversions: a 12 MP
+#   photo converts in ~0.08 s of CPU here, 8192x8192 in 0.8 s, and in 2 s
+#   with the 32 empty progressive scans the preflight lets through.
+MAX_WAITING_UPLOADS = MAX_WAITING_RENDERS // 2
 
 
 # -- run in the pool processes -------------------------------------------------
@@ -62,6 +74,8 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
     Image.init()  # registers every plugin, so ACCEPTED_FORMATS can be looked up
+    # Before open(): Pillow parses some headers in Python, chunk by chunk.
+    preflight.check_container(path, max_pixels)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore', Image.DecompressionBombWarning)
         try:
@@ -77,16 +91,13 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
 
         with image:
             width, height = image.size
-            if width * height > max_pixels:
-                raise ImageTooLarge(
-                    f'The image is {width}x{height} ({width * height} pixels); '
-                    f'the limit is {max_pixels} pixels.'
-                )
+            preflight.check_pixel_count(width, height, max_pixels)
             if max(width, height) > JPEG_MAX_SIDE:
                 raise ImageTooLarge(
                     f'The image is {width}x{height}; a JPEG side can be at most '
                     f'{JPEG_MAX_SIDE} pixels.'
                 )
+            preflight.check_pixels_per_byte(image.format, image.size, os.path.getsize(path))
             _match_trns_to_decoded_depth(image)
             try:
                 image.load()  # the first frame of an animation
@@ -178,32 +189,87 @@ def _apply_icc_profile(image: Image.Image, icc_profile: bytes) -> Image.Image:
         return image
 
 
-def render_thumbnail(source: str, size: tuple[int, int], quality: int) -> bytes:
-    """Return a JPEG of the stored image at ``source`` resized to exactly ``size``."""
+THUMBNAIL_FORMATS = ('jpeg', 'webp', 'avif')
+# Pillow's save parameters of each thumbnail format but JPEG, whose quality is
+# LOOK_JPEG_QUALITY. Stored JPEGs are sRGB: WebP without a profile is sRGB,
+# and Pillow's AVIF says so in its nclx box (BT.709 primaries, sRGB transfer,
+# full range) with JPEG's own BT.601 matrix.
+# NOTE: chosen with bench/encoders.py on 16 photographs and a screenshot, at
+#   about the SSIM of the q85 JPEG (medians at 960x540, 480x270, 240x135).
+#   WebP q85 is 0.70-0.77 of the JPEG's bytes at method 4 (libwebp's own);
+#   methods 0-2 take half the time or less for 2-19 points more, 5-6 take
+#   1-3 off for up to 2.2x the time. AVIF q70 is 0.69-0.71 at speed 9 (10 gives
+#   the same bytes) for 35/12/4 ms of CPU; speed 8 takes 3-8 points off for
+#   3-4x that, speed 6 6-9 points for 9-11x. 4:2:0 as in the JPEG: 4:4:4 is
+#   4-7% larger and needs AV1's High profile. One thread: a pool process has
+#   a core's share, and a second saves no CPU.
+ENCODINGS: dict[str, dict[str, int | str]] = {
+    'webp': {'quality': 85, 'method': 4},
+    'avif': {'quality': 70, 'speed': 9, 'subsampling': '4:2:0', 'max_threads': 1},
+}
+# How encoding_tag() writes each parameter: every one can change the bytes.
+_TAG_PREFIXES = {
+    'quality': 'q',
+    'method': 'm',
+    'speed': 's',
+    'subsampling': '',
+    'max_threads': 't',
+}
+
+
+def encoding_tag(format: str, jpeg_quality: int) -> str:
+    """Return a short name for how ``format`` is encoded; it changes whenever the bytes would."""
+    if format == 'jpeg':
+        return f'q{jpeg_quality}'
+    params = _encoding(format, jpeg_quality)[1]
+    tags = [_TAG_PREFIXES[key] + str(value).replace(':', '') for key, value in params.items()]
+    return '-'.join([format, *tags])
+
+
+def _encoding(format: str, jpeg_quality: int) -> tuple[str, dict[str, int | str]]:
+    """Return the Pillow format name and save parameters of a thumbnail format."""
+    if format == 'jpeg':
+        return 'JPEG', {'quality': jpeg_quality}
+    if format not in ENCODINGS:
+        raise ValueError(f'{format!r} is not one of {THUMBNAIL_FORMATS}')
+    return format.upper(), ENCODINGS[format]
+
+
+def render_thumbnail(source: str, size: tuple[int, int], format: str, jpeg_quality: int) -> bytes:
+    """Return the stored image at ``source`` resized to exactly ``size``, encoded as ``format``."""
+    pillow_format, params = _encoding(format, jpeg_quality)
     # NOTE: stored JPEGs passed the pixel limit of their day when uploaded;
     #   a limit the process kept from its last conversion is not theirs.
     #   The address-space limit still bounds the decode.
     Image.MAX_IMAGE_PIXELS = None
     out = io.BytesIO()
     with Image.open(source) as image:
-        width, height = image.size
-        # NOTE: draft() makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
-        #   scaling), never below the target; thumbnail() only does that when
-        #   the target is at most half of what it asks for.
-        drafted = image.draft('RGB', size)
-        scale = round(width / drafted[1][2]) if drafted else 1
-        if size == (width // scale, height // scale):
-            # PERF: the decoder has done the whole resize. It rounds a scaled
-            #   side up where halving rounds down; the extra row or column is
-            #   what halving leaves out, so it is cropped. Resizing 961x541 to
-            #   960x540 instead made the whole render 4.6x slower.
-            thumbnail = image if image.size == size else image.crop((0, 0, *size))
-        else:
-            thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-        if thumbnail.mode != 'RGB':
-            thumbnail = thumbnail.convert('RGB')
-        thumbnail.save(out, 'JPEG', quality=quality)
+        thumbnail = scale_stored(image, size)
+        # NOTE: stored JPEGs carry no metadata (convert_upload), and none may
+        #   reach a thumbnail even so: Pillow's AVIF writer copies an ICC
+        #   profile from info unless told otherwise, its JPEG writer a comment.
+        thumbnail.info.clear()
+        thumbnail.save(out, pillow_format, **params)
     return out.getvalue()
+
+
+def scale_stored(image: Image.Image, size: tuple[int, int]) -> Image.Image:
+    """Return the opened, not yet loaded, stored JPEG ``image`` as RGB of exactly ``size``."""
+    width, height = image.size
+    # NOTE: draft() makes libjpeg decode at 1/2, 1/4 or 1/8 scale (DCT
+    #   scaling), never below the target; thumbnail() only does that when
+    #   the target is at most half of what it asks for.
+    drafted = image.draft('RGB', size)
+    scale = round(width / drafted[1][2]) if drafted else 1
+    if size == (width // scale, height // scale):
+        # PERF: the decoder has done the whole resize. It rounds a scaled
+        #   side up where halving rounds down; the extra row or column is
+        #   what halving leaves out, so it is cropped. Resizing 961x541 to
+        #   960x540 instead made the whole render 4.6x slower.
+        thumbnail = image if image.size == size else image.crop((0, 0, *size))
+    else:
+        thumbnail = image.resize(size, Image.Resampling.LANCZOS)
+    return thumbnail if thumbnail.mode == 'RGB' else thumbnail.convert('RGB')
 
 
 def memory_limit(max_pixels: int) -> int:
@@ -241,6 +307,38 @@ def _exit_with_parent(parent_pid: int) -> None:
 _thumbnailers: weakref.WeakSet[Thumbnailer] = weakref.WeakSet()
 
 
+class Observer(Protocol):
+    """What a thumbnailer reports as it works (look.metrics counts it)."""
+
+    def render_done(self, format: str, seconds: float) -> None:
+        """A render finished."""
+
+    def task_refused(self, reason: str) -> None:
+        """A task was answered 503: ``busy``, ``timeout``, ``crashed`` or ``restarted``."""
+
+    def pool_restarted(self) -> None:
+        """The pool was rebuilt after a crash or an overrun."""
+
+    def tasks_changed(self, delta: int) -> None:
+        """Tasks in flight went up or down by ``delta``."""
+
+
+class _Unobserved:
+    """The observer of a thumbnailer nobody watches."""
+
+    def render_done(self, format: str, seconds: float) -> None:
+        pass
+
+    def task_refused(self, reason: str) -> None:
+        pass
+
+    def pool_restarted(self) -> None:
+        pass
+
+    def tasks_changed(self, delta: int) -> None:
+        pass
+
+
 class Thumbnailer:
     """Owns the process pool of one web worker; created lazily after the fork."""
 
@@ -252,28 +350,33 @@ class Thumbnailer:
         quality: int,
         render_timeout: float,
         max_waiting: int | None = None,
+        max_waiting_uploads: int | None = None,
         # NOTE: a process start costs ~0.2 s of CPU; recycling every 500 tasks
         #   added ~0.35 ms to every small render. 10 000 still bounds Pillow's
         #   memory growth over days.
         max_tasks_per_child: int = 10_000,
+        observer: Observer | None = None,
     ) -> None:
         self.processes = processes
+        self.observer: Observer = observer if observer is not None else _Unobserved()
         self.max_pixels = max_pixels
         self.quality = quality
         self.render_timeout = render_timeout
         self._max_waiting = max_waiting
+        self._max_waiting_uploads = max_waiting_uploads
         self.max_tasks_per_child = max_tasks_per_child
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._pool_pid: int | None = None
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._uploads_in_flight = 0
         # This pool's tasks not done yet, in the order the pool takes them.
         self._unfinished: dict[concurrent.futures.Future[object], None] = {}
         _thumbnailers.add(self)
 
     @property
     def max_waiting(self) -> int:
-        """Renders in flight beyond which more are refused at once with a 503.
+        """Tasks in flight (renders and uploads) beyond which more are refused with a 503.
 
         Rather than queued without bound; by default never fewer than the
         pool's processes, so a large pool is never idle for it.
@@ -282,22 +385,30 @@ class Thumbnailer:
             return self._max_waiting
         return max(MAX_WAITING_RENDERS, self.processes)
 
+    @property
+    def max_waiting_uploads(self) -> int:
+        """Uploads in flight beyond which more are refused at once with a 503.
+
+        By default half of ``max_waiting`` (at least four): the rest is for renders.
+        """
+        if self._max_waiting_uploads is not None:
+            return self._max_waiting_uploads
+        return max(MAX_WAITING_UPLOADS, self.max_waiting // 2)
+
     def convert_upload(self, path: pathlib.Path) -> tuple[int, int]:
         """Replace an uploaded file with the JPEG to store; return its size."""
         width, height = self._run(
-            convert_upload,
-            str(path),
-            self.max_pixels,
-            self.quality,
-            refuse_when_busy=False,
+            convert_upload, str(path), self.max_pixels, self.quality, upload=True
         )
         return width, height
 
     def render(self, source: str, size: tuple[int, int], format: str) -> bytes:
-        """Render a thumbnail of a stored JPEG in one of ``THUMBNAIL_FORMATS``."""
+        """Render a thumbnail of a stored JPEG as ``format`` (one of THUMBNAIL_FORMATS)."""
         if format not in THUMBNAIL_FORMATS:
             raise ValueError(f'no encoder for {format!r} thumbnails')
-        data: bytes = self._run(render_thumbnail, source, size, self.quality)
+        started = time.perf_counter()
+        data: bytes = self._run(render_thumbnail, str(source), size, format, self.quality)
+        self.observer.render_done(format, time.perf_counter() - started)
         return data
 
     def check(self, timeout: float = 5.0) -> str | None:
@@ -384,35 +495,44 @@ class Thumbnailer:
         with self._lock:
             if self._pool is pool:
                 self._pool = None
+        self.observer.pool_restarted()
         _stop(pool)
 
     def _run(  # type: ignore[no-untyped-def]
-        self, function, *args, refuse_when_busy: bool = True, timeout: float | None = None
+        self,
+        function,
+        *args,
+        refuse_when_busy: bool = True,
+        upload: bool = False,
+        timeout: float | None = None,
     ):
         limit = timeout or self.render_timeout
         with self._lock:
-            if refuse_when_busy and self._in_flight >= self.max_waiting:
-                raise ThumbnailerUnavailable(
-                    'Too many images are being rendered right now; try again shortly.'
-                )
+            if refuse_when_busy:
+                self._admit(upload)
             self._in_flight += 1
+            self._uploads_in_flight += int(upload)
+        self.observer.tasks_changed(1)
         try:
             pool, future, unfinished = self._submit(function, args)
             try:
                 return self._result(future, unfinished, limit)
             except concurrent.futures.CancelledError:
                 # Still queued when another request's overrun restarted the pool.
+                self.observer.task_refused('restarted')
                 raise ThumbnailerUnavailable(
                     'The image processes were restarted; try again.'
                 ) from None
             except BrokenProcessPool:
                 log.error('an image process died; restarting the pool')
+                self.observer.task_refused('crashed')
                 self._discard(pool)
                 raise ThumbnailerUnavailable(
                     'An image process stopped unexpectedly; try again.'
                 ) from None
             except concurrent.futures.TimeoutError:
                 log.error('an image took over %gs; restarting the pool', limit)
+                self.observer.task_refused('timeout')
                 self._discard(pool)
                 raise ThumbnailerUnavailable(
                     f'The image took longer than {limit:g}s to process.'
@@ -420,6 +540,24 @@ class Thumbnailer:
         finally:
             with self._lock:
                 self._in_flight -= 1
+                self._uploads_in_flight -= int(upload)
+            self.observer.tasks_changed(-1)
+
+    def _admit(self, upload: bool) -> None:
+        """Raise ThumbnailerBusy if the pool has no room for a task; the caller holds the lock."""
+        # NOTE: an upload is refused after its body arrived, not before: a
+        #   place held while a client sends could be held for minutes.
+        if self._in_flight >= self.max_waiting:
+            self.observer.task_refused('busy')
+            raise ThumbnailerBusy(
+                'Too many images are waiting for the image processes right now; try again shortly.'
+            )
+        if upload and self._uploads_in_flight >= self.max_waiting_uploads:
+            self.observer.task_refused('busy')
+            raise ThumbnailerBusy(
+                'Too many uploads are waiting for the image processes right now; '
+                'try again shortly.'
+            )
 
     def _result(
         self,

@@ -50,7 +50,6 @@ class Receiver:
         Raise TooManyUploads at once, before reading, when every slot is taken.
         """
         if not self._slots.acquire(blocking=False):
-            stop_reading(req)
             raise TooManyUploads(
                 f'{self.max_at_once} uploads are being received here already; try again shortly.'
             )
@@ -63,8 +62,12 @@ class Receiver:
 def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: float) -> int:
     """Copy the image in the request body (raw or multipart) into ``out``; return its size."""
     length = req.content_length
+    # NOTE: a body refused unread is left unread: gunicorn (27 and later)
+    #   reads at most 64 KiB of it after the answer, then closes the
+    #   connection. Shutting the socket's read side would not stop later
+    #   bytes; it only ends the first read early, and gunicorn then took
+    #   that for the end of the body and read on, all 30 MiB of it.
     if length is not None and length > max_bytes:
-        stop_reading(req)
         raise UploadTooLarge(_too_large(max_bytes))
 
     with _time_limit(req, deadline) as timed_out:
@@ -78,16 +81,12 @@ def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: fl
                 received = _copy(body, out, max_bytes)
                 if length is not None and received < length:
                     raise UploadTimeout('The upload stopped before the whole body arrived.')
-        except UploadTooLarge:
-            stop_reading(req)
-            raise
         except (LookError, falcon.HTTPError):
             raise  # our own answers, and Falcon's 400 for a malformed form
         except Exception as ex:
             # Reading the body failed. A full disk was already turned into
             # StorageError, so this is the client's doing: too slow, gone, or
             # a broken framing that the server's parser refused.
-            stop_reading(req)
             if timed_out.is_set() or isinstance(ex, TimeoutError):
                 raise UploadTimeout(
                     f'The upload did not arrive within {deadline:g}s; send it faster or smaller.'
@@ -216,16 +215,6 @@ def _time_limit(req: falcon.Request, deadline: float) -> Iterator[threading.Even
         _deadlines.forget(token)
         with contextlib.suppress(OSError):
             sock.settimeout(None)
-
-
-def stop_reading(req: falcon.Request) -> None:
-    """Stop reading the request body: the answer goes out, the rest of the body is not read."""
-    # NOTE: without this, gunicorn would read and discard the rest of a
-    #   refused body before the next request on the connection, at whatever
-    #   pace the client chooses. The response still goes out.
-    sock = req.env.get('gunicorn.socket')
-    if isinstance(sock, socket.socket):
-        _shutdown_read(sock)
 
 
 def _shutdown_read(sock: socket.socket) -> None:

@@ -6,7 +6,9 @@ import io
 import random
 import struct
 import zlib
+from collections.abc import Sequence
 
+from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
 
@@ -257,3 +259,170 @@ def corrupt_png(size: tuple[int, int] = (640, 360), seed: int = 0) -> bytes:
     start = data.index(b'IDAT') + 4 + 10
     data[start : start + 50] = random.Random(seed).randbytes(50)
     return bytes(data)
+
+
+def animated_png(size: tuple[int, int] = (128, 96), frames: int = 3) -> bytes:
+    """Return an APNG: the first frame red, the next ones green, then blue."""
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+    images = [solid(colours[n % 3], size) for n in range(frames)]
+    return encode(images[0], 'PNG', save_all=True, append_images=images[1:], duration=100)
+
+
+# -- images that cost far more than their bytes --------------------------------------
+
+
+class _BitWriter:
+    """Bits of a JPEG scan, most significant first, with 0xFF bytes stuffed."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self._bits = 0
+        self._count = 0
+
+    def write(self, value: int, length: int) -> None:
+        self._bits = (self._bits << length) | value
+        self._count += length
+        while self._count >= 8:
+            self._count -= 8
+            byte = (self._bits >> self._count) & 0xFF
+            self.data += b'\xff\x00' if byte == 0xFF else bytes([byte])
+        self._bits &= (1 << self._count) - 1
+
+    def zeros(self, length: int) -> None:
+        """Write ``length`` zero bits, a byte at a time where it can."""
+        while length and self._count:
+            self.write(0, 1)
+            length -= 1
+        self.data += bytes(length // 8)
+        self.write(0, length % 8)
+
+    def end(self) -> bytes:
+        if self._count:
+            self.write((1 << (8 - self._count)) - 1, 8 - self._count)  # pad with ones
+        return bytes(self.data)
+
+
+def _jpeg_segment(marker: int, payload: bytes) -> bytes:
+    return bytes([0xFF, marker]) + struct.pack('>H', len(payload) + 2) + payload
+
+
+def progressive_scan_bomb(size: tuple[int, int] = (10_000, 10_000), scans: int = 600) -> bytes:
+    """Return a grey progressive JPEG of ``size`` with ``scans`` scans, nearly all empty.
+
+    A DC scan codes every block as grey in one bit; an AC scan and then
+    refinement scans code every block as an end-of-band run, a few bytes a
+    scan. libjpeg still visits each block's 63 coefficients in each
+    refinement scan: that is the cost.
+    """
+    width, height = size
+    blocks = -(-width // 8) * -(-height // 8)
+    dc = _BitWriter()
+    dc.zeros(blocks)  # the one DC code, '0': no difference from the block before
+    ac = _BitWriter()
+    left = blocks
+    while left:  # EOBn: a run of 2**n + (n extra bits) blocks, at most 32767
+        run = min(left, 32767)
+        bits = run.bit_length() - 1
+        ac.write(bits, 4)  # codes 0000-1110 stand for EOB0-EOB14
+        ac.write(run - (1 << bits), bits)
+        left -= run
+    empty = ac.end()
+    grey = struct.pack('>BHHB', 8, height, width, 1) + b'\x01\x11\x00'
+    parts = [
+        b'\xff\xd8',
+        _jpeg_segment(0xDB, bytes(1) + bytes([1] * 64)),
+        _jpeg_segment(0xC2, grey),
+        # Huffman tables: DC, symbol 0 in one bit; AC, EOB0-EOB14 in four bits each.
+        _jpeg_segment(0xC4, b'\x00' + bytes([1] + [0] * 15) + b'\x00'),
+        _jpeg_segment(0xC4, b'\x10' + bytes([0, 0, 0, 15] + [0] * 12) + bytes(range(0, 240, 16))),
+        # Scans: component 1, tables 0; first and last coefficient; approximation bits.
+        _jpeg_segment(0xDA, b'\x01\x01\x00\x00\x00\x00') + dc.end(),
+        _jpeg_segment(0xDA, b'\x01\x01\x00\x01\x3f\x01') + empty,
+    ]
+    parts += [_jpeg_segment(0xDA, b'\x01\x01\x00\x01\x3f\x10') + empty] * (scans - 2)
+    return b''.join([*parts, b'\xff\xd9'])
+
+
+def blank_lossless_webp(size: tuple[int, int] = (10_000, 10_000)) -> bytes:
+    """Return a 38-byte lossless WebP of ``size`` (at most 16384x16384), all one colour.
+
+    libwebp codes a flat picture with one-symbol prefix codes, zero bits a
+    pixel: its 8x8 bitstream, with the size changed, is valid at any size.
+    """
+    data = bytearray(encode(solid((200, 100, 50), (8, 8)), 'WEBP', lossless=True))
+    assert data[12:16] == b'VP8L' and data[20] == 0x2F
+    (bits,) = struct.unpack_from('<I', data, 21)
+    bits = (bits & ~((1 << 28) - 1)) | (size[0] - 1) | ((size[1] - 1) << 14)
+    struct.pack_into('<I', data, 21, bits)
+    return bytes(data)
+
+
+def tiled_noise(size: tuple[int, int], tile: int = 16, seed: int = 0) -> Image.Image:
+    """Return one ``tile``-pixel square of black and white noise, repeated over ``size``.
+
+    Lossless WebP codes the repeats as copies, a few KB in all; JPEG cannot,
+    at about a byte a pixel.
+    """
+    rng = random.Random(seed)
+    square = Image.frombytes(
+        'L', (tile, tile), bytes(rng.choice((0, 255)) for _ in range(tile**2))
+    )
+    row = Image.new('L', (size[0], tile))
+    for left in range(0, size[0], tile):
+        row.paste(square, (left, 0))
+    image = Image.new('L', size)
+    for top in range(0, size[1], tile):
+        image.paste(row, (0, top))
+    return image.convert('RGB')
+
+
+def bar_chart(size: tuple[int, int] = (640, 360), seed: int = 0) -> Image.Image:
+    """Return a bar chart without labels: flat colours, as exported charts and diagrams are."""
+    rng = random.Random(seed)
+    width, height = size
+    image = Image.new('RGB', size, (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    colours = [(66, 133, 244), (219, 68, 55), (244, 180, 0), (15, 157, 88)]
+    base, step = height * 9 // 10, width * 8 // 10 // 12
+    for bar in range(12):
+        left = width // 10 + bar * step
+        top = base - rng.randrange(height // 10, height * 7 // 10)
+        draw.rectangle((left, top, left + step * 2 // 3, base), fill=colours[bar % 4])
+    axes = (width // 10, height // 20, width // 10, base, width * 9 // 10, base)
+    draw.line(axes, fill=(0, 0, 0), width=3)
+    return image
+
+
+def rle_bmp(size: tuple[int, int], pixels: bytes = b'\x00\x01') -> bytes:
+    """Return an 8-bit RLE BMP of ``size`` whose pixel data is ``pixels`` (by default: the end)."""
+    width, height = size
+    palette = b''.join(bytes((grey, grey, grey, 0)) for grey in range(256))
+    # BITMAPINFOHEADER: size, width, height, planes, bits, compression 1 (RLE8), data size,
+    # resolution, colours used, colours important.
+    info = struct.pack('<IiiHHIIiiII', 40, width, height, 1, 8, 1, len(pixels), 2835, 2835, 256, 0)
+    offset = 14 + len(info) + len(palette)
+    return (
+        b'BM' + struct.pack('<IHHI', offset + len(pixels), 0, 0, offset) + info + palette + pixels
+    )
+
+
+def mutations(seeds: Sequence[bytes]) -> st.SearchStrategy[bytes]:
+    """A strategy of ``seeds`` with bytes flipped, inserted, deleted or cut off (for fuzzing)."""
+
+    @st.composite
+    def mutated(draw: st.DrawFn) -> bytes:
+        data = bytearray(draw(st.sampled_from(seeds)))
+        for _ in range(draw(st.integers(1, 4))):
+            at = draw(st.integers(0, max(len(data) - 1, 0)))
+            mutation = draw(st.sampled_from(['flip', 'insert', 'delete', 'cut']))
+            if mutation == 'flip' and data:
+                data[at] ^= draw(st.integers(1, 255))
+            elif mutation == 'insert':
+                data[at:at] = draw(st.binary(min_size=1, max_size=32))
+            elif mutation == 'delete':
+                del data[at : at + draw(st.integers(1, 32))]
+            else:
+                del data[at:]
+        return bytes(data)
+
+    return mutated()

@@ -1,4 +1,4 @@
-"""Real processes for the integration tests: redis-server, gunicorn, and a stdlib HTTP client.
+"""Real processes for the integration tests: redis-server, gunicorn, nginx, and HTTP clients.
 
 Test modules use the fixtures by importing them::
 
@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import pathlib
+import selectors
 import shutil
 import signal
 import socket
@@ -205,18 +206,120 @@ def multipart(
     return body, f'multipart/form-data; boundary={boundary}'
 
 
+# -- slow clients -------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SlowClient:
+    """One connection that sends its bytes slowly, and what the server did with it."""
+
+    sock: socket.socket
+    to_send: bytes
+    started: float  # when it connected, or (reset by the caller) sent its first byte
+    received: bytes = b''
+    closed_at: float | None = None
+
+    @property
+    def held(self) -> float:
+        """Seconds from ``started`` until the server closed the connection (inf if it did not)."""
+        return float('inf') if self.closed_at is None else self.closed_at - self.started
+
+
+def open_slow_clients(
+    port: int, count: int, to_send: bytes, head: bytes = b''
+) -> list[SlowClient]:
+    """Connect ``count`` clients to 127.0.0.1:``port``, each sending ``head`` at once.
+
+    ``to_send`` is what each will trickle (see ``trickle``).
+    """
+    clients = []
+    for _ in range(count):
+        sock = socket.create_connection(('127.0.0.1', port), timeout=5.0)
+        clients.append(SlowClient(sock, to_send, time.monotonic()))
+        if head:
+            sock.sendall(head)
+    return clients
+
+
+def trickle(clients: list[SlowClient], interval: float, until: float) -> None:
+    """Send each client's bytes one per ``interval`` s; note answers and closes until ``until``.
+
+    One thread and a selector for all of them, as a cheap attacker would.
+    Every socket is closed on return.
+    """
+    with selectors.DefaultSelector() as selector:
+        for client in clients:
+            client.sock.setblocking(False)
+            selector.register(client.sock, selectors.EVENT_READ, client)
+        next_byte = time.monotonic()
+        still_open = len(clients)
+        while still_open and time.monotonic() < until:
+            timeout = max(0.0, min(next_byte, until) - time.monotonic())
+            for key, _ in selector.select(timeout):
+                client = key.data
+                try:
+                    data = client.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b''
+                if data:
+                    client.received += data
+                    continue
+                client.closed_at = time.monotonic()
+                selector.unregister(client.sock)
+                still_open -= 1
+            if time.monotonic() >= next_byte:
+                next_byte += interval
+                for client in clients:
+                    if client.closed_at is None and client.to_send:
+                        try:
+                            client.sock.send(client.to_send[:1])
+                        except OSError:
+                            continue  # closed by the server: the selector reports it
+                        client.to_send = client.to_send[1:]
+    for client in clients:
+        client.sock.close()
+
+
 # -- programs and redis-server ----------------------------------------------------
 
 
 def require_executable(name: str) -> str:
     """Return the path of a program (the venv's bin first); skip without it, fail under CI=true."""
     venv_bin = str(pathlib.Path(sys.executable).parent)
-    path = shutil.which(name, path=os.pathsep.join((venv_bin, os.environ.get('PATH', ''))))
+    # NOTE: servers such as nginx live in sbin, which a user's PATH may lack.
+    search = (venv_bin, os.environ.get('PATH', ''), '/usr/local/sbin', '/usr/sbin')
+    path = shutil.which(name, path=os.pathsep.join(search))
     if path is None:
         if os.environ.get('CI', '').lower() == 'true':
             pytest.fail(f'{name} is not installed, and CI=true needs these tests to run')
         pytest.skip(f'{name} is not installed')
     return path
+
+
+@contextlib.contextmanager
+def tmpfs(mount_point: pathlib.Path, size: str) -> Iterator[pathlib.Path]:
+    """Mount a tmpfs of ``size`` (``2m``) at ``mount_point`` for the block; skip, or fail under CI.
+
+    A disk of its own can be filled or made read-only for real.
+    """
+    mounted = subprocess.run(
+        ['mount', '-t', 'tmpfs', '-o', f'size={size}', 'tmpfs', str(mount_point)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        if os.environ.get('CI', '').lower() == 'true':
+            pytest.fail(f'cannot mount a tmpfs: {mounted.stderr}')
+        pytest.skip(f'cannot mount a tmpfs: {mounted.stderr.strip()}')
+    try:
+        yield mount_point
+    finally:
+        unmounted = subprocess.run(['umount', str(mount_point)], check=False)
+        if unmounted.returncode != 0:
+            subprocess.run(['umount', '-l', str(mount_point)], check=False)
 
 
 class _Server:
@@ -338,6 +441,103 @@ class RedisServer(_Server):
         """Stop the server and remove its directory."""
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- nginx ----------------------------------------------------------------------
+
+
+class Nginx(_Server):
+    """nginx in the foreground, everything it writes (pid, logs, temp files) in its own temp dir.
+
+    ``http_config`` goes inside ``http {}`` as it is: upstream and server blocks.
+    """
+
+    def __init__(self, http_config: str, port: int, *, worker_connections: int = 4096) -> None:
+        self.executable = require_executable('nginx')
+        self.http_config = http_config
+        self.port = port
+        self.worker_connections = worker_connections
+        self.directory = pathlib.Path(tempfile.mkdtemp(prefix='look-nginx-'))
+        # NOTE: started as root, nginx runs its worker as nobody, who must
+        #   reach the temp paths that the master creates for it in here.
+        self.directory.chmod(0o755)
+        self.config_path = self.directory / 'nginx.conf'
+        self.error_log = self.directory / 'error.log'
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, without a trailing slash."""
+        return f'http://127.0.0.1:{self.port}'
+
+    def config(self) -> str:
+        """Return the whole nginx.conf: this directory's paths around ``http_config``."""
+        directory = self.directory
+        temp_paths = ''.join(
+            f'    {kind}_temp_path {directory / kind};\n'
+            for kind in ('client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi')
+        )
+        return (
+            'daemon off;\n'
+            'worker_processes 1;\n'
+            f'worker_rlimit_nofile {2 * self.worker_connections + 100};\n'
+            f'pid {directory / "nginx.pid"};\n'
+            f'error_log {self.error_log} info;\n'
+            f'events {{\n    worker_connections {self.worker_connections};\n}}\n'
+            'http {\n'
+            f'    access_log {directory / "access.log"};\n'
+            f'{temp_paths}'
+            f'{self.http_config}\n'
+            '}\n'
+        )
+
+    def start(self) -> None:
+        """Start nginx and wait until it accepts connections on its port."""
+        self.config_path.write_text(self.config())
+        argv = [self.executable, '-p', f'{self.directory}/', '-c', str(self.config_path)]
+        argv += ['-e', str(self.error_log)]
+        with open(self.directory / 'output.log', 'ab') as log:
+            self.process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        if not wait_until(self._ready, START_TIMEOUT) or self.process.poll() is not None:
+            self.close()
+            pytest.fail(f'nginx did not start:\n{self.log_tail()}')
+
+    def _ready(self) -> bool:
+        if self.process is None or self.process.poll() is not None:
+            return True  # no use waiting: start() reports the exit
+        try:
+            with socket.create_connection(('127.0.0.1', self.port), timeout=1.0):
+                return True
+        except OSError:
+            return False
+
+    def log_tail(self, lines: int = 60) -> str:
+        """Return the end of nginx's error log and of its output, for assertion messages."""
+        return f'{_tail(self.error_log, lines)}\n{_tail(self.directory / "output.log", lines)}'
+
+    def close(self) -> None:
+        """Stop nginx (SIGTERM, then SIGKILL), assert none of it is left, and remove its dir."""
+        process = self.process
+        try:
+            if process is not None:
+                if process.poll() is None:
+                    process.send_signal(signal.SIGTERM)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        process.wait(STOP_TIMEOUT)
+                gone = wait_until(lambda: not process_group(process.pid), STOP_TIMEOUT)
+                if not gone:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+                assert gone, f'nginx processes outlived SIGTERM:\n{self.log_tail()}'
+        finally:
+            shutil.rmtree(self.directory, ignore_errors=True)
 
 
 # -- SeaweedFS and PostgreSQL ------------------------------------------------------
@@ -657,12 +857,14 @@ class Gunicorn(_Server):
         workers: int = 2,
         environ: Mapping[str, str | None] | None = None,
         bind_from_env: bool = False,
+        host: str = '127.0.0.1',
     ) -> None:
         self.storage_path = pathlib.Path(storage_path)
         self.redis_url = redis_url
         self.workers = workers
         self.environ = dict(environ or {})
         self.bind_from_env = bind_from_env
+        self.host = host  # what gunicorn binds; tests talk to it on 127.0.0.1
         self.port = free_port()
         self.runtime_dir = pathlib.Path(tempfile.mkdtemp(prefix='look-gunicorn-'))
         self.log_path = self.runtime_dir / 'gunicorn.log'
@@ -698,7 +900,7 @@ class Gunicorn(_Server):
         )
         argv = [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'look.wsgi:app']
         argv += ['--workers', str(self.workers)]
-        bind = f'127.0.0.1:{self.port}'
+        bind = f'[{self.host}]:{self.port}' if ':' in self.host else f'{self.host}:{self.port}'
         if self.bind_from_env:
             environ['GUNICORN_CMD_ARGS'] = f'--bind {bind}'
         else:
@@ -754,9 +956,33 @@ class Gunicorn(_Server):
         if len(self.worker_pids()) < self.workers:
             return False
         try:
-            return get(f'{self.url}/images').status == 200
+            # 401: API keys are set, and the listing answers only to them.
+            return get(f'{self.url}/images').status in (200, 401)
         except OSError:
             return False
+
+    def run_until_exit(self, timeout: float = START_TIMEOUT) -> int:
+        """Start gunicorn expecting it to refuse to run; return its exit status.
+
+        Fail (after killing it) if it is still running after ``timeout`` seconds.
+        """
+        argv, environ = self.command()
+        self._stopped = True
+        with open(self.log_path, 'ab') as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self._kill_group()
+            pytest.fail(f'gunicorn still ran after {timeout}s:\n{self.log_tail()}')
 
     @property
     def running(self) -> bool:
@@ -873,6 +1099,8 @@ class Gunicorn(_Server):
 
 
 # -- fixtures -----------------------------------------------------------------
+
+MakeGunicorn = Callable[..., Gunicorn]
 
 
 @pytest.fixture(name='redis_server')

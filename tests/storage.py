@@ -7,9 +7,13 @@ and index schema.
 
 from __future__ import annotations
 
+import errno
 import os
 import pathlib
+from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from look.config import Config
 from look.imagestore.s3 import parse_images_url
@@ -72,6 +76,43 @@ def image_files(root: pathlib.Path) -> set[str]:
         for name in os.listdir(pathlib.Path(root) / 'images')
         if name.endswith('.jpeg') and not name.startswith('.')
     }
+
+
+def fail_index_fsyncs(
+    monkeypatch: pytest.MonkeyPatch,
+    journal: pathlib.Path,
+    read_by_another: Callable[[], object],
+    *,
+    times: int,
+) -> None:
+    """Make the next ``times`` fsyncs of the journal fail, once another worker has read it."""
+    journal_inode = os.stat(journal).st_ino
+    real_fsync = os.fsync
+    left = [times]
+
+    def fsync(fd: int) -> None:
+        if left[0] and os.fstat(fd).st_ino == journal_inode:
+            left[0] -= 1
+            read_by_another()  # another worker applies the complete, unsynced line
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+
+
+def fail_undo_writes(monkeypatch: pytest.MonkeyPatch, op: str, *, written: int = 0) -> None:
+    """Make writing a journal line of ``op`` (the undo) fail, after its first ``written`` bytes."""
+    marker = f'"{op}"'.encode()
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if marker in data:
+            if written:
+                real_write(fd, data[:written])
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, 'write', write)
 
 
 # -- either backend ------------------------------------------------------------

@@ -8,23 +8,24 @@ import pytest
 
 from bench import limits
 from look.renditions import thumbnail_sizes
-from look.thumbnailer import convert_upload, render_thumbnail
+from look.thumbnailer import THUMBNAIL_FORMATS, convert_upload, render_thumbnail
 
 from imagegen import image_bytes
 
 
+@pytest.mark.parametrize('fmt', THUMBNAIL_FORMATS)
 @pytest.mark.parametrize('source_size', [(1920, 1080), (1921, 1081), (641, 361)])
 def test_the_pillow_limit_renders_looks_thumbnails_byte_for_byte(
-    tmp_path: pathlib.Path, source_size: tuple[int, int]
+    tmp_path: pathlib.Path, source_size: tuple[int, int], fmt: str
 ) -> None:
-    """Drafts of the size itself, drafts a row over it, and real resizes alike."""
+    """Drafts of the size itself, drafts a row over it, and real resizes alike, in every format."""
     path = tmp_path / 'stored.jpeg'
     path.write_bytes(image_bytes('JPEG', size=source_size, seed=7, quality=90))
     convert_upload(str(path), 100_000_000, limits.QUALITY)
 
     for size in thumbnail_sizes(source_size, 16):
-        assert limits.render(str(path), size) == render_thumbnail(
-            str(path), size, limits.QUALITY
+        assert limits.render(str(path), size, fmt) == render_thumbnail(
+            str(path), size, fmt, limits.QUALITY
         ), size
 
 

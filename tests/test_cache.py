@@ -19,8 +19,9 @@ import redis
 from falcon.testing import TestClient
 from PIL import Image
 
-from look.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache, limit_waits
+from look.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache
 from look.config import Config
+from look.redisclient import limit_waits
 from look.renditions import FORMAT_MEDIA_TYPES, thumbnail_sizes
 
 from imagegen import image_bytes
@@ -53,6 +54,9 @@ class Redis:
 
     def delete(self, *args: Any, **kwargs: Any) -> Any:
         return self._call('delete', *args, **kwargs)
+
+    def mget(self, *args: Any, **kwargs: Any) -> Any:
+        return self._call('mget', *args, **kwargs)
 
     def ping(self) -> Any:
         return self._call('ping')
@@ -490,3 +494,20 @@ def test_unreachable_redis_answers_ping_false_at_once_and_pauses_the_cache() -> 
 
     assert time.monotonic() - started < 1
     assert not cache.available
+
+
+def test_a_thumbnail_over_the_size_limit_is_not_kept(
+    make_client: MakeClient, inspect_redis: fakeredis.FakeRedis
+) -> None:
+    """LOOK_CACHE_MAX_BYTES bounds what one thumbnail may take of Redis's memory."""
+    client = make_client(cache_max_bytes=4000)
+    image = client.simulate_post('/images', body=image_bytes('JPEG', size=(640, 360))).json
+    large, small = image['thumbnails'][0], image['thumbnails'][-1]
+    answers = {path: [client.simulate_get(path) for _ in range(2)] for path in (large, small)}
+
+    assert len(answers[large][0].content) > 4000 >= len(answers[small][0].content)
+    assert [a.headers[CACHE_HEADER] for a in answers[large]] == ['Miss', 'Miss']
+    assert [a.headers[CACHE_HEADER] for a in answers[small]] == ['Miss', 'Hit']
+    # Handed for a few seconds to requests that waited for that render, and only to them.
+    assert inspect_redis.get(f'look:{large}') is None
+    assert 0 < inspect_redis.ttl(f'look:handoff:{large}') <= 5

@@ -28,7 +28,7 @@ def test_defaults_without_environment() -> None:
     assert config.uuid_generator is uuid.uuid4
     assert config.min_thumb_size == 64
     assert config.max_upload_bytes == 32 * 1024 * 1024
-    assert config.max_pixels == 100_000_000
+    assert config.max_pixels == 8192 * 8192
     assert config.processes == (os.cpu_count() or 1)
     assert config.cache_ttl == 3600
     assert config.render_timeout == 20.0

@@ -15,6 +15,7 @@ from falcon.testing import Result, TestClient
 
 from look.config import Config
 
+import imagegen
 from imagegen import image_bytes
 
 pytestmark = pytest.mark.backends('local', 'shared')
@@ -83,6 +84,12 @@ CASES: dict[str, tuple[int, Callable[[MakeClient, dict[str, str]], Result]]] = {
     'pixels-413': (
         413,
         lambda make, h: make(max_pixels=100).simulate_post('/images', body=PNG, headers=h),
+    ),
+    'scans-422': (
+        422,
+        lambda make, h: make().simulate_post(
+            '/images', body=imagegen.progressive_scan_bomb((64, 48), 40), headers=h
+        ),
     ),
     'text-415': (
         415,

@@ -42,6 +42,7 @@ from imagegen import (
 from servers import (  # noqa: F401 (fixtures are registered by importing them)
     MAX_UPLOAD_BYTES,
     Gunicorn,
+    MakeGunicorn,
     RedisServer,
     Response,
     connect,
@@ -61,7 +62,6 @@ from storage import storage_state
 
 pytestmark = pytest.mark.e2e
 
-MakeGunicorn = Callable[..., Gunicorn]
 
 # Attempts at reaching every worker through new connections; the kernel
 # hands connections to workers at random, so two workers take a handful.

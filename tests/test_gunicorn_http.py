@@ -128,3 +128,30 @@ def test_broken_chunked_framing_is_400_not_500(server: Gunicorn) -> None:
     head, _, body = answer.partition(b'\r\n\r\n')
     assert head.startswith(b'HTTP/1.1 400'), answer
     assert set(json.loads(body)) == {'title', 'description'}
+
+
+def test_a_form_with_two_image_fields_stores_the_first_and_answers(server: Gunicorn) -> None:
+    """The rest of the form is read too, so a client still sending it sees the 201.
+
+    Answering when the first field was read left a client that was still
+    sending the second one (a 6 MiB bitmap here) with a reset connection.
+    """
+    first = image_bytes('PNG', (320, 200), seed=4)
+    second = image_bytes('BMP', (1600, 1300), seed=5)  # larger than a socket buffer
+    one, content_type = multipart('image', 'first.png', first, 'image/png', boundary='twice')
+    two, _ = multipart('image', 'second.bmp', second, 'image/bmp', boundary='twice')
+    body = one.removesuffix(b'--twice--\r\n') + two
+
+    with socket.create_connection(('127.0.0.1', server.port), timeout=30) as client:
+        head = (
+            f'POST /images HTTP/1.1\r\nHost: look\r\nContent-Type: {content_type}\r\n'
+            f'Content-Length: {len(body)}\r\nConnection: close\r\n\r\n'
+        )
+        client.sendall(head.encode() + body)  # as curl does: all of it, then the answer
+        answer = b''.join(iter(lambda: client.recv(65536), b''))
+
+    status_line, _, rest = answer.partition(b'\r\n')
+    assert status_line == b'HTTP/1.1 201 Created', answer[:300]
+    created = json.loads(rest.partition(b'\r\n\r\n')[2])
+    assert created['size'] == [320, 200]
+    assert get(server.url + created['image']).status == 200

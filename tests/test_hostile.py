@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from look.config import Config
+from look.index.journal import decode_line
 
 import imagegen
 from imagegen import image_bytes
@@ -176,7 +177,7 @@ def webp_canvas_bomb(width: int = 30_000, height: int = 30_000) -> bytes:
 
 
 # Over 2x LOOK_MAX_PIXELS, Pillow refuses in open(); just over it, look's own check must.
-JUST_OVER = (10_001, 10_000)
+JUST_OVER = (8193, 8192)
 BOMBS = {
     'png': imagegen.png_bomb,
     'png-just-over': lambda: imagegen.png_bomb(*JUST_OVER),
@@ -210,6 +211,113 @@ def test_decompression_bomb_is_413_at_once_and_leaves_nothing(
 
     check_error(response, 413)
     assert elapsed < PROMPT, f'the bomb took {elapsed:.1f}s to refuse: it was decoded'
+    assert storage_state(site.storage) == before
+
+
+# -- images that cost far more than their bytes ----------------------------------------
+
+
+def post_when_not_busy(url: str, body: bytes) -> tuple[Response, float]:
+    """POST ``body`` to ``url``, again after Retry-After while the worker is busy.
+
+    Return the last answer and how long it took from the first send.
+    """
+    started = time.monotonic()
+    while True:
+        response = request('POST', url, body, timeout=30)
+        if response.status != 503 or response.json()['title'] != 'Image processes busy':
+            return response, time.monotonic() - started
+        time.sleep(int(response.header('Retry-After') or 1))
+
+
+def check_stored_only(site: Site, before: tuple[list[str], bytes], ids: set[str]) -> None:
+    """Assert that the storage holds what it held ``before`` and the images ``ids``, no more."""
+    names, index = storage_state(site.storage)
+    assert set(names) == set(before[0]) | {f'{image_id}.jpeg' for image_id in ids}
+    assert index.startswith(before[1])
+    added = [decode_line(line) for line in index[len(before[1]) :].splitlines()]
+    assert {line['id'] for line in added if line['op'] == 'add'} == ids
+    assert len(added) == len(ids)
+
+
+@pytest.mark.e2e
+def test_progressive_jpegs_of_600_empty_scans_are_refused_and_uploads_go_on(site: Site) -> None:
+    """Two 10000x10000 JPEGs of 600 scans each among six photos: the photos are stored at once.
+
+    Decoded, each would hold the worker's only image process for ~40 s: past the
+    20 s limit, so the uploads queued behind it were cancelled with 503s too.
+    """
+    bomb = imagegen.progressive_scan_bomb((10_000, 10_000), 600)
+    photos = [image_bytes('JPEG', (1280, 720), seed=seed) for seed in range(6)]
+    before = storage_state(site.storage)
+
+    with concurrent.futures.ThreadPoolExecutor(8) as clients:
+        url = f'{site.server.url}/images'
+        bombs = [clients.submit(post_when_not_busy, url, bomb) for _ in range(2)]
+        stored = [clients.submit(post_when_not_busy, url, photo) for photo in photos]
+        refusals = [future.result() for future in bombs]
+        answers = [future.result() for future in stored]
+
+    for response, elapsed in refusals:
+        check_error(response, 422)
+        assert 'scans' in response.json()['description']
+        assert elapsed < PROMPT, f'the bomb took {elapsed:.1f}s to refuse: it was decoded'
+    for response, elapsed in answers:
+        assert response.status == 201, response.body
+        assert elapsed < PROMPT, f'a photo took {elapsed:.1f}s behind the bombs'
+    check_stored_only(site, before, {response.json()['id'] for response, _ in answers})
+
+
+def post_until_stored(url: str, bodies: list[bytes]) -> list[tuple[Response, float]]:
+    """POST each body in turn; stop after the first that is stored or is slow to answer."""
+    answers = []
+    for body in bodies:
+        response, elapsed = post_when_not_busy(url, body)
+        answers.append((response, elapsed))
+        if response.status == 201 or elapsed >= PROMPT:
+            break
+    return answers
+
+
+@pytest.mark.e2e
+def test_a_burst_of_38_byte_lossless_webps_is_refused_at_once(site: Site) -> None:
+    """48 blank WebPs of 8192x8192 and 10000x10000, 38 bytes each: each costs nothing.
+
+    Decoded, each would take 1-5 s and gigabytes: 48 of them kept two cores busy for 50 s.
+    """
+    blanks = [imagegen.blank_lossless_webp((8192, 8192)), imagegen.blank_lossless_webp()]
+    assert {len(blank) for blank in blanks} == {38}
+    before = storage_state(site.storage)
+    url = f'{site.server.url}/images'
+
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(4) as clients:
+        bursts = [clients.submit(post_until_stored, url, blanks * 6) for _ in range(4)]
+        answers = [answer for burst in bursts for answer in burst.result()]
+    elapsed = time.monotonic() - started
+
+    assert len(answers) == 48, [response.status for response, _ in answers]
+    for response, _ in answers:
+        check_error(response, 413)
+    assert elapsed < PROMPT, f'48 refusals took {elapsed:.1f}s'
+    assert storage_state(site.storage) == before
+    photo, took = post_when_not_busy(url, image_bytes('JPEG', (1280, 720), seed=7))
+    assert photo.status == 201 and took < PROMPT, (photo.status, took)
+    check_stored_only(site, before, {photo.json()['id']})
+
+
+@pytest.mark.e2e
+def test_a_6_kb_webp_that_would_be_stored_as_a_54_mb_jpeg_is_refused(site: Site) -> None:
+    """8000x8000 of one 16-pixel square of noise repeated: lossless WebP copies it, JPEG cannot."""
+    webp = imagegen.encode(imagegen.tiled_noise((8000, 8000)), 'WEBP', lossless=True, method=0)
+    assert len(webp) < 6500
+    before = storage_state(site.storage)
+
+    response, elapsed = post_when_not_busy(f'{site.server.url}/images', webp)
+
+    check_error(response, 413)
+    assert 'pixels per byte' in response.json()['description']
+    assert elapsed < PROMPT, f'refused after {elapsed:.1f}s: it was decoded'
     assert storage_state(site.storage) == before
 
 
@@ -661,28 +769,10 @@ def test_the_stored_image_is_still_served(site: Site) -> None:
 
 # -- fuzzing ---------------------------------------------------------------------------
 
-FUZZ_SEEDS = {
-    fmt: image_bytes(fmt, (48, 32), seed=number)
+FUZZ_SEEDS = [
+    image_bytes(fmt, (48, 32), seed=number)
     for number, fmt in enumerate(('PNG', 'JPEG', 'GIF', 'WEBP', 'BMP', 'TIFF'))
-}
-
-
-@st.composite
-def mutated_images(draw: st.DrawFn) -> bytes:
-    """A seeded image of some format with bytes flipped, inserted, deleted or cut off."""
-    data = bytearray(FUZZ_SEEDS[draw(st.sampled_from(sorted(FUZZ_SEEDS)))])
-    for _ in range(draw(st.integers(1, 4))):
-        at = draw(st.integers(0, max(len(data) - 1, 0)))
-        mutation = draw(st.sampled_from(['flip', 'insert', 'delete', 'cut']))
-        if mutation == 'flip' and data:
-            data[at] ^= draw(st.integers(1, 255))
-        elif mutation == 'insert':
-            data[at:at] = draw(st.binary(min_size=1, max_size=32))
-        elif mutation == 'delete':
-            del data[at : at + draw(st.integers(1, 32))]
-        else:
-            del data[at:]
-    return bytes(data)
+]
 
 
 @pytest.fixture
@@ -701,7 +791,7 @@ def fuzz_target(
     database=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
-@given(data=st.one_of(st.binary(max_size=4096), mutated_images()))
+@given(data=st.one_of(st.binary(max_size=4096), imagegen.mutations(FUZZ_SEEDS)))
 def test_fuzzed_upload_is_201_or_4xx_and_leaves_nothing_half_done(
     fuzz_target: tuple[falcon.testing.TestClient, pathlib.Path], data: bytes
 ) -> None:

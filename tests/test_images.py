@@ -114,11 +114,12 @@ def test_upload_raw_body(make_client: MakeClient, content_type: str | None) -> N
             f'/thumbnails/{image_id}/160x90.jpeg',
         ],
         'formats': {
-            'jpeg': {
-                'type': 'image/jpeg',
-                'srcset': f'/thumbnails/{image_id}/320x180.jpeg 320w, '
-                f'/thumbnails/{image_id}/160x90.jpeg 160w',
+            format: {
+                'type': f'image/{format}',
+                'srcset': f'/thumbnails/{image_id}/320x180.{format} 320w, '
+                f'/thumbnails/{image_id}/160x90.{format} 160w',
             }
+            for format in ('avif', 'webp', 'jpeg')
         },
         'delete_token': response.json['delete_token'],
     }

@@ -1,33 +1,34 @@
-"""Store on a real directory: the journal, its repairs, and several writers at once.
+"""JournalIndex on a real directory: the journal, its damage, and several writers at once.
 
-A second ``Store`` on the same directory stands in for another gunicorn worker.
+A second ``JournalIndex`` on the same directory stands in for another gunicorn worker.
+What the image files do alongside the journal is pinned in test_library.py.
 """
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
-import errno
+import fcntl
 import json
-import multiprocessing
+import logging
 import os
 import pathlib
 import random
-import shutil
+import re
 import threading
-import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
+import zlib
 
 import pytest
 
-from look.errors import ImageNotFound, StorageError
-from look.store import TEMP_GRACE_SECONDS, Store, StoredImage
+from look.errors import ImageExists, ImageNotFound, StorageError
+from look.index import StoredImage, every_image
+from look.index.journal import MAX_PROBLEMS_KEPT, JournalIndex, decode_line, encode_line
 
-from imagegen import image_bytes
+from storage import fail_index_fsyncs, fail_undo_writes, index_records
 
-JPEG = image_bytes('JPEG', size=(8, 6))
+SIZE = (8, 6)
+# A line a crash cut short: no newline, not even its checksum.
+HALF_LINE = b'{"op":"add","id":"00000000-0000-0000-0000-0000000000'
 
 
 def new_id(number: int | None = None) -> str:
@@ -37,27 +38,57 @@ def new_id(number: int | None = None) -> str:
     return str(uuid.UUID(int=random.Random(number).getrandbits(128), version=4))
 
 
-def commit(store: Store, image_id: str | None = None, size: tuple[int, int] = (8, 6)) -> str:
-    """Add an image the way an upload does: written to a locked temp file, then added."""
-    image_id = image_id or new_id()
-    temp = store.temporary()
-    try:
-        temp.file.write(JPEG)
-        temp.file.flush()
-        store.add(image_id, temp, size)
-    finally:
-        temp.close()
-    return image_id
+def stored(image_id: str | None = None, *, modified: int = 1_700_000_000) -> StoredImage:
+    """Return an image as an upload records it."""
+    return StoredImage(image_id or new_id(), modified, SIZE, 1234, 'ab' * 32)
 
 
-def index_lines(store: Store) -> list[bytes]:
-    return store.index_path.read_bytes().splitlines(keepends=True)
+def add(index: JournalIndex, image_id: str | None = None) -> str:
+    """Add an image to the index; return its id."""
+    image = stored(image_id)
+    index.add(image)
+    return image.id
 
 
-def age(path: pathlib.Path, seconds: float) -> None:
-    """Set the modification time ``seconds`` into the past."""
-    then = time.time() - seconds
-    os.utime(path, (then, then))
+def open_index(root: pathlib.Path) -> JournalIndex:
+    """Return another process's view of the same journal, opened as a worker does."""
+    index = JournalIndex(root)
+    index.open()
+    return index
+
+
+def listed(index: JournalIndex, **kwargs: object) -> list[str]:
+    """Return the ids of a page (every image unless ``limit`` says otherwise)."""
+    kwargs.setdefault('limit', 1_000_000)
+    return [image.id for image in index.page(**kwargs)]  # type: ignore[arg-type]
+
+
+def index_ops(root: pathlib.Path) -> list[tuple[str, str]]:
+    """Return the journal's records as (op, id), in order (every line must be sound)."""
+    return [(str(record['op']), str(record['id'])) for record in index_records(root)]
+
+
+def write_index(root: pathlib.Path, *steps: tuple[str, list[str]], checksums: bool = True) -> None:
+    """Write a journal by hand into a new ``root``: each step adds or deletes its ids, in order."""
+    records: list[dict[str, object]] = [
+        {'op': 'add', 'id': i, 'modified': 1, 'size': [*SIZE]}
+        if op == 'add'
+        else {'op': op, 'id': i}
+        for op, ids in steps
+        for i in ids
+    ]
+    root.mkdir()
+    with open(root / 'index.jsonl', 'wb') as journal:
+        for record in records:
+            journal.write(
+                encode_line(record) if checksums else json.dumps(record).encode() + b'\n'
+            )
+
+
+def append_raw(index: JournalIndex, data: bytes) -> None:
+    """Append bytes to the journal behind the index's back."""
+    with open(index.path, 'ab') as journal:
+        journal.write(data)
 
 
 @pytest.fixture
@@ -66,228 +97,181 @@ def root(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 @pytest.fixture
-def store(root: pathlib.Path) -> Store:
-    store = Store(root)
-    store.open()
-    return store
+def index(root: pathlib.Path) -> JournalIndex:
+    return open_index(root)
 
 
-def other_worker(root: pathlib.Path) -> Store:
-    """Return another process's view of the same storage, opened as a worker does."""
-    store = Store(root)
-    store.open()
-    return store
+# -- lines ------------------------------------------------------------------------
 
 
-def index_ops(root: pathlib.Path) -> list[tuple[str, str]]:
-    """Return the index's records as (op, id), in order."""
-    lines = (root / 'index.jsonl').read_text().splitlines()
-    return [(record['op'], record['id']) for record in map(json.loads, lines)]
+def test_a_line_is_the_record_a_tab_and_its_crc32() -> None:
+    record: dict[str, object] = {'op': 'delete', 'id': new_id(1)}
+
+    line = encode_line(record)
+
+    payload = json.dumps(record, separators=(',', ':')).encode()
+    assert line == payload + b'\t' + f'{zlib.crc32(payload):08x}'.encode() + b'\n'
+    assert decode_line(line.rstrip(b'\n')) == record
 
 
-def write_index(root: pathlib.Path, *steps: tuple[str, list[str]]) -> None:
-    """Write an index by hand into a new ``root``: each step adds or deletes its ids, in order."""
-    records = [
-        {'op': 'add', 'id': i, 'modified': 1, 'size': [8, 6]}
-        if op == 'add'
-        else {'op': op, 'id': i}
-        for op, ids in steps
-        for i in ids
-    ]
-    root.mkdir()
-    (root / 'index.jsonl').write_text(''.join(json.dumps(record) + '\n' for record in records))
+def test_every_flipped_bit_of_a_line_is_detected() -> None:
+    """One flipped bit anywhere (the checksum, the tab too) never reads as another record."""
+    record: dict[str, object] = {
+        'op': 'add',
+        'id': new_id(2),
+        'modified': 1_700_000_000,
+        'size': [8, 6],
+    }
+    body = encode_line(record).rstrip(b'\n')
+    for position in range(len(body)):
+        for bit in range(8):
+            flipped = bytearray(body)
+            flipped[position] ^= 1 << bit
+            # The journal is read line by line: a bit that makes a line break splits it.
+            read, damaged = [], 0
+            for piece in bytes(flipped).splitlines():
+                try:
+                    read.append(decode_line(piece))
+                except ValueError:
+                    damaged += 1
+            assert damaged, (position, bit)
+            assert all(found == record for found in read), (position, bit, read)
 
 
-def fail_index_fsyncs(
-    monkeypatch: pytest.MonkeyPatch, store: Store, reader: Store, *, times: int
-) -> None:
-    """Make the next ``times`` fsyncs of the index fail, after ``reader`` has read it."""
-    index_inode = os.stat(store.index_path).st_ino
-    real_fsync = os.fsync
-    left = [times]
+def test_lines_without_a_checksum_are_still_read(root: pathlib.Path) -> None:
+    """Journals written before lines had checksums keep working, and new lines join them."""
+    old = [new_id(n) for n in range(3)]
+    write_index(root, ('add', old), ('delete', old[1:2]), checksums=False)
+    index = open_index(root)
 
-    def fsync(fd: int) -> None:
-        if left[0] and os.fstat(fd).st_ino == index_inode:
-            left[0] -= 1
-            reader.list()  # another worker applies the complete, unsynced line
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        real_fsync(fd)
+    later = add(index)
 
-    monkeypatch.setattr(os, 'fsync', fsync)
-
-
-def fail_undo_writes(monkeypatch: pytest.MonkeyPatch, op: str, *, written: int = 0) -> None:
-    """Make writing an index line of ``op`` (the undo) fail, after its first ``written`` bytes."""
-    marker = f'"{op}"'.encode()
-    real_write = os.write
-
-    def write(fd: int, data: bytes) -> int:
-        if marker in data:
-            if written:
-                real_write(fd, data[:written])
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return real_write(fd, data)
-
-    monkeypatch.setattr(os, 'write', write)
+    assert listed(index) == [old[0], old[2], later]
+    assert index.problems() == []
+    assert listed(open_index(root)) == [old[0], old[2], later]
+    assert b'\t' not in index.path.read_bytes().splitlines()[0]
+    assert re.fullmatch(rb'\{.*\}\t[0-9a-f]{8}', index.path.read_bytes().splitlines()[-1])
 
 
 # -- adding, reading, listing ---------------------------------------------------
 
 
-def test_add_then_get_list_and_file(store: Store) -> None:
-    before = int(time.time())
-    image_id = commit(store, size=(640, 360))
+def test_add_then_get_page_and_count(index: JournalIndex, root: pathlib.Path) -> None:
+    image = StoredImage(new_id(), 1_700_000_000, (640, 360), 4321, 'cd' * 32)
 
-    image = store.get(image_id)
-    assert image == StoredImage(image_id, image.modified, (640, 360))
-    assert before <= image.modified <= time.time()
-    assert store.path(image_id).read_bytes() == JPEG
-    assert store.list() == [image]
-    assert len(store) == 1
+    index.add(image)
 
-
-def test_open_image_reads_the_file_until_it_is_deleted(store: Store) -> None:
-    image = store.get(commit(store))
-    with store.open_image(image) as stored:
-        assert stored.read() == JPEG
-
-    store.path(image.id).unlink()  # as another worker's delete would, after our lookup
-
-    with pytest.raises(ImageNotFound):
-        store.open_image(image)
+    assert index.get(image.id) == image
+    assert index.page(limit=10) == [image]
+    assert index.count() == 1
+    assert open_index(root).get(image.id) == image  # length and token hash survive a reread
+    assert index_records(root) == [
+        {
+            'op': 'add',
+            'id': image.id,
+            'modified': 1_700_000_000,
+            'size': [640, 360],
+            'length': 4321,
+            'token': 'cd' * 32,
+        }
+    ]
 
 
-def test_modified_http_is_the_upload_time_as_an_http_date(store: Store) -> None:
-    image = StoredImage(new_id(), 1_700_000_000, (8, 6))
+def test_modified_http_is_the_upload_time_as_an_http_date() -> None:
+    image = stored(modified=1_700_000_000)
 
     assert image.modified_http == 'Tue, 14 Nov 2023 22:13:20 GMT'
     assert email.utils.parsedate_to_datetime(image.modified_http).timestamp() == image.modified
 
 
-def test_list_is_in_commit_order_not_id_order(store: Store) -> None:
-    ids = [commit(store, new_id(n)) for n in range(6)]
+def test_page_is_in_commit_order_not_id_order(index: JournalIndex) -> None:
+    ids = [add(index, new_id(n)) for n in range(6)]
     assert ids != sorted(ids)
 
-    assert [image.id for image in store.list()] == ids
+    assert listed(index) == ids
+    assert listed(index, newest_first=True) == ids[::-1]
+    assert [image.id for image in every_image(index, page_size=4)] == ids
 
 
-def test_add_moves_the_file_and_leaves_no_temp(store: Store) -> None:
-    image_id = commit(store)
-
-    assert sorted(os.listdir(store.images_dir)) == [f'{image_id}.jpeg']
-
-
-def test_add_syncs_the_jpeg_then_its_name_then_its_index_line(
-    store: Store, monkeypatch: pytest.MonkeyPatch
+def test_an_add_whose_line_fails_to_sync_is_undone_for_every_reader(
+    index: JournalIndex, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Whatever moment a crash comes at, no indexed name is left without its bytes."""
-    temp = store.temporary()
-    temp.file.write(JPEG)  # the writer of the file does not fsync it
-    temp.file.flush()
-    synced_and_linked: list[str] = []
-    names = {
-        os.fstat(temp.file.fileno()).st_ino: 'jpeg',
-        os.stat(store.images_dir).st_ino: 'directory',
-        os.stat(store.index_path).st_ino: 'index',
-    }
-    real_fsync, real_link = os.fsync, os.link
-
-    def fsync(fd: int) -> None:
-        synced_and_linked.append(names.get(os.fstat(fd).st_ino, 'another file'))
-        real_fsync(fd)
-
-    def link(source: Any, target: Any, **kwargs: Any) -> None:
-        synced_and_linked.append('link')
-        real_link(source, target, **kwargs)
-
-    monkeypatch.setattr(os, 'fsync', fsync)
-    monkeypatch.setattr(os, 'link', link)
-    try:
-        store.add(new_id(), temp, (8, 6))
-    finally:
-        temp.close()
-
-    assert synced_and_linked == ['jpeg', 'link', 'directory', 'index']
-
-
-def test_an_add_whose_index_line_fails_to_sync_is_undone_for_every_reader(
-    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A reader that applied the line drops the image again and keeps reading the index right."""
-    earlier = commit(store)
-    reader = other_worker(root)
-    fail_index_fsyncs(monkeypatch, store, reader, times=1)
+    """A reader that applied the line drops the image again and keeps reading the journal right."""
+    earlier = add(index)
+    reader = open_index(root)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
     failed = new_id()
 
     with pytest.raises(StorageError):
-        commit(store, failed)
+        add(index, failed)
 
     assert index_ops(root) == [('add', earlier), ('add', failed), ('delete', failed)]
-    assert not store.path(failed).exists()
-    for view in (store, reader):
-        assert [image.id for image in view.list()] == [earlier]
-    later = commit(store)
-    for view in (store, reader, other_worker(root)):
-        assert [image.id for image in view.list()] == [earlier, later]
+    for view in (index, reader):
+        assert listed(view) == [earlier]
+    later = add(index)
+    for view in (index, reader, open_index(root)):
+        assert listed(view) == [earlier, later]
+        assert view.problems() == []
 
 
 @pytest.mark.parametrize('undo_written', [0, 20], ids=['undo-not-written', 'undo-half-written'])
 def test_an_add_that_cannot_be_undone_either_stays_whole(
-    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, undo_written: int
+    index: JournalIndex, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, undo_written: int
 ) -> None:
-    """The disk fails again: the index keeps only whole lines, and its image keeps its file."""
-    reader = other_worker(root)
-    fail_index_fsyncs(monkeypatch, store, reader, times=1)
+    """The disk fails again: the journal keeps only whole lines, and the image stays listed."""
+    reader = open_index(root)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
     fail_undo_writes(monkeypatch, 'delete', written=undo_written)
     failed = new_id()
 
     with pytest.raises(StorageError):
-        commit(store, failed)
+        add(index, failed)
 
-    assert store.index_path.read_bytes().endswith(b'}\n')
+    assert index.path.read_bytes().endswith(b'\n')
     assert index_ops(root) == [('add', failed)]
-    assert store.path(failed).read_bytes() == JPEG  # listed, so served
-    for view in (store, reader, other_worker(root)):
-        assert [image.id for image in view.list()] == [failed]
+    for view in (index, reader, open_index(root)):
+        assert listed(view) == [failed]
+        assert view.problems() == []
 
 
 @pytest.mark.parametrize('times', [1, 2], ids=['undo-synced', 'undo-not-synced'])
-def test_a_delete_whose_index_line_fails_to_sync_is_undone_for_every_reader(
-    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, times: int
+def test_a_delete_whose_line_fails_to_sync_is_undone_for_every_reader(
+    index: JournalIndex, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch, times: int
 ) -> None:
     """The image stays as it was, in its place, for the worker that read the delete too."""
-    ids = [commit(store) for _ in range(3)]
-    before = store.list()
-    reader = other_worker(root)
-    fail_index_fsyncs(monkeypatch, store, reader, times=times)
+    ids = [add(index) for _ in range(3)]
+    before = index.page(limit=10)
+    reader = open_index(root)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=times)
 
     with pytest.raises(StorageError):
-        store.delete(ids[1])
+        index.delete(ids[1])
 
     assert index_ops(root)[-2:] == [('delete', ids[1]), ('add', ids[1])]
-    assert store.path(ids[1]).read_bytes() == JPEG
-    for view in (store, reader, other_worker(root)):
-        assert view.list() == before
-    store.delete(ids[1])
-    for view in (store, reader, other_worker(root)):
-        assert [image.id for image in view.list()] == [ids[0], ids[2]]
+    for view in (index, reader, open_index(root)):
+        assert view.page(limit=10) == before
+        assert not view.was_deleted(ids[1])
+    index.delete(ids[1])
+    for view in (index, reader, open_index(root)):
+        assert listed(view) == [ids[0], ids[2]]
 
 
-def test_a_delete_that_cannot_be_undone_stands_and_its_file_goes(
-    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+def test_a_delete_that_cannot_be_undone_stands(
+    index: JournalIndex, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ids = [commit(store) for _ in range(2)]
-    reader = other_worker(root)
-    fail_index_fsyncs(monkeypatch, store, reader, times=1)
+    """The caller can tell by ``was_deleted`` (the library removes the JPEG to match)."""
+    ids = [add(index) for _ in range(2)]
+    reader = open_index(root)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
     fail_undo_writes(monkeypatch, 'add')
 
     with pytest.raises(StorageError):
-        store.delete(ids[0])
+        index.delete(ids[0])
 
     assert index_ops(root)[-1] == ('delete', ids[0])
-    assert not store.path(ids[0]).exists()
-    for view in (store, reader, other_worker(root)):
-        assert [image.id for image in view.list()] == [ids[1]]
+    for view in (index, reader, open_index(root)):
+        assert listed(view) == [ids[1]]
+        assert view.was_deleted(ids[0])
 
 
 def test_a_delete_undone_after_it_compacted_the_view_puts_the_image_back_in_place(
@@ -296,44 +280,54 @@ def test_a_delete_undone_after_it_compacted_the_view_puts_the_image_back_in_plac
     ids = [new_id(n) for n in range(1100)]
     # One more delete and deleted ids are the majority: the view compacts.
     write_index(root, ('add', ids), ('delete', ids[:550]))
-    store, reader = Store(root), Store(root)
+    index, reader = JournalIndex(root), JournalIndex(root)
     victim = ids[700]
-    fail_index_fsyncs(monkeypatch, store, reader, times=1)
+    fail_index_fsyncs(monkeypatch, index.path, reader.count, times=1)
 
     with pytest.raises(StorageError):
-        store.delete(victim)
+        index.delete(victim)
 
-    for view in (store, reader, Store(root)):
-        assert [image.id for image in view.list(after=ids[699], limit=2)] == ids[700:702]
-        assert [image.id for image in view.list(after=victim, limit=1)] == [ids[701]]
-        assert len(view) == 550
-
-
-def test_adding_an_existing_id_is_refused(store: Store) -> None:
-    image_id = commit(store)
-
-    with pytest.raises(StorageError):
-        commit(store, image_id)
-    assert [image.id for image in store.list()] == [image_id]
-    assert store.path(image_id).read_bytes() == JPEG
+    for view in (index, reader, JournalIndex(root)):
+        assert listed(view, after=ids[699], limit=2) == ids[700:702]
+        assert listed(view, after=victim, limit=1) == [ids[701]]
+        assert view.count() == 550
 
 
-def test_unknown_id_is_not_found(store: Store) -> None:
+def test_adding_an_existing_id_is_refused(index: JournalIndex, root: pathlib.Path) -> None:
+    image_id = add(index)
+
+    with pytest.raises(ImageExists):
+        index.add(StoredImage(image_id, 1, (1, 1)))
+
+    assert index_ops(root) == [('add', image_id)]
+    assert index.get(image_id).size == SIZE
+
+
+def test_unknown_id_is_not_found(index: JournalIndex) -> None:
+    add(index)
+    unknown = new_id()
+
+    for call in (index.get, index.delete):
+        with pytest.raises(ImageNotFound):
+            call(unknown)
+    assert not index.was_deleted(unknown)
+
+
+def test_delete_forgets_the_image_and_remembers_that_it_was_deleted(
+    index: JournalIndex, root: pathlib.Path
+) -> None:
+    kept, deleted = add(index), add(index)
+
+    assert index.delete(deleted) == stored(deleted)
+
+    assert listed(index) == [kept]
+    assert index.count() == 1
+    assert index.was_deleted(deleted) and not index.was_deleted(kept)
     with pytest.raises(ImageNotFound):
-        store.get(new_id())
-
-
-def test_delete_removes_entry_and_file(store: Store) -> None:
-    kept, deleted = commit(store), commit(store)
-
-    store.delete(deleted)
-
-    assert [image.id for image in store.list()] == [kept]
-    assert not store.path(deleted).exists()
+        index.get(deleted)
     with pytest.raises(ImageNotFound):
-        store.get(deleted)
-    with pytest.raises(ImageNotFound):
-        store.delete(deleted)
+        index.delete(deleted)
+    assert index_ops(root) == [('add', kept), ('add', deleted), ('delete', deleted)]
 
 
 @pytest.mark.parametrize(
@@ -349,69 +343,68 @@ def test_delete_removes_entry_and_file(store: Store) -> None:
         '00000000000000000000000000000001',  # no hyphens: not canonical
         '00000000-0000-0000-0000-000000000001\n',
         '00000000-0000-0000-0000-000000000001/../../x',
+        '00000000-0000-0000-0000-000000000001\t00000000',
     ],
 )
-def test_malformed_id_never_touches_the_disk(store: Store, bad_id: str) -> None:
-    # A file where a path traversal from images/ would land.
-    bait = store.root / 'x.jpeg'
-    bait.write_bytes(b'not yours')
-    index_before = store.index_path.read_bytes()
+def test_malformed_id_never_reaches_the_journal(index: JournalIndex, bad_id: str) -> None:
+    image_id = add(index)
+    journal_before = index.path.read_bytes()
 
-    for call in (store.get, store.path, store.delete):
+    for call in (index.get, index.delete):
         with pytest.raises(ImageNotFound):
             call(bad_id)
+    for newest_first in (False, True):
+        with pytest.raises(ImageNotFound):
+            index.page(after=bad_id, limit=10, newest_first=newest_first)
     with pytest.raises(ImageNotFound):
-        store.list(after=bad_id)
-    temp = store.temporary()
+        index.add(StoredImage(bad_id, 1, (1, 1)))
+    assert not index.was_deleted(bad_id)
+
+    assert index.path.read_bytes() == journal_before
+    assert listed(index) == [image_id]
+    assert index.problems() == []
+
+
+def test_page_after_and_limit(index: JournalIndex) -> None:
+    ids = [add(index, new_id(n)) for n in range(5)]
+
+    assert listed(index, limit=2) == ids[:2]
+    assert listed(index, after=ids[1], limit=2) == ids[2:4]
+    assert listed(index, after=ids[3]) == ids[4:]
+    assert listed(index, after=ids[4]) == []
+    assert listed(index, limit=100) == ids
+    assert listed(index, limit=2, newest_first=True) == [ids[4], ids[3]]
+    assert listed(index, after=ids[3], newest_first=True) == ids[2::-1]
+    assert listed(index, after=ids[0], newest_first=True) == []
     with pytest.raises(ImageNotFound):
-        store.add(bad_id, temp, (1, 1))
-    assert temp.path.exists()  # not renamed anywhere
-    temp.close()
-
-    assert bait.read_bytes() == b'not yours'
-    assert store.index_path.read_bytes() == index_before
-    assert os.listdir(store.images_dir) == []
+        index.page(after=new_id(99), limit=10)
 
 
-def test_list_after_and_limit(store: Store) -> None:
-    ids = [commit(store, new_id(n)) for n in range(5)]
-
-    def listed(**kwargs: object) -> list[str]:
-        return [image.id for image in store.list(**kwargs)]  # type: ignore[arg-type]
-
-    assert listed(limit=2) == ids[:2]
-    assert listed(after=ids[1], limit=2) == ids[2:4]
-    assert listed(after=ids[3]) == ids[4:]
-    assert listed(after=ids[4]) == []
-    assert listed(limit=100) == ids
-    with pytest.raises(ImageNotFound):
-        store.list(after=new_id(99))
-
-
-def test_list_after_a_deleted_id_continues_from_its_place(store: Store) -> None:
+def test_page_after_a_deleted_id_continues_from_its_place(index: JournalIndex) -> None:
     """A client paging through the list while an image is deleted keeps its place."""
-    ids = [commit(store) for _ in range(4)]
-    store.delete(ids[1])
+    ids = [add(index) for _ in range(4)]
+    index.delete(ids[1])
 
-    assert [image.id for image in store.list(after=ids[1])] == ids[2:]
-    assert [image.id for image in store.list(limit=2)] == [ids[0], ids[2]]
+    assert listed(index, after=ids[1]) == ids[2:]
+    assert listed(index, after=ids[1], newest_first=True) == [ids[0]]
+    assert listed(index, limit=2) == [ids[0], ids[2]]
 
 
-def test_list_with_limit_zero_is_empty(store: Store) -> None:
-    commit(store)
+def test_page_with_limit_zero_is_empty(index: JournalIndex) -> None:
+    add(index)
 
-    assert store.list(limit=0) == []
+    assert index.page(limit=0) == []
 
 
 def test_listing_stays_right_after_many_deletes(root: pathlib.Path) -> None:
     """Deleted ids are compacted away once they are most of the journal."""
     ids = [new_id(n) for n in range(1500)]
     write_index(root, ('add', ids), ('delete', ids[:1000]))
-    store = Store(root)  # not opened: no image files to check against
+    index = JournalIndex(root)  # read as it is, without open()
 
-    assert [image.id for image in store.list()] == ids[1000:]
-    assert [image.id for image in store.list(after=ids[1200], limit=3)] == ids[1201:1204]
-    assert len(store) == 500
+    assert listed(index) == ids[1000:]
+    assert listed(index, after=ids[1200], limit=3) == ids[1201:1204]
+    assert index.count() == 500
 
 
 def test_after_a_deleted_id_resumes_in_place_once_it_is_compacted_away(
@@ -419,90 +412,90 @@ def test_after_a_deleted_id_resumes_in_place_once_it_is_compacted_away(
 ) -> None:
     """Every id ever committed works as a cursor, however often the view compacts."""
     compactions = []
-    real_compact = Store._compact
+    real_compact = JournalIndex._compact
 
-    def compact(self: Store) -> None:
+    def compact(self: JournalIndex) -> None:
         compactions.append(len(self._order))
         real_compact(self)
 
-    monkeypatch.setattr(Store, '_compact', compact)
+    monkeypatch.setattr(JournalIndex, '_compact', compact)
     first = [new_id(n) for n in range(1500)]
     second = [new_id(n) for n in range(1500, 3500)]
     deleted = first[:1000] + second[:1900]
     write_index(
         root, ('add', first), ('delete', first[:1000]), ('add', second), ('delete', second[:1900])
     )
-    store = Store(root)
+    index = JournalIndex(root)
 
     committed = first + second
     gone = set(deleted)
     next_two: list[str] = []  # the first two live ids after the one at hand
     for image_id in reversed(committed):
-        assert [image.id for image in store.list(after=image_id, limit=2)] == next_two
+        assert listed(index, after=image_id, limit=2) == next_two
         if image_id not in gone:
             next_two = [image_id, *next_two][:2]
-    assert [image.id for image in store.list()] == first[1000:] + second[1900:]
+    assert listed(index) == first[1000:] + second[1900:]
     assert len(compactions) >= 2
 
 
-def test_check_writable(store: Store) -> None:
-    assert store.check_writable() is None
-    assert os.listdir(store.images_dir) == []  # the probe file is gone
+def test_check_says_whether_the_journal_can_be_read(
+    index: JournalIndex, root: pathlib.Path
+) -> None:
+    files_before = sorted(os.listdir(root))
+    assert index.check() is None
+    assert sorted(os.listdir(root)) == files_before  # a check writes nothing
 
-    shutil.rmtree(store.images_dir)
+    index.path.unlink()
+    index.path.mkdir()  # what stands where the journal was cannot be read as one
 
-    assert isinstance(store.check_writable(), str)
+    problem = index.check()
+    assert problem is not None and str(index.path) in problem
 
 
 # -- several workers --------------------------------------------------------------
 
 
 def test_other_worker_sees_adds_and_deletes_on_its_next_call(root: pathlib.Path) -> None:
-    first, second = other_worker(root), other_worker(root)
-    assert second.list() == []
+    first, second = open_index(root), open_index(root)
+    assert listed(second) == []
 
-    image_id = commit(first)
+    image_id = add(first)
     assert second.get(image_id) == first.get(image_id)
-    assert [image.id for image in second.list()] == [image_id]
+    assert listed(second) == [image_id]
 
     second.delete(image_id)
     with pytest.raises(ImageNotFound):
         first.get(image_id)
-    assert len(first) == 0
+    assert first.count() == 0
+    assert first.was_deleted(image_id)
 
 
-def test_index_replaced_on_disk_is_read_afresh(store: Store, root: pathlib.Path) -> None:
+def test_journal_replaced_on_disk_is_read_afresh(index: JournalIndex, root: pathlib.Path) -> None:
     """A restored backup (a new inode) replaces the view instead of being appended to it."""
-    old = commit(store)
-    restored = other_worker(root.parent / 'backup')
-    kept = commit(restored)
-    shutil.copy(restored.path(kept), store.path(kept))
-    assert [image.id for image in store.list()] == [old]  # in this worker's view
+    old = add(index)
+    backup = open_index(root.parent / 'backup')
+    kept = add(backup)
+    assert listed(index) == [old]
 
-    os.replace(restored.index_path, store.index_path)
+    os.replace(backup.path, index.path)
 
-    assert [image.id for image in store.list()] == [kept]
+    assert listed(index) == [kept]
     with pytest.raises(ImageNotFound):
-        store.get(old)
+        index.get(old)
     with pytest.raises(ImageNotFound):
-        store.list(after=old)
+        index.page(after=old, limit=1)
 
 
-def _add_many(root: str, count: int) -> list[str]:
-    """Run in a spawned process: open the store as a starting worker does, then add."""
-    store = Store(pathlib.Path(root))
-    store.open()
-    return [commit(store) for _ in range(count)]
-
-
-def test_concurrent_adds_from_threads_lose_nothing(store: Store) -> None:
-    """gthread workers share one Store between their threads."""
+def test_concurrent_adds_from_threads_lose_nothing(
+    index: JournalIndex, root: pathlib.Path
+) -> None:
+    """gthread workers share one index between their threads."""
     added: list[list[str]] = [[] for _ in range(4)]
     barrier = threading.Barrier(len(added))
 
     def work(slot: list[str]) -> None:
         barrier.wait()
-        slot.extend(commit(store) for _ in range(10))
+        slot.extend(add(index) for _ in range(10))
 
     threads = [threading.Thread(target=work, args=(slot,)) for slot in added]
     for thread in threads:
@@ -512,192 +505,329 @@ def test_concurrent_adds_from_threads_lose_nothing(store: Store) -> None:
 
     expected = {image_id for slot in added for image_id in slot}
     assert len(expected) == 40
-    assert {image.id for image in store.list()} == expected
-    assert {image.id for image in Store(store.root).list()} == expected
-    lines = index_lines(store)
-    assert len(lines) == 40
-    assert all(line.endswith(b'\n') and json.loads(line)['op'] == 'add' for line in lines)
+    assert set(listed(index)) == expected
+    assert set(listed(JournalIndex(root))) == expected
+    records = index_records(root)  # every line whole, its checksum sound
+    assert len(records) == 40
+    assert {record['op'] for record in records} == {'add'}
 
 
-def test_concurrent_adds_from_processes_lose_nothing(root: pathlib.Path) -> None:
-    """Each process opens the store (start-up repairs) while the others are adding."""
-    context = multiprocessing.get_context('spawn')
-    with context.Pool(3) as pool:
-        results = pool.starmap(_add_many, [(str(root), 10)] * 3)
-
-    expected = {image_id for result in results for image_id in result}
-    assert len(expected) == 30
-    store = other_worker(root)
-    assert {image.id for image in store.list()} == expected
-    assert sorted(os.listdir(store.images_dir)) == sorted(f'{i}.jpeg' for i in expected)
+# -- damage -------------------------------------------------------------------------
 
 
-# -- repairs -----------------------------------------------------------------------
+def test_half_written_tail_is_cut_on_open(index: JournalIndex, root: pathlib.Path) -> None:
+    image_id = add(index)
+    complete = index.path.read_bytes()
+    append_raw(index, HALF_LINE)
+
+    reopened = open_index(root)
+
+    assert index.path.read_bytes() == complete
+    assert listed(reopened) == [image_id]
+    assert reopened.problems() == []
 
 
-HALF_LINE = b'{"op":"add","id":"00000000-0000-0000-0000-0000000000'
-
-
-def test_half_written_tail_is_cut_on_open(store: Store, root: pathlib.Path) -> None:
-    image_id = commit(store)
-    complete = store.index_path.read_bytes()
-    with open(store.index_path, 'ab') as index:
-        index.write(HALF_LINE)
-
-    reopened = other_worker(root)
-
-    assert store.index_path.read_bytes() == complete
-    assert [image.id for image in reopened.list()] == [image_id]
-
-
-def test_half_written_tail_is_cut_by_the_next_append(store: Store, root: pathlib.Path) -> None:
-    """A worker that crashed mid-line must not glue its fragment to the next record."""
-    reader = other_worker(root)
-    first = commit(store)
-    with open(store.index_path, 'ab') as index:
-        index.write(HALF_LINE)
-    assert [image.id for image in reader.list()] == [first]  # the fragment waits
-
-    second = commit(store)
-
-    lines = index_lines(store)
-    assert [json.loads(line)['id'] for line in lines] == [first, second]
-    assert [image.id for image in reader.list()] == [first, second]
-    assert [image.id for image in other_worker(root).list()] == [first, second]
-
-
-@pytest.mark.parametrize(
-    'line',
-    [
-        b'this is not JSON\n',
-        b'\xff\xfe\n',
-        b'[]\n',
-        b'"add"\n',
-        b'{"op":"add"}\n',
-        b'{"op":"add","id":"00000000-0000-0000-0000-000000000001","modified":1,"size":[1]}\n',
-        b'{"op":"rename","id":"00000000-0000-0000-0000-000000000001"}\n',
-        b'{"op":"add","id":"../../x","modified":1,"size":[1,1]}\n',
-        b'{"op":"add","id":7,"modified":1,"size":[1,1]}\n',
-        b'{"op":"add","id":"00000000-0000-0000-0000-000000000001","modified":1e999,'
-        b'"size":[1,1]}\n',
-    ],
-)
-def test_unreadable_line_is_skipped(store: Store, root: pathlib.Path, line: bytes) -> None:
-    reader = other_worker(root)
-    first = commit(store)
-    with open(store.index_path, 'ab') as index:
-        index.write(line)
-    second = commit(store)
-
-    assert [image.id for image in store.list()] == [first, second]
-    assert [image.id for image in reader.list()] == [first, second]
-    assert [image.id for image in other_worker(root).list()] == [first, second]
-
-
-def test_unlisted_image_file_is_removed_on_open(store: Store, root: pathlib.Path) -> None:
-    """An upload that crashed between rename and index line was never acknowledged."""
-    listed = commit(store)
-    unlisted = store.images_dir / f'{new_id()}.jpeg'
-    unlisted.write_bytes(JPEG)
-    foreign = store.images_dir / 'notes.txt'
-    foreign.write_text('not ours to delete')
-
-    other_worker(root)
-
-    assert not unlisted.exists()
-    assert store.path(listed).exists()
-    assert foreign.exists()
-
-
-def test_image_waiting_for_its_index_line_survives_another_workers_start(
-    store: Store, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+def test_half_written_tail_is_cut_by_the_next_append(
+    index: JournalIndex, root: pathlib.Path
 ) -> None:
-    """add() puts the file in place, then waits for the writers' lock to index it.
+    """A worker that crashed mid-line must not glue its fragment to the next record."""
+    reader = open_index(root)
+    first = add(index)
+    append_raw(index, HALF_LINE)
+    assert listed(reader) == [first]  # the fragment waits
 
-    Another worker that starts meanwhile must leave the file alone: the
-    upload's lock on it says it is not a crashed upload's leftover.
-    """
-    upload = store.temporary()
-    upload.file.write(JPEG)
-    upload.file.flush()
+    second = add(index)
+
+    assert index_ops(root) == [('add', first), ('add', second)]
+    for view in (index, reader, open_index(root)):
+        assert listed(view) == [first, second]
+        assert view.problems() == []
+
+
+def _flip_a_byte_in(line: bytes) -> bytes:
+    """Return ``line`` with one bit of the first hex digit of its id flipped."""
+    at = line.index(b'"id":"') + len(b'"id":"')
+    flipped = bytearray(line)
+    flipped[at] ^= 0x01
+    return bytes(flipped)
+
+
+DAMAGED_LINES = {
+    'not-json': b'this is not JSON\n',
+    'not-utf8': b'\xff\xfe\n',
+    'a-list': b'[]\n',
+    'a-string': b'"add"\n',
+    'no-id': b'{"op":"add"}\n',
+    'short-size': (
+        b'{"op":"add","id":"00000000-0000-0000-0000-000000000001","modified":1,"size":[1]}\n'
+    ),
+    'unknown-op': b'{"op":"rename","id":"00000000-0000-0000-0000-000000000001"}\n',
+    'path-id': b'{"op":"add","id":"../../x","modified":1,"size":[1,1]}\n',
+    'number-id': b'{"op":"add","id":7,"modified":1,"size":[1,1]}\n',
+    'infinite-time': (
+        b'{"op":"add","id":"00000000-0000-0000-0000-000000000001","modified":1e999,"size":[1,1]}\n'
+    ),
+    'delete-path-id': b'{"op":"delete","id":"../../x"}\n',
+    'number-token': (
+        b'{"op":"add","id":"00000000-0000-0000-0000-000000000001","modified":1,'
+        b'"size":[1,1],"token":7}\n'
+    ),
+    'flipped-byte': _flip_a_byte_in(
+        encode_line({'op': 'add', 'id': new_id(5), 'modified': 1, 'size': [1, 1]})
+    ),
+    'flipped-checksum': encode_line({'op': 'delete', 'id': new_id(6)})[:-2] + b'x\n',
+    'bad-checksum-length': encode_line({'op': 'delete', 'id': new_id(7)})[:-3] + b'\n',
+}
+
+
+@pytest.mark.parametrize('line', DAMAGED_LINES.values(), ids=DAMAGED_LINES.keys())
+def test_damaged_line_is_skipped_and_reported_never_dropped(
+    index: JournalIndex, root: pathlib.Path, line: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its neighbours are served; every view lists it in problems() and the log names it."""
+    reader = open_index(root)
+    first = add(index)
+    append_raw(index, line)
+    second = add(index)
+
+    for view in (index, reader, open_index(root)):
+        assert listed(view) == [first, second]
+        problems = view.problems()
+        assert len(problems) == 1 and problems[0].startswith('index line 2 is damaged')
+    assert line in index.path.read_bytes()  # still there, for an operator to see
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors and all('index line 2 is damaged' in error for error in errors)
+    assert all(str(index.path) in error for error in errors)
+
+
+def test_problems_keep_the_first_few_and_count_the_rest(
+    index: JournalIndex, caplog: pytest.LogCaptureFixture
+) -> None:
+    damaged = MAX_PROBLEMS_KEPT + 5
+    append_raw(index, b'garbage\n' * damaged)
+    image_id = add(index)
+
+    problems = index.problems()
+
+    assert listed(index) == [image_id]
+    assert len(problems) == MAX_PROBLEMS_KEPT + 1
+    assert problems[0].startswith('index line 1 is damaged')
+    assert problems[-1] == '... 5 more damaged lines'
+    assert sum('is damaged' in record.getMessage() for record in caplog.records) == damaged
+
+
+def test_rewrite_drops_damaged_lines_and_keeps_what_cursors_need(
+    index: JournalIndex, root: pathlib.Path
+) -> None:
+    """Deleted ids stay as delete lines, in place, so ``after=`` and ``was_deleted`` still work."""
+    reader = open_index(root)
+    ids = [add(index) for _ in range(4)]
+    append_raw(index, b'garbage\n')
+    index.delete(ids[1])
+    listed(reader)
+    inode_before = os.stat(index.path).st_ino
+
+    index.rewrite()
+
+    assert os.stat(index.path).st_ino != inode_before  # replaced, never edited in place
+    assert index_ops(root) == [
+        ('add', ids[0]),
+        ('delete', ids[1]),
+        ('add', ids[2]),
+        ('add', ids[3]),
+    ]
+    for view in (index, reader, open_index(root)):
+        assert view.problems() == []
+        assert listed(view) == [ids[0], ids[2], ids[3]]
+        assert listed(view, after=ids[1], limit=1) == [ids[2]]
+        assert view.was_deleted(ids[1])
+        assert view.get(ids[0]) == stored(ids[0])
+    assert not [name for name in os.listdir(root) if name.endswith('.tmp')]
+
+
+def test_delete_lines_for_ids_never_seen_are_tombstones(root: pathlib.Path) -> None:
+    """A rewritten journal keeps a deleted id as its delete line alone; a rewrite keeps those."""
+    ids = [new_id(n) for n in range(4)]
+    write_index(root, ('add', ids[:1]), ('delete', ids[1:2]), ('add', ids[2:]))
+    index = open_index(root)
+
+    assert listed(index) == [ids[0], ids[2], ids[3]]
+    assert index.was_deleted(ids[1])
+    assert listed(index, after=ids[1]) == ids[2:]
+    assert listed(index, after=ids[1], newest_first=True) == [ids[0]]
+    assert index.problems() == []
+
+    index.rewrite()
+
+    assert index_ops(root) == [
+        ('add', ids[0]),
+        ('delete', ids[1]),
+        ('add', ids[2]),
+        ('add', ids[3]),
+    ]
+    assert open_index(root).was_deleted(ids[1])
+
+
+def test_journal_removed_while_running_is_written_again_from_the_view(
+    root: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    first, second = open_index(root), open_index(root)
+    ids = [add(first) for _ in range(3)]
+    first.delete(ids[0])
+    listed(second)
+
+    first.path.unlink()
+
+    assert listed(second) == ids[1:]  # the first to look writes it again
+    assert listed(first) == ids[1:]
+    assert index_ops(root) == [('delete', ids[0]), ('add', ids[1]), ('add', ids[2])]
+    assert second.was_deleted(ids[0]) and first.was_deleted(ids[0])
+    later = add(first)
+    assert listed(second) == [*ids[1:], later]
+    rebuilt = [r.getMessage() for r in caplog.records if 'while look ran' in r.getMessage()]
+    assert len(rebuilt) == 1, rebuilt  # once, not by every worker
+    assert 'was removed' in rebuilt[0] and str(first.path) in rebuilt[0]
+
+
+def test_a_worker_rebuilding_the_journal_keeps_its_own_last_commits(root: pathlib.Path) -> None:
+    """What a worker has just written is in its view, though it has not read the journal since."""
+    index = open_index(root)
+    kept, deleted = add(index), add(index)
+    index.delete(deleted)
+    last = add(index)
+
+    index.path.unlink()
+
+    assert listed(index) == [kept, last]
+    assert index_ops(root) == [('add', kept), ('delete', deleted), ('add', last)]
+
+
+@pytest.mark.parametrize('keep', [0, 10], ids=['emptied', 'cut-mid-line'])
+def test_journal_cut_short_while_running_is_written_again_from_the_view(
+    root: pathlib.Path, caplog: pytest.LogCaptureFixture, keep: int
+) -> None:
+    index = open_index(root)
+    ids = [add(index) for _ in range(3)]
+    other = open_index(root)
+    with open(index.path, 'r+b') as journal:
+        journal.truncate(keep)
+
+    assert listed(other) == ids
+    assert index_ops(root) == [('add', image_id) for image_id in ids]
+    assert listed(index) == ids
+    assert any('was cut short' in record.getMessage() for record in caplog.records)
+    assert index.problems() == [] and other.problems() == []
+
+
+def test_a_view_behind_the_others_writes_a_removed_journal_again_whole(
+    root: pathlib.Path,
+) -> None:
+    """It reads what it had not read yet through the descriptor it holds of the removed one."""
+    behind, ahead = open_index(root), open_index(root)
+    earlier = add(ahead)
+    assert listed(behind) == [earlier]
+    later = add(ahead)
+    ahead.delete(earlier)
+
+    os.unlink(ahead.path)
+
+    assert listed(behind) == [later]
+    assert listed(ahead) == [later]
+    assert index_ops(root) == [('delete', earlier), ('add', later)]
+
+
+def test_a_view_behind_the_others_writes_a_journal_cut_short_again_as_far_as_it_read(
+    root: pathlib.Path,
+) -> None:
+    """What it had not read yet is gone: those files are quarantined at the next start-up."""
+    behind, ahead = open_index(root), open_index(root)
+    earlier = add(ahead)
+    assert listed(behind) == [earlier]
+    later = add(ahead)
+
+    with open(ahead.path, 'r+b') as journal:
+        journal.truncate(0)
+
+    assert listed(behind) == [earlier]
+    assert listed(ahead) == [earlier]  # the journal it now reads is the one written again
+    assert index_ops(root) == [('add', earlier)]
+    assert not ahead.was_deleted(later)
+
+
+def test_a_view_behind_a_journal_written_again_reads_it_from_the_start(
+    root: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The new journal may get the removed one's inode number: never read on from an old offset."""
+    behind, ahead = open_index(root), open_index(root)
+    ids = [add(ahead)]
+    assert listed(behind) == ids
+    ids += [add(ahead) for _ in range(4)]  # the journal the rebuild writes is longer
+
+    ahead.path.unlink()
+    assert listed(ahead) == ids
+
+    assert listed(behind) == ids
+    assert behind.problems() == []
+    rebuilt = [r.getMessage() for r in caplog.records if 'while look ran' in r.getMessage()]
+    assert len(rebuilt) == 1, rebuilt
+
+
+def test_the_journal_is_not_rebuilt_from_a_view_that_serves_reads_only(
+    root: pathlib.Path,
+) -> None:
+    index = open_index(root)
+    image_id = add(index)
+    index.read_only = True  # as open() leaves it on a read-only disk
+
+    index.path.unlink()
+
+    assert listed(index) == [image_id]
+    assert not index.path.exists()
+
+
+def test_journal_files_are_written_with_nothing_left_behind(
+    index: JournalIndex, root: pathlib.Path
+) -> None:
+    add(index)
+    append_raw(index, b'garbage\n')
+    index.rewrite()
+    index.path.unlink()
+    index.count()  # written again
+
+    assert sorted(os.listdir(root)) == ['index.jsonl', 'index.lock']
+
+
+def test_open_on_a_fresh_directory_creates_the_journal_and_its_lock(root: pathlib.Path) -> None:
+    index = open_index(root)
+
+    assert sorted(os.listdir(root)) == ['index.jsonl', 'index.lock']
+    assert index.count() == 0 and index.problems() == [] and not index.read_only
+
+
+def test_writes_paused_holds_back_commits_from_other_workers(
+    root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A check compares index and images while no image is committed."""
+    index, other = open_index(root), open_index(root)
+    waiting, committed = threading.Event(), threading.Event()
+    real_flock = fcntl.flock
+
+    def flock(fd: int, operation: int) -> None:
+        if threading.current_thread() is worker:
+            waiting.set()
+        real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, 'flock', flock)
     image_id = new_id()
-    take_the_lock = store._exclusive
+    worker = threading.Thread(target=lambda: (other.add(stored(image_id)), committed.set()))
 
-    @contextlib.contextmanager
-    def another_worker_starts_first() -> Iterator[None]:
-        assert store.path(image_id).exists()  # in place, not yet indexed
-        other_worker(root)
-        with take_the_lock():
-            yield
+    with index.writes_paused():
+        worker.start()
+        assert waiting.wait(10)
+        # NOTE: it waits for the lock now; a commit would be too early.
+        assert not committed.wait(0.2)
+        assert listed(index) == [] and index_ops(root) == []
+    worker.join(10)
 
-    monkeypatch.setattr(store, '_exclusive', another_worker_starts_first)
-    store.add(image_id, upload, (8, 6))
-    upload.close()
-
-    assert store.path(image_id).read_bytes() == JPEG
-    assert [image.id for image in other_worker(root).list()] == [image_id]
-
-
-def test_adding_an_existing_id_leaves_the_first_image_as_it_was(store: Store) -> None:
-    image_id = commit(store)
-    other = store.temporary()
-    other.file.write(b'another picture')
-    other.file.flush()
-
-    with pytest.raises(StorageError):
-        store.add(image_id, other, (8, 6))
-    other.close()
-
-    assert store.path(image_id).read_bytes() == JPEG
-    assert [json.loads(line)['id'] for line in index_lines(store)] == [image_id]
-    assert os.listdir(store.images_dir) == [f'{image_id}.jpeg']
-
-
-def test_entry_whose_file_is_missing_is_dropped_on_open(store: Store, root: pathlib.Path) -> None:
-    lost, kept = commit(store), commit(store)
-    store.path(lost).unlink()
-
-    reopened = other_worker(root)
-
-    assert [image.id for image in reopened.list()] == [kept]
-    assert [image.id for image in store.list()] == [kept]  # the drop is in the journal
-    with pytest.raises(ImageNotFound):
-        store.get(lost)
-
-
-def test_abandoned_temp_file_is_removed_on_open(store: Store, root: pathlib.Path) -> None:
-    abandoned = store.images_dir / '.0123456789abcdef01234567.tmp'
-    abandoned.write_bytes(b'half an upload')
-    age(abandoned, TEMP_GRACE_SECONDS + 5)
-
-    other_worker(root)
-
-    assert not abandoned.exists()
-
-
-def test_fresh_unlocked_temp_file_is_kept(store: Store, root: pathlib.Path) -> None:
-    """Another worker may have created it and not locked it yet."""
-    fresh = store.images_dir / '.0123456789abcdef01234567.tmp'
-    fresh.write_bytes(b'just created')
-    age(fresh, TEMP_GRACE_SECONDS - 10)
-
-    other_worker(root)
-
-    assert fresh.read_bytes() == b'just created'
-
-
-def test_locked_temp_file_survives_another_workers_start(store: Store, root: pathlib.Path) -> None:
-    """The trap: start-up clean-up must never delete an upload in progress, however old."""
-    upload = store.temporary()
-    upload.file.write(JPEG)
-    upload.file.flush()
-    age(upload.path, 10 * TEMP_GRACE_SECONDS)  # a slow client
-
-    other_worker(root)
-
-    assert upload.path.read_bytes() == JPEG
-    image_id = new_id()
-    store.add(image_id, upload, (8, 6))
-    upload.close()
-    assert [image.id for image in other_worker(root).list()] == [image_id]
-    assert os.listdir(store.images_dir) == [f'{image_id}.jpeg']
+    assert committed.is_set()
+    assert listed(index) == [image_id]

@@ -24,7 +24,14 @@ from PIL.PngImagePlugin import PngInfo
 from look import errors, thumbnailer
 from look.errors import CorruptImage, ImageTooLarge, ThumbnailerUnavailable, UnsupportedImage
 from look.renditions import thumbnail_sizes
-from look.thumbnailer import Thumbnailer, convert_upload, render_thumbnail
+from look.thumbnailer import (
+    ENCODINGS,
+    THUMBNAIL_FORMATS,
+    Thumbnailer,
+    convert_upload,
+    encoding_tag,
+    render_thumbnail,
+)
 
 import imagegen
 from imagegen import encode, image_bytes, picture, solid
@@ -463,7 +470,7 @@ def stored_jpeg(tmp_path: pathlib.Path) -> pathlib.Path:
 def test_render_thumbnail_is_a_jpeg_of_exactly_that_size(
     stored_jpeg: pathlib.Path, size: tuple[int, int]
 ) -> None:
-    data = render_thumbnail(str(stored_jpeg), size, QUALITY)
+    data = render_thumbnail(str(stored_jpeg), size, 'jpeg', QUALITY)
 
     with Image.open(io.BytesIO(data)) as thumbnail:
         assert thumbnail.format == 'JPEG'
@@ -483,7 +490,7 @@ def test_renders_ignore_the_pixel_limit_left_by_the_last_conversion(
     with pytest.raises(ImageTooLarge):
         convert_upload(str(upload), 1000, QUALITY)  # leaves Pillow's limit at 1000 pixels
 
-    data = render_thumbnail(str(stored_jpeg), (320, 180), QUALITY)
+    data = render_thumbnail(str(stored_jpeg), (320, 180), 'jpeg', QUALITY)
 
     with Image.open(io.BytesIO(data)) as thumbnail:
         assert thumbnail.size == (320, 180)
@@ -504,7 +511,7 @@ def test_a_thumbnail_of_odd_sides_leaves_out_what_halving_does(
     path.write_bytes(encode(grey, 'PNG'))
     convert_upload(str(path), MAX_PIXELS, QUALITY)
 
-    data = render_thumbnail(str(path), size, QUALITY)
+    data = render_thumbnail(str(path), size, 'jpeg', QUALITY)
 
     with Image.open(io.BytesIO(data)) as thumbnail:
         assert thumbnail.size == size
@@ -512,6 +519,156 @@ def test_a_thumbnail_of_odd_sides_leaves_out_what_halving_does(
         edges = [thumbnail.getpixel((width - 1, y)) for y in range(height)]
         edges += [thumbnail.getpixel((x, height - 1)) for x in range(width)]
     assert max(red - green for red, green, _blue in edges) < 20
+
+
+# -- WebP and AVIF ------------------------------------------------------------------
+
+PILLOW_NAMES = {'jpeg': 'JPEG', 'webp': 'WEBP', 'avif': 'AVIF'}
+
+
+@pytest.mark.parametrize('size', [(320, 180), (100, 50)])
+@pytest.mark.parametrize('fmt', THUMBNAIL_FORMATS)
+def test_every_format_renders_rgb_of_exactly_that_size_without_metadata(
+    tmp_path: pathlib.Path, fmt: str, size: tuple[int, int]
+) -> None:
+    """Even from a stored JPEG that has metadata, which convert_upload never writes."""
+    exif = Image.Exif()
+    exif[0x0110] = imagegen.SECRET_CAMERA  # Model
+    path = tmp_path / 'stored.jpeg'
+    path.write_bytes(
+        encode(
+            picture(seed=5),
+            'JPEG',
+            quality=QUALITY,
+            icc_profile=imagegen.swapped_primaries_icc(),
+            exif=exif,
+            comment=imagegen.SECRET_COMMENT,
+            xmp=b'<x:xmpmeta xmlns:x="adobe:ns:meta/"/>',
+        )
+    )
+
+    data = render_thumbnail(str(path), size, fmt, QUALITY)
+
+    with Image.open(io.BytesIO(data)) as thumbnail:
+        assert thumbnail.format == PILLOW_NAMES[fmt]
+        assert thumbnail.mode == 'RGB'
+        assert thumbnail.size == size
+        assert not {'exif', 'icc_profile', 'xmp', 'comment'} & thumbnail.info.keys()
+    assert imagegen.SECRET_CAMERA.encode() not in data
+    assert imagegen.SECRET_COMMENT not in data
+
+
+def test_a_webp_thumbnail_is_a_bare_vp8_image(stored_jpeg: pathlib.Path) -> None:
+    """No VP8X header, so no room for a profile, EXIF or XMP: sRGB by default."""
+    data = render_thumbnail(str(stored_jpeg), (320, 180), 'webp', QUALITY)
+
+    assert data[:4] == b'RIFF'
+    assert data[8:16] == b'WEBPVP8 '
+    assert 20 + struct.unpack('<I', data[16:20])[0] + data[16] % 2 == len(data)  # one chunk
+
+
+def test_an_avif_thumbnail_says_srgb_in_its_nclx_box_and_nothing_else(
+    stored_jpeg: pathlib.Path,
+) -> None:
+    """BT.709 primaries, sRGB transfer, BT.601 matrix (JPEG's), full range: no profile."""
+    data = render_thumbnail(str(stored_jpeg), (320, 180), 'avif', QUALITY)
+
+    header = data[: data.index(b'mdat')]  # the boxes before the coded image
+    assert header.count(b'colr') == 1
+    colr = header.index(b'colr')
+    assert header[colr + 4 : colr + 8] == b'nclx'
+    assert struct.unpack('>HHHB', header[colr + 8 : colr + 15]) == (1, 13, 6, 0x80)
+    assert b'Exif' not in header
+    assert b'mime' not in header  # XMP's item type
+
+
+@pytest.mark.parametrize('fmt', ['webp', 'avif'])
+def test_webp_and_avif_keep_the_jpegs_colours_in_fewer_bytes(
+    stored_jpeg: pathlib.Path, fmt: str
+) -> None:
+    jpeg = render_thumbnail(str(stored_jpeg), (320, 180), 'jpeg', QUALITY)
+
+    data = render_thumbnail(str(stored_jpeg), (320, 180), fmt, QUALITY)
+
+    with Image.open(io.BytesIO(data)) as thumbnail, Image.open(io.BytesIO(jpeg)) as reference:
+        assert difference(thumbnail, reference) < 4
+    assert len(data) < 0.75 * len(jpeg)
+
+
+@pytest.mark.parametrize('fmt', THUMBNAIL_FORMATS)
+def test_every_format_keeps_saturated_colours_and_skin(tmp_path: pathlib.Path, fmt: str) -> None:
+    """A YCbCr matrix or range other than the one the file names would shift these."""
+    colours = [(200, 30, 40), (30, 160, 60), (40, 60, 200), (224, 172, 140)]
+    patches = solid((0, 0, 0), (640, 360))
+    for n, colour in enumerate(colours):
+        patches.paste(colour, (160 * n, 0, 160 * (n + 1), 360))
+    path = tmp_path / 'stored.jpeg'
+    path.write_bytes(encode(patches, 'PNG'))
+    convert_upload(str(path), MAX_PIXELS, QUALITY)
+
+    data = render_thumbnail(str(path), (320, 180), fmt, QUALITY)
+
+    with Image.open(io.BytesIO(data)) as thumbnail:
+        centres = [thumbnail.getpixel((80 * n + 40, 90)) for n in range(len(colours))]
+    for centre, colour in zip(centres, colours, strict=True):
+        assert is_colour(centre, colour, tolerance=4), (centre, colour)
+
+
+def test_encoding_tags_name_the_settings() -> None:
+    """The JPEG's is the one ETags have always carried."""
+    assert encoding_tag('jpeg', 85) == 'q85'
+    assert encoding_tag('jpeg', 60) == 'q60'
+    assert encoding_tag('webp', 85) == 'webp-q85-m4'
+    assert encoding_tag('avif', 85) == 'avif-q70-s9-420-t1'
+
+
+@pytest.mark.parametrize(
+    ('fmt', 'key', 'value'),
+    [
+        ('webp', 'quality', 75),
+        ('webp', 'method', 3),
+        ('avif', 'quality', 60),
+        ('avif', 'speed', 7),
+        ('avif', 'subsampling', '4:4:4'),
+    ],
+)
+def test_an_encoding_tag_changes_with_any_setting_that_changes_the_bytes(
+    stored_jpeg: pathlib.Path, monkeypatch: pytest.MonkeyPatch, fmt: str, key: str, value: object
+) -> None:
+    before = (
+        encoding_tag(fmt, QUALITY),
+        render_thumbnail(str(stored_jpeg), (160, 90), fmt, QUALITY),
+    )
+
+    monkeypatch.setitem(ENCODINGS, fmt, {**ENCODINGS[fmt], key: value})
+
+    after = (
+        encoding_tag(fmt, QUALITY),
+        render_thumbnail(str(stored_jpeg), (160, 90), fmt, QUALITY),
+    )
+    assert before[0] != after[0]
+    assert before[1] != after[1]
+
+
+def test_avif_threads_are_part_of_the_tag(
+    stored_jpeg: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At speed 8 and below, libaom codes the rows apart when it has more than one."""
+    renders = {}
+    for threads in (1, 2):
+        settings = {**ENCODINGS['avif'], 'speed': 8, 'max_threads': threads}
+        monkeypatch.setitem(ENCODINGS, 'avif', settings)
+        tag = encoding_tag('avif', QUALITY)
+        renders[tag] = render_thumbnail(str(stored_jpeg), (320, 180), 'avif', QUALITY)
+
+    assert len(set(renders.values())) == len(renders) == 2
+
+
+def test_an_unknown_format_is_refused(stored_jpeg: pathlib.Path) -> None:
+    with pytest.raises(ValueError, match='gif'):
+        render_thumbnail(str(stored_jpeg), (160, 90), 'gif', QUALITY)
+    with pytest.raises(ValueError, match='gif'):
+        encoding_tag('gif', QUALITY)
 
 
 # -- the Thumbnailer and its pool ------------------------------------------------------
@@ -773,15 +930,17 @@ def test_renders_beyond_max_waiting_are_refused_at_once(
     busy = in_background.submit(worker._run, time.sleep, 1)
     time.sleep(0.2)
 
+    upload = tmp_path / 'u'
+    upload.write_bytes(image_bytes('PNG', size=(64, 64)))
+
     started = time.monotonic()
     with pytest.raises(ThumbnailerUnavailable):
         worker.render(stored_jpeg, (160, 90), 'jpeg')
+    # Uploads wait in the same queue: beyond it, they are refused alike.
+    with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
+        worker.convert_upload(upload)
     assert time.monotonic() - started < 0.5
-
-    # Uploads wait their turn instead: refusing them would lose the user's upload.
-    upload = tmp_path / 'u'
-    upload.write_bytes(image_bytes('PNG', size=(64, 64)))
-    assert worker.convert_upload(upload) == (64, 64)
+    assert upload.read_bytes() == image_bytes('PNG', size=(64, 64))
     busy.result(timeout=10)
 
 
@@ -820,11 +979,48 @@ def test_one_process_pool_takes_a_page_of_renders(
         assert all(len(future.result(timeout=10)) > 0 for future in rest)
 
 
+def test_uploads_take_at_most_half_the_queue_and_renders_the_rest(
+    tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
+) -> None:
+    """Beyond four waiting uploads the next is refused at once; renders still find room."""
+    worker = make_thumbnailer(processes=1)
+    assert (worker.max_waiting, worker.max_waiting_uploads) == (8, 4)
+    worker.start()
+    release = tmp_path / 'release'
+    uploads = []
+    for seed in range(4):
+        uploads.append(tmp_path / f'upload-{seed}')
+        uploads[-1].write_bytes(image_bytes('PNG', size=(64, 48), seed=seed))
+    with concurrent.futures.ThreadPoolExecutor(8) as clients:
+        # An upload of the only process that takes until the file exists.
+        first = clients.submit(worker._run, _wait_for_file, str(release), upload=True)
+        queued = [clients.submit(worker.convert_upload, path) for path in uploads[:3]]
+        try:
+            assert wait_until(lambda: worker._uploads_in_flight == 4, 10)
+            started = time.monotonic()
+            with pytest.raises(ThumbnailerUnavailable, match='uploads are waiting'):
+                worker.convert_upload(uploads[3])
+            assert time.monotonic() - started < 0.5
+            renders = [
+                clients.submit(worker.render, stored_jpeg, (160, 90), 'jpeg') for _ in range(4)
+            ]
+            assert wait_until(lambda: worker._in_flight == 8, 10)
+            with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
+                worker.render(stored_jpeg, (160, 90), 'jpeg')
+        finally:
+            release.touch()
+        first.result(timeout=10)
+        assert [future.result(timeout=10) for future in queued] == [(64, 48)] * 3
+        assert all(len(future.result(timeout=10)) > 0 for future in renders)
+    assert uploads[3].read_bytes() == image_bytes('PNG', size=(64, 48), seed=3)
+
+
 def test_a_pool_larger_than_the_queue_is_never_left_idle(
     make_thumbnailer: MakeThumbnailer,
 ) -> None:
     """Renders up to the pool's size are taken, however many processes it has."""
-    assert make_thumbnailer(processes=12).max_waiting == 12
+    large = make_thumbnailer(processes=12)
+    assert (large.max_waiting, large.max_waiting_uploads) == (12, 6)
 
 
 def _wait_for_file(path: str) -> None:

@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from look.errors import ImageExists, ImageNotFound, refused_writes
+from look.files import entries, fsync_directory
 from look.imagestore import Finished, Original, StoredObject
 from look.index import is_valid_id
 from look.spool import remove_abandoned
@@ -28,15 +29,6 @@ from look.spool import remove_abandoned
 _SUFFIX = '.jpeg'
 # Below this much free space (or 1% of a smaller disk) the store reports itself full.
 LOW_SPACE_BYTES = 64 * 1024 * 1024
-
-
-def fsync_directory(path: pathlib.Path) -> None:
-    """Make the names in a directory durable (a new, linked or removed file)."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def is_locked(path: pathlib.Path) -> bool:
@@ -111,12 +103,17 @@ class DiskImageStore:
                 raise
 
     def _copy_into_place(self, source: pathlib.Path, final: pathlib.Path) -> None:
-        """Copy a JPEG from another filesystem under a temp name, then link it into place."""
+        """Copy a JPEG from another filesystem under a temp name, then link it into place.
+
+        The copy keeps the modification time (the upload time), as a link would.
+        """
         temporary = self.images_dir / f'.{secrets.token_hex(12)}.tmp'
         try:
             with open(source, 'rb') as data, open(temporary, 'xb') as out:
                 shutil.copyfileobj(data, out, 1024 * 1024)
                 out.flush()
+                written = os.fstat(data.fileno())
+                os.utime(out.fileno(), ns=(written.st_atime_ns, written.st_mtime_ns))
                 os.fsync(out.fileno())
             try:
                 os.link(temporary, final)
@@ -218,11 +215,7 @@ class DiskImageStore:
 
 
 def _jpegs_in(directory: pathlib.Path) -> Iterator[StoredObject]:
-    try:
-        entries = list(os.scandir(directory))
-    except FileNotFoundError:
-        return
-    for entry in entries:
+    for entry in entries(directory):
         name = entry.name
         if name.endswith(_SUFFIX) and is_valid_id(name[: -len(_SUFFIX)]):
             with contextlib.suppress(FileNotFoundError):

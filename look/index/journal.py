@@ -11,7 +11,9 @@ Adding an image appends one fsync'd line, so it costs the same at 50 000
 images as at none, and a crash can at worst leave a half-written last line,
 which the next writer or start-up cuts off. Each process keeps an in-memory
 view and reads only the bytes appended since its last look, so a change made
-by one worker is seen by all the others on their next request.
+by one worker is seen by all the others on their next request. Each view
+holds the journal it read open: while it does, no other file can take that
+journal's inode number, so a journal replaced on disk is always told apart.
 
 A line that fails its checksum or cannot be read is never applied and never
 silently dropped: it is logged and listed by ``problems()``, and the image
@@ -30,10 +32,12 @@ import os
 import pathlib
 import secrets
 import threading
+import weakref
 import zlib
 from collections.abc import Iterator
 
 from look.errors import ImageExists, ImageNotFound, StorageError, refused_writes
+from look.files import fsync_directory
 from look.index import StoredImage, is_valid_id
 
 log = logging.getLogger(__name__)
@@ -100,14 +104,6 @@ def _image_of(record: dict[str, object]) -> StoredImage:
     )
 
 
-def _fsync_directory(path: pathlib.Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class JournalIndex:
     """The index in ``root/index.jsonl``: add, get, page, delete."""
 
@@ -128,7 +124,13 @@ class JournalIndex:
         self._seq: dict[str, int] = {}
         self._offset = 0  # bytes of the journal already applied to the view
         self._line_number = 0  # complete lines applied, for damage reports
-        self._inode: int | None = None
+        # NOTE: the journal the view is of, as (device, inode), and a descriptor
+        #   of it held open: a journal removed and written again could
+        #   otherwise get the freed inode number back, and pass for the old
+        #   one cut short, or grown.
+        self._file_key: tuple[int, int] | None = None
+        self._fd: int | None = None
+        self._closer: weakref.finalize[[int], None] | None = None
         self._problems: list[str] = []
         self._problem_count = 0
         self._holder = threading.local()  # whether this thread holds the writers' lock
@@ -158,7 +160,10 @@ class JournalIndex:
             self._refresh()
 
     def close(self) -> None:
-        """Nothing stays open between calls."""
+        """Let go of the journal; a later call reads it afresh."""
+        with self._view_lock:
+            self._let_go()
+            self._file_key = None
 
     # -- reading ----------------------------------------------------------
 
@@ -243,37 +248,76 @@ class JournalIndex:
     def _refresh(self) -> None:
         """Apply whatever other processes have appended to the journal since last time."""
         try:
-            stat = os.stat(self.path)
+            stat: os.stat_result | None = os.stat(self.path)
         except FileNotFoundError:
-            self._rebuild_if_lost()
-            return
+            stat = None
+        lost = stat is None
         with self._view_lock:
-            if stat.st_ino != self._inode:
-                self._reset_view(stat.st_ino)
-            if stat.st_size == self._offset:
-                return
-            if stat.st_size < self._offset:
-                lost = True
-            else:
-                lost = False
-                with open(self.path, 'rb') as journal:
-                    journal.seek(self._offset)
-                    data = journal.read(stat.st_size - self._offset)
-                complete = data.rfind(b'\n') + 1  # a line still being written waits
-                for line in data[:complete].splitlines():
-                    self._apply(line)
-                self._offset += complete
+            if stat is not None and (stat.st_dev, stat.st_ino) != self._file_key:
+                stat = self._follow()  # replaced: start again on the new one
+                lost = stat is None
+            if stat is not None and stat.st_size != self._offset:
+                lost = stat.st_size < self._offset
+                if not lost:
+                    self._apply_up_to(stat.st_size)
         if lost:
             self._rebuild_if_lost()
 
-    def _reset_view(self, inode: int) -> None:
+    def _apply_up_to(self, size: int) -> None:
+        """Apply the complete lines between the offset and ``size``; the view lock is held."""
+        data = self._read(size)
+        complete = data.rfind(b'\n') + 1  # a line still being written waits
+        for line in data[:complete].splitlines():
+            self._apply(line)
+        self._offset += complete
+
+    def _read_rest(self) -> None:
+        """Apply what the journal this view holds open has beyond the offset (if anything)."""
+        if self._fd is not None:
+            size = os.fstat(self._fd).st_size
+            if size > self._offset:
+                self._apply_up_to(size)
+
+    def _follow(self) -> os.stat_result | None:
+        """Start the view afresh on the journal now at ``path`` (None if there is none)."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return None
+        self._let_go()
+        self._fd = fd
+        self._closer = weakref.finalize(self, os.close, fd)
+        stat = os.fstat(fd)
+        self._reset_view((stat.st_dev, stat.st_ino))
+        return stat
+
+    def _let_go(self) -> None:
+        if self._closer is not None:
+            self._closer()  # closes the descriptor, once
+        self._closer = None
+        self._fd = None
+
+    def _read(self, size: int) -> bytes:
+        """Read the journal the view is of from the offset up to ``size``."""
+        assert self._fd is not None
+        chunks = []
+        offset = self._offset
+        while offset < size:
+            chunk = os.pread(self._fd, size - offset, offset)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            offset += len(chunk)
+        return b''.join(chunks)
+
+    def _reset_view(self, file_key: tuple[int, int]) -> None:
         self._images.clear()
         self._order.clear()
         self._order_seq.clear()
         self._seq.clear()
         self._offset = 0
         self._line_number = 0
-        self._inode = inode
+        self._file_key = file_key
         self._problems.clear()
         self._problem_count = 0
 
@@ -332,17 +376,20 @@ class JournalIndex:
     # -- writing ----------------------------------------------------------
 
     def add(self, image: StoredImage) -> None:
-        """Append the line that adds ``image`` and make it durable.
+        """Append the line that adds ``image`` and make it durable (ImageNotFound for a bad id).
 
         If the line cannot be made durable it is taken back (see
         ``_append``); if even that fails, the image stays listed, and the
         caller can tell by ``get``.
         """
+        if not is_valid_id(image.id):
+            raise ImageNotFound(f'No image can have the id {image.id!r}.')
         with self._exclusive():
             self._refresh()
             if image.id in self._images:
                 raise ImageExists(f'An image with the id {image.id} already exists.')
             self._append(_added(image), undo=_deleted(image.id))
+            self._catch_up()
 
     def delete(self, image_id: str) -> StoredImage:
         """Append the line that deletes ``image_id``; return the image it deleted."""
@@ -354,6 +401,7 @@ class JournalIndex:
             if image is None:
                 raise ImageNotFound(f'No image has the id {image_id}.')
             self._append(_deleted(image_id), undo=_added(image))
+            self._catch_up()
             return image
 
     def rewrite(self) -> None:
@@ -367,6 +415,11 @@ class JournalIndex:
             self._refresh()
             self._write_view()
 
+    def _catch_up(self) -> None:
+        """Apply this worker's own durable line now, so its view (and a rebuild from it) has it."""
+        with contextlib.suppress(OSError):
+            self._refresh()
+
     @contextlib.contextmanager
     def writes_paused(self) -> Iterator[None]:
         """Hold the writers' lock for the block, so no image is committed meanwhile."""
@@ -377,10 +430,12 @@ class JournalIndex:
         """Write the journal again from this view if it was removed or cut short.
 
         look itself never removes or shortens a complete journal: someone
-        else did. This worker's view holds everything up to its last read;
-        anything other workers appended after that is missing from the new
-        journal, and their files are quarantined at the next start-up, where
-        ``check --repair`` restores them.
+        else did. A removed journal is still there for the descriptor this
+        view holds, so the view first reads what other workers appended
+        since its last look. Of a journal cut short, the view has what it
+        read; lines it had not read yet are gone, and the files they listed
+        are quarantined at the next start-up, where ``check --repair``
+        restores them.
         """
         if self.read_only:
             return
@@ -391,9 +446,12 @@ class JournalIndex:
                 reason = 'was removed'
             else:
                 with self._view_lock:
-                    if stat.st_ino != self._inode or stat.st_size >= self._offset:
+                    replaced = (stat.st_dev, stat.st_ino) != self._file_key
+                    if replaced or stat.st_size >= self._offset:
                         return  # another worker has written it again already
                 reason = 'was cut short'
+            with self._view_lock:
+                self._read_rest()
             log.error(
                 "the index %s %s while look ran; writing it again from this worker's view "
                 '(%d images)',
@@ -419,7 +477,7 @@ class JournalIndex:
                 os.fsync(journal.fileno())
             with refused_writes():
                 os.replace(temporary, self.path)
-                _fsync_directory(self.root)
+                fsync_directory(self.root)
         finally:
             with contextlib.suppress(FileNotFoundError):
                 temporary.unlink()

@@ -1,0 +1,323 @@
+"""Cheap checks of an upload's container, before Pillow decodes a pixel of it.
+
+What an image costs to decode follows more than its pixel count: libjpeg
+passes over every block once per progressive scan, Pillow walks PNG chunks,
+GIF blocks and TIFF tags in Python, and a few bytes of WebP can stand for
+a hundred million pixels. These functions read headers, marker segments
+and chunk tables (never pixels) and refuse what no real encoder writes.
+They run in the pool process, on the upload's file; what they cannot parse
+they leave to Pillow, which answers a broken file with its own error.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import struct
+from collections.abc import Callable
+
+from look.errors import ImageTooComplex, ImageTooLarge
+
+# -- what real encoders write --------------------------------------------------
+
+# NOTE: libjpeg-turbo and mozjpeg write 10 progressive scans for colour and
+#   6 for grey; libjpeg's script for CMYK has 18, the most of any encoder we
+#   know (jpegtran and jpegrescan choose among the same kinds of scan). Each
+#   scan is a pass over all of its blocks even when it codes nothing: an
+#   empty refinement scan of 10000x10000 took 70 ms here, so 600 of them
+#   held a process for 40 s. 32 such scans of 8192x8192 take 2 s of CPU,
+#   a real 10-scan JPEG of that size 0.8 s.
+JPEG_MAX_SCANS = 32
+# Marker segments (APPn, COM, DQT, DHT...): Pillow parses those before the
+# first scan in Python, ~4 us each. Real files have a dozen to a few dozen;
+# an ICC profile is split into at most 255 APP2 segments.
+JPEG_MAX_SEGMENTS = 1024
+# Chunks Pillow reads in Python, 3-6 us each: libpng writes 8 KiB IDATs, so
+# a 32 MiB PNG has 4096 of them.
+PNG_MAX_CHUNKS = 16_384
+# Extension blocks and their sub-blocks before the first image, read by
+# Pillow in Python at ~1 us each: comments, looping, frame timing, and XMP,
+# whose bytes read as sub-blocks of ~80 each (Photoshop's XMP can run to a
+# megabyte: ~12 000 of them).
+GIF_MAX_BLOCKS = 65_536
+# Top-level chunks, one per frame of an animation: 16 384 frames are nine
+# minutes at 30 frames a second.
+WEBP_MAX_CHUNKS = 16_384
+# Tags of the first directory, parsed one by one in Python: cameras and
+# scanners write up to ~100.
+TIFF_MAX_TAGS = 1024
+# Strips or tiles of the first page: Pillow makes a tile of each strip of an
+# uncompressed TIFF (~6 us each). One strip a row of the tallest JPEG side.
+TIFF_MAX_STRIPS = 65_536
+
+# Up to this many pixels, an upload may be as small as it likes.
+# NOTE: the costliest such image measured, a blank 2048x2048 lossless WebP
+#   of 38 bytes, converts in ~70 ms of CPU, as a 4000x3000 JPEG photo does.
+PIXELS_PER_BYTE_FLOOR = 2048 * 2048
+# NOTE: the most pixels a byte of upload carries in each format (measured
+#   on generated 4000x3000 images):
+#   - JPEG: one 8x8 block a bit, in a progressive DC scan of one-bit codes
+#     with every AC band an end-of-band run; Pillow's blank progressive JPEG
+#     has 170, its blank baseline 64, photos 5-60.
+#   - PNG and TIFF: deflate codes at most 258 bytes in two bits (1032:1),
+#     at eight 1-bit pixels a byte; a blank 1-bit PNG has 7737. CCITT G4 or
+#     zstd go beyond it for blank pages only (G4: 9449).
+#   - GIF: an LZW code of 12 bits stands for at most 4091 pixels (a
+#     two-colour table never cleared); Pillow's blank GIF has 1237.
+#   - BMP: 1-bit rows, uncompressed (RLE is bounded on its own, below).
+#   - WebP: lossless has no ceiling (a blank canvas of any size is ~40
+#     bytes), so it gets PNG's, which no PNG can pass: what is refused here
+#     can be sent as PNG. Charts, slides and screenshots reached 150-1100,
+#     flat bars without text 5900, blank lossy 560; tiled noise that turns
+#     6 KB into a 54 MB JPEG has 10 840.
+MAX_PIXELS_PER_BYTE = {
+    'JPEG': 64 * 8,
+    'MPO': 64 * 8,
+    'PNG': 1032 * 8,
+    'TIFF': 1032 * 8,
+    'WEBP': 1032 * 8,
+    'GIF': 4091 * 8 // 12,
+    'BMP': 8,
+}
+# Pillow's format names, as a person writes them.
+_FORMAT_NAMES = {'MPO': 'JPEG', 'WEBP': 'WebP'}
+# NOTE: Pillow decodes RLE BMPs in Python, at up to 140 ns a pixel (ten
+#   times a JPEG): its end-of-line padding goes a byte at a time.
+RLE_BMP_MAX_PIXELS = PIXELS_PER_BYTE_FLOOR
+
+
+def check_pixels_per_byte(image_format: str, size: tuple[int, int], file_size: int) -> None:
+    """Refuse an image with more pixels than its upload's bytes can hold in its format."""
+    width, height = size
+    pixels = width * height
+    ceiling = MAX_PIXELS_PER_BYTE.get(image_format)
+    if pixels <= PIXELS_PER_BYTE_FLOOR or ceiling is None or pixels <= ceiling * file_size:
+        return
+    name = _FORMAT_NAMES.get(image_format, image_format)
+    raise ImageTooLarge(
+        f'The image is {width}x{height} ({pixels} pixels) in only {file_size} bytes; '
+        f'a {name} of more than {PIXELS_PER_BYTE_FLOOR} pixels may have at most '
+        f'{ceiling} pixels per byte.'
+    )
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image of more than ``max_pixels`` pixels."""
+    if width * height > max_pixels:
+        raise ImageTooLarge(
+            f'The image is {width}x{height} ({width * height} pixels); '
+            f'the limit is {max_pixels} pixels.'
+        )
+
+
+def check_container(path: str, max_pixels: int) -> None:
+    """Refuse the upload at ``path`` if its container is built as no real encoder builds it."""
+    with open(path, 'rb') as file:
+        if os.fstat(file.fileno()).st_size < 16:
+            return
+        # PERF: mapped, so a walk past the pixel data reads only the pages of
+        #   the headers it lands on, and a JPEG's scans are searched in C.
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            check = _checker(view[:16])
+            if check is not None:
+                try:
+                    check(view, max_pixels)
+                except (IndexError, struct.error):
+                    return  # cut off mid-structure: Pillow says how it is broken
+
+
+Checker = Callable[[mmap.mmap, int], None]
+
+
+def _checker(head: bytes) -> Checker | None:
+    """Return the check for the format ``head`` names, as Pillow would identify it."""
+    if head.startswith(b'\xff\xd8\xff'):
+        return _check_jpeg
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):
+        return _check_png
+    if head.startswith((b'GIF87a', b'GIF89a')):
+        return _check_gif
+    if head.startswith(b'BM'):
+        return _check_bmp
+    if head.startswith((b'MM\x00*', b'II*\x00', b'MM*\x00', b'II\x00*', b'MM\x00+', b'II+\x00')):
+        return _check_tiff
+    if head.startswith(b'RIFF') and head[8:12] == b'WEBP':
+        return _check_webp
+    return None
+
+
+# -- JPEG ----------------------------------------------------------------------
+
+# A marker: 0xFF then a code that is not stuffing (00), a restart (D0-D7)
+# or fill (FF). Past a scan, the first match is where its data ends.
+_MARKER = re.compile(rb'\xff[\x01-\xcf\xd8-\xfe]')
+_SOS, _EOI, _TEM, _SOI = 0xDA, 0xD9, 0x01, 0xD8
+# Start-of-frame markers (not DHT C4, JPG C8 or DAC CC), and the progressive ones.
+_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_PROGRESSIVE_FRAMES = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+
+
+def _check_jpeg(view: mmap.mmap, max_pixels: int) -> None:
+    segments = scans = 0
+    progressive = False
+    position = 2
+    while match := _MARKER.search(view, position):
+        position = match.start()
+        marker = view[position + 1]
+        if marker == _EOI:
+            return
+        if marker in (_TEM, _SOI):  # no length follows
+            position += 2
+            continue
+        segments += 1
+        if segments > JPEG_MAX_SEGMENTS:
+            raise ImageTooComplex(
+                f'The JPEG has more than {JPEG_MAX_SEGMENTS} marker segments; '
+                'real ones have a few dozen.'
+            )
+        if marker in _FRAMES:
+            progressive = marker in _PROGRESSIVE_FRAMES
+        position += 2 + int.from_bytes(view[position + 2 : position + 4], 'big')
+        if marker == _SOS:
+            # NOTE: in a sequential JPEG each scan brings new components, and
+            #   libjpeg refuses a second scan of one at once: only progressive
+            #   scans can repeat. The search below is ~1 ns a byte.
+            if not progressive:
+                return
+            scans += 1
+            if scans > JPEG_MAX_SCANS:
+                raise ImageTooComplex(
+                    f'The JPEG has more than {JPEG_MAX_SCANS} progressive scans; '
+                    'encoders write at most 18. Save it again as a baseline JPEG.'
+                )
+
+
+# -- PNG -----------------------------------------------------------------------
+
+
+def _check_png(view: mmap.mmap, max_pixels: int) -> None:
+    chunks = 0
+    image_data = False
+    position = 8
+    while position + 8 <= len(view):
+        length, kind = struct.unpack_from('>I4s', view, position)
+        chunks += 1
+        if chunks > PNG_MAX_CHUNKS:
+            raise ImageTooComplex(
+                f'The PNG has more than {PNG_MAX_CHUNKS} chunks before its first frame ends.'
+            )
+        if kind == b'IEND':
+            return
+        if kind == b'IDAT':
+            image_data = True
+        elif kind == b'fcTL' and image_data:
+            return  # the next frame of an APNG: only the first is decoded
+        position += 12 + length
+
+
+# -- GIF -----------------------------------------------------------------------
+
+
+def _check_gif(view: mmap.mmap, max_pixels: int) -> None:
+    flags = view[10]
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the palette
+    blocks = 0
+    # Extensions, up to the first image descriptor: only the first frame is decoded.
+    while view[position] == 0x21:
+        position += 2  # introducer, label
+        while True:
+            blocks += 1
+            if blocks > GIF_MAX_BLOCKS:
+                raise ImageTooComplex(
+                    f'The GIF has more than {GIF_MAX_BLOCKS} blocks before its first image.'
+                )
+            length = view[position]
+            position += 1 + length
+            if not length:
+                break
+
+
+# -- BMP -----------------------------------------------------------------------
+
+_RLE8, _RLE4 = 1, 2
+
+
+def _check_bmp(view: mmap.mmap, max_pixels: int) -> None:
+    (header_size,) = struct.unpack_from('<I', view, 14)
+    if header_size < 40:
+        return  # the OS/2 header has no compression
+    width, height, _planes, _bits, compression = struct.unpack_from('<iiHHI', view, 18)
+    pixels = abs(width) * abs(height)
+    if compression in (_RLE8, _RLE4) and pixels > RLE_BMP_MAX_PIXELS:
+        raise ImageTooLarge(
+            f'The BMP is RLE-compressed and {abs(width)}x{abs(height)} ({pixels} pixels); '
+            f'RLE BMPs may have at most {RLE_BMP_MAX_PIXELS} pixels. Send it as PNG.'
+        )
+
+
+# -- TIFF ----------------------------------------------------------------------
+
+# StripOffsets, StripByteCounts, TileOffsets, TileByteCounts: one value a strip or tile.
+_STRIP_TAGS = frozenset({273, 279, 324, 325})
+
+
+def _check_tiff(view: mmap.mmap, max_pixels: int) -> None:
+    order = '<' if view[:2] == b'II' else '>'
+    # As Pillow reads it: the third byte says BigTIFF (64-bit offsets and counts).
+    if view[2] == 43:
+        (directory,) = struct.unpack_from(order + 'Q', view, 8)
+        count_format, entry_format, entry_size = 'Q', 'HHQ', 20
+    else:
+        (directory,) = struct.unpack_from(order + 'I', view, 4)
+        count_format, entry_format, entry_size = 'H', 'HHI', 12
+    (tags,) = struct.unpack_from(order + count_format, view, directory)
+    if tags > TIFF_MAX_TAGS:
+        raise ImageTooComplex(f'The TIFF has more than {TIFF_MAX_TAGS} tags in its first page.')
+    first = directory + struct.calcsize(count_format)
+    for entry in range(first, first + tags * entry_size, entry_size):
+        tag, _type, count = struct.unpack_from(order + entry_format, view, entry)
+        if tag in _STRIP_TAGS and count > TIFF_MAX_STRIPS:
+            raise ImageTooComplex(
+                f'The TIFF has more than {TIFF_MAX_STRIPS} strips or tiles in its first page.'
+            )
+
+
+# -- WebP ----------------------------------------------------------------------
+
+
+def _check_webp(view: mmap.mmap, max_pixels: int) -> None:
+    chunks = 0
+    position = 12
+    while position + 8 <= len(view):
+        kind, length = struct.unpack_from('<4sI', view, position)
+        chunks += 1
+        if chunks > WEBP_MAX_CHUNKS:
+            raise ImageTooComplex(f'The WebP has more than {WEBP_MAX_CHUNKS} chunks.')
+        body = position + 8
+        size = _webp_size(view, kind, body)
+        if size is not None:
+            # NOTE: before libwebp sees it: it maps two canvases at once.
+            check_pixel_count(*size, max_pixels)
+        position = body + length + (length & 1)
+
+
+def _webp_size(view: mmap.mmap, kind: bytes, body: int) -> tuple[int, int] | None:
+    """Return the canvas, frame or bitstream size a chunk declares, if it declares one."""
+    if kind == b'VP8X':  # the canvas: 24 bits each, minus one
+        return (
+            1 + int.from_bytes(view[body + 4 : body + 7], 'little'),
+            1 + int.from_bytes(view[body + 7 : body + 10], 'little'),
+        )
+    if kind == b'ANMF':  # a frame: x and y offsets, then the size
+        return (
+            1 + int.from_bytes(view[body + 6 : body + 9], 'little'),
+            1 + int.from_bytes(view[body + 9 : body + 12], 'little'),
+        )
+    if kind == b'VP8L' and view[body] == 0x2F:  # lossless: 14 bits each, minus one
+        (bits,) = struct.unpack_from('<I', view, body + 1)
+        return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+    if kind == b'VP8 ':  # lossy: after the frame tag and start code, 14 bits each
+        width, height = struct.unpack_from('<HH', view, body + 6)
+        return width & 0x3FFF, height & 0x3FFF
+    return None

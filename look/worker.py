@@ -1,0 +1,286 @@
+"""A gthread worker that gives a connection a thread only once its request head has arrived.
+
+gunicorn's gthread worker hands every new or woken connection to a thread,
+which reads the request head from a blocking socket: a client that sends its
+head a byte at a time holds that thread for as long as it likes, and one that
+connects and sends nothing holds it for seconds. Here the main loop reads the
+head instead, without blocking, and a connection gets a thread only when its
+head is whole. The head has one deadline for all of its bytes.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import errno
+import math
+import selectors
+import time
+from functools import partial
+from typing import Any
+
+from gunicorn.config import Config
+from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
+
+# NOTE: gunicorn reads a request 8 KiB at a time too (SocketUnreader).
+HEAD_READ_SIZE = 8192
+END_OF_HEAD = b'\r\n\r\n'
+# NOTE: gunicorn's fast parser takes 1 MiB for an unlimited request line.
+UNLIMITED_REQUEST_LINE = 1024 * 1024
+
+_TIMEOUT_BODY = (
+    b'{"title": "Request timeout", "description": "The request line and headers did not'
+    b' arrive in time; send them at once."}'
+)
+TIMEOUT_RESPONSE = b''.join(
+    (
+        b'HTTP/1.1 408 Request Timeout\r\n',
+        b'Content-Type: application/json\r\n',
+        b'Cache-Control: no-store\r\n',
+        b'Connection: close\r\n',
+        b'Content-Length: %d\r\n\r\n' % len(_TIMEOUT_BODY),
+        _TIMEOUT_BODY,
+    )
+)
+
+
+def reads_heads(cfg: Config) -> bool:
+    """Whether the main loop can read heads under ``cfg``: plain HTTP/1, nothing before it."""
+    return (
+        not cfg.is_ssl
+        and cfg.http2_cleartext == 'off'
+        and cfg.protocol == 'http'
+        and cfg.proxy_protocol == 'off'
+    )
+
+
+def request_line_limit(cfg: Config) -> int:
+    """Return the longest request line gunicorn accepts under ``cfg``; 0 for no limit."""
+    # NOTE: as gunicorn.http.message.Request reads limit_request_line.
+    limit = cfg.limit_request_line
+    if limit < 0 or limit > MAX_REQUEST_LINE:
+        return MAX_REQUEST_LINE
+    return limit
+
+
+def head_limit(cfg: Config) -> int:
+    """Return the most bytes a head that gunicorn accepts can have under ``cfg``."""
+    # NOTE: the bounds of gunicorn.http.message.Request, which answers a
+    #   longer head with 400 or 431 once it has read that much.
+    fields = cfg.limit_request_fields
+    if fields <= 0 or fields > MAX_HEADERS:
+        fields = MAX_HEADERS
+    field_size = cfg.limit_request_field_size
+    if field_size <= 0:
+        field_size = DEFAULT_MAX_HEADERFIELD_SIZE
+    # An empty line may come first (RFC 9112, section 2.2), then the request
+    # line and its CRLF, then the headers.
+    request_line = request_line_limit(cfg) or UNLIMITED_REQUEST_LINE
+    return 2 + request_line + 2 + fields * (field_size + 2) + 4
+
+
+def request_line_too_long(head: bytes | bytearray, limit: int) -> bool:
+    """Whether gunicorn would refuse the request line begun in ``head`` without reading more."""
+    start = 2 if head.startswith(b'\r\n') else 0
+    end = head.find(b'\r\n', start)
+    if end < 0:
+        return len(head) - start - 2 > limit > 0
+    return end - start > limit > 0
+
+
+class HeadConn(TConn):
+    """A connection, and what has arrived of its next request's head."""
+
+    def __init__(self, cfg: Config, sock: Any, client: Any, server: Any) -> None:
+        super().__init__(cfg, sock, client, server)
+        self.head: bytes | bytearray = b''
+        self.head_deadline = math.inf
+        self.head_whole = False
+
+    def init(self) -> None:
+        """Set the connection up for its thread and put the head read so far before the parser."""
+        super().init()
+        if self.head:
+            self.parser.unreader.unread(self.head)
+            self.head = b''
+        if not self.head_whole:
+            # NOTE: past gunicorn's limits, or with a bare LF: the parser
+            #   answers 400, 414 or 431, but may read once more first. The read
+            #   must not outlast the head's deadline.
+            self.sock.settimeout(max(self.head_deadline - time.monotonic(), 0.1))
+
+
+class HeadFirstWorker(ThreadWorker):
+    """gthread, but a request's head is read by the main loop, within a deadline, not by a thread.
+
+    A connection waits in the main loop's poller, costing no thread, until its
+    request line and headers have all arrived (``END_OF_HEAD``) or gunicorn's
+    limits on them are passed (``head_limit``; a thread then runs gunicorn's
+    parser, which answers 400, 414 or 431). The head must arrive within
+    ``header_timeout`` seconds of the connection, or of the first byte of a
+    kept-alive connection's next request, all bytes together; past it the
+    client gets a 408 and the connection is closed, or is just closed if it
+    sent nothing. Bytes read ahead after a response (pipelining) start the
+    next head. Keep-alive, ``worker_connections`` and graceful shutdown are
+    gthread's.
+
+    Only plain HTTP/1 is read this way. Under TLS, HTTP/2 (h2c), the PROXY
+    protocol or uWSGI (see ``reads_heads``) the worker is gthread as it is,
+    threads reading heads with no deadline, and says so at start.
+    """
+
+    #: Seconds a request head may take to arrive; gunicorn.conf.py sets it.
+    header_timeout = 10.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads_heads = reads_heads(self.cfg)
+        self.head_limit = head_limit(self.cfg)
+        self.line_limit = request_line_limit(self.cfg)
+        # Connections whose head is arriving, oldest deadline first.
+        self.heads: collections.OrderedDict[HeadConn, None] = collections.OrderedDict()
+        self.stopping_since: float | None = None
+
+    def init_process(self) -> None:
+        """Check the head deadline, then start as gthread does."""
+        if not 0 < self.header_timeout < math.inf:
+            raise ValueError(
+                f'header_timeout must be a number of seconds above 0, not {self.header_timeout!r}'
+            )
+        if not self.reads_heads:
+            self.log.warning(
+                'TLS, HTTP/2, PROXY protocol or uWSGI is configured: request heads are read'
+                " by threads with no deadline, as by gunicorn's gthread worker"
+            )
+        super().init_process()
+
+    def accept(self, listener: Any) -> None:
+        """Accept a connection and wait, in the poller, for its request head."""
+        if not self.reads_heads:
+            super().accept(listener)
+            return
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as ex:
+            if ex.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = HeadConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn.head_deadline = time.monotonic() + self.header_timeout
+        self.heads[conn] = None
+        self.poller.register(client_sock, selectors.EVENT_READ, partial(self.read_head, conn))
+
+    def on_client_socket_readable(self, conn: HeadConn, client: Any) -> None:
+        """Start reading a kept-alive connection's next request head; its deadline starts now."""
+        if not self.reads_heads:
+            super().on_client_socket_readable(conn, client)
+            return
+        self.keepalived_conns.remove(conn)
+        conn.head_deadline = time.monotonic() + self.header_timeout
+        if self.read_head(conn, client):
+            # The rest is still to come: wait for it where new connections wait.
+            self.heads[conn] = None
+            self.poller.modify(client, selectors.EVENT_READ, partial(self.read_head, conn))
+
+    def enqueue_req(self, conn: HeadConn) -> None:
+        """Give a connection its thread once its head is whole; bytes read ahead begin it."""
+        if not self.reads_heads:
+            super().enqueue_req(conn)
+            return
+        # NOTE: gthread calls this for a connection whose next request was
+        #   read ahead with the last one's body. Its head may not be whole.
+        conn.sock.setblocking(False)
+        conn.head_deadline = time.monotonic() + self.header_timeout
+        if self.add_to_head(conn, conn.parser.unreader.take_buffered()):
+            self.start_request(conn)
+        else:
+            self.heads[conn] = None
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.read_head, conn))
+
+    def read_head(self, conn: HeadConn, client: Any) -> bool:
+        """Read what has arrived of a head; return whether the connection waits for more."""
+        try:
+            data = conn.sock.recv(HEAD_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return True
+        except OSError:
+            data = b''  # reset by the client
+        if not data:
+            self.heads.pop(conn, None)
+            self.close_waiting(conn)
+            return False
+        if self.add_to_head(conn, data):
+            self.heads.pop(conn, None)
+            self.poller.unregister(client)
+            self.start_request(conn)
+            return False
+        return True
+
+    def add_to_head(self, conn: HeadConn, data: bytes) -> bool:
+        """Add ``data`` to the head; return whether a thread should now parse it."""
+        if not conn.head and END_OF_HEAD in data:
+            conn.head = data  # the usual case: a whole head in one read
+            conn.head_whole = True
+            return True
+        if not conn.head:
+            conn.head = bytearray()
+        old_size = len(conn.head)
+        conn.head += data
+        head = conn.head
+        if head.find(END_OF_HEAD, max(old_size - 3, 0)) >= 0:
+            conn.head_whole = True
+            return True
+        conn.head_whole = False
+        if len(head) > self.head_limit or request_line_too_long(head, self.line_limit):
+            return True
+        # NOTE: a line ending in a bare LF, which gunicorn refuses at once
+        #   (400) rather than wait for a head that would never end.
+        return head.count(b'\n', old_size) != head.count(b'\r\n', max(old_size - 1, 0))
+
+    def start_request(self, conn: HeadConn) -> None:
+        """Run the request whose head has arrived in a thread, as gthread runs any request."""
+        conn.data_ready = True  # so gthread's handle() does not wait for data again
+        super().enqueue_req(conn)
+
+    def murder_pending(self) -> None:
+        """Close connections whose head missed its deadline (408), as well as gthread's pending."""
+        super().murder_pending()
+        now = time.monotonic()
+        if self.alive:
+            while self.heads:
+                conn = next(iter(self.heads))
+                if conn.head_deadline > now:
+                    break
+                del self.heads[conn]
+                self.time_out(conn)
+            return
+        # NOTE: stopping, gthread keeps idle connections STOP_KEEPALIVE_LINGER
+        #   seconds for a request that may be on its way; a head that has begun
+        #   keeps its deadline and its request is served, with Connection: close.
+        if self.stopping_since is None:
+            self.stopping_since = now
+        linger_until = self.stopping_since + STOP_KEEPALIVE_LINGER
+        for conn in list(self.heads):
+            if conn.head_deadline <= now or (not conn.head and linger_until <= now):
+                del self.heads[conn]
+                self.time_out(conn)
+
+    def time_out(self, conn: HeadConn) -> None:
+        """Answer 408 to a head that has begun, and close the connection."""
+        if conn.head:
+            self.log.debug(
+                'Closing %s: its request head took over %gs', conn.client, self.header_timeout
+            )
+            # The client may be gone, or not reading: then closing is all there is.
+            with contextlib.suppress(OSError):
+                conn.sock.send(TIMEOUT_RESPONSE)
+        self.close_waiting(conn)
+
+    def close_waiting(self, conn: HeadConn) -> None:
+        """Close a connection that waits in the poller for its head."""
+        with contextlib.suppress(KeyError, ValueError):
+            self.poller.unregister(conn.sock)
+        self.nr_conns -= 1
+        conn.close()
