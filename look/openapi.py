@@ -41,7 +41,8 @@ def _retry_later(description: str) -> dict[str, Any]:
     }
 
 
-_BACKEND_DOWN = _retry_later('The index or the image store does not answer now; retry.')
+def _backend_down() -> dict[str, Any]:
+    return _retry_later('The index or the image store does not answer now; retry.')
 
 
 def _image_operation(
@@ -154,11 +155,11 @@ def openapi_document(
             },
             **_errors(400),
             **refused,
-            '503': _BACKEND_DOWN,
+            '503': _backend_down(),
         },
     }
     get_image = _image_operation(
-        'Download an image', [image_id], {**_errors(404), '503': _BACKEND_DOWN}
+        'Download an image', [image_id], {**_errors(404), '503': _backend_down()}
     )
     thumbnail_parameters = [
         image_id,
@@ -370,7 +371,7 @@ def openapi_document(
                         '204': {'description': 'Deleted.'},
                         **refused,
                         **_errors(403, 404, 507),
-                        '503': _BACKEND_DOWN,
+                        '503': _backend_down(),
                     },
                 },
             },
