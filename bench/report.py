@@ -149,10 +149,12 @@ def herd_row(
     *,
     target: float,
     note: str = '',
+    cpu: tuple[Sequence[float], Sequence[float]] = ((), ()),
 ) -> Row:
     """Compare wall times (seconds) of a herd and of one request for the same uncached answer.
 
     Passes when the herd takes ≤ target x one request and every herd made one render.
+    The CPU column is the server's whole CPU time for a herd and for one request.
     """
     herd_median, alone_median = statistics.median(herd), statistics.median(alone)
     ratio = herd_median / alone_median
@@ -162,6 +164,10 @@ def herd_row(
     rounds += f'renders per herd [{_rounds(renders, "d")}]'
     if note:
         rounds += f'; {note}'
+    cpu_text = '-'
+    if cpu[0] and cpu[1]:
+        herd_cpu, alone_cpu = statistics.median(cpu[0]) * 1e3, statistics.median(cpu[1]) * 1e3
+        cpu_text = f'{herd_cpu:.1f} / {alone_cpu:.1f} ms per herd / alone'
     return Row(
         work,
         f'{herd_median * 1e3:.1f} ms, {most} render{"s" if most != 1 else ""}',
@@ -170,6 +176,7 @@ def herd_row(
         f'≤ {target:g}x, 1 render',
         ratio <= target and all(count == 1 for count in renders),
         rounds,
+        cpu_text,
         value=ratio,
     )
 

@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench import fixtures, limits
 from bench.harness import GUNICORN_CONF, BenchError, Server, gunicorn, log
 from bench.load import Call, Rate, at_once, latencies, send, throughput
-from bench.procfs import PeakRss, status_kib
+from bench.procfs import CpuMeter, PeakRss, status_kib
 from bench.report import (
     Row,
     herd_row,
@@ -355,7 +355,7 @@ def uncached(ctx: Context) -> list[Row]:
     The same rounds measure a third side: the bare app doing the same render
     or conversion in its own pool under the same gunicorn. Its reference row
     shows how much of the gap to Pillow alone is HTTP itself, and meets the
-    row when look is within ``report.BARE_FLOOR`` of it.
+    row when look answers at least ``report.BARE_FLOOR`` times its rate.
     """
     s = ctx.settings
     rows: list[Row] = []
@@ -530,6 +530,7 @@ def herd(ctx: Context) -> list[Row]:
     width, height = size
     body = ctx.files[f'{source}-0'].read_bytes()
     renders: list[int] = []
+    cpu: dict[int, list[float]] = {HERD_SIZE: [], 1: []}
     env = ctx.look_env(ctx.main_storage, cache=True)
     with gunicorn('look-herd', LOOK_APP, ctx.workdir, env) as server:
 
@@ -540,12 +541,14 @@ def herd(ctx: Context) -> list[Row]:
             ).json()
             call = Call('GET', f'/thumbnails/{image["id"]}/{width}x{height}.{format}')
             before = _renders(server, format)
-            seconds = at_once(server.port, call, count)
+            with CpuMeter() as meter:
+                seconds = at_once(server.port, call, count)
             made = round(_renders(server, format) - before)
             if count == 1 and made != 1:
                 raise BenchError(f'one request alone for {call.path} made {made} renders')
             if count > 1:
                 renders.append(made)
+            cpu[count].append(meter.services)
             return seconds
 
         work = (
@@ -555,6 +558,8 @@ def herd(ctx: Context) -> list[Row]:
         wall(1)  # warm-up: the pool's first encode, the first threads
         wall(HERD_SIZE)
         renders.clear()
+        for values in cpu.values():
+            values.clear()
         rounds = interleave(
             [
                 ('herd', functools.partial(wall, HERD_SIZE), NONE),
@@ -571,6 +576,7 @@ def herd(ctx: Context) -> list[Row]:
         renders,
         target=1.25,
         note=rounds.noise(),
+        cpu=(cpu[HERD_SIZE], cpu[1]),
     )
     log(f'  {row.look} vs {row.limit}: {row.ratio}')
     return [row]
