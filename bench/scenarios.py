@@ -71,7 +71,9 @@ def _env_number(name: str, default: float) -> float:
 class Settings:
     """Knobs, from BENCH_* environment variables, for quick runs while developing."""
 
-    seconds: float = 2.0
+    # NOTE: 1.5 s rounds hold about 80 WebP 960x540 renders on two cores, and keep
+    #   the run, three sides for each render and upload, within ten minutes.
+    seconds: float = 1.5
     warmup: float = 0.5
     rounds: int = 5
     concurrency: int = 8
@@ -151,8 +153,8 @@ class Context:
     workdir: pathlib.Path
     redis_url: str
     notes: list[str] = dataclasses.field(default_factory=list)
-    # NOTE: the run takes about eight minutes; measuring noisy rounds again
-    #   may add this much, so that it stays under ten on a busy machine.
+    # NOTE: the run takes about seven and a half minutes; measuring noisy
+    #   rounds again may add this much, so that it stays under ten.
     retries: RetryBudget = dataclasses.field(default_factory=lambda: RetryBudget(45.0))
     files: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)
     seeds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
