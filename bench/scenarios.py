@@ -153,8 +153,8 @@ class Context:
     workdir: pathlib.Path
     redis_url: str
     notes: list[str] = dataclasses.field(default_factory=list)
-    # NOTE: the run takes about seven and a half minutes; measuring noisy
-    #   rounds again may add this much, so that it stays under ten.
+    # NOTE: the run takes about seven minutes; measuring noisy rounds again
+    #   may add this much, so that it stays under ten.
     retries: RetryBudget = dataclasses.field(default_factory=lambda: RetryBudget(45.0))
     files: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)
     seeds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
