@@ -5,12 +5,13 @@ Started under the same ``gunicorn -c gunicorn.conf.py`` as look, as
 look adds (no middleware, no store, no index):
 
 - ``GET /cached/{key}``: one Redis GET of ``BENCH_BARE_KEY_PREFIX + key``,
-  answered as the bytes stored there;
+  answered as the bytes stored there, typed by the key's extension;
 - ``GET /files/{name}``: the file ``BENCH_BARE_FILES/name``, streamed the way
   Falcon streams any file (``wsgi.file_wrapper``, so gunicorn's sendfile);
-- ``GET /rendered/{name}/{width}x{height}``: the Pillow limit's render of the
-  file ``BENCH_BARE_FILES/name``, in this worker's own pool as look renders in
-  its own: what any app under this gunicorn pays for an uncached thumbnail;
+- ``GET /rendered/{name}/{width}x{height}.{format}``: the Pillow limit's render
+  of the file ``BENCH_BARE_FILES/name`` as JPEG, WebP or AVIF, in this worker's
+  own pool as look renders in its own: what any app under this gunicorn pays
+  for an uncached thumbnail;
 - ``POST /converted``: the body written to a new file in ``BENCH_BARE_UPLOADS``
   and turned into a JPEG there by the Pillow limit's conversion, in the same
   pool, then fsync'd: what any app under this gunicorn pays to take an
@@ -34,6 +35,7 @@ import redis
 
 from bench import limits
 from look.config import Config
+from look.renditions import FORMAT_MEDIA_TYPES
 from look.uploads import CHUNK_SIZE
 
 _NAME = re.compile(r'[0-9A-Za-z][0-9A-Za-z_.-]*\Z')
@@ -50,7 +52,7 @@ class CachedBytes:
         data = self._client.get(self._key_prefix + key)
         if data is None:
             raise falcon.HTTPNotFound()
-        resp.content_type = 'image/jpeg'
+        resp.content_type = _media_type(key)
         resp.data = data
 
 
@@ -95,12 +97,20 @@ class Rendered:
         self._pool = pool
 
     def on_get(
-        self, req: falcon.Request, resp: falcon.Response, name: str, width: int, height: int
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        name: str,
+        width: int,
+        height: int,
+        format: str,
     ) -> None:
-        if not _NAME.match(name):
+        if not _NAME.match(name) or format not in FORMAT_MEDIA_TYPES:
             raise falcon.HTTPNotFound()
-        resp.content_type = 'image/jpeg'
-        resp.data = self._pool.run(limits.render, str(self._directory / name), (width, height))
+        resp.content_type = FORMAT_MEDIA_TYPES[format]
+        resp.data = self._pool.run(
+            limits.render, str(self._directory / name), (width, height), format
+        )
 
 
 class Converted:
@@ -121,6 +131,10 @@ class Converted:
         resp.media = {'size': [width, height]}
 
 
+def _media_type(name: str) -> str:
+    return FORMAT_MEDIA_TYPES.get(name.rpartition('.')[2], 'application/octet-stream')
+
+
 def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
     """Create the bare app from ``BENCH_BARE_REDIS_URL``, ``_KEY_PREFIX`` and ``_FILES``."""
     environ = os.environ if environ is None else environ
@@ -136,7 +150,8 @@ def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
     if files:
         app.add_route('/files/{name}', Files(pathlib.Path(files)))
         app.add_route(
-            '/rendered/{name}/{width:int}x{height:int}', Rendered(pathlib.Path(files), pool)
+            '/rendered/{name}/{width:int}x{height:int}.{format}',
+            Rendered(pathlib.Path(files), pool),
         )
     uploads = environ.get('BENCH_BARE_UPLOADS')
     if uploads:

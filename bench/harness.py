@@ -15,7 +15,6 @@ import http.client
 import os
 import pathlib
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,7 @@ import time
 from collections.abc import Iterator, Mapping
 
 from bench.procfs import OURS, children, cpu_seconds
+from tests.servers import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # NOTE: the venv's own scripts, as `make run` starts them; not resolved, so a
@@ -39,13 +39,6 @@ class BenchError(RuntimeError):
 def log(message: str) -> None:
     """Print progress to stderr, so stdout keeps only the table."""
     print(f'[bench {time.monotonic() - _STARTED:5.0f}s] {message}', file=sys.stderr, flush=True)
-
-
-def free_port() -> int:
-    """Return a loopback port that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(('127.0.0.1', 0))
-        return int(probe.getsockname()[1])
 
 
 def _stop_group(process: subprocess.Popen[bytes], stop_signal: int, timeout: float) -> None:

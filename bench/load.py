@@ -268,6 +268,49 @@ def throughput(
     return Rate(total / elapsed, total, cpu, dealt, reopened)
 
 
+def at_once(port: int, call: Call, count: int) -> float:
+    """Send ``call`` on ``count`` connections at once; return seconds until the last answer.
+
+    The connections are open before the clock starts, so the time is the
+    requests' own, from the moment they are let go together.
+    """
+    connections: list[_Connection] = []
+    try:
+        for _ in range(count):
+            connections.append(_Connection(port))
+        request = call.encode(port)
+        started: list[float] = []
+        go = threading.Barrier(count + 1, action=lambda: started.append(time.perf_counter()))
+        statuses = [0] * count
+        finished = [0.0] * count
+        errors: list[BaseException] = []
+
+        def ask(n: int) -> None:
+            try:
+                go.wait()
+                statuses[n] = connections[n].exchange(request)[0]
+                finished[n] = time.perf_counter()
+            except BaseException as ex:
+                errors.append(ex)
+                go.abort()
+
+        threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in range(count)]
+        for thread in threads:
+            thread.start()
+        with contextlib.suppress(threading.BrokenBarrierError):  # a thread failed; see below
+            go.wait()
+        for thread in threads:
+            thread.join()
+    finally:
+        for connection in connections:
+            connection.close()
+    if errors:
+        raise BenchError(f'{call.method} {call.path} failed: {errors[0]!r}') from errors[0]
+    for status in statuses:
+        _check(call, status)
+    return max(finished) - started[0]
+
+
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
+import functools
 import os
 import pathlib
 import random
@@ -14,13 +16,21 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench import fixtures, limits
 from bench.harness import GUNICORN_CONF, BenchError, Server, gunicorn, log
-from bench.load import Call, Rate, latencies, send, throughput
-from bench.procfs import PeakRss, status_kib
-from bench.report import Row, memory_row, slowdown_row, throughput_row
-from bench.rounds import BENCH, SERVICES, interleave
+from bench.load import Call, Rate, at_once, latencies, send, throughput
+from bench.procfs import CpuMeter, PeakRss, status_kib
+from bench.report import (
+    Row,
+    herd_row,
+    memory_row,
+    settle,
+    slowdown_row,
+    throughput_row,
+)
+from bench.rounds import BENCH, NONE, SERVICES, RetryBudget, Rounds, interleave
 
 MiB = 1024 * 1024
 LOOK_APP = 'look.wsgi:app'
@@ -30,14 +40,26 @@ SEED_COUNT = 4  # distinct stored images per source size, cycled by the load
 #   decoder's 1/2 scale rounds up (961x541 for a 960x540).
 SOURCES = {'1920x1080': (1920, 1080), '1921x1081': (1921, 1081), '4000x3000': (4000, 3000)}
 DOWNLOADS = ['1920x1080', '4000x3000']
+FORMAT_NAMES = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF'}
+# (source, thumbnail size, format)
 UNCACHED = [
-    ('1920x1080', (960, 540)),
-    ('1921x1081', (960, 540)),
-    ('1920x1080', (240, 135)),
-    ('4000x3000', (500, 375)),
+    ('1920x1080', (960, 540), 'jpeg'),
+    ('1921x1081', (960, 540), 'jpeg'),
+    ('1920x1080', (240, 135), 'jpeg'),
+    ('4000x3000', (500, 375), 'jpeg'),
+    ('1920x1080', (960, 540), 'webp'),
+    ('1920x1080', (240, 135), 'webp'),
+    ('1920x1080', (960, 540), 'avif'),
+    ('1920x1080', (240, 135), 'avif'),
 ]
-CACHED = [('1920x1080', (240, 135)), ('1920x1080', (960, 540))]
-GROUPS = ('uncached', 'cached', 'index', 'memory')
+CACHED = [
+    ('1920x1080', (240, 135), 'jpeg'),
+    ('1920x1080', (960, 540), 'jpeg'),
+    ('1920x1080', (960, 540), 'webp'),
+    ('1920x1080', (960, 540), 'avif'),
+]
+HERD = ('1920x1080', (960, 540), 'webp')
+HERD_SIZE = 32  # requests at once for one uncached thumbnail
 
 
 def _env_number(name: str, default: float) -> float:
@@ -49,22 +71,26 @@ def _env_number(name: str, default: float) -> float:
 class Settings:
     """Knobs, from BENCH_* environment variables, for quick runs while developing."""
 
-    seconds: float = 2.0
-    warmup: float = 1.0
+    # NOTE: 1.5 s rounds hold about 80 WebP 960x540 renders on two cores, and keep
+    #   the run, three sides for each render and upload, within ten minutes.
+    seconds: float = 1.5
+    warmup: float = 0.5
     rounds: int = 5
     concurrency: int = 8
     # NOTE: pool-bound work (renders, uploads) is loaded with as many requests
     #   as the Pillow limit has jobs queued, so both sides wait alike.
     pool_jobs: int = 2 * (os.cpu_count() or 1)
     index_size: int = 50_000
-    groups: tuple[str, ...] = GROUPS
+    groups: tuple[str, ...] = dataclasses.field(default_factory=lambda: GROUPS)
 
     @classmethod
     def from_env(cls) -> Settings:
         groups = tuple(g for g in os.environ.get('BENCH_ONLY', '').split(',') if g) or GROUPS
         unknown = set(groups) - set(GROUPS)
         if unknown:
-            raise BenchError(f'BENCH_ONLY names unknown groups {sorted(unknown)}; use {GROUPS}')
+            raise BenchError(
+                f'BENCH_ONLY names unknown groups {sorted(unknown)}; use {", ".join(GROUPS)}'
+            )
         return cls(
             seconds=_env_number('BENCH_SECONDS', cls.seconds),
             warmup=_env_number('BENCH_WARMUP', cls.warmup),
@@ -79,7 +105,8 @@ class Settings:
         return [
             (
                 'rounds',
-                f'{self.rounds} x {self.seconds:g} s per side (+ {self.warmup:g} s warm-up)',
+                f'{self.rounds} x {self.seconds:g} s per side (+ {self.warmup:g} s warm-up); '
+                'renders and uploads have three sides (look, Pillow alone, the bare app)',
             ),
             (
                 'load',
@@ -92,6 +119,12 @@ class Settings:
                 f'ProcessPoolExecutor({os.cpu_count()}) spawn, {self.pool_jobs} jobs queued',
             ),
             ('look', f'gunicorn -c gunicorn.conf.py look.wsgi:app ({_gunicorn_settings()})'),
+            (
+                'herd',
+                f'{HERD_SIZE} requests on connections opened beforehand, let go together, and '
+                f'one request alone: {2 * self.rounds} rounds of each, every one for a '
+                'thumbnail of an image uploaded just before; look with Redis',
+            ),
             ('large index', f'{self.index_size} images'),
         ]
 
@@ -120,9 +153,9 @@ class Context:
     workdir: pathlib.Path
     redis_url: str
     notes: list[str] = dataclasses.field(default_factory=list)
-    # NOTE: noisy rounds are measured again only this early, so that a busy
-    #   machine cannot push the whole run past ten minutes.
-    retry_until: float = dataclasses.field(default_factory=lambda: time.monotonic() + 400)
+    # NOTE: the run takes about seven minutes; measuring noisy rounds again
+    #   may add this much, so that it stays under ten.
+    retries: RetryBudget = dataclasses.field(default_factory=lambda: RetryBudget(45.0))
     files: dict[str, pathlib.Path] = dataclasses.field(default_factory=dict)
     seeds: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
@@ -218,78 +251,116 @@ def _http_rate(
     return rate.per_second
 
 
-def _compare_http(
-    ctx: Context,
-    work: str,
-    look: tuple[Server, list[Call]],
-    other: tuple[Server, list[Call]] | tuple[Callable[[float], float], None],
-    *,
-    concurrency: int,
-    target: float | None,
-    limit_unit: str,
-) -> Row:
-    """Interleave look's rounds with its limit's (HTTP or Pillow); return the table row."""
-    s = ctx.settings
-    log(work)
-    look_server, look_calls = look
-    look_stats, other_stats = LoadStats(), LoadStats()
+@dataclasses.dataclass
+class Load:
+    """One side of a comparison: its rate over so many seconds, and whose CPU that costs."""
 
-    def look_side(seconds: float) -> float:
-        return _http_rate(look_server, look_calls, concurrency, seconds, look_stats)
+    name: str
+    rate: Callable[[float], float]
+    whose: str
+    stats: LoadStats | None = None
 
-    other_target, other_calls = other
-    if isinstance(other_target, Server):
-        bare_server, bare_calls = other_target, other_calls or []
 
-        def other_side(seconds: float) -> float:
-            return _http_rate(bare_server, bare_calls, concurrency, seconds, other_stats)
-
-    else:
-        other_side = other_target
-
-    look_side(s.warmup)
-    other_side(s.warmup)
-    look_stats.clear()  # the warm-up does not count
-    other_stats.clear()
-    paired = interleave(
-        lambda: look_side(s.seconds),
-        lambda: other_side(s.seconds),
-        s.rounds,
-        cpu=(SERVICES, SERVICES if isinstance(other_target, Server) else BENCH),
-        retry=time.monotonic() < ctx.retry_until,
+def _http(name: str, server: Server, calls: list[Call], concurrency: int) -> Load:
+    stats = LoadStats()
+    return Load(
+        name,
+        functools.partial(_http_rate, server, calls, concurrency, stats=stats),
+        SERVICES,
+        stats,
     )
-    note = f'look: {look_stats.describe()}'
-    if other_stats.rates:
-        note += f'; bare: {other_stats.describe()}'
-    note += '; ' + paired.noise('look', 'limit')
-    row = throughput_row(
-        work,
-        paired.first,
-        paired.second,
-        target=target,
-        limit_unit=limit_unit,
-        note=note,
-        cpu=(paired.cpu_first, paired.cpu_second),
-    )
-    log(f'  {row.look} vs {row.limit}: {row.ratio}')
-    return row
 
-
-# -- uncached thumbnails and uploads vs Pillow alone -----------------------------
 
 # The Pillow limit's function, its jobs, and what this process does with each result.
 PillowWork = tuple[Callable[..., Any], list[tuple[Any, ...]], Callable[[Any], object] | None]
 
 
+def _pillow(
+    pool: concurrent.futures.ProcessPoolExecutor, work: PillowWork, in_flight: int
+) -> Load:
+    function, jobs, finish = work
+
+    def rate(seconds: float) -> float:
+        return limits.pool_throughput(
+            pool, function, jobs, seconds=seconds, in_flight=in_flight, finish=finish
+        )
+
+    return Load('Pillow', rate, BENCH)
+
+
+def _measure(ctx: Context, work: str, loads: list[Load]) -> tuple[Rounds, str]:
+    """Warm every side up, then interleave their rounds; return them and a note on the load."""
+    s = ctx.settings
+    log(work)
+    for load in loads:
+        load.rate(s.warmup)
+        if load.stats is not None:
+            load.stats.clear()  # the warm-up does not count
+    rounds = interleave(
+        [(load.name, functools.partial(load.rate, s.seconds), load.whose) for load in loads],
+        s.rounds,
+        ctx.retries,
+    )
+    notes = [
+        f'{load.name}: {load.stats.describe()}'
+        for load in loads
+        if load.stats is not None and load.stats.rates
+    ]
+    return rounds, '; '.join([*notes, rounds.noise()])
+
+
+def _versus(
+    rounds: Rounds,
+    other: int,
+    work: str,
+    *,
+    target: float | None,
+    limit_unit: str,
+    note: str,
+) -> Row:
+    """Return the row of look (the first side) against side ``other`` of the same rounds."""
+    look, limit = rounds.sides[0], rounds.sides[other]
+    row = throughput_row(
+        work,
+        look.values,
+        limit.values,
+        target=target,
+        limit_unit=limit_unit,
+        note=note,
+        cpu=(look.cpu, limit.cpu),
+    )
+    log(f'  {row.look} vs {row.limit}: {row.ratio}')
+    return row
+
+
+def _work(source: str, size: tuple[int, int], format: str) -> str:
+    return f'{source} → {size[0]}x{size[1]} {FORMAT_NAMES[format]}'
+
+
+def _note_cache_skips(ctx: Context, server: Server) -> None:
+    """Note each time look served uncached because Redis did not answer in time."""
+    skips = server.log_path.read_text(errors='replace').count('serving uncached')
+    if skips:
+        ctx.notes.append(
+            f'{server.name}: Redis did not answer look in time {skips} times, and each time '
+            'look served uncached for a few seconds (its log says so): those rounds count '
+            'against look'
+        )
+
+
+# -- uncached thumbnails and uploads vs Pillow alone, and vs the bare app ------------
+
+
 def uncached(ctx: Context) -> list[Row]:
     """Thumbnails with the cache off, and uploads, vs Pillow alone in a pool.
 
-    Each row is followed by a reference row: look vs the bare app doing the
-    same render or conversion in its own pool under the same gunicorn, which
-    shows how much of the gap to Pillow alone is HTTP itself.
+    The same rounds measure a third side: the bare app doing the same render
+    or conversion in its own pool under the same gunicorn. Its reference row
+    shows how much of the gap to Pillow alone is HTTP itself, and meets the
+    row when look answers at least ``report.BARE_FLOOR`` times its rate.
     """
     s = ctx.settings
-    rows = []
+    rows: list[Row] = []
     with contextlib.ExitStack() as stack:
         env = ctx.look_env(ctx.main_storage, cache=False)
         server = stack.enter_context(gunicorn('look-nocache', LOOK_APP, ctx.workdir, env))
@@ -313,44 +384,34 @@ def uncached(ctx: Context) -> list[Row]:
             same: str,
         ) -> None:
             """Add the row against Pillow alone, then its reference row against the bare app."""
-            function, jobs, finish = pillow
-
-            def pillow_side(seconds: float) -> float:
-                return limits.pool_throughput(
-                    pool, function, jobs, seconds=seconds, in_flight=s.pool_jobs, finish=finish
-                )
-
-            look = (server, calls)
-            rows.append(
-                _compare_http(
-                    ctx,
-                    work,
-                    look,
-                    (pillow_side, None),
-                    concurrency=s.pool_jobs,
-                    target=target,
-                    limit_unit=limit_unit,
-                )
+            rounds, note = _measure(
+                ctx,
+                work,
+                [
+                    _http('look', server, calls, s.pool_jobs),
+                    _pillow(pool, pillow, s.pool_jobs),
+                    _http('bare', bare, bare_calls, s.pool_jobs),
+                ],
             )
-            rows.append(
-                _compare_http(
-                    ctx,
-                    f'{work}: the same {same} behind a bare Falcon app',
-                    look,
-                    (bare, bare_calls),
-                    concurrency=s.pool_jobs,
-                    target=None,
-                    limit_unit='req/s (bare)',
-                )
+            row = _versus(rounds, 1, work, target=target, limit_unit=limit_unit, note=note)
+            reference = _versus(
+                rounds,
+                2,
+                f'{work}: the same {same} behind a bare Falcon app',
+                target=None,
+                limit_unit='req/s (bare)',
+                note='the rounds of the row above',
             )
+            rows.extend(settle(row, reference))
 
-        for source, (width, height) in UNCACHED:
+        for source, size, format in UNCACHED:
             ids = ctx.seeds[source]
+            width, height = size
             compare(
-                f'uncached thumbnail {source} → {width}x{height}',
-                [Call('GET', f'/thumbnails/{i}/{width}x{height}.jpeg') for i in ids],
-                (limits.render, [(_stored(ctx, i), (width, height)) for i in ids], None),
-                [Call('GET', f'/rendered/{i}.jpeg/{width}x{height}') for i in ids],
+                f'uncached thumbnail {_work(source, size, format)}',
+                [Call('GET', f'/thumbnails/{i}/{width}x{height}.{format}') for i in ids],
+                (limits.render, [(_stored(ctx, i), size, format) for i in ids], None),
+                [Call('GET', f'/rendered/{i}.jpeg/{width}x{height}.{format}') for i in ids],
                 target=0.85,
                 limit_unit='renders/s',
                 same='render',
@@ -395,47 +456,132 @@ def cached(ctx: Context) -> list[Row]:
             _seed(ctx, look)
 
             comparisons: list[tuple[str, list[Call], list[Call]]] = []
-            for source, (width, height) in CACHED:
+            for source, size, format in CACHED:
                 look_calls, bare_calls = [], []
                 for image_id in ctx.seeds[source]:
-                    path = f'/thumbnails/{image_id}/{width}x{height}.jpeg'
+                    path = f'/thumbnails/{image_id}/{size[0]}x{size[1]}.{format}'
                     send(look.port, Call('GET', path))  # a Miss fills the cache
                     hit = send(look.port, Call('GET', path))
                     if hit.headers.get('x-look-cache') != 'Hit':
                         raise BenchError(f'{path} was not a cache hit: {hit.headers}')
-                    key = f'{image_id}-{width}x{height}.jpeg'
+                    key = f'{image_id}-{size[0]}x{size[1]}.{format}'
                     client.set(f'bench:{key}', hit.body)
                     look_calls.append(Call('GET', path))
                     bare_calls.append(Call('GET', f'/cached/{key}'))
-                size = len(hit.body) // 1024
-                work = f'cached thumbnail {source} → {width}x{height} (~{size} KiB)'
-                comparisons.append((work, look_calls, bare_calls))
-            for source in DOWNLOADS:
-                ids = ctx.seeds[source]
-                size = os.stat(_stored(ctx, ids[0])).st_size // 1024
+                kib = len(hit.body) // 1024
                 comparisons.append(
                     (
-                        f'original download {source} (~{size} KiB)',
+                        f'cached thumbnail {_work(source, size, format)} (~{kib} KiB)',
+                        look_calls,
+                        bare_calls,
+                    )
+                )
+            for source in DOWNLOADS:
+                ids = ctx.seeds[source]
+                kib = os.stat(_stored(ctx, ids[0])).st_size // 1024
+                comparisons.append(
+                    (
+                        f'original download {source} (~{kib} KiB)',
                         [Call('GET', f'/images/{i}.jpeg') for i in ids],
                         [Call('GET', f'/files/{i}.jpeg') for i in ids],
                     )
                 )
 
+            concurrency = ctx.settings.concurrency
             for work, look_calls, bare_calls in comparisons:
-                rows.append(
-                    _compare_http(
-                        ctx,
-                        work,
-                        (look, look_calls),
-                        (bare, bare_calls),
-                        concurrency=ctx.settings.concurrency,
-                        target=0.9,
-                        limit_unit='req/s (bare)',
-                    )
+                rounds, note = _measure(
+                    ctx,
+                    work,
+                    [
+                        _http('look', look, look_calls, concurrency),
+                        _http('bare', bare, bare_calls, concurrency),
+                    ],
                 )
+                rows.append(
+                    _versus(rounds, 1, work, target=0.9, limit_unit='req/s (bare)', note=note)
+                )
+            _note_cache_skips(ctx, look)
     finally:
         client.close()
     return rows
+
+
+# -- many requests at once for one uncached thumbnail --------------------------------
+
+
+def _renders(server: Server, format: str) -> float:
+    """Return how many ``format`` thumbnails look's workers have rendered, from /metrics."""
+    text = send(server.port, Call('GET', '/metrics')).body.decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == 'look_renders_total' and sample.labels.get('format') == format
+    )
+
+
+def herd(ctx: Context) -> list[Row]:
+    """Many requests at once for one uncached thumbnail vs one request alone, with Redis.
+
+    Concurrent misses wait for one render (the cache's fill lock), so the
+    herd should take about as long as one request and render once. Each
+    request alone and each herd asks for a thumbnail of an image uploaded
+    just before, so every one of them misses.
+    """
+    source, size, format = HERD
+    width, height = size
+    body = ctx.files[f'{source}-0'].read_bytes()
+    renders: list[int] = []
+    cpu: dict[int, list[float]] = {HERD_SIZE: [], 1: []}
+    env = ctx.look_env(ctx.main_storage, cache=True)
+    with gunicorn('look-herd', LOOK_APP, ctx.workdir, env) as server:
+
+        def wall(count: int) -> float:
+            image = send(
+                server.port,
+                Call('POST', '/images', body, {'Content-Type': 'image/jpeg'}, expect=201),
+            ).json()
+            call = Call('GET', f'/thumbnails/{image["id"]}/{width}x{height}.{format}')
+            before = _renders(server, format)
+            with CpuMeter() as meter:
+                seconds = at_once(server.port, call, count)
+            made = round(_renders(server, format) - before)
+            if count == 1 and made != 1:
+                raise BenchError(f'one request alone for {call.path} made {made} renders')
+            if count > 1:
+                renders.append(made)
+            cpu[count].append(meter.services)
+            return seconds
+
+        work = (
+            f'{HERD_SIZE} requests at once for an uncached thumbnail {_work(source, size, format)}'
+        )
+        log(work)
+        wall(1)  # warm-up: the pool's first encode, the first threads
+        wall(HERD_SIZE)
+        renders.clear()
+        for values in cpu.values():
+            values.clear()
+        rounds = interleave(
+            [
+                ('herd', functools.partial(wall, HERD_SIZE), NONE),
+                ('alone', functools.partial(wall, 1), NONE),
+            ],
+            2 * ctx.settings.rounds,
+            ctx.retries,
+        )
+        _note_cache_skips(ctx, server)
+    row = herd_row(
+        work,
+        rounds.sides[0].values,
+        rounds.sides[1].values,
+        renders,
+        target=1.25,
+        note=rounds.noise(),
+        cpu=(cpu[HERD_SIZE], cpu[1]),
+    )
+    log(f'  {row.look} vs {row.limit}: {row.ratio}')
+    return [row]
 
 
 # -- a 50 000-image index vs a small one -------------------------------------------
@@ -463,19 +609,21 @@ def _compare_latency(
     log(work)
     for server in (large, small):
         latencies(server.port, call, seconds=s.warmup / 2, max_requests=20)
-    paired = interleave(
-        lambda: _median_latency(large, call, s.seconds / 2, max_requests),
-        lambda: _median_latency(small, call, s.seconds / 2, max_requests),
+    rounds = interleave(
+        [
+            ('large', lambda: _median_latency(large, call, s.seconds / 2, max_requests), NONE),
+            ('small', lambda: _median_latency(small, call, s.seconds / 2, max_requests), NONE),
+        ],
         s.rounds,
-        retry=time.monotonic() < ctx.retry_until,
+        ctx.retries,
     )
     row = slowdown_row(
         work,
-        paired.first,
-        paired.second,
+        rounds.sides[0].values,
+        rounds.sides[1].values,
         target=target,
         small_label=small_label,
-        note=paired.noise('large', 'small'),
+        note=rounds.noise(),
     )
     log(f'  {row.look} vs {row.limit}: {row.ratio}')
     return row
@@ -584,6 +732,10 @@ def memory(ctx: Context) -> list[Row]:
 MEASUREMENTS: dict[str, Callable[[Context], list[Row]]] = {
     'uncached': uncached,
     'cached': cached,
+    'herd': herd,
     'index': index,
     'memory': memory,
 }
+# NOTE: BENCH_ONLY picks among these; a group is one function that starts the
+#   servers it needs and returns its rows.
+GROUPS = tuple(MEASUREMENTS)

@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from bench import limits
+from bench import limits, report, rounds
 from look.renditions import thumbnail_sizes
 from look.thumbnailer import THUMBNAIL_FORMATS, convert_upload, render_thumbnail
 
@@ -75,3 +75,86 @@ def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(
     assert finished
     assert len({path for path, _size in finished}) == len(finished)  # a new file each time
     assert all(size == (64, 48) for _path, size in finished)
+
+
+# -- the report: which rule meets a row ----------------------------------------------
+
+
+def _pillow_row(look: float, pillow: float) -> report.Row:
+    return report.throughput_row(
+        'uncached thumbnail', [look], [pillow], target=0.85, limit_unit='renders/s'
+    )
+
+
+def _bare_row(look: float, bare: float) -> report.Row:
+    return report.throughput_row('the same render', [look], [bare], target=None, limit_unit='')
+
+
+@pytest.mark.parametrize(
+    ('pillow', 'bare', 'verdict'),
+    [
+        (100.0, 150.0, 'pass (target)'),  # its target is enough, whatever the bare app did
+        (100.0, 100.0, 'pass (target)'),  # both rules met: the target is named
+        (110.0, 95.0, 'pass (≥ 0.9x bare)'),  # 0.82x Pillow, but 0.95x the bare app
+        (110.0, 100.0, 'pass (≥ 0.9x bare)'),  # exactly at the floor
+        (110.0, 100.5, '**FAIL**'),  # 0.896x: below both
+    ],
+)
+def test_a_row_is_met_by_its_target_or_by_the_bare_app_and_says_which(
+    pillow: float, bare: float, verdict: str
+) -> None:
+    row, reference = report.settle(_pillow_row(90.0, pillow), _bare_row(90.0, bare))
+
+    assert row.verdict == verdict
+    assert row.passed is (verdict != '**FAIL**')
+    assert reference.passed is None  # its figure counts only through the row above
+    assert reference.target == '≥ 0.9x'
+
+
+def test_a_reference_ratio_that_rounds_onto_the_floor_shows_a_third_digit() -> None:
+    row, reference = report.settle(_pillow_row(89.6, 110.0), _bare_row(89.6, 100.0))
+
+    assert reference.ratio == '0.896x'
+    assert row.verdict == '**FAIL**'
+
+
+def test_the_summary_counts_rows_met_by_the_bare_app_rule() -> None:
+    rows = [
+        *report.settle(_pillow_row(90.0, 100.0), _bare_row(90.0, 150.0)),
+        *report.settle(_pillow_row(90.0, 110.0), _bare_row(90.0, 95.0)),
+        *report.settle(_pillow_row(90.0, 110.0), _bare_row(90.0, 120.0)),
+    ]
+
+    text = report.markdown(rows, machine_info=[], settings=[], notes=[], elapsed=1.0)
+
+    assert '2 of 3 targets met (1 by the bare-app rule)' in text
+    assert text.count('| reference |') == 3
+
+
+@pytest.mark.parametrize(
+    ('herd', 'renders', 'passed'),
+    [
+        ([0.070, 0.080, 0.090], [1, 1, 1], True),
+        ([0.150, 0.160, 0.170], [1, 1, 1], False),  # one render, but 1.6x the time
+        ([0.070, 0.080, 0.090], [1, 2, 1], False),  # quick, but one herd rendered twice
+    ],
+)
+def test_a_herd_passes_in_little_more_than_one_requests_time_with_one_render_each(
+    herd: list[float], renders: list[int], passed: bool
+) -> None:
+    row = report.herd_row('herd', herd, [0.100, 0.100, 0.100], renders, target=1.25)
+
+    assert row.passed is passed
+    assert row.look.endswith('1 render') is (max(renders) == 1)
+
+
+# -- the rounds: every side in every place -------------------------------------------
+
+
+@pytest.mark.parametrize('sides', [2, 3])
+def test_over_two_rounds_per_side_every_side_runs_twice_in_every_place(sides: int) -> None:
+    orders = [rounds.order(n, sides) for n in range(2 * sides)]
+
+    assert all(sorted(turn) == list(range(sides)) for turn in orders)
+    for place in range(sides):
+        assert sorted(turn[place] for turn in orders) == sorted(list(range(sides)) * 2)
