@@ -24,6 +24,8 @@ from imagegen import image_bytes
 MAX_UPLOAD_BYTES = 1024 * 1024
 MIN_THUMB_SIZE = 16
 API_KEY = 'openapi-0123456789abcdef'
+# What the default LOOK_THUMBNAIL_FORMATS offers, best first.
+FORMATS = ('avif', 'webp', 'jpeg')
 
 
 def make_app(storage_path: Any, **settings: Any) -> falcon.App:
@@ -51,13 +53,17 @@ def make_app(storage_path: Any, **settings: Any) -> falcon.App:
 
 @pytest.fixture(scope='module')
 def app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[falcon.App]:
-    yield make_app(tmp_path_factory.mktemp('openapi'))
+    app = make_app(tmp_path_factory.mktemp('openapi'))
+    yield app
+    known_images.pop(app)
     thumbnailer.close_all()
 
 
 @pytest.fixture(scope='module')
 def keyed_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[falcon.App]:
-    yield make_app(tmp_path_factory.mktemp('openapi-keyed'), api_keys=f'tests:{API_KEY}')
+    app = make_app(tmp_path_factory.mktemp('openapi-keyed'), api_keys=f'tests:{API_KEY}')
+    yield app
+    known_images.pop(app)
     thumbnailer.close_all()
 
 
@@ -72,7 +78,7 @@ schema = schemathesis.openapi.from_dict(
     openapi_document(
         max_upload_bytes=MAX_UPLOAD_BYTES,
         min_thumb_size=MIN_THUMB_SIZE,
-        formats=('avif', 'webp', 'jpeg'),
+        formats=FORMATS,
     )
 )
 
@@ -117,7 +123,10 @@ def test_served_document_is_the_tested_one(app: falcon.App, keyed_app: falcon.Ap
 
 keyed_schema = schemathesis.openapi.from_dict(
     openapi_document(
-        max_upload_bytes=MAX_UPLOAD_BYTES, min_thumb_size=MIN_THUMB_SIZE, keys_required=True
+        max_upload_bytes=MAX_UPLOAD_BYTES,
+        min_thumb_size=MIN_THUMB_SIZE,
+        formats=FORMATS,
+        keys_required=True,
     )
 )
 
