@@ -37,9 +37,14 @@ CACHE_HEADER = 'X-Look-Cache'
 _HIT_FLAG = 'look_cache_hit'
 _CACHEABLE = 'look_cacheable'
 _FILLING = 'look_cache_filling'
+_COUNTED = 'look_cache_counted'
 _FILL_PREFIX = 'fill:'
 _FAILED_PREFIX = 'failed:'
 _HANDOFF_PREFIX = 'handoff:'
+_WAKE_PREFIX = 'wake:'
+_WAITERS_PREFIX = 'waiters:'
+# NOTE: a waiter that missed its wake-up token looks again after this long.
+WAKE_WAIT = 0.1
 _FAILED = object()  # what a failed call returns, where None is an answer too
 # How long requests waiting for a fill that failed answer with its error.
 FAILURE_SHARED_MS = 2000
@@ -165,7 +170,9 @@ class RedisCache:
         """Let one request in the whole deployment make a missing entry; the others wait for it.
 
         The one that takes the fill lock goes on to the resource. The others
-        poll for the entry, and answer from it; a fill that failed leaves
+        count themselves in and wait until it wakes them (BLPOP on a list it
+        pushes one token per waiter to; they look again after WAKE_WAIT in
+        any case), then answer from the entry. A fill that failed leaves
         its error for a moment (FAILURE_SHARED_MS), which they and the
         requests right after answer with too; a fill whose maker vanished
         (its lock expired, or was let go without an entry) is taken over.
@@ -175,27 +182,29 @@ class RedisCache:
         lock_key = self.key_prefix + _FILL_PREFIX + cacheable.key
         handoff_key = self.key_prefix + _HANDOFF_PREFIX + cacheable.key
         failed_key = self.key_prefix + _FAILED_PREFIX + cacheable.key
+        wake_key = self.key_prefix + _WAKE_PREFIX + cacheable.key
+        waiters_key = self.key_prefix + _WAITERS_PREFIX + cacheable.key
         lock_ms = int(self.fill_timeout * 1000)
         deadline = time.monotonic() + self.fill_timeout
-        delay = 0.004
-        failed = self._try('GET', self.client.get, failed_key)
-        if failed is _FAILED:
-            return  # Redis failed: make it here
-        if failed is not None and _answer_failure(req, resp, failed):
-            return  # it failed a moment ago: not again for everyone at once
         while True:
-            took = self._try('SET', self.client.set, lock_key, b'1', px=lock_ms, nx=True)
-            if took is _FAILED:
+            # One round trip: a failure to share, the lock, and a place among the waiters.
+            answered = self._try(
+                'fill', self._try_to_fill, failed_key, lock_key, waiters_key, lock_ms
+            )
+            if answered is _FAILED:
                 return  # Redis failed: make it here
+            failed, took = answered
+            req.context[_COUNTED] = req.context.get(_COUNTED, 0) + 1
+            if failed is not None and _answer_failure(req, resp, failed):
+                if took:
+                    self._let_go(req, cacheable, lock_key)
+                return  # it failed a moment ago: not again for everyone at once
             if took:
                 # NOTE: checked again: the last maker may have stored the entry
-                #   (or its failure) and let go of the lock since we looked.
-                found = self._call('MGET', self.client.mget, [key, failed_key]) or (None, None)
-                raw, failed = found
-                if (raw is not None and self._serve(req, resp, cacheable, key, raw)) or (
-                    failed is not None and _answer_failure(req, resp, failed)
-                ):
-                    self._call('DEL', self.client.delete, lock_key)
+                #   and let go of the lock since we looked.
+                raw = self._call('GET', self._get, key)
+                if raw is not None and self._serve(req, resp, cacheable, key, raw):
+                    self._let_go(req, cacheable, lock_key)
                     return
                 req.context[_FILLING] = lock_key
                 return
@@ -206,8 +215,7 @@ class RedisCache:
                         description='Another request is still making this answer; try again.',
                         retry_after=1,
                     )
-                time.sleep(delay)
-                delay = min(delay * 2, 0.05)
+                self._await_wake(wake_key)
                 found = self._try(
                     'MGET', self.client.mget, [key, handoff_key, failed_key, lock_key]
                 )
@@ -221,6 +229,50 @@ class RedisCache:
                     return
                 if holder is None:
                     break  # nobody is making it any more: take over
+
+    def _try_to_fill(
+        self, failed_key: str, lock_key: str, waiters_key: str, lock_ms: int
+    ) -> tuple[Any, bool]:
+        """Return a shared failure, if any, and whether this request took the fill lock.
+
+        It counts itself among the waiters either way, in one round trip; a
+        maker takes itself off the count when it lets go.
+        """
+        pipeline = self.client.pipeline(transaction=False)
+        pipeline.get(failed_key)
+        pipeline.set(lock_key, b'1', px=lock_ms, nx=True)
+        pipeline.incr(waiters_key)
+        pipeline.pexpire(waiters_key, lock_ms)
+        failed, took, _, _ = pipeline.execute()
+        return failed, bool(took)
+
+    def _await_wake(self, wake_key: str) -> None:
+        """Wait until the maker of an entry says it is done, or WAKE_WAIT seconds pass."""
+        started = time.monotonic()
+        woken = self._try('BLPOP', self.client.blpop, [wake_key], timeout=WAKE_WAIT)
+        left = WAKE_WAIT - (time.monotonic() - started)
+        if woken is None and left > 0:
+            time.sleep(left)  # a client that does not block (a fake Redis) must not spin
+
+    def _let_go(self, req: falcon.Request, cacheable: Cacheable, lock_key: str) -> None:
+        """Give up the fill lock and wake the requests that said they wait for the entry."""
+        counted_self = req.context.get(_COUNTED, 0)
+        waiters_key = self.key_prefix + _WAITERS_PREFIX + cacheable.key
+        wake_key = self.key_prefix + _WAKE_PREFIX + cacheable.key
+
+        def let_go() -> bool:
+            pipeline = self.client.pipeline(transaction=False)
+            pipeline.delete(lock_key)
+            pipeline.getdel(waiters_key)
+            waiting = int(pipeline.execute()[1] or 0) - counted_self
+            if waiting > 0:
+                pipeline = self.client.pipeline(transaction=False)
+                pipeline.rpush(wake_key, *[b'1'] * waiting)
+                pipeline.pexpire(wake_key, FAILURE_SHARED_MS)
+                pipeline.execute()
+            return True
+
+        self._call('wake', let_go)
 
     def process_response(
         self,
@@ -265,7 +317,7 @@ class RedisCache:
             self._call('SET', self.client.set, failed_key, failure, px=FAILURE_SHARED_MS)
         lock_key = req.context.get(_FILLING)
         if lock_key is not None:
-            self._call('DEL', self.client.delete, lock_key)
+            self._let_go(req, cacheable, lock_key)
 
     def _purge_stale(self, resp: falcon.Response, req_succeeded: bool) -> None:
         # NOTE: resources name the cache keys a change made stale in

@@ -102,6 +102,7 @@ class Metrics:
         # PERF: labels() builds a key per call; these few combinations repeat.
         self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         self._children_lock = threading.Lock()
+        self._cache_children: dict[str, Any] = {}
 
     # -- what the parts report --------------------------------------------------
 
@@ -125,6 +126,13 @@ class Metrics:
     def cache_failed(self, operation: str) -> None:
         """Count a failed cache call."""
         self.redis_errors.labels(operation).inc()
+
+    def cache_result(self, header: str) -> None:
+        """Count a cacheable request by its X-Look-Cache header (``Hit`` or ``Miss``)."""
+        child = self._cache_children.get(header)
+        if child is None:
+            child = self._cache_children[header] = self.cache_requests.labels(header.lower())
+        child.inc()
 
     def stored(self, received: int) -> None:
         """Count a stored upload and the bytes its request carried."""
@@ -175,7 +183,7 @@ class MetricsMiddleware:
         seconds.observe(time.perf_counter() - started)
         cached = resp.get_header(self._cache_header)
         if cached is not None:
-            self._metrics.cache_requests.labels(cached.lower()).inc()
+            self._metrics.cache_result(cached)
 
 
 @functools.lru_cache(maxsize=64)
