@@ -11,6 +11,7 @@ import os
 import pathlib
 import threading
 import urllib.parse
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -22,7 +23,9 @@ from look import check
 from look.__main__ import main
 from look.backends import open_library
 from look.config import Config
+from look.errors import BackendUnavailable
 from look.imagestore.originals import OriginalsCache
+from look.index import StoredImage
 from look.index.postgres import MIGRATIONS, PostgresIndex
 from look.library import Library
 
@@ -81,6 +84,52 @@ def test_hosts_starting_at_once_create_the_schema_once(postgres: PostgresDatabas
     for index in indexes:
         assert index.count() == 0
         index.close()
+
+
+def drop_connections(postgres: PostgresDatabase) -> int:
+    """End every other session on the test database, as a database restart would."""
+    with postgres.connect() as connection:
+        ended = connection.execute(
+            'SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity '
+            'WHERE datname = current_database() AND pid <> pg_backend_pid()'
+        ).fetchone()
+    return int(ended[0]) if ended else 0
+
+
+@pytest.fixture
+def index(postgres: PostgresDatabase) -> Iterator[PostgresIndex]:
+    index = PostgresIndex(postgres.create_schema(f's{os.urandom(5).hex()}'))
+    index.open()
+    yield index
+    index.close()
+
+
+def test_a_read_on_a_connection_the_database_dropped_runs_again_on_a_new_one(
+    index: PostgresIndex, postgres: PostgresDatabase
+) -> None:
+    image = StoredImage(str(uuid.uuid4()), 1_700_000_000, (640, 360), 1234, 'hash')
+    index.add(image)
+    assert index.get(image.id) == image  # its connection goes back just used: lent unchecked
+
+    assert drop_connections(postgres) >= 1
+
+    assert index.get(image.id) == image
+    drop_connections(postgres)
+    assert index.page(limit=10) == [image]
+
+
+def test_a_write_on_a_dropped_connection_is_refused_not_sent_again(
+    index: PostgresIndex, postgres: PostgresDatabase
+) -> None:
+    image = StoredImage(str(uuid.uuid4()), 1_700_000_000, (640, 360))
+    index.add(image)
+    assert drop_connections(postgres) >= 1
+
+    with pytest.raises(BackendUnavailable):
+        index.delete(image.id)
+
+    assert index.get(image.id) == image
+    assert index.delete(image.id) == image
 
 
 # -- the originals cache ------------------------------------------------------------
@@ -199,6 +248,25 @@ def test_the_cache_keeps_to_its_size_least_recently_used_out_never_one_being_rea
     kept = sorted(name for name in os.listdir(tmp_path) if name.endswith('.jpeg'))
     assert kept == [f'{ids[0]}.jpeg', f'{ids[3]}.jpeg']
     assert cache.size() <= 2500
+
+
+def test_new_originals_read_the_whole_cache_only_once_in_a_while(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = OriginalsCache(tmp_path / 'cache', max_bytes=1_000_000)
+    cache.open()
+    source = tmp_path / 'upload.jpeg'
+    source.write_bytes(b'x' * 1000)
+    scans = []
+    entries = cache._entries
+    monkeypatch.setattr(cache, '_entries', lambda: scans.append(1) or entries())
+
+    for n in range(200):
+        cache.add(f'00000000-0000-4000-8000-{n:012d}', source)
+
+    # One look at the start, then one per sixteenth of the size added.
+    assert len(scans) <= 1 + 200_000 * 16 // 1_000_000
+    assert cache.size() == 200_000
 
 
 def test_a_trim_leaves_a_file_being_read_and_catches_up_once_it_is_not(

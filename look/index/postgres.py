@@ -19,8 +19,8 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -29,6 +29,7 @@ from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, Ima
 from look.index import StoredImage, is_valid_id
 
 log = logging.getLogger(__name__)
+T = TypeVar('T')
 
 # NOTE: any fixed number; held by the process that creates or migrates the
 #   schema, and for the moment an add takes its number, so rows are
@@ -54,6 +55,22 @@ MIGRATIONS = (
 )
 
 _COLUMNS = 'id::text, modified, width, height, length, token_hash'
+_UNAVAILABLE = 'The index database does not answer now; try again shortly.'
+# NOTE: a connection lent again within this many seconds of its last use is
+#   not checked with a round trip first; a dropped one is found by its read,
+#   which then runs again on a new connection (see _read).
+CHECK_IDLE_AFTER = 2.0
+_LAST_USED = 'look_last_used'
+
+
+class _ConnectionLost(BackendUnavailable):
+    """The database dropped a pooled connection (a restart, a network cut)."""
+
+
+def _check_if_idle(connection: psycopg.Connection[Any]) -> None:
+    """Check with a round trip a connection that has been idle for a while (a pool's check)."""
+    if time.monotonic() - getattr(connection, _LAST_USED, 0.0) > CHECK_IDLE_AFTER:
+        psycopg_pool.ConnectionPool.check_connection(connection)
 
 
 def _image(row: tuple[Any, ...]) -> StoredImage:
@@ -64,7 +81,7 @@ def _image(row: tuple[Any, ...]) -> StoredImage:
 def _unavailable(ex: Exception, *, reached: bool = True) -> BackendUnavailable:
     log.error('the index database does not answer: %s', ex)
     kind = BackendUnavailable if reached else BackendUnreachable
-    return kind('The index database does not answer now; try again shortly.')
+    return kind(_UNAVAILABLE)
 
 
 class PostgresIndex:
@@ -148,9 +165,9 @@ class PostgresIndex:
                         'tcp_user_timeout': int(self.timeout * 1000),
                         'keepalives_idle': 30,
                     },
-                    # A connection broken by a database restart is found
-                    # here, not by the request that would get it.
-                    check=psycopg_pool.ConnectionPool.check_connection,
+                    # A connection broken by a database restart while it
+                    # was idle is found here, not by the request that gets it.
+                    check=_check_if_idle,
                     reconnect_timeout=float('inf'),
                     name=f'look-index-{os.getpid()}',
                 )
@@ -175,20 +192,45 @@ class PostgresIndex:
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
         """Lend a pooled connection; a database that does not answer is BackendUnavailable."""
         pool = self._current_pool()
+        lent: psycopg.Connection[Any] | None = None
         try:
             with pool.connection() as connection:
+                lent = connection
                 yield connection
+                setattr(connection, _LAST_USED, time.monotonic())
         except psycopg_pool.PoolTimeout as ex:
             # No connection was lent: nothing was sent, let alone committed.
             self._replace_pool(pool)
             raise _unavailable(ex, reached=False) from ex
         except psycopg.OperationalError as ex:
+            if lent is not None and lent.broken:
+                # The others in the pool were most likely dropped with it.
+                log.warning('the index database dropped a connection: %s', ex)
+                pool.drain()
+                raise _ConnectionLost(_UNAVAILABLE) from ex
             raise _unavailable(ex) from ex
 
+    def _read(self, read: Callable[[psycopg.Connection[Any]], T]) -> T:
+        """Run ``read`` on a pooled connection, once more on a new one if it was dropped.
+
+        Only for reads: a write on a dropped connection may or may not have
+        committed, so it is the caller's 503.
+        """
+        try:
+            with self._connection() as connection:
+                return read(connection)
+        except _ConnectionLost:
+            try:
+                with self._connection() as connection:
+                    return read(connection)
+            except _ConnectionLost as ex:
+                raise _unavailable(ex.__cause__ or ex) from ex
+
     def _one(self, query: str, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
-        with self._connection() as connection:
-            row: tuple[Any, ...] | None = connection.execute(query, params).fetchone()
-            return row
+        row: tuple[Any, ...] | None = self._read(
+            lambda connection: connection.execute(query, params).fetchone()
+        )
+        return row
 
     # -- reading ----------------------------------------------------------
 
@@ -213,7 +255,8 @@ class PostgresIndex:
         if after is not None and not is_valid_id(after):
             raise ImageNotFound(f'No image has the id {after!r}.')
         direction, compare = ('DESC', '<') if newest_first else ('ASC', '>')
-        with self._connection() as connection:
+
+        def read(connection: psycopg.Connection[Any]) -> list[StoredImage]:
             if after is None:
                 rows = connection.execute(
                     f'SELECT {_COLUMNS} FROM look_images WHERE deleted_at IS NULL '
@@ -235,6 +278,8 @@ class PostgresIndex:
             ):
                 raise ImageNotFound(f'No image has the id {after}.')
             return [_image(row) for row in rows]
+
+        return self._read(read)
 
     def was_deleted(self, image_id: str) -> bool:
         """Return whether this id was listed once and has been deleted since."""
@@ -290,11 +335,12 @@ class PostgresIndex:
         """Mark the image's row deleted and return the image, or raise ImageNotFound."""
         if not is_valid_id(image_id):
             raise ImageNotFound(f'No image has the id {image_id!r}.')
-        row = self._one(
-            f'UPDATE look_images SET deleted_at = %s WHERE id = %s AND deleted_at IS NULL '
-            f'RETURNING {_COLUMNS}',
-            (int(time.time()), image_id),
-        )
+        with self._connection() as connection:
+            row = connection.execute(
+                f'UPDATE look_images SET deleted_at = %s WHERE id = %s AND deleted_at IS NULL '
+                f'RETURNING {_COLUMNS}',
+                (int(time.time()), image_id),
+            ).fetchone()
         if row is None:
             raise ImageNotFound(f'No image has the id {image_id}.')
         return _image(row)
@@ -344,8 +390,9 @@ class PostgresIndex:
 
     def known(self, image_ids: list[str]) -> set[str]:
         """Return which of these ids have a row (listed or deleted)."""
-        with self._connection() as connection:
-            rows = connection.execute(
+        rows = self._read(
+            lambda connection: connection.execute(
                 'SELECT id::text FROM look_images WHERE id = ANY(%s::uuid[])', (image_ids,)
             ).fetchall()
+        )
         return {row[0] for row in rows}
