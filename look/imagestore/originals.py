@@ -33,6 +33,10 @@ from look.spool import SpoolFile, remove_abandoned
 log = logging.getLogger(__name__)
 
 _SUFFIX = '.jpeg'
+# NOTE: a trim goes down to this much below max_bytes, so the next ones are
+#   not due at once; and the originals may exceed max_bytes by about this
+#   much per process until one of them looks.
+TRIM_SLACK = 1 / 16
 
 
 class OriginalsCache:
@@ -41,6 +45,11 @@ class OriginalsCache:
     def __init__(self, directory: pathlib.Path, max_bytes: int) -> None:
         self.directory = pathlib.Path(directory)
         self.max_bytes = max_bytes
+        # What this process last found here, and has added since: a trim
+        # reads the whole directory, so it runs only when these say it may
+        # be over, or once every TRIM_SLACK of the size (other processes add too).
+        self._found: int | None = None
+        self._added = 0
 
     def open(self) -> None:
         """Create the directory and remove what crashed fetches left in it."""
@@ -113,7 +122,7 @@ class OriginalsCache:
             fcntl.flock(spooled.file.fileno(), fcntl.LOCK_SH)
             os.rename(spooled.path, final)
             kept = True
-            self.trim()
+            self._kept(os.fstat(spooled.file.fileno()).st_size)
             yield final
         finally:
             if kept:
@@ -141,9 +150,10 @@ class OriginalsCache:
         spooled.file.flush()
         fcntl.flock(spooled.file.fileno(), fcntl.LOCK_SH)
         os.rename(spooled.path, self.path(image_id))
+        size = os.fstat(spooled.file.fileno()).st_size
         with contextlib.suppress(OSError):
             spooled.file.close()
-        self.trim()
+        self._kept(size)
 
     def add(self, image_id: str, source: str | os.PathLike[str]) -> None:
         """Keep a copy of an original that is on this disk already (a new upload): a link."""
@@ -153,6 +163,7 @@ class OriginalsCache:
         try:
             os.link(source, temporary)
             os.rename(temporary, self.path(image_id))
+            size = os.stat(self.path(image_id)).st_size
         except OSError as ex:
             log.warning(
                 'could not keep the original of %s in %s: %s', image_id, self.directory, ex
@@ -160,7 +171,7 @@ class OriginalsCache:
             with contextlib.suppress(OSError):
                 temporary.unlink()
             return
-        self.trim()
+        self._kept(size)
 
     def discard(self, image_id: str) -> None:
         """Forget the cached original of an image (deleted)."""
@@ -173,12 +184,27 @@ class OriginalsCache:
         """Return how many bytes the cached originals take."""
         return sum(size for _, _, size in self._entries())
 
+    def _kept(self, size: int) -> None:
+        """Note ``size`` more bytes kept here; trim if the originals may now be too many."""
+        self._added += size
+        if (
+            self._found is None
+            or self._found + self._added > self.max_bytes
+            or self._added > self.max_bytes * TRIM_SLACK
+        ):
+            self.trim()
+
     def trim(self) -> None:
-        """Remove the least recently used originals until they fit in ``max_bytes``."""
+        """Remove the least recently used originals once they take more than ``max_bytes``.
+
+        They go until TRIM_SLACK below it, but never one a render is reading.
+        """
         entries = self._entries()
         total = sum(size for _, _, size in entries)
+        self._found, self._added = total, 0
         if total <= self.max_bytes:
             return
+        goal = self.max_bytes * (1 - TRIM_SLACK)
         lock_fd = os.open(self.directory / '.trim.lock', os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
         try:
             try:
@@ -186,10 +212,11 @@ class OriginalsCache:
             except BlockingIOError:
                 return  # another process is trimming
             for path, _, size in sorted(entries, key=lambda entry: entry[1]):
-                if total <= self.max_bytes:
+                if total <= goal:
                     break
                 if _remove_unless_read(path):
                     total -= size
+            self._found = total
         finally:
             os.close(lock_fd)
 
