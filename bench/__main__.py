@@ -1,7 +1,7 @@
 """Run every measurement, print the table and write bench/results.md: ``python -m bench``.
 
 Environment knobs for quicker runs while developing: BENCH_ONLY (comma list
-of groups: uncached, cached, herd, index, memory), BENCH_SECONDS,
+of groups: uncached, cached, herd, index, shared, memory), BENCH_SECONDS,
 BENCH_WARMUP, BENCH_ROUNDS, BENCH_CONCURRENCY, BENCH_POOL_JOBS,
 BENCH_INDEX_SIZE, BENCH_KEEP=1 to keep the work directory.
 """

@@ -13,6 +13,7 @@ import random
 import time
 import uuid
 
+from look.index import StoredImage
 from look.index.journal import encode_line
 from tests.imagegen import encode, picture
 
@@ -44,12 +45,19 @@ def build_storage(
     images = root / 'images'
     images.mkdir(parents=True)
     (root / 'index.lock').touch()
-    rng = random.Random(seed)
-    modified = int(time.time()) - count
     lines = []
-    for n in range(count):
-        image_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        os.link(jpeg, images / f'{image_id}.jpeg')
-        record = {'op': 'add', 'id': image_id, 'modified': modified + n, 'size': list(size)}
+    for image in stored_images(count, size, seed):
+        os.link(jpeg, images / f'{image.id}.jpeg')
+        record = {'op': 'add', 'id': image.id, 'modified': image.modified, 'size': list(size)}
         lines.append(encode_line(record))
     (root / 'index.jsonl').write_bytes(b''.join(lines))
+
+
+def stored_images(count: int, size: tuple[int, int], seed: int = 0) -> list[StoredImage]:
+    """Return ``count`` index entries with seeded ids, uploaded a second apart until now."""
+    rng = random.Random(seed)
+    modified = int(time.time()) - count
+    return [
+        StoredImage(str(uuid.UUID(int=rng.getrandbits(128), version=4)), modified + n, size)
+        for n in range(count)
+    ]

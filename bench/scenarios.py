@@ -12,9 +12,10 @@ import random
 import runpy
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -31,6 +32,8 @@ from bench.report import (
     throughput_row,
 )
 from bench.rounds import BENCH, NONE, SERVICES, RetryBudget, Rounds, interleave
+from look.index.postgres import PostgresIndex
+from tests.servers import PostgresDatabase, SeaweedServer
 
 MiB = 1024 * 1024
 LOOK_APP = 'look.wsgi:app'
@@ -126,6 +129,11 @@ class Settings:
                 'thumbnail of an image uploaded just before; look with Redis',
             ),
             ('large index', f'{self.index_size} images'),
+            (
+                'shared backends',
+                'a private SeaweedFS (weed server -s3) and a database of our own on the '
+                "machine's PostgreSQL; a third side with LOOK_ORIGINALS_CACHE_BYTES=0",
+            ),
         ]
 
 
@@ -194,12 +202,11 @@ def prepare_files(ctx: Context) -> None:
     (ctx.workdir / 'bare-uploads').mkdir()
 
 
-def _seed(ctx: Context, server: Server) -> None:
-    """Upload the seed images through look, once, so both sides read look's stored JPEGs."""
-    if ctx.seeds:
-        return
-    log(f'uploading {SEED_COUNT * len(SOURCES)} seed images')
-    for name in SOURCES:
+def _upload_seeds(ctx: Context, server: Server, sources: list[str]) -> dict[str, list[str]]:
+    """Upload the seed images of ``sources`` through look; return their ids by source."""
+    log(f'uploading {SEED_COUNT * len(sources)} seed images to {server.name}')
+    seeds = {}
+    for name in sources:
         ids = []
         for seed in range(SEED_COUNT):
             body = ctx.files[f'{name}-{seed}'].read_bytes()
@@ -208,7 +215,14 @@ def _seed(ctx: Context, server: Server) -> None:
                 Call('POST', '/images', body, {'Content-Type': 'image/jpeg'}, expect=201),
             )
             ids.append(answer.json()['id'])
-        ctx.seeds[name] = ids
+        seeds[name] = ids
+    return seeds
+
+
+def _seed(ctx: Context, server: Server) -> None:
+    """Upload the seed images through look, once, so both sides read look's stored JPEGs."""
+    if not ctx.seeds:
+        ctx.seeds = _upload_seeds(ctx, server, list(SOURCES))
 
 
 def _stored(ctx: Context, image_id: str) -> str:
@@ -681,6 +695,140 @@ def index(ctx: Context) -> list[Row]:
     return rows
 
 
+# -- shared backends (S3 + PostgreSQL) vs the local ones ------------------------------
+
+
+@contextlib.contextmanager
+def _shared_servers() -> Iterator[tuple[SeaweedServer, PostgresDatabase]]:
+    """Run a private SeaweedFS and a database of our own on the machine's PostgreSQL."""
+    try:
+        with SeaweedServer() as seaweed, PostgresDatabase() as database:
+            yield seaweed, database
+    except (pytest.skip.Exception, pytest.fail.Exception) as ex:
+        raise BenchError(f'the shared backends cannot run here: {ex}') from ex
+
+
+def _fill_index(url: str, count: int, seed: int) -> None:
+    """Add ``count`` rows to the PostgreSQL index at ``url`` as one bulk import would."""
+    index = PostgresIndex(url)
+    index.open()
+    try:
+        index.import_entries(
+            (image.id, image) for image in fixtures.stored_images(count, (640, 360), seed)
+        )
+        index.analyze()
+    finally:
+        index.close()
+
+
+def shared(ctx: Context) -> list[Row]:
+    """Uploads, renders, downloads and listing on SeaweedFS + PostgreSQL vs local disk.
+
+    Look on the shared backends and look on the local ones answer the same
+    requests in the same rounds; a third side, a shared host with no
+    originals cache, shows what that cache saves a render and a download.
+    The list rows read PostgreSQL indexes filled directly (rows only, no
+    objects): listing never reads an object.
+    """
+    s = ctx.settings
+    rows: list[Row] = []
+    source, size = '1920x1080', (960, 540)
+    with contextlib.ExitStack() as stack:
+        seaweed, database = stack.enter_context(_shared_servers())
+
+        def start(name: str, env: dict[str, str]) -> Server:
+            return stack.enter_context(gunicorn(f'look-{name}', LOOK_APP, ctx.workdir, env))
+
+        def on_shared(name: str, images: str, index: str, **extra: str) -> dict[str, str]:
+            storage = ctx.workdir / f'storage-{name}'
+            backends = {'LOOK_IMAGES_URL': images, 'LOOK_INDEX_URL': index, **seaweed.environ}
+            return ctx.look_env(storage, cache=False, **backends, **extra)
+
+        local = start('local', ctx.look_env(ctx.main_storage, cache=False))
+        _seed(ctx, local)
+        shared = start('shared', on_shared('shared', 's3://bench/images', database.url))
+        cold = start(
+            'shared-cold',
+            on_shared(
+                'shared-cold', 's3://bench/images', database.url, LOOK_ORIGINALS_CACHE_BYTES='0'
+            ),
+        )
+        shared_ids = _upload_seeds(ctx, shared, [source])[source]
+        local_ids = ctx.seeds[source]
+
+        def compare(
+            work: str, calls: Callable[[list[str]], list[Call]], target: float, concurrency: int
+        ) -> None:
+            rounds, note = _measure(
+                ctx,
+                work,
+                [
+                    _http('shared', shared, calls(shared_ids), concurrency),
+                    _http('local', local, calls(local_ids), concurrency),
+                    _http('no originals cache', cold, calls(shared_ids), concurrency),
+                ],
+            )
+            rows.append(
+                _versus(rounds, 1, work, target=target, limit_unit='req/s (local)', note=note)
+            )
+            rows.append(
+                _versus(
+                    rounds,
+                    2,
+                    f'{work}: a shared host with no originals cache vs one with',
+                    target=None,
+                    limit_unit='req/s (no cache)',
+                    note='the rounds of the row above',
+                )
+            )
+
+        compare(
+            f'uncached thumbnail {_work(source, size, "jpeg")}, shared vs local',
+            lambda ids: [Call('GET', f'/thumbnails/{i}/{size[0]}x{size[1]}.jpeg') for i in ids],
+            0.7,
+            s.pool_jobs,
+        )
+        kib = os.stat(_stored(ctx, local_ids[0])).st_size // 1024
+        compare(
+            f'original download {source} (~{kib} KiB), shared vs local',
+            lambda ids: [Call('GET', f'/images/{i}.jpeg') for i in ids],
+            0.5,
+            s.concurrency,
+        )
+        body = ctx.files['upload-jpeg'].read_bytes()
+        upload = [Call('POST', '/images', body, {'Content-Type': 'image/jpeg'}, expect=201)]
+        work = 'upload 1920x1080 JPEG, shared vs local'
+        rounds, note = _measure(
+            ctx,
+            work,
+            [
+                _http('shared', shared, upload, s.pool_jobs),
+                _http('local', local, upload, s.pool_jobs),
+            ],
+        )
+        rows.append(_versus(rounds, 1, work, target=0.7, limit_unit='req/s (local)', note=note))
+
+        log(f'filling PostgreSQL indexes of {s.index_size} and 100 images')
+        lists = {}
+        for name, count in (('big', s.index_size), ('small', 100)):
+            url = database.create_schema(name)
+            _fill_index(url, count, seed=count)
+            lists[name] = start(f'{name}-pg', on_shared(name, 's3://bench/list', url))
+        rows.append(
+            _compare_latency(
+                ctx,
+                f'list page (limit=100) at {s.index_size} images in PostgreSQL vs 100',
+                Call('GET', '/images?limit=100'),
+                lists['big'],
+                lists['small'],
+                target=1.5,
+                small_label='100 images',
+                max_requests=200,
+            )
+        )
+    return rows
+
+
 # -- web-worker memory during a 32 MiB upload --------------------------------------
 
 
@@ -734,6 +882,7 @@ MEASUREMENTS: dict[str, Callable[[Context], list[Row]]] = {
     'cached': cached,
     'herd': herd,
     'index': index,
+    'shared': shared,
     'memory': memory,
 }
 # NOTE: BENCH_ONLY picks among these; a group is one function that starts the
