@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import struct
 import threading
 import time
 from collections.abc import Iterator
@@ -32,12 +33,31 @@ def call_deadline(seconds: float) -> Iterator[None]:
         _deadline.at = None
 
 
+def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Bound each read and write of a blocking socket in the kernel (SO_RCVTIMEO, SO_SNDTIMEO)."""
+    whole = int(seconds)
+    micros = round((seconds - whole) * 1_000_000)
+    if whole == 0 and micros == 0:
+        micros = 1  # a zero timeval means no limit at all
+    timeval = struct.pack('@ll', whole, micros)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
 class _DeadlineSocket(socket.socket):
-    """A socket whose reads and writes stop at the calling thread's deadline.
+    """A blocking socket whose reads and writes stop at the calling thread's deadline.
+
+    Each read or write is bounded in the kernel by ``op_timeout`` (as
+    redis-py's socket_timeout would be), and shortened to what is left of
+    the call's deadline when that is less.
 
     NOTE: redis-py's own socket timeout is per read: a server answering one
       byte every 0.2 s held a request for 13 s under a 0.25 s timeout.
+    PERF: a Python socket with a timeout polls before every read and write;
+      a blocking one with kernel timeouts makes one system call of each.
     """
+
+    op_timeout: float | None = None
 
     def _bounded(self, call: Any, *args: Any) -> Any:
         at = getattr(_deadline, 'at', None)
@@ -46,16 +66,23 @@ class _DeadlineSocket(socket.socket):
         left = at - time.monotonic()
         if left <= 0:
             raise TimeoutError('the cache call ran past its deadline')
-        current = self.gettimeout()
-        # PERF: within SLACK of the deadline the socket's own timeout is left
-        #   alone, so a call that answers at once costs no extra system calls.
-        if current is not None and current <= left + SLACK:
-            return call(*args)  # also redis-py's own shorter timeout (0 when it polls)
-        self.settimeout(left)
+        current = self.gettimeout()  # None, but for redis-py's own polls (0)
+        bound = self.op_timeout if current is None else current
+        # PERF: within SLACK of the deadline the timeout is left alone, so a
+        #   call that answers at once costs no extra system calls.
+        if bound is not None and bound <= left + SLACK:
+            return call(*args)
+        if current is not None:
+            self.settimeout(left)
+            try:
+                return call(*args)
+            finally:
+                self.settimeout(current)
+        _set_kernel_timeouts(self, left)
         try:
             return call(*args)
         finally:
-            self.settimeout(current)
+            _set_kernel_timeouts(self, self.op_timeout or 0.0)
 
     def recv(self, *args: Any) -> bytes:
         result: bytes = self._bounded(super().recv, *args)
@@ -72,11 +99,20 @@ class _DeadlineSocket(socket.socket):
 class _DeadlineConnection:
     """Mixed into a redis-py connection class: its sockets honour the call deadline."""
 
+    _op_timeout: float | None
+
     def _connect(self) -> socket.socket:
         sock: socket.socket = super()._connect()  # type: ignore[misc]
-        timeout = sock.gettimeout()
+        if not hasattr(self, '_op_timeout'):
+            self._op_timeout = self.socket_timeout  # type: ignore[attr-defined]
+            # NOTE: redis-py sets a socket back to this after each of its own
+            #   polls; None keeps it blocking, with the kernel's timeouts.
+            self.socket_timeout = None  # type: ignore[attr-defined]
         wrapped = _DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
-        wrapped.settimeout(timeout)
+        wrapped.settimeout(None)
+        wrapped.op_timeout = self._op_timeout
+        if self._op_timeout:
+            _set_kernel_timeouts(wrapped, self._op_timeout)
         return wrapped
 
 
