@@ -80,6 +80,27 @@ def _open_index(config: Config, index: Index) -> None:
         ) from ex
 
 
+def check_shared(config: Config) -> None:
+    """Open and close the shared backends of ``config`` once; raise ConfigError if one fails.
+
+    For gunicorn's master, before any worker boots: an object store or a
+    database that cannot be used is one line in the log, not a traceback
+    from every worker. Nothing opened here outlives the call.
+    """
+    if config.images_url:
+        images = _images(config)
+        try:
+            _open_images(config, images)
+        finally:
+            images.close()
+    if config.index_url:
+        index = _index(config)
+        try:
+            _open_index(config, index)
+        finally:
+            index.close()
+
+
 def is_local(library: Library) -> bool:
     """Whether index and images are this host's own files (and start-up may quarantine)."""
     return isinstance(library.index, JournalIndex) and isinstance(library.images, DiskImageStore)

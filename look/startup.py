@@ -1,4 +1,4 @@
-"""What must hold before a server starts look: settings that parse, no open writes on a network.
+"""What must hold before look starts: settings that parse, backends that answer, no open writes.
 
 gunicorn.conf.py asks once, in the master, before any worker boots, so a
 bad setting is one line in the log rather than a traceback from every
@@ -15,6 +15,7 @@ import os
 import socket
 from collections.abc import Iterable, Mapping
 
+from look.backends import check_shared
 from look.config import Config, ConfigError
 
 # gunicorn's parsed binds: (host, port), a unix socket path, or an inherited file descriptor.
@@ -25,6 +26,7 @@ def refusal(addresses: Iterable[Address], environ: Mapping[str, str] | None = No
     """Return the one line that says why look must not start, or None if it may."""
     try:
         config = Config(environ)
+        check_shared(config)
     except ConfigError as ex:
         return f'look cannot start: {ex}'
     if config.api_keys or config.allow_anonymous_writes:

@@ -32,6 +32,7 @@ from imagegen import image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)
     Gunicorn,
     Response,
+    free_port,
     make_gunicorn_fixture,
     request,
     require_executable,
@@ -677,6 +678,28 @@ def test_bad_setting_stops_start_up_with_one_line(tmp_path: pathlib.Path) -> Non
     finally:
         server.close()
     assert line.endswith('look cannot start: LOOK_JPEG_QUALITY must be at most 95, got 100')
+
+
+@pytest.mark.e2e
+def test_an_object_store_that_does_not_answer_stops_start_up_with_one_line(
+    tmp_path: pathlib.Path,
+) -> None:
+    nobody = f'http://127.0.0.1:{free_port()}'
+    environ = {
+        'LOOK_IMAGES_URL': 's3://look-images',
+        'LOOK_INDEX_URL': f'postgresql://postgres@127.0.0.1:{free_port()}/look',
+        'AWS_ENDPOINT_URL_S3': nobody,
+        'AWS_ACCESS_KEY_ID': 'look',
+        'AWS_SECRET_ACCESS_KEY': 'look-secret',
+    }
+    server = Gunicorn(tmp_path, workers=2, environ=environ)
+    try:
+        assert server.run_until_exit() != 0
+        line = one_error_line(server)
+    finally:
+        server.close()
+    assert 'look cannot start: LOOK_IMAGES_URL s3://look-images cannot be used' in line
+    assert nobody in line and 'AWS_ENDPOINT_URL_S3' in line
 
 
 @pytest.mark.e2e
