@@ -15,6 +15,7 @@ import contextlib
 import errno
 import math
 import selectors
+import socket
 import time
 from functools import partial
 from typing import Any
@@ -25,6 +26,15 @@ from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 # NOTE: gunicorn reads a request 8 KiB at a time too (SocketUnreader).
 HEAD_READ_SIZE = 8192
+# NOTE: after an answer to a request whose body the app left unread (a
+#   refused upload), its thread reads the rest for this long, as gunicorn
+#   does for 5 s, to keep the connection; a body still trickling in then is
+#   left to the main loop, which reads and discards it (LINGER_SECONDS, at
+#   most LINGER_BYTES) before closing, so the client sees the answer rather
+#   than a reset. Every refused trickling upload held a thread for 5 s before.
+UNREAD_BODY_WAIT = 0.1
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 64 * 1024
 END_OF_HEAD = b'\r\n\r\n'
 # NOTE: gunicorn's fast parser takes 1 MiB for an unlimited request line.
 UNLIMITED_REQUEST_LINE = 1024 * 1024
@@ -97,6 +107,16 @@ class HeadConn(TConn):
         self.head: bytes | bytearray = b''
         self.head_deadline = math.inf
         self.head_whole = False
+        # The worker's main loop, which lingers over a closing connection.
+        self.linger: Any = None
+        self.lingered = 0
+
+    def close(self, graceful: bool = False) -> None:
+        """Close; gracefully means after the client's last bytes, waited for in the main loop."""
+        if graceful and self.linger is not None:
+            self.linger(self)
+        else:
+            super().close(graceful)
 
     def init(self) -> None:
         """Set the connection up for its thread and put the head read so far before the parser."""
@@ -140,6 +160,8 @@ class HeadFirstWorker(ThreadWorker):
         self.line_limit = request_line_limit(self.cfg)
         # Connections whose head is arriving, oldest deadline first.
         self.heads: collections.OrderedDict[HeadConn, None] = collections.OrderedDict()
+        # Connections closing once the client stops sending, by deadline.
+        self.lingering: collections.OrderedDict[HeadConn, float] = collections.OrderedDict()
         self.stopping_since: float | None = None
 
     def init_process(self) -> None:
@@ -168,6 +190,7 @@ class HeadFirstWorker(ThreadWorker):
             return
         self.nr_conns += 1
         conn = HeadConn(self.cfg, client_sock, client_addr, listener.getsockname())
+        conn.linger = self.linger
         conn.head_deadline = time.monotonic() + self.header_timeout
         self.heads[conn] = None
         self.poller.register(client_sock, selectors.EVENT_READ, partial(self.read_head, conn))
@@ -239,6 +262,49 @@ class HeadFirstWorker(ThreadWorker):
         #   (400) rather than wait for a head that would never end.
         return head.count(b'\n', old_size) != head.count(b'\r\n', max(old_size - 1, 0))
 
+    def _keepalive_after(self, conn: HeadConn, keepalive: bool) -> bool:
+        """Keep the connection only if the rest of an unread body arrives at once (in a thread)."""
+        if not keepalive:
+            return False
+        if not self.reads_heads:
+            return bool(super()._keepalive_after(conn, keepalive))
+        return bool(conn.parser.finish_body(deadline=time.monotonic() + UNREAD_BODY_WAIT))
+
+    def linger(self, conn: HeadConn) -> None:
+        """Close a connection once its client has stopped sending (main loop, no thread).
+
+        The answer is sent whole first (the write side is shut); what the
+        client still sends is read and dropped, for LINGER_SECONDS and
+        LINGER_BYTES at most, so the close does not reset the connection
+        under an answer the client has not read yet.
+        """
+        try:
+            conn.sock.shutdown(socket.SHUT_WR)
+            conn.sock.setblocking(False)
+            self.poller.register(conn.sock, selectors.EVENT_READ, partial(self.discard, conn))
+        except (OSError, ValueError, KeyError):
+            conn.sock.close()
+            return
+        self.lingering[conn] = time.monotonic() + LINGER_SECONDS
+
+    def discard(self, conn: HeadConn, client: Any) -> None:
+        """Drop what a lingering connection's client sends; close at its end or the cap."""
+        try:
+            data = conn.sock.recv(HEAD_READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b''
+        conn.lingered += len(data)
+        if not data or conn.lingered >= LINGER_BYTES:
+            self.stop_lingering(conn)
+
+    def stop_lingering(self, conn: HeadConn) -> None:
+        self.lingering.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.poller.unregister(conn.sock)
+        conn.sock.close()
+
     def start_request(self, conn: HeadConn) -> None:
         """Run the request whose head has arrived in a thread, as gthread runs any request."""
         conn.data_ready = True  # so gthread's handle() does not wait for data again
@@ -248,6 +314,11 @@ class HeadFirstWorker(ThreadWorker):
         """Close connections whose head missed its deadline (408), as well as gthread's pending."""
         super().murder_pending()
         now = time.monotonic()
+        while self.lingering:
+            conn, deadline = next(iter(self.lingering.items()))
+            if deadline > now and self.alive:
+                break
+            self.stop_lingering(conn)
         if self.alive:
             while self.heads:
                 conn = next(iter(self.heads))

@@ -48,6 +48,8 @@ DEADLINE_SLACK = 1.5
 # A normal request is answered within this, whatever else is going on.
 PROMPT = 1.0
 TRICKLE_INTERVAL = 0.5
+UPLOAD_HEAD = b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Length: 1000\r\n\r\n'
+MAX_CONCURRENT_UPLOADS = 6  # look's default, per worker
 REQUEST_HEAD = b'GET /health HTTP/1.1\r\nHost: look\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
 
 
@@ -145,6 +147,29 @@ def test_a_kept_alive_connections_next_head_has_its_own_deadline(server: Gunicor
 
     assert max(took) <= PROMPT, f'normal requests took {[round(t, 2) for t in took]}s'
     check_closed_at_the_deadline(clients, b'HTTP/1.1 408 Request Timeout')
+
+
+def test_trickled_upload_bodies_hold_a_few_threads_and_the_rest_are_told_to_retry(
+    server: Gunicorn,
+) -> None:
+    """80 uploads whose bodies trickle in, more than the 24 threads: each worker receives 6.
+
+    The others are answered 503 with Retry-After at once, without their
+    bodies, and normal requests meanwhile within a second.
+    """
+    clients = open_slow_clients(server.port, 80, b'\x89PNG' * 250, head=UPLOAD_HEAD)
+    for client in clients:
+        client.started = time.monotonic()
+    took = under_attack(server, clients)
+
+    assert max(took) <= PROMPT, f'normal requests took {[round(t, 2) for t in took]}s'
+    refused = [client for client in clients if client.received.startswith(b'HTTP/1.1 503')]
+    assert len(refused) >= len(clients) - 2 * MAX_CONCURRENT_UPLOADS, [
+        client.received[:40] for client in clients
+    ]
+    for client in refused:
+        assert b'\r\nretry-after: ' in client.received.lower(), client.received
+        assert b'Too many uploads' in client.received, client.received
 
 
 # -- the head still reaches gunicorn's parser ----------------------------------------
