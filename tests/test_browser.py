@@ -260,7 +260,7 @@ def test_uploads_through_the_page_appear_without_a_reload(
     )
     assert page.evaluate('window.lookDragging') is True
     assert 'dragging' not in (page.get_attribute('#upload', 'class') or '')
-    wait_for_uploads(page, 4)
+    wait_for_uploads(page, 5)
     dropped = page.eval_on_selector('#uploads li:last-child', 'li => li.dataset.id')
     assert tile_hrefs(page)[0] == f'/view/{dropped}'
     assert tile_hrefs(page)[3:] == before
@@ -272,7 +272,9 @@ def test_uploads_through_the_page_appear_without_a_reload(
     # The tiles the script made are the tiles the server renders.
     made = {href: tile_attributes(page, href) for href in tile_hrefs(page)[:3]}
     page.reload()
-    assert tile_hrefs(page)[:3] == list(made)
+    # NOTE: the two picked at once may commit in one order and be answered in the other.
+    assert tile_hrefs(page)[0] == f'/view/{dropped}'
+    assert set(tile_hrefs(page)[:3]) == set(made)
     for href, attributes in made.items():
         assert tile_attributes(page, href) == attributes
 
@@ -377,13 +379,13 @@ def test_an_image_page_copies_links_and_deletes(gunicorn: Gunicorn, open_tab: Op
     assert get(og_image).status == 200
 
     page.click('button[data-copy="link-page"]')
-    page.wait_for_function('document.getElementById("copy-status").textContent !== ""')
+    page.wait_for_function('() => document.getElementById("copy-status").textContent !== ""')
     assert page.text_content('#copy-status') == 'Copied: This page.'
     assert page.evaluate('navigator.clipboard.readText()') == f'{gunicorn.url}/view/{image_id}'
 
     page.once('dialog', lambda dialog: dialog.accept())
     page.click('#delete-button')
-    page.wait_for_function('document.getElementById("delete-status").textContent !== ""')
+    page.wait_for_function('() => document.getElementById("delete-status").textContent !== ""')
     assert page.text_content('#delete-status') == 'The image was deleted.'
     assert page.locator('#image').count() == 0
     assert get(f'{gunicorn.url}/images/{image_id}.jpeg').status == 404
@@ -496,6 +498,6 @@ def test_with_keys_set_the_page_asks_for_one(
     page.wait_for_selector('#grid .tile')
     assert tile_hrefs(page) == [f'/view/{i}' for i in api_ids(server, KEY)]
     page.click('#forget-key')
-    page.wait_for_function('document.querySelectorAll("#grid .tile").length === 0')
-    page.wait_for_function('document.getElementById("list-status").textContent !== ""')
+    page.wait_for_function('() => document.querySelectorAll("#grid .tile").length === 0')
+    page.wait_for_function('() => document.getElementById("list-status").textContent !== ""')
     assert 'needs an API key' in (page.text_content('#list-status') or '')
