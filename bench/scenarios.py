@@ -643,6 +643,20 @@ def _compare_latency(
     return row
 
 
+def _list_page_row(ctx: Context, where: str, large: Server, small: Server) -> Row:
+    """Compare a first list page of 100 on a large index with one on an index of 100."""
+    return _compare_latency(
+        ctx,
+        f'list page (limit=100) at {ctx.settings.index_size} images{where} vs 100',
+        Call('GET', '/images?limit=100'),
+        large,
+        small,
+        target=1.5,
+        small_label='100 images',
+        max_requests=200,
+    )
+
+
 def index(ctx: Context) -> list[Row]:
     """List-page and upload times on a large index vs a small or empty one."""
     s = ctx.settings
@@ -668,18 +682,7 @@ def index(ctx: Context) -> list[Row]:
         body = ctx.files['upload-png'].read_bytes()
         upload = Call('POST', '/images', body, {'Content-Type': 'image/png'}, expect=201)
 
-        rows.append(
-            _compare_latency(
-                ctx,
-                f'list page (limit=100) at {s.index_size} images vs 100',
-                list_call,
-                servers['big'],
-                servers['small'],
-                target=1.5,
-                small_label='100 images',
-                max_requests=200,
-            )
-        )
+        rows.append(_list_page_row(ctx, '', servers['big'], servers['small']))
         rows.append(
             _compare_latency(
                 ctx,
@@ -814,18 +817,7 @@ def shared(ctx: Context) -> list[Row]:
             url = database.create_schema(name)
             _fill_index(url, count, seed=count)
             lists[name] = start(f'{name}-pg', on_shared(name, 's3://bench/list', url))
-        rows.append(
-            _compare_latency(
-                ctx,
-                f'list page (limit=100) at {s.index_size} images in PostgreSQL vs 100',
-                Call('GET', '/images?limit=100'),
-                lists['big'],
-                lists['small'],
-                target=1.5,
-                small_label='100 images',
-                max_requests=200,
-            )
-        )
+        rows.append(_list_page_row(ctx, ' in PostgreSQL', lists['big'], lists['small']))
     return rows
 
 
