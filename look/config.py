@@ -21,7 +21,7 @@ MAX_PIXELS_LIMIT = 65500 * 65500  # no JPEG is larger: its sides stop at 65 500
 # NOTE: 64 MiP, 8192x8192: above every phone's default photo (12-50 MP) and
 #   its full-sensor modes up to 64 MP (9248x6936), full-frame cameras
 #   (61 MP), and phone panoramas (63 MP). 100 MP medium format and the 108
-#   and 200 MP phone modes need a larger LOOK_MAX_PIXELS; see the README.
+#   and 200 MP phone modes need a larger LOOK_MAX_PIXELS; see docs/operations.md.
 DEFAULT_MAX_PIXELS = 8192 * 8192
 MAX_CACHE_TTL = 2**31 - 1  # seconds; Redis refuses expiry times far beyond this
 
@@ -314,7 +314,7 @@ class Config:
         #   2 Mbit/s takes about two minutes.
         self.upload_timeout = 180.0
         # NOTE: quality 85 without progressive/optimize is where size vs
-        #   encode time levels off; see "Performance" in the README.
+        #   encode time levels off; see "WebP and AVIF" in bench/README.md.
         self.jpeg_quality = 85
         # NOTE: with no keys, anyone who can reach look may upload, list and
         #   delete: fine on 127.0.0.1, refused on a network by gunicorn.conf.py

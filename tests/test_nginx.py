@@ -1,6 +1,6 @@
-"""The README's nginx recipe, run as written in front of look: slow clients wait in nginx.
+"""The documented nginx recipe, run as written in front of look: slow clients wait in nginx.
 
-The test takes the ```nginx block of README.md's "Behind nginx" section, so the
+The test takes the ```nginx block of docs/operations.md's "Behind nginx" section, so the
 recipe and the test cannot drift apart. Only two values change: look's default
 bind (``server 127.0.0.1:8000;``) and the public port (``listen 80;``) become
 this test's ports.
@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import concurrent.futures
 import pathlib
-import re
 import resource
 import time
 from collections.abc import Iterator
 
 import pytest
+from documents import code_block, section
 
 from imagegen import image_bytes
 from servers import (
-    REPO_ROOT,
     Gunicorn,
     Nginx,
     SlowClient,
@@ -31,8 +30,8 @@ from servers import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.nginx]
 
-README_UPSTREAM = 'server 127.0.0.1:8000;'
-README_LISTEN = 'listen 80;'
+RECIPE_UPSTREAM = 'server 127.0.0.1:8000;'
+RECIPE_LISTEN = 'listen 80;'
 
 SLOW_CLIENTS = 1000
 # NOTE: past the recipe's client_header_timeout (10 s), so nginx drops the
@@ -50,23 +49,17 @@ UPLOAD_HEAD = (
 )
 
 
-def readme_nginx_config() -> str:
-    """Return the ```nginx block of README.md's "Behind nginx" section."""
-    readme = (REPO_ROOT / 'README.md').read_text()
-    _, found, section = readme.partition('\n### Behind nginx\n')
-    assert found, 'README.md has no "Behind nginx" section'
-    section = section.split('\n## ', 1)[0]
-    blocks = re.findall(r'^```nginx\n(.*?)^```$', section, re.MULTILINE | re.DOTALL)
-    assert len(blocks) == 1, f'"Behind nginx" has {len(blocks)} nginx blocks, not 1'
-    return blocks[0]
+def recipe() -> str:
+    """Return the ```nginx block of docs/operations.md's "Behind nginx" section."""
+    return code_block(section(pathlib.Path('docs/operations.md'), 'Behind nginx'), 'nginx')
 
 
 def with_ports(config: str, upstream_port: int, listen_port: int) -> str:
     """Return ``config`` with look's bind and nginx's public port replaced by the test's."""
-    for placeholder in (README_UPSTREAM, README_LISTEN):
-        assert config.count(placeholder) == 1, f'the README recipe must have {placeholder!r} once'
-    config = config.replace(README_UPSTREAM, f'server 127.0.0.1:{upstream_port};')
-    return config.replace(README_LISTEN, f'listen 127.0.0.1:{listen_port};')
+    for placeholder in (RECIPE_UPSTREAM, RECIPE_LISTEN):
+        assert config.count(placeholder) == 1, f'the recipe must have {placeholder!r} once'
+    config = config.replace(RECIPE_UPSTREAM, f'server 127.0.0.1:{upstream_port};')
+    return config.replace(RECIPE_LISTEN, f'listen 127.0.0.1:{listen_port};')
 
 
 @pytest.fixture
@@ -83,8 +76,8 @@ def open_files_for_slow_clients() -> Iterator[None]:
 
 
 def test_the_recipe_names_what_the_test_replaces() -> None:
-    """The README block names look's default bind and port 80, each once."""
-    config = readme_nginx_config()
+    """The recipe names look's default bind and port 80, each once."""
+    config = recipe()
     with_ports(config, 1, 2)
     assert 'proxy_request_buffering on;' in config
 
@@ -95,7 +88,7 @@ def test_a_thousand_slow_clients_wait_in_nginx_and_look_answers_the_rest_at_once
     """500 heads and 500 upload bodies trickle: GETs and an upload are answered within a second."""
     port = free_port()
     with Gunicorn(tmp_path / 'storage', workers=2) as look:
-        config = with_ports(readme_nginx_config(), look.port, port)
+        config = with_ports(recipe(), look.port, port)
         with Nginx(config, port) as nginx:
             heads = open_slow_clients(port, SLOW_CLIENTS // 2, UPLOAD_HEAD)
             bodies = open_slow_clients(

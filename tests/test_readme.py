@@ -8,31 +8,18 @@ import re
 import subprocess
 import sys
 
+from documents import code_block, section
+
 from imagegen import image_bytes
 from servers import REPO_ROOT
 
-README = REPO_ROOT / 'README.md'
-
-
-def section(title: str) -> str:
-    """Return the text of the README section headed ``title`` (any level), up to the next."""
-    text = README.read_text()
-    match = re.search(rf'^(#+) {re.escape(title)}\n', text, re.MULTILINE)
-    assert match, f'README.md has no section {title!r}'
-    level = len(match.group(1))
-    rest = text[match.end() :]
-    end = re.search(rf'^#{{1,{level}}} ', rest, re.MULTILINE)
-    return rest[: end.start()] if end else rest
-
-
-def code_blocks(text: str, language: str) -> list[str]:
-    return re.findall(rf'^```{language}\n(.*?)^```$', text, re.MULTILINE | re.DOTALL)
+README = pathlib.Path('README.md')
 
 
 def test_the_testclient_example_passes_under_this_projects_pytest_settings(
     tmp_path: pathlib.Path,
 ) -> None:
-    (example,) = code_blocks(section('Testing your code against look'), 'python')
+    example = code_block(section(README, 'Testing your code against look'), 'python')
     (tmp_path / 'test_example.py').write_text(example)
     # As the section says: a photo.jpg beside the test file.
     (tmp_path / 'photo.jpg').write_bytes(image_bytes('JPEG', (1200, 800), seed=5))
