@@ -23,7 +23,7 @@ from look import check
 from look.__main__ import main
 from look.backends import open_library
 from look.config import Config
-from look.errors import BackendUnavailable
+from look.errors import BackendUnavailable, BackendUnreachable
 from look.imagestore.originals import OriginalsCache
 from look.index import StoredImage
 from look.index.postgres import MIGRATIONS, PostgresIndex
@@ -86,9 +86,9 @@ def test_hosts_starting_at_once_create_the_schema_once(postgres: PostgresDatabas
         index.close()
 
 
-def drop_connections(postgres: PostgresDatabase) -> int:
-    """End every other session on the test database, as a database restart would."""
-    with postgres.connect() as connection:
+def drop_connections(database: PostgresDatabase) -> int:
+    """End every other session on ``database``, as a database restart would."""
+    with database.connect() as connection:
         ended = connection.execute(
             'SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity '
             'WHERE datname = current_database() AND pid <> pg_backend_pid()'
@@ -97,33 +97,55 @@ def drop_connections(postgres: PostgresDatabase) -> int:
 
 
 @pytest.fixture
-def index(postgres: PostgresDatabase) -> Iterator[PostgresIndex]:
-    index = PostgresIndex(postgres.create_schema(f's{os.urandom(5).hex()}'))
+def database() -> Iterator[PostgresDatabase]:
+    """A database of this test's own: its connections may be dropped without touching others'."""
+    with PostgresDatabase() as database:
+        yield database
+
+
+@pytest.fixture
+def index(database: PostgresDatabase) -> Iterator[PostgresIndex]:
+    index = PostgresIndex(database.url)
     index.open()
     yield index
     index.close()
 
 
 def test_a_read_on_a_connection_the_database_dropped_runs_again_on_a_new_one(
-    index: PostgresIndex, postgres: PostgresDatabase
+    index: PostgresIndex, database: PostgresDatabase
 ) -> None:
     image = StoredImage(str(uuid.uuid4()), 1_700_000_000, (640, 360), 1234, 'hash')
     index.add(image)
     assert index.get(image.id) == image  # its connection goes back just used: lent unchecked
 
-    assert drop_connections(postgres) >= 1
+    assert drop_connections(database) >= 1
 
     assert index.get(image.id) == image
-    drop_connections(postgres)
+    drop_connections(database)
     assert index.page(limit=10) == [image]
 
 
+def test_an_add_on_a_dropped_connection_says_nothing_was_written(
+    index: PostgresIndex, database: PostgresDatabase
+) -> None:
+    """So an upload takes its JPEG back, as when the database cannot be reached at all."""
+    first = StoredImage(str(uuid.uuid4()), 1_700_000_000, (640, 360))
+    index.add(first)
+    assert drop_connections(database) >= 1
+    second = StoredImage(str(uuid.uuid4()), 1_700_000_001, (640, 360))
+
+    with pytest.raises(BackendUnreachable):
+        index.add(second)
+
+    assert index.known([first.id, second.id]) == {first.id}
+
+
 def test_a_write_on_a_dropped_connection_is_refused_not_sent_again(
-    index: PostgresIndex, postgres: PostgresDatabase
+    index: PostgresIndex, database: PostgresDatabase
 ) -> None:
     image = StoredImage(str(uuid.uuid4()), 1_700_000_000, (640, 360))
     index.add(image)
-    assert drop_connections(postgres) >= 1
+    assert drop_connections(database) >= 1
 
     with pytest.raises(BackendUnavailable):
         index.delete(image.id)

@@ -310,9 +310,21 @@ class PostgresIndex:
     # -- writing ----------------------------------------------------------
 
     def add(self, image: StoredImage) -> None:
-        """Insert the row of ``image`` (or list a deleted id again, in its place)."""
-        with self._connection() as connection, connection.transaction():
-            self._insert(connection, image)
+        """Insert the row of ``image`` (or list a deleted id again, in its place).
+
+        A connection found dropped before the commit was sent committed
+        nothing: that is BackendUnreachable, so the caller may take its JPEG
+        back. One dropped during the commit may have committed.
+        """
+        committing = False
+        try:
+            with self._connection() as connection, connection.transaction():
+                self._insert(connection, image)
+                committing = True
+        except _ConnectionLost as ex:
+            if committing:
+                raise
+            raise BackendUnreachable(_UNAVAILABLE) from ex
 
     def _insert(self, connection: psycopg.Connection[Any], image: StoredImage) -> None:
         # NOTE: numbers are taken under a transaction lock, so no row gets a
