@@ -633,8 +633,8 @@ def test_command_line_clients_with_keys_and_tokens(
         '--print=h',
         '-A',
         'bearer',
-        '-a',
-        created['delete_token'],
+        # NOTE: with '=': a token may begin with '-', which would read as an option.
+        f"--auth={created['delete_token']}",
         'DELETE',
         f'{exposed.url}{created["image"]}',
     )
