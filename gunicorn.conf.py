@@ -104,8 +104,13 @@ def on_starting(server):
 
 
 def post_fork(server, worker):
-    """Give this worker its head deadline and its pool's share of the cores."""
+    """Give this worker its deadlines, its body slots and its pool's share of the cores."""
+    from look.config import Config
+
+    config = Config()
     worker.header_timeout = header_timeout
+    worker.max_bodies = config.max_concurrent_uploads
+    worker.body_wait = config.max_queue_seconds
     if _SHARE_CORES:
         share = _cores_per_worker(server.cfg.workers)
         os.environ['LOOK_PROCESSES'] = share

@@ -62,6 +62,7 @@ def create_app(config: Config | None = None) -> falcon.App:
         max_pixels=config.max_pixels,
         quality=config.jpeg_quality,
         render_timeout=config.render_timeout,
+        max_queue_seconds=config.max_queue_seconds,
         observer=metrics,
     )
     renditions = Renditions(
@@ -111,6 +112,7 @@ def create_app(config: Config | None = None) -> falcon.App:
             max_bytes=config.max_upload_bytes,
             deadline=config.upload_timeout,
             max_at_once=config.max_concurrent_uploads,
+            max_wait=config.max_queue_seconds,
         ),
         uuid_generator=config.uuid_generator,
         metrics=metrics,

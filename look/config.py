@@ -249,6 +249,7 @@ _ENVIRONMENT: dict[str, tuple[str, Callable[[str, str], Any]]] = {
     'api_keys': ('LOOK_API_KEYS', _api_keys),
     'allow_anonymous_writes': ('LOOK_ALLOW_ANONYMOUS_WRITES', _flag),
     'max_concurrent_uploads': ('LOOK_MAX_CONCURRENT_UPLOADS', _positive_int),
+    'max_queue_seconds': ('LOOK_MAX_QUEUE_SECONDS', _positive_float),
     'cache_max_bytes': ('LOOK_CACHE_MAX_BYTES', _positive_int),
     'thumbnail_formats': ('LOOK_THUMBNAIL_FORMATS', _thumbnail_formats),
     'metrics_public': ('LOOK_METRICS_PUBLIC', _flag),
@@ -283,6 +284,7 @@ class Config:
     api_keys: list[ApiKey]
     allow_anonymous_writes: bool
     max_concurrent_uploads: int
+    max_queue_seconds: float
     cache_max_bytes: int
     thumbnail_formats: tuple[str, ...]
     metrics_public: bool
@@ -324,6 +326,12 @@ class Config:
         # NOTE: bodies a worker receives at once; the rest of its threads stay
         #   for downloads, cache hits and renders, however slow the uploaders.
         self.max_concurrent_uploads = 6
+        # NOTE: the longest a render or an upload is expected to wait for an
+        #   image process, or an upload for a receiving slot, before look
+        #   answers 503 with a Retry-After. 2 s is a queue of ~25 conversions
+        #   of a 12 MP photo, or ~600 960x540 JPEG renders, per image process;
+        #   only more than a person would wait for is turned away.
+        self.max_queue_seconds = 2.0
         # NOTE: the largest thumbnail kept in Redis: a 4000x3000 photo's
         #   largest thumbnail is about 0.5 MiB.
         self.cache_max_bytes = MiB

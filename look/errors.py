@@ -24,9 +24,11 @@ class LookError(Exception):
     title = 'Error'
     status = falcon.HTTP_500
 
-    def __init__(self, description: str) -> None:
+    def __init__(self, description: str, *, retry_after: int | None = None) -> None:
         super().__init__(description)
         self.description = description
+        if retry_after is not None:
+            self.retry_after = retry_after  # seconds; for an error worth retrying
 
 
 class ImageNotFound(LookError):
@@ -71,11 +73,11 @@ class UploadTimeout(LookError):
 
 
 class TooManyUploads(LookError):
-    """Every upload slot of this worker is receiving a body; the client should retry."""
+    """Every upload slot of this worker stayed busy for as long as an upload may wait."""
 
     title = 'Too many uploads'
     status = falcon.HTTP_503
-    retry_after = 2
+    retry_after = 1
 
 
 class ImageTooLarge(LookError):
@@ -99,7 +101,7 @@ class ThumbnailerUnavailable(LookError):
 
 
 class ThumbnailerBusy(ThumbnailerUnavailable):
-    """As many images as the pool lets wait are waiting already; nothing was started."""
+    """The image processes have more work queued than a request may wait for; nothing started."""
 
     title = 'Image processes busy'
 

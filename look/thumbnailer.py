@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import logging
+import math
 import multiprocessing
 import os
 import pathlib
@@ -49,15 +50,19 @@ JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
 # crops or resizes maps fresh memory for its second image: ~1000 page faults
 # and 1.7x the CPU.
 IMAGE_BLOCKS_CACHED = 4
-# Renders a web worker lets wait on its pool before it answers 503: fewer
-# than gunicorn.conf.py's threads, which cache hits and downloads also need.
-# Uploads waiting count toward it too.
-MAX_WAITING_RENDERS = 8
-# NOTE: uploads may take at most half of those places, so renders always
-#   find room, and a render waits behind at most four conversions: a 12 MP
-#   photo converts in ~0.08 s of CPU here, 8192x8192 in 0.8 s, and in 2 s
-#   with the 32 empty progressive scans the preflight lets through.
-MAX_WAITING_UPLOADS = MAX_WAITING_RENDERS // 2
+# NOTE: what a task costs grows with its size: a render with the pixels it
+#   makes (decoding is drafted down near them), a conversion with the bytes
+#   of the upload. Each kind of task also costs about this much besides.
+RENDER_OVERHEAD_PIXELS = 100_000
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+# Seconds per pixel made (renders) or per byte received (uploads) before a
+# pool has finished a task of that kind, measured here: a 960x540 render of
+# a photo takes 3 ms as JPEG, 16 ms as AVIF, 28 ms as WebP; the conversion of
+# a camera JPEG 25-40 ns a byte (0.2 s for 24 megapixels), of a small PNG
+# 3 ms. What tasks take here then replaces them.
+FIRST_COSTS = {'jpeg': 6e-9, 'webp': 50e-9, 'avif': 35e-9, 'upload': 40e-9}
+# How much each finished task moves the estimate of its kind.
+COST_WEIGHT = 0.25
 
 
 # -- run in the pool processes -------------------------------------------------
@@ -339,6 +344,72 @@ class _Unobserved:
         pass
 
 
+class Backlog:
+    """The work queued on a pool, in seconds, from what each kind of task took lately.
+
+    A task is admitted when the work ahead of it is expected to be done within
+    ``max_wait`` seconds, so a burst of small tasks queues, and a queue of
+    large ones turns the next task away with the time it would have waited.
+    """
+
+    def __init__(self, *, processes: int, max_wait: float) -> None:
+        self.processes = processes
+        self.max_wait = max_wait
+        self.queued = 0.0  # expected seconds of the tasks admitted and not done
+        self.costs = dict(FIRST_COSTS)  # seconds per unit, by kind
+
+    def expected_wait(self) -> float:
+        """Return how long a task admitted now is expected to wait for a process."""
+        return self.queued / max(self.processes, 1)
+
+    def admit(self, kind: str, units: float) -> float:
+        """Count a task in and return its expected seconds; raise ThumbnailerBusy if it must wait.
+
+        The caller holds the thumbnailer's lock.
+        """
+        wait = self.expected_wait()
+        if wait > self.max_wait:
+            raise ThumbnailerBusy(
+                f'The image processes here have about {wait:.1f}s of work queued, more than '
+                f'the {self.max_wait:g}s a request may wait; try again in {retry_after(wait)}s.',
+                retry_after=retry_after(wait),
+            )
+        expected = self.costs[kind] * units
+        self.queued += expected
+        return expected
+
+    def done(self, expected: float) -> None:
+        """Count a task out (the caller holds the lock)."""
+        self.queued = max(0.0, self.queued - expected)
+
+    def learn(self, kind: str, units: float, seconds: float) -> None:
+        """Move the cost of ``kind`` towards what a task of ``units`` just took."""
+        cost = self.costs[kind]
+        self.costs[kind] = cost + COST_WEIGHT * (seconds / units - cost)
+
+
+def retry_after(seconds: float) -> int:
+    """Return whole seconds to wait, at least one, rounded up."""
+    return max(1, math.ceil(seconds))
+
+
+def render_units(size: tuple[int, int]) -> int:
+    """Return what a render of ``size`` weighs in the backlog."""
+    return size[0] * size[1] + RENDER_OVERHEAD_PIXELS
+
+
+def upload_units(length: int) -> int:
+    """Return what the conversion of an upload of ``length`` bytes weighs in the backlog."""
+    return length + UPLOAD_OVERHEAD_BYTES
+
+
+def _timed(function: Callable[..., object], *args: object) -> tuple[float, object]:
+    """Run ``function`` in a pool process; return how long it took there, and its result."""
+    started = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - started, result
+
+
 class Thumbnailer:
     """Owns the process pool of one web worker; created lazily after the fork."""
 
@@ -349,8 +420,7 @@ class Thumbnailer:
         max_pixels: int,
         quality: int,
         render_timeout: float,
-        max_waiting: int | None = None,
-        max_waiting_uploads: int | None = None,
+        max_queue_seconds: float = 2.0,
         # NOTE: a process start costs ~0.2 s of CPU; recycling every 500 tasks
         #   added ~0.35 ms to every small render. 10 000 still bounds Pillow's
         #   memory growth over days.
@@ -362,43 +432,21 @@ class Thumbnailer:
         self.max_pixels = max_pixels
         self.quality = quality
         self.render_timeout = render_timeout
-        self._max_waiting = max_waiting
-        self._max_waiting_uploads = max_waiting_uploads
         self.max_tasks_per_child = max_tasks_per_child
+        self.backlog = Backlog(processes=processes, max_wait=max_queue_seconds)
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
         self._pool_pid: int | None = None
         self._lock = threading.Lock()
         self._in_flight = 0
-        self._uploads_in_flight = 0
         # This pool's tasks not done yet, in the order the pool takes them.
         self._unfinished: dict[concurrent.futures.Future[object], None] = {}
         _thumbnailers.add(self)
 
-    @property
-    def max_waiting(self) -> int:
-        """Tasks in flight (renders and uploads) beyond which more are refused with a 503.
-
-        Rather than queued without bound; by default never fewer than the
-        pool's processes, so a large pool is never idle for it.
-        """
-        if self._max_waiting is not None:
-            return self._max_waiting
-        return max(MAX_WAITING_RENDERS, self.processes)
-
-    @property
-    def max_waiting_uploads(self) -> int:
-        """Uploads in flight beyond which more are refused at once with a 503.
-
-        By default half of ``max_waiting`` (at least four): the rest is for renders.
-        """
-        if self._max_waiting_uploads is not None:
-            return self._max_waiting_uploads
-        return max(MAX_WAITING_UPLOADS, self.max_waiting // 2)
-
     def convert_upload(self, path: pathlib.Path) -> tuple[int, int]:
         """Replace an uploaded file with the JPEG to store; return its size."""
+        units = upload_units(os.path.getsize(path))
         width, height = self._run(
-            convert_upload, str(path), self.max_pixels, self.quality, upload=True
+            convert_upload, str(path), self.max_pixels, self.quality, kind=('upload', units)
         )
         return width, height
 
@@ -407,7 +455,14 @@ class Thumbnailer:
         if format not in THUMBNAIL_FORMATS:
             raise ValueError(f'no encoder for {format!r} thumbnails')
         started = time.perf_counter()
-        data: bytes = self._run(render_thumbnail, str(source), size, format, self.quality)
+        data: bytes = self._run(
+            render_thumbnail,
+            str(source),
+            size,
+            format,
+            self.quality,
+            kind=(format, render_units(size)),
+        )
         self.observer.render_done(format, time.perf_counter() - started)
         return data
 
@@ -420,7 +475,7 @@ class Thumbnailer:
         if self._in_flight >= self.processes:
             return None
         try:
-            self._run(os.getpid, refuse_when_busy=False, timeout=timeout)
+            self._run(os.getpid, timeout=timeout)
         except ThumbnailerUnavailable as ex:
             return ex.description
         except OSError as ex:
@@ -437,6 +492,7 @@ class Thumbnailer:
         """Make the next pool ``processes`` large: one running now keeps its size."""
         with self._lock:
             self.processes = processes
+            self.backlog.processes = processes
 
     def close(self) -> None:
         """Stop the pool and its processes."""
@@ -502,21 +558,30 @@ class Thumbnailer:
         self,
         function,
         *args,
-        refuse_when_busy: bool = True,
-        upload: bool = False,
+        kind: tuple[str, float] | None = None,
         timeout: float | None = None,
     ):
+        """Run ``function(*args)`` in the pool and return its result.
+
+        A task of a ``kind`` (its name and units) waits only where the
+        backlog admits it (ThumbnailerBusy otherwise), and what it took
+        teaches the backlog; one without (a health check) always runs.
+        """
         limit = timeout or self.render_timeout
+        expected = 0.0
         with self._lock:
-            if refuse_when_busy:
-                self._admit(upload)
+            if kind is not None:
+                try:
+                    expected = self.backlog.admit(*kind)
+                except ThumbnailerBusy:
+                    self.observer.task_refused('busy')
+                    raise
             self._in_flight += 1
-            self._uploads_in_flight += int(upload)
         self.observer.tasks_changed(1)
         try:
-            pool, future, unfinished = self._submit(function, args)
+            pool, future, unfinished = self._submit(_timed, (function, *args))
             try:
-                return self._result(future, unfinished, limit)
+                seconds, result = self._result(future, unfinished, limit)  # type: ignore[misc]
             except concurrent.futures.CancelledError:
                 # Still queued when another request's overrun restarted the pool.
                 self.observer.task_refused('restarted')
@@ -537,27 +602,15 @@ class Thumbnailer:
                 raise ThumbnailerUnavailable(
                     f'The image took longer than {limit:g}s to process.'
                 ) from None
+            if kind is not None:
+                with self._lock:
+                    self.backlog.learn(*kind, seconds)
+            return result
         finally:
             with self._lock:
                 self._in_flight -= 1
-                self._uploads_in_flight -= int(upload)
+                self.backlog.done(expected)
             self.observer.tasks_changed(-1)
-
-    def _admit(self, upload: bool) -> None:
-        """Raise ThumbnailerBusy if the pool has no room for a task; the caller holds the lock."""
-        # NOTE: an upload is refused after its body arrived, not before: a
-        #   place held while a client sends could be held for minutes.
-        if self._in_flight >= self.max_waiting:
-            self.observer.task_refused('busy')
-            raise ThumbnailerBusy(
-                'Too many images are waiting for the image processes right now; try again shortly.'
-            )
-        if upload and self._uploads_in_flight >= self.max_waiting_uploads:
-            self.observer.task_refused('busy')
-            raise ThumbnailerBusy(
-                'Too many uploads are waiting for the image processes right now; '
-                'try again shortly.'
-            )
 
     def _result(
         self,

@@ -9,6 +9,7 @@ uploads never take every thread from downloads and cache hits.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import socket
 import threading
@@ -33,30 +34,60 @@ _FORM_OVERHEAD = 1024 * 1024
 _MULTIPART = falcon.media.MultipartFormHandler()
 # NOTE: a body that stops arriving for this long is abandoned.
 IDLE_TIMEOUT = 15.0
+# What receiving a body takes before any has been received here, and how much
+# each one received moves that estimate (for the Retry-After of a refusal).
+FIRST_RECEIVE_SECONDS = 0.1
+RECEIVE_WEIGHT = 0.25
 
 
 class Receiver:
-    """Receive upload bodies within a size limit, a deadline and a number at once."""
+    """Receive upload bodies within a size limit, a deadline and a number at once.
 
-    def __init__(self, *, max_bytes: int, deadline: float, max_at_once: int) -> None:
+    An upload that finds every slot taken waits for one, up to ``max_wait``
+    seconds. (Under gunicorn, look's worker keeps such requests off its
+    threads until a slot is free; this bound is for any other server.)
+    """
+
+    def __init__(
+        self, *, max_bytes: int, deadline: float, max_at_once: int, max_wait: float
+    ) -> None:
         self.max_bytes = max_bytes
         self.deadline = deadline
         self.max_at_once = max_at_once
+        self.max_wait = max_wait
         self._slots = threading.BoundedSemaphore(max_at_once)
+        self._lock = threading.Lock()
+        self._waiting = 0
+        self._receive_seconds = FIRST_RECEIVE_SECONDS
 
     def receive(self, req: falcon.Request, out: IO[bytes]) -> int:
         """Copy the image in the request body into ``out``; return its size.
 
-        Raise TooManyUploads at once, before reading, when every slot is taken.
+        Raise TooManyUploads, before reading, when no slot comes free in time.
         """
-        if not self._slots.acquire(blocking=False):
+        with self._lock:
+            self._waiting += 1
+        try:
+            admitted = self._slots.acquire(timeout=self.max_wait)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                waiting = self._waiting
+        if not admitted:
+            wait = (waiting + 1) * self._receive_seconds / self.max_at_once
             raise TooManyUploads(
-                f'{self.max_at_once} uploads are being received here already; try again shortly.'
+                f'{self.max_at_once} uploads were being received here for all of the '
+                f'{self.max_wait:g}s an upload may wait for its turn; try again shortly.',
+                retry_after=max(1, math.ceil(wait)),
             )
+        started = time.monotonic()
         try:
             return receive(req, out, max_bytes=self.max_bytes, deadline=self.deadline)
         finally:
             self._slots.release()
+            took = time.monotonic() - started
+            with self._lock:
+                self._receive_seconds += RECEIVE_WEIGHT * (took - self._receive_seconds)
 
 
 def receive(req: falcon.Request, out: IO[bytes], *, max_bytes: int, deadline: float) -> int:

@@ -5,7 +5,10 @@ which reads the request head from a blocking socket: a client that sends its
 head a byte at a time holds that thread for as long as it likes, and one that
 connects and sends nothing holds it for seconds. Here the main loop reads the
 head instead, without blocking, and a connection gets a thread only when its
-head is whole. The head has one deadline for all of its bytes.
+head is whole. The head has one deadline for all of its bytes. A request that
+carries a body (an upload) gets a thread only while fewer than
+``max_bodies`` such requests have one; the rest wait in the main loop, costing
+no thread, for up to ``body_wait`` seconds each.
 """
 
 from __future__ import annotations
@@ -13,7 +16,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import json
 import math
+import re
 import selectors
 import socket
 import time
@@ -43,6 +48,46 @@ _TIMEOUT_BODY = (
     b'{"title": "Request timeout", "description": "The request line and headers did not'
     b' arrive in time; send them at once."}'
 )
+# NOTE: a head that announces a body: a Content-Length other than 0, or any
+#   Transfer-Encoding (chunked). Matched on raw bytes, as gunicorn will parse them.
+_DECLARES_BODY = re.compile(
+    rb'\r\n(?:content-length[ \t]*:[ \t]*0*[1-9]|transfer-encoding[ \t]*:)', re.IGNORECASE
+)
+# What a request with a body takes, before any has been answered here, and how
+# much each one answered moves that estimate (for the Retry-After of a refusal).
+FIRST_BODY_SECONDS = 0.1
+BODY_WEIGHT = 0.25
+
+
+def declares_body(head: bytes | bytearray) -> bool:
+    """Whether a whole request head announces a body."""
+    return _DECLARES_BODY.search(head) is not None
+
+
+def busy_response(retry_after: int, max_bodies: int, body_wait: float) -> bytes:
+    """Return the 503 for a request whose body waited its whole turn for a slot."""
+    body = json.dumps(
+        {
+            'title': 'Too many uploads',
+            'description': (
+                f'{max_bodies} uploads were being received here for all of the '
+                f'{body_wait:g}s an upload may wait for its turn; try again shortly.'
+            ),
+        }
+    ).encode()
+    return b''.join(
+        (
+            b'HTTP/1.1 503 Service Unavailable\r\n',
+            b'Content-Type: application/json\r\n',
+            b'Cache-Control: no-store\r\n',
+            b'Retry-After: %d\r\n' % retry_after,
+            b'Connection: close\r\n',
+            b'Content-Length: %d\r\n\r\n' % len(body),
+            body,
+        )
+    )
+
+
 TIMEOUT_RESPONSE = b''.join(
     (
         b'HTTP/1.1 408 Request Timeout\r\n',
@@ -110,6 +155,8 @@ class HeadConn(TConn):
         # The worker's main loop, which lingers over a closing connection.
         self.linger: Any = None
         self.lingered = 0
+        # When the request on its thread, one with a body, was given it (else None).
+        self.body_started: float | None = None
 
     def close(self, graceful: bool = False) -> None:
         """Close; gracefully means after the client's last bytes, waited for in the main loop."""
@@ -152,6 +199,10 @@ class HeadFirstWorker(ThreadWorker):
 
     #: Seconds a request head may take to arrive; gunicorn.conf.py sets it.
     header_timeout = 10.0
+    #: Requests with a body that may have a thread at once, and how long one
+    #: may wait for its turn; gunicorn.conf.py sets them.
+    max_bodies = 6
+    body_wait = 2.0
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -162,6 +213,10 @@ class HeadFirstWorker(ThreadWorker):
         self.heads: collections.OrderedDict[HeadConn, None] = collections.OrderedDict()
         # Connections closing once the client stops sending, by deadline.
         self.lingering: collections.OrderedDict[HeadConn, float] = collections.OrderedDict()
+        # Requests with a body that have a thread, and those waiting for one, by deadline.
+        self.bodies = 0
+        self.waiting_bodies: collections.OrderedDict[HeadConn, float] = collections.OrderedDict()
+        self.body_seconds = FIRST_BODY_SECONDS
         self.stopping_since: float | None = None
 
     def init_process(self) -> None:
@@ -306,14 +361,70 @@ class HeadFirstWorker(ThreadWorker):
         conn.sock.close()
 
     def start_request(self, conn: HeadConn) -> None:
-        """Run the request whose head has arrived in a thread, as gthread runs any request."""
+        """Run the request whose head has arrived in a thread, or queue it for a body slot."""
+        if conn.head_whole and declares_body(conn.head):
+            if self.bodies >= self.max_bodies or self.waiting_bodies:
+                self.waiting_bodies[conn] = time.monotonic() + self.body_wait
+                return
+            self.bodies += 1
+            conn.body_started = time.monotonic()
         conn.data_ready = True  # so gthread's handle() does not wait for data again
         super().enqueue_req(conn)
+
+    def finish_request(self, conn: Any, fs: Any) -> None:
+        """Give a finished request's body slot to the next request waiting for one."""
+        started = getattr(conn, 'body_started', None)
+        if started is not None:
+            conn.body_started = None
+            self.bodies -= 1
+            self.body_seconds += BODY_WEIGHT * (time.monotonic() - started - self.body_seconds)
+        super().finish_request(conn, fs)
+        while self.waiting_bodies and self.bodies < self.max_bodies:
+            waiting, _ = self.waiting_bodies.popitem(last=False)
+            self.bodies += 1
+            waiting.body_started = time.monotonic()
+            waiting.data_ready = True
+            super().enqueue_req(waiting)
+
+    def refuse_waiting_bodies(self, now: float) -> None:
+        """Answer 503 to requests whose body waited its whole turn for a slot, and close them."""
+        expired = []
+        while self.waiting_bodies:
+            conn, deadline = next(iter(self.waiting_bodies.items()))
+            if deadline > now:
+                break
+            del self.waiting_bodies[conn]
+            expired.append(conn)
+        if not expired:
+            return
+        answer = busy_response(
+            max(1, math.ceil(self.body_turn(now))), self.max_bodies, self.body_wait
+        )
+        for conn in expired:
+            with contextlib.suppress(OSError):
+                conn.sock.send(answer)
+            self.nr_conns -= 1
+            conn.close(graceful=True)  # lingers: the client may still be sending its body
+
+    def body_turn(self, now: float) -> float:
+        """Return when a request with a body that came now would be given a thread.
+
+        A slot comes free every ``body_seconds / max_bodies`` seconds or so;
+        a request waiting now takes one of them before a newcomer, unless
+        its own wait runs out first (it is refused then, as a herd is).
+        """
+        step = self.body_seconds / self.max_bodies
+        turns = 0
+        for deadline in self.waiting_bodies.values():
+            if deadline > now + (turns + 1) * step:
+                turns += 1
+        return (turns + 1) * step
 
     def murder_pending(self) -> None:
         """Close connections whose head missed its deadline (408), as well as gthread's pending."""
         super().murder_pending()
         now = time.monotonic()
+        self.refuse_waiting_bodies(now)
         while self.lingering:
             conn, deadline = next(iter(self.lingering.items()))
             if deadline > now and self.alive:

@@ -36,6 +36,21 @@ def picture(size: tuple[int, int] = (640, 360), mode: str = 'RGB', seed: int = 0
     return image
 
 
+def photo(size: tuple[int, int], seed: int = 0, fmt: str = 'JPEG') -> bytes:
+    """Return a photograph as a camera writes one: grainy, 2.3 bits a pixel as a q90 JPEG.
+
+    A picture with a tile of seeded noise blended in, as sensor grain is: a
+    24-megapixel JPEG is 6.9 MB and takes ~0.2 s of CPU to convert here.
+    """
+    grain = Image.frombytes('RGB', (256, 256), random.Random(seed).randbytes(256 * 256 * 3))
+    noise = Image.new('RGB', size)
+    for left in range(0, size[0], grain.width):
+        for top in range(0, size[1], grain.height):
+            noise.paste(grain, (left, top))
+    grainy = Image.blend(picture(size, seed=seed), noise, 0.12)
+    return encode(grainy, fmt, **({'quality': 90} if fmt == 'JPEG' else {}))
+
+
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
     """Return ``image`` encoded as ``fmt`` (a Pillow format name)."""
     out = io.BytesIO()

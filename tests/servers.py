@@ -16,6 +16,7 @@ import http.client
 import json
 import os
 import pathlib
+import re
 import selectors
 import shutil
 import signal
@@ -37,6 +38,7 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
 # The upload limit of the shared gunicorn fixture: small, so 413s are cheap to provoke.
 MAX_UPLOAD_BYTES = 1024 * 1024
+NEXT_PAGE = re.compile(r'<([^>]+)>;\s*rel="next"')
 
 
 # -- waiting and processes ----------------------------------------------------
@@ -204,6 +206,27 @@ def multipart(
         )
     )
     return body, f'multipart/form-data; boundary={boundary}'
+
+
+def list_ids(server: Gunicorn, connection: http.client.HTTPConnection | None = None) -> list[str]:
+    """Return the id of every listed image, oldest first, following the Link pages.
+
+    With ``connection``, every page comes from the worker holding that connection.
+    """
+    ids: list[str] = []
+    path: str | None = '/images?limit=1000'
+    while path is not None:
+        via = connection if connection is not None else connect(server.url)
+        try:
+            response = send(via, 'GET', path)
+        finally:
+            if connection is None:
+                via.close()
+        assert response.status == 200, response.body
+        ids += [image['id'] for image in response.json()]
+        link = NEXT_PAGE.search(response.header('Link') or '')
+        path = link[1] if link else None
+    return ids
 
 
 # -- slow clients -------------------------------------------------------------------

@@ -897,9 +897,7 @@ def test_time_queued_behind_other_work_does_not_count_toward_the_limit(
     worker.start()
 
     with concurrent.futures.ThreadPoolExecutor(4) as clients:
-        tasks = [
-            clients.submit(worker._run, time.sleep, 0.4, refuse_when_busy=False) for _ in range(4)
-        ]
+        tasks = [clients.submit(worker._run, time.sleep, 0.4) for _ in range(4)]
         for task in tasks:
             task.result(timeout=10)
 
@@ -920,109 +918,108 @@ def test_tasks_queued_when_an_overrun_restarts_the_pool_are_told_to_retry(
                 task.result(timeout=10)
 
 
-def test_renders_beyond_max_waiting_are_refused_at_once(
+def test_a_task_is_refused_at_once_when_the_work_ahead_would_outlast_the_bound(
     tmp_path: pathlib.Path,
     stored_jpeg: pathlib.Path,
     make_thumbnailer: MakeThumbnailer,
     in_background: concurrent.futures.ThreadPoolExecutor,
 ) -> None:
     """A queue without bound would turn a burst into timeouts for everyone."""
-    worker = make_thumbnailer(max_waiting=1)
+    worker = make_thumbnailer(max_queue_seconds=1.0)
     worker.start()
-    busy = in_background.submit(worker._run, time.sleep, 1)
-    time.sleep(0.2)
-
+    # A render expected to take 3 s (as if renders of its kind took that lately).
+    worker.backlog.costs['webp'] = 3.0 / thumbnailer.render_units((160, 90))
+    release = tmp_path / 'release'
+    kind = ('webp', thumbnailer.render_units((160, 90)))
+    busy = in_background.submit(worker._run, _wait_for_file, str(release), kind=kind)
+    assert wait_until(lambda: worker._in_flight == 1, 5)
     upload = tmp_path / 'u'
     upload.write_bytes(image_bytes('PNG', size=(64, 64)))
 
-    started = time.monotonic()
-    with pytest.raises(ThumbnailerUnavailable):
-        worker.render(stored_jpeg, (160, 90), 'jpeg')
-    # Uploads wait in the same queue: beyond it, they are refused alike.
-    with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
-        worker.convert_upload(upload)
-    assert time.monotonic() - started < 0.5
+    try:
+        started = time.monotonic()
+        with pytest.raises(errors.ThumbnailerBusy) as refused:
+            worker.render(stored_jpeg, (160, 90), 'jpeg')
+        # Uploads wait in the same queue: beyond it, they are refused alike.
+        with pytest.raises(errors.ThumbnailerBusy, match=r'about 3\.0s of work queued'):
+            worker.convert_upload(upload)
+        assert time.monotonic() - started < 0.5
+    finally:
+        release.touch()
+    assert refused.value.retry_after == 3  # when the work ahead is expected to be done
     assert upload.read_bytes() == image_bytes('PNG', size=(64, 64))
     busy.result(timeout=10)
+    # Once it is done, the next task is admitted.
+    assert worker.backlog.queued == pytest.approx(0.0)
+    worker.render(stored_jpeg, (160, 90), 'jpeg')
 
 
-def test_resize_sizes_the_next_pool_and_the_queue_that_follows_it(
-    make_thumbnailer: MakeThumbnailer,
-) -> None:
-    """gunicorn's post_fork resizes pools of an app made before the fork (--preload)."""
-    default, fixed = make_thumbnailer(processes=1), make_thumbnailer(processes=1, max_waiting=3)
-
-    for worker in (default, fixed):
-        worker.resize(12)
-        assert worker.processes == 12
-    assert default.max_waiting == 12  # never fewer waiting than processes to feed
-    assert fixed.max_waiting == 3
-
-
-def test_one_process_pool_takes_a_page_of_renders(
+def test_a_burst_of_small_tasks_queues_however_many_there_are(
     tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
 ) -> None:
-    """With one process per worker, a browser's burst of 8 still queues instead of getting 503s."""
-    worker = make_thumbnailer(processes=1)
-    assert worker.max_waiting == 8
-    worker.start()
-    release = tmp_path / 'release'
-    with concurrent.futures.ThreadPoolExecutor(8) as browser:
-        # The only process waits for the file, so everything after it waits in line.
-        first = browser.submit(worker._run, _wait_for_file, str(release))
-        rest = [browser.submit(worker.render, stored_jpeg, (160, 90), 'jpeg') for _ in range(7)]
-        try:
-            assert wait_until(lambda: worker._in_flight == 8, 10)
-            with pytest.raises(ThumbnailerUnavailable):
-                worker.render(stored_jpeg, (160, 90), 'jpeg')  # one more than a worker lets wait
-        finally:
-            release.touch()
-        first.result(timeout=10)
-        assert all(len(future.result(timeout=10)) > 0 for future in rest)
+    """One process, a page of 24 renders and 8 uploads at once: all are done, none refused.
 
-
-def test_uploads_take_at_most_half_the_queue_and_renders_the_rest(
-    tmp_path: pathlib.Path, stored_jpeg: pathlib.Path, make_thumbnailer: MakeThumbnailer
-) -> None:
-    """Beyond four waiting uploads the next is refused at once; renders still find room."""
+    However many they are, small tasks are a fraction of a second of work.
+    """
     worker = make_thumbnailer(processes=1)
-    assert (worker.max_waiting, worker.max_waiting_uploads) == (8, 4)
     worker.start()
     release = tmp_path / 'release'
     uploads = []
-    for seed in range(4):
+    for seed in range(8):
         uploads.append(tmp_path / f'upload-{seed}')
         uploads[-1].write_bytes(image_bytes('PNG', size=(64, 48), seed=seed))
-    with concurrent.futures.ThreadPoolExecutor(8) as clients:
-        # An upload of the only process that takes until the file exists.
-        first = clients.submit(worker._run, _wait_for_file, str(release), upload=True)
-        queued = [clients.submit(worker.convert_upload, path) for path in uploads[:3]]
+    with concurrent.futures.ThreadPoolExecutor(33) as clients:
+        # The only process waits for the file, so everything after it waits in line.
+        first = clients.submit(worker._run, _wait_for_file, str(release))
+        renders = [
+            clients.submit(worker.render, stored_jpeg, (160, 90), 'jpeg') for _ in range(24)
+        ]
+        converted = [clients.submit(worker.convert_upload, path) for path in uploads]
         try:
-            assert wait_until(lambda: worker._uploads_in_flight == 4, 10)
-            started = time.monotonic()
-            with pytest.raises(ThumbnailerUnavailable, match='uploads are waiting'):
-                worker.convert_upload(uploads[3])
-            assert time.monotonic() - started < 0.5
-            renders = [
-                clients.submit(worker.render, stored_jpeg, (160, 90), 'jpeg') for _ in range(4)
-            ]
-            assert wait_until(lambda: worker._in_flight == 8, 10)
-            with pytest.raises(ThumbnailerUnavailable, match='images are waiting'):
-                worker.render(stored_jpeg, (160, 90), 'jpeg')
+            assert wait_until(lambda: worker._in_flight == 33, 10)
         finally:
             release.touch()
         first.result(timeout=10)
-        assert [future.result(timeout=10) for future in queued] == [(64, 48)] * 3
         assert all(len(future.result(timeout=10)) > 0 for future in renders)
-    assert uploads[3].read_bytes() == image_bytes('PNG', size=(64, 48), seed=3)
+        assert [future.result(timeout=10) for future in converted] == [(64, 48)] * 8
 
 
-def test_a_pool_larger_than_the_queue_is_never_left_idle(
-    make_thumbnailer: MakeThumbnailer,
-) -> None:
-    """Renders up to the pool's size are taken, however many processes it has."""
-    large = make_thumbnailer(processes=12)
-    assert (large.max_waiting, large.max_waiting_uploads) == (12, 6)
+def test_the_backlog_learns_what_each_kind_of_task_costs() -> None:
+    """Each finished task moves its kind's cost; a larger task weighs more."""
+    backlog = thumbnailer.Backlog(processes=2, max_wait=1.0)
+    first = backlog.costs['upload']
+    units = thumbnailer.upload_units(1_000_000)
+
+    for _ in range(20):
+        backlog.learn('upload', units, 0.5)  # uploads of 1 MB took 0.5 s lately
+
+    assert backlog.costs['upload'] == pytest.approx(0.5 / units, rel=0.01)
+    assert backlog.costs['upload'] > first
+    assert backlog.costs['jpeg'] == thumbnailer.FIRST_COSTS['jpeg']  # other kinds keep theirs
+    small = backlog.admit('upload', thumbnailer.upload_units(10_000))
+    large = backlog.admit('upload', units)
+    assert large == pytest.approx(0.5, rel=0.01) and small < large / 20
+    # Two processes share the work ahead.
+    assert backlog.expected_wait() == pytest.approx((small + large) / 2)
+    for _ in range(3):
+        backlog.admit('upload', units)
+    with pytest.raises(errors.ThumbnailerBusy) as refused:
+        backlog.admit('upload', units)  # just over 2 s of work ahead, over two processes
+    assert refused.value.retry_after == 2
+    backlog.done(large)
+    backlog.admit('upload', units)  # room again
+
+
+def test_a_pool_with_more_processes_admits_more_work(make_thumbnailer: MakeThumbnailer) -> None:
+    """The expected wait is the work ahead shared by the processes; resize follows the pool."""
+    worker = make_thumbnailer(processes=1, max_queue_seconds=1.0)
+    worker.backlog.queued = 1.5
+    assert worker.backlog.expected_wait() == 1.5
+
+    worker.resize(3)
+
+    assert worker.backlog.expected_wait() == 0.5
+    worker.backlog.admit('jpeg', thumbnailer.render_units((160, 90)))
 
 
 def _wait_for_file(path: str) -> None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 from gunicorn.config import Config
 
-from look.worker import reads_heads
+from look.worker import declares_body, reads_heads
 
 from servers import (  # noqa: F401
     REPO_ROOT,
@@ -50,6 +50,7 @@ PROMPT = 1.0
 TRICKLE_INTERVAL = 0.5
 UPLOAD_HEAD = b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Length: 1000\r\n\r\n'
 MAX_CONCURRENT_UPLOADS = 6  # look's default, per worker
+MAX_QUEUE_SECONDS = 2.0  # look's default: how long an upload waits for a body slot
 REQUEST_HEAD = b'GET /health HTTP/1.1\r\nHost: look\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
 
 
@@ -154,8 +155,9 @@ def test_trickled_upload_bodies_hold_a_few_threads_and_the_rest_are_told_to_retr
 ) -> None:
     """80 uploads whose bodies trickle in, more than the 24 threads: each worker receives 6.
 
-    The others are answered 503 with Retry-After at once, without their
-    bodies, and normal requests meanwhile within a second.
+    The others wait for a body slot without a thread, and are answered 503 with
+    Retry-After, without their bodies, once LOOK_MAX_QUEUE_SECONDS is over;
+    normal requests meanwhile within a second.
     """
     clients = open_slow_clients(server.port, 80, b'\x89PNG' * 250, head=UPLOAD_HEAD)
     for client in clients:
@@ -170,6 +172,7 @@ def test_trickled_upload_bodies_hold_a_few_threads_and_the_rest_are_told_to_retr
     for client in refused:
         assert b'\r\nretry-after: ' in client.received.lower(), client.received
         assert b'Too many uploads' in client.received, client.received
+        assert MAX_QUEUE_SECONDS <= client.held <= MAX_QUEUE_SECONDS + DEADLINE_SLACK, client.held
 
 
 # -- the head still reaches gunicorn's parser ----------------------------------------
@@ -267,6 +270,23 @@ def gunicorn_config(**settings: object) -> Config:
     for name, value in settings.items():
         cfg.set(name, value)
     return cfg
+
+
+@pytest.mark.parametrize(
+    ('head', 'has_body'),
+    [
+        (b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Length: 1000\r\n\r\n', True),
+        (b'POST /images HTTP/1.1\r\ncontent-length:7\r\n\r\n', True),
+        (b'POST /images HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n', True),
+        (b'POST /images HTTP/1.1\r\nContent-Length: 0\r\n\r\n', False),
+        (b'DELETE /images/x.jpeg HTTP/1.1\r\nHost: look\r\n\r\n', False),
+        (b'GET /health HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n', False),
+    ],
+)
+def test_a_request_waits_for_a_body_slot_only_if_its_head_announces_a_body(
+    head: bytes, has_body: bool
+) -> None:
+    assert declares_body(head) is has_body
 
 
 def test_heads_are_read_by_the_main_loop_only_over_plain_http1(tmp_path: pathlib.Path) -> None:
