@@ -35,8 +35,8 @@ import redis
 
 from bench import limits
 from look.config import Config
-from look.renditions import FORMAT_MEDIA_TYPES
-from look.uploads import CHUNK_SIZE
+from look.imaging.formats import FORMAT_MEDIA_TYPES
+from look.web.uploads import CHUNK_SIZE
 
 _NAME = re.compile(r'[0-9A-Za-z][0-9A-Za-z_.-]*\Z')
 

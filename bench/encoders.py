@@ -36,8 +36,10 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from look import thumbnailer
-from look.thumbnailer import IMAGE_BLOCKS_CACHED, convert_upload, scale_stored
+from look.imaging import pool as thumbnailer
+from look.imaging.convert import convert_upload
+from look.imaging.pool import IMAGE_BLOCKS_CACHED
+from look.imaging.render import scale_stored
 
 JPEG_QUALITY = 85  # look's default LOOK_JPEG_QUALITY
 STORED = (1920, 1080)

@@ -13,8 +13,8 @@ import random
 import time
 import uuid
 
-from look.index import StoredImage
-from look.index.journal import encode_line
+from look.core.index import StoredImage
+from look.core.index.journal import encode_line
 from tests.imagegen import encode, picture
 
 MiB = 1024 * 1024

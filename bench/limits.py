@@ -20,9 +20,10 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
-from look import preflight
 from look.config import DEFAULT_MAX_PIXELS
-from look.thumbnailer import ENCODINGS, IMAGE_BLOCKS_CACHED
+from look.imaging import preflight
+from look.imaging.formats import ENCODINGS
+from look.imaging.pool import IMAGE_BLOCKS_CACHED
 
 QUALITY = 85  # look's default LOOK_JPEG_QUALITY
 

@@ -32,7 +32,7 @@ from bench.report import (
     throughput_row,
 )
 from bench.rounds import BENCH, NONE, SERVICES, RetryBudget, Rounds, interleave
-from look.index.postgres import PostgresIndex
+from look.core.index.postgres import PostgresIndex
 from tests.servers import PostgresDatabase, SeaweedServer
 
 MiB = 1024 * 1024

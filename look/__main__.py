@@ -1,8 +1,9 @@
-"""The command line: ``python -m look check [--repair]`` and ``python -m look migrate``.
+"""The command line: ``look serve``, ``look check [--repair]`` and ``look migrate``.
 
-It reads the same environment as the service (LOOK_STORAGE_PATH,
-LOOK_INDEX_URL, LOOK_IMAGES_URL, ...), so it looks at the store the service
-uses, and it is safe to run while the service runs.
+(``python -m look`` is the same.) It reads the same environment as the
+service (LOOK_STORAGE_PATH, LOOK_INDEX_URL, LOOK_IMAGES_URL, ...), so
+``check`` and ``migrate`` look at the store the service uses, and are safe to
+run while it runs.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import os
 import sys
 from collections.abc import Sequence
 
-from look import check, migrate
-from look.backends import open_library
 from look.config import Config, ConfigError, without_password
-from look.index.journal import JournalIndex
-from look.index.postgres import PostgresIndex
-from look.thumbnailer import stored_size
+from look.core.backends import open_library
+from look.core.index.journal import JournalIndex
+from look.core.index.postgres import PostgresIndex
+from look.core.upkeep import check, migrate
+from look.imaging.render import stored_size
 
 
 def _when(seconds: float) -> str:
@@ -126,10 +127,31 @@ def _migrate(arguments: argparse.Namespace) -> int:
         source.close()
 
 
+def _serve(arguments: argparse.Namespace) -> int:
+    """Become gunicorn, with look's packaged settings, serving look.wsgi:app."""
+    argv = [sys.executable, '-m', 'gunicorn', '-c', 'python:look.server.settings']
+    if arguments.bind:
+        argv += ['--bind', arguments.bind]
+    argv += [*arguments.gunicorn, 'look.wsgi:app']
+    sys.stdout.flush()
+    os.execv(sys.executable, argv)
+    return 1  # not reached: exec replaces this process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; return the exit status."""
-    parser = argparse.ArgumentParser(prog='python -m look', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(prog='look', description=__doc__.split('\n')[0])
     commands = parser.add_subparsers(dest='command', required=True)
+    serving = commands.add_parser(
+        'serve',
+        help='run look under gunicorn with its settings (LOOK_BIND, WEB_CONCURRENCY, ...)',
+        description='Run look under gunicorn. Arguments after -- go to gunicorn as they are.',
+    )
+    serving.add_argument(
+        '--bind', metavar='ADDRESS', help='where to listen, as LOOK_BIND (127.0.0.1:8000)'
+    )
+    serving.add_argument('gunicorn', nargs='*', metavar='-- GUNICORN-ARGUMENTS')
+    serving.set_defaults(run=_serve)
     checking = commands.add_parser(
         'check', help='compare the index with the stored JPEGs, and repair with --repair'
     )

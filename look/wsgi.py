@@ -2,7 +2,7 @@
 
 import logging
 
-from look.app import create_app
+from look.web.app import create_app
 
 
 def _log_where_gunicorn_logs() -> None:

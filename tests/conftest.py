@@ -20,9 +20,10 @@ import fakeredis
 import falcon.testing
 import pytest
 
-from look import backends, thumbnailer
 from look.app import create_app
 from look.config import Config
+from look.core import backends
+from look.imaging import pool as thumbnailer
 
 from servers import postgres_fixture, seaweed_fixture  # noqa: F401
 

@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from look.config import Config
-from look.imagestore.s3 import parse_images_url
-from look.index.journal import decode_line
+from look.core.imagestore.s3 import parse_images_url
+from look.core.index.journal import decode_line
 
 
 def storage_state(where: pathlib.Path | Config) -> tuple[list[str], bytes]:

@@ -24,9 +24,10 @@ from typing import Any
 import falcon.testing
 import pytest
 
-from look import auth, startup
-from look.auth import Access, ApiKey, new_delete_token, parse_keys
-from look.config import Config, ConfigError
+from look.config import ApiKey, Config, ConfigError, parse_keys
+from look.server import startup
+from look.web import auth
+from look.web.auth import Access, new_delete_token
 
 from imagegen import image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)

@@ -7,8 +7,10 @@ import pathlib
 import pytest
 
 from bench import limits, report, rounds
-from look.renditions import thumbnail_sizes
-from look.thumbnailer import THUMBNAIL_FORMATS, convert_upload, render_thumbnail
+from look.imaging.convert import convert_upload
+from look.imaging.formats import THUMBNAIL_FORMATS
+from look.imaging.render import render_thumbnail
+from look.imaging.renditions import thumbnail_sizes
 
 from imagegen import image_bytes
 

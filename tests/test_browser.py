@@ -17,7 +17,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
 
-from look.thumbnailer import THUMBNAIL_FORMATS
+from look.imaging.formats import THUMBNAIL_FORMATS
 
 from imagegen import image_bytes
 from servers import (

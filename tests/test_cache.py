@@ -19,10 +19,11 @@ import redis
 from falcon.testing import TestClient
 from PIL import Image
 
-from look.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache
 from look.config import Config
-from look.redisclient import limit_waits
-from look.renditions import FORMAT_MEDIA_TYPES, thumbnail_sizes
+from look.imaging.formats import FORMAT_MEDIA_TYPES
+from look.imaging.renditions import thumbnail_sizes
+from look.web.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache
+from look.web.redisclient import limit_waits
 
 from imagegen import image_bytes
 from storage import remove_jpeg

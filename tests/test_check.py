@@ -31,15 +31,16 @@ import falcon.testing
 import pytest
 from PIL import Image
 
-from look import check, thumbnailer
 from look.__main__ import main
 from look.app import create_app
-from look.backends import open_library
 from look.config import Config
-from look.index import StoredImage
-from look.library import Library
-from look.spool import Spool
-from look.thumbnailer import stored_size
+from look.core.backends import open_library
+from look.core.index import StoredImage
+from look.core.library import Library
+from look.core.spool import Spool
+from look.core.upkeep import check
+from look.imaging import pool as thumbnailer
+from look.imaging.render import stored_size
 
 from imagegen import image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)

@@ -20,9 +20,9 @@ from collections.abc import Iterator
 import pytest
 from PIL import Image
 
+from look.core.imagestore.disk import DiskImageStore
+from look.core.spool import Spool, SpoolFile
 from look.errors import ImageExists, ImageNotFound
-from look.imagestore.disk import DiskImageStore
-from look.spool import Spool, SpoolFile
 
 from imagegen import image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)

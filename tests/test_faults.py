@@ -33,8 +33,8 @@ import pytest
 import redis
 from PIL import Image
 
-from look.cache import RedisCache
-from look.spool import TEMP_GRACE_SECONDS
+from look.core.spool import TEMP_GRACE_SECONDS
+from look.web.cache import RedisCache
 
 from imagegen import encode, image_bytes
 from servers import (  # noqa: F401 (fixtures are registered by importing them)

@@ -11,10 +11,10 @@ import pytest
 from falcon.testing import TestClient
 from PIL import Image
 
-from look.cache import CACHE_HEADER, PURGED_MARKER
-from look.conditional import IMMUTABLE
 from look.config import Config, ConfigError
-from look.renditions import FORMAT_MEDIA_TYPES
+from look.imaging.formats import FORMAT_MEDIA_TYPES
+from look.web.cache import CACHE_HEADER, PURGED_MARKER
+from look.web.conditional import IMMUTABLE
 
 from imagegen import image_bytes
 

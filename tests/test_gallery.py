@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from falcon.testing import Result, TestClient
 
-from look import gallery
-from look.images import describe
-from look.index import StoredImage
-from look.renditions import Renditions
+from look.core.index import StoredImage
+from look.imaging.renditions import Renditions
+from look.web import gallery
+from look.web.images import describe
 
 from imagegen import image_bytes
 

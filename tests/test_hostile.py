@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from look.config import Config
-from look.index.journal import decode_line
+from look.core.index.journal import decode_line
 
 import imagegen
 from imagegen import image_bytes

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from look.imagestore.s3 import parse_images_url
+from look.core.imagestore.s3 import parse_images_url
 
 from imagegen import image_bytes
 from servers import (

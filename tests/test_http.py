@@ -13,7 +13,7 @@ import redis
 from PIL import Image
 
 from look.app import create_app
-from look.conditional import IMMUTABLE
+from look.web.conditional import IMMUTABLE
 
 from imagegen import image_bytes
 from storage import stored_ids

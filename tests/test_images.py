@@ -20,7 +20,7 @@ from falcon.testing import Result, TestClient
 from PIL import Image
 
 from look.config import Config
-from look.index.journal import decode_line
+from look.core.index.journal import decode_line
 
 import imagegen
 from imagegen import encode, image_bytes, solid

@@ -20,9 +20,9 @@ import zlib
 
 import pytest
 
+from look.core.index import StoredImage, every_image
+from look.core.index.journal import MAX_PROBLEMS_KEPT, JournalIndex, decode_line, encode_line
 from look.errors import ImageExists, ImageNotFound, StorageError
-from look.index import StoredImage, every_image
-from look.index.journal import MAX_PROBLEMS_KEPT, JournalIndex, decode_line, encode_line
 
 from storage import fail_index_fsyncs, fail_undo_writes, index_records
 

@@ -21,16 +21,16 @@ from typing import Any
 
 import pytest
 
-from look import check
 from look.app import create_app
-from look.backends import open_library
 from look.config import Config
+from look.core.backends import open_library
+from look.core.imagestore.disk import DiskImageStore
+from look.core.index import StoredImage
+from look.core.index.journal import JournalIndex
+from look.core.library import Library
+from look.core.spool import TEMP_GRACE_SECONDS, Spool, SpoolFile
+from look.core.upkeep import check
 from look.errors import ImageExists, ImageNotFound, StorageError
-from look.imagestore.disk import DiskImageStore
-from look.index import StoredImage
-from look.index.journal import JournalIndex
-from look.library import Library
-from look.spool import TEMP_GRACE_SECONDS, Spool, SpoolFile
 
 from imagegen import image_bytes
 from storage import fail_index_fsyncs, fail_undo_writes, index_records

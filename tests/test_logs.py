@@ -38,7 +38,7 @@ def test_uploads_and_deletes_are_logged_with_who(
     token = {'Authorization': f'Bearer {created["delete_token"]}'}
     client.simulate_delete(created['image'], headers=token)
 
-    stored, deleted = (r.getMessage() for r in caplog.records if r.name == 'look.images')
+    stored, deleted = (r.getMessage() for r in caplog.records if r.name == 'look.web.images')
     assert stored.startswith(f'stored image {created["id"]}: 640x360, ')
     assert f'({len(UPLOAD)} received), by alice' in stored
     assert deleted == f'deleted image {created["id"]}: 640x360, by delete token'
@@ -58,7 +58,7 @@ def test_every_5xx_is_one_line_naming_the_request(
     answer = slow.simulate_get(image['thumbnails'][0])
 
     assert answer.status_code == 503
-    (line,) = [r for r in caplog.records if r.name == 'look.errors']
+    (line,) = [r for r in caplog.records if r.name == 'look.web.errors']
     assert line.levelno == logging.WARNING
     assert line.getMessage().startswith(
         f'GET {image["thumbnails"][0]} answered 503 Thumbnailer unavailable: '

@@ -14,10 +14,10 @@ import pytest
 import schemathesis
 from falcon.testing import TestClient
 
-from look import thumbnailer
 from look.app import create_app
 from look.config import Config
-from look.openapi import openapi_document
+from look.imaging import pool as thumbnailer
+from look.web.openapi import openapi_document
 
 from imagegen import image_bytes
 

@@ -14,9 +14,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 
-from look import preflight
 from look.errors import ImageTooComplex, ImageTooLarge, LookError
-from look.thumbnailer import convert_upload
+from look.imaging import preflight
+from look.imaging.convert import convert_upload
 
 import imagegen
 from imagegen import encode, image_bytes, picture, solid

@@ -22,10 +22,10 @@ import pytest
 import redis
 from PIL import Image
 
-from look import thumbnailer
 from look.app import create_app
-from look.cache import PURGED_MARKER
 from look.config import Config
+from look.imaging import pool as thumbnailer
+from look.web.cache import PURGED_MARKER
 
 from imagegen import image_bytes
 from servers import RedisServer, redis_server_fixture  # noqa: F401 (registers the fixture)

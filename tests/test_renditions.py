@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from look.renditions import FORMAT_MEDIA_TYPES, Rendition, Renditions, thumbnail_sizes
+from look.imaging.formats import FORMAT_MEDIA_TYPES
+from look.imaging.renditions import Rendition, Renditions, thumbnail_sizes
 
 ENCODINGS = {'jpeg': 'q85', 'webp': 'webp-q85-m4', 'avif': 'avif-q70-s9-420-t1'}
 

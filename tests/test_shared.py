@@ -19,15 +19,15 @@ import pytest
 from falcon.testing import TestClient
 from PIL import Image
 
-from look import check
 from look.__main__ import main
-from look.backends import open_library
 from look.config import Config
+from look.core.backends import open_library
+from look.core.imagestore.originals import OriginalsCache
+from look.core.index import StoredImage
+from look.core.index.postgres import MIGRATIONS, PostgresIndex
+from look.core.library import Library
+from look.core.upkeep import check
 from look.errors import BackendUnavailable, BackendUnreachable
-from look.imagestore.originals import OriginalsCache
-from look.index import StoredImage
-from look.index.postgres import MIGRATIONS, PostgresIndex
-from look.library import Library
 
 from imagegen import encode, image_bytes
 from servers import PostgresDatabase, SeaweedServer, TcpProxy, wait_until

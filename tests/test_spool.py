@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from look.imagestore.disk import DiskImageStore, is_locked
-from look.spool import TEMP_GRACE_SECONDS, Spool
+from look.core.imagestore.disk import DiskImageStore, is_locked
+from look.core.spool import TEMP_GRACE_SECONDS, Spool
 
 ABANDONED = '.0123456789abcdef01234567.tmp'
 

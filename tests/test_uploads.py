@@ -17,7 +17,7 @@ import falcon.testing
 import pytest
 
 from look.errors import TooManyUploads
-from look.uploads import Receiver
+from look.web.uploads import Receiver
 
 from servers import wait_until
 

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 from gunicorn.config import Config
 
-from look.worker import declares_body, reads_heads
+from look.server.worker import declares_body, reads_heads
 
 from servers import (  # noqa: F401
     REPO_ROOT,

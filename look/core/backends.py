@@ -1,0 +1,134 @@
+"""Pick the index and the image store the settings ask for, for the app and the command line.
+
+By default both are files under LOOK_STORAGE_PATH. LOOK_INDEX_URL moves the
+index to PostgreSQL, and LOOK_IMAGES_URL (which needs it) moves the images
+to an S3-compatible object store; LOOK_STORAGE_PATH then keeps only this
+host's scratch space (the upload spool, the originals cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+from typing import Protocol
+from urllib.parse import urlparse
+
+from look.core.imagestore import ImageStore
+from look.core.imagestore.disk import DiskImageStore
+from look.core.index import Index
+from look.core.index.journal import JournalIndex
+from look.core.library import Library
+from look.errors import BackendUnavailable, ConfigError
+
+
+class BackendSettings(Protocol):
+    """The settings (of ``look.config.Config``) that say where images and the index live."""
+
+    storage_path: pathlib.Path
+    images_url: str
+    index_url: str
+    s3_options: dict[str, str]
+    originals_cache_bytes: int
+    index_pool_size: int
+
+
+log = logging.getLogger(__name__)
+
+# Every library opened in this process, for close_all (gunicorn's worker_exit).
+_libraries: list[Library] = []
+
+
+def open_library(config: BackendSettings) -> Library:
+    """Build and open the library of this configuration; raise ConfigError naming what failed."""
+    library = Library(_index(config), _images(config))
+    _open_images(config, library.images)
+    _open_index(config, library.index)
+    _libraries.append(library)
+    return library
+
+
+def _index(config: BackendSettings) -> Index:
+    if config.index_url:
+        from look.core.index.postgres import PostgresIndex
+
+        return PostgresIndex(config.index_url, pool_size=config.index_pool_size)
+    return JournalIndex(pathlib.Path(config.storage_path))
+
+
+def _images(config: BackendSettings) -> ImageStore:
+    storage_path = pathlib.Path(config.storage_path)
+    if config.images_url:
+        from look.core.imagestore.originals import OriginalsCache
+        from look.core.imagestore.s3 import S3ImageStore
+
+        return S3ImageStore(
+            config.images_url,
+            options=config.s3_options,
+            originals=OriginalsCache(storage_path / 'originals', config.originals_cache_bytes),
+        )
+    return DiskImageStore(storage_path)
+
+
+def _open_images(config: BackendSettings, images: ImageStore) -> None:
+    try:
+        images.open()
+    except OSError as ex:
+        raise ConfigError(f'LOOK_STORAGE_PATH {config.storage_path} cannot be used: {ex}') from ex
+    except BackendUnavailable as ex:
+        raise ConfigError(
+            f'LOOK_IMAGES_URL {config.images_url} cannot be used: {ex} (the endpoint, '
+            'credentials and region come from AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL, '
+            'AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and AWS_DEFAULT_REGION)'
+        ) from ex
+
+
+def _open_index(config: BackendSettings, index: Index) -> None:
+    try:
+        index.open()
+    except OSError as ex:
+        raise ConfigError(f'LOOK_STORAGE_PATH {config.storage_path} cannot be used: {ex}') from ex
+    except BackendUnavailable as ex:
+        raise ConfigError(
+            f'LOOK_INDEX_URL {without_password(config.index_url)} cannot be used: {ex}'
+        ) from ex
+
+
+def check_shared(config: BackendSettings) -> None:
+    """Open and close the shared backends of ``config`` once; raise ConfigError if one fails.
+
+    For gunicorn's master, before any worker boots: an object store or a
+    database that cannot be used is one line in the log, not a traceback
+    from every worker. Nothing opened here outlives the call.
+    """
+    if config.images_url:
+        images = _images(config)
+        try:
+            _open_images(config, images)
+        finally:
+            images.close()
+    if config.index_url:
+        index = _index(config)
+        try:
+            _open_index(config, index)
+        finally:
+            index.close()
+
+
+def without_password(url: str) -> str:
+    """Return ``url`` with any password replaced by ***, for messages and logs."""
+    parts = urlparse(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f':{parts.password}@', ':***@', 1)
+    return parts._replace(netloc=netloc).geturl()
+
+
+def is_local(library: Library) -> bool:
+    """Whether index and images are this host's own files (and start-up may quarantine)."""
+    return isinstance(library.index, JournalIndex) and isinstance(library.images, DiskImageStore)
+
+
+def close_all() -> None:
+    """Close every library of this process: its connection pools and clients."""
+    while _libraries:
+        _libraries.pop().close()

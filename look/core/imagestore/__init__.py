@@ -1,0 +1,86 @@
+"""The image store: where the finished JPEGs are kept.
+
+Two implementations keep the same promises behind this interface: a
+directory on local disk (``look.core.imagestore.disk``, the default) and an
+S3-compatible object store (``look.core.imagestore.s3``), which many look hosts
+can share.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import IO, Any, Protocol
+
+
+@dataclasses.dataclass(slots=True)
+class Original:
+    """A stored JPEG opened for reading: a stream with ``read()`` and ``close()``, and its size.
+
+    A local file is a real file object, so gunicorn can send it with sendfile().
+    """
+
+    stream: IO[bytes]
+    length: int
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class StoredObject:
+    """One JPEG the store holds, as a check sees it: its id and when it was written (Unix)."""
+
+    id: str
+    modified: float
+
+
+class Finished(Protocol):
+    """A finished JPEG on local disk, ready to be stored: its path and its open file."""
+
+    @property
+    def path(self) -> Any: ...
+
+    @property
+    def file(self) -> IO[bytes]: ...
+
+
+class ImageStore(Protocol):
+    """Put, open, hand to the pool, and delete the JPEG of an image."""
+
+    def open(self) -> None:
+        """Create or check what the store needs (safe in many processes at once)."""
+
+    def close(self) -> None:
+        """Let go of files or connections."""
+
+    def put(self, image_id: str, jpeg: Finished) -> None:
+        """Store the finished JPEG under ``image_id``, durably; never replace one."""
+
+    def open_original(self, image_id: str) -> Original:
+        """Open the JPEG of ``image_id``, or raise ImageNotFound."""
+
+    def local_path(self, image_id: str) -> contextlib.AbstractContextManager[str]:
+        """Give a local file of the JPEG for the block, for the pool to read (ImageNotFound)."""
+
+    def exists(self, image_id: str) -> bool:
+        """Return whether the store holds the JPEG of ``image_id`` now."""
+
+    def delete(self, image_id: str) -> None:
+        """Remove the JPEG of ``image_id``; one already gone is not an error."""
+
+    def objects(self) -> Iterator[StoredObject]:
+        """Yield every JPEG the store holds (in no particular order)."""
+
+    def quarantine(self, image_id: str) -> None:
+        """Move a JPEG aside, where it is kept, not served, until restored."""
+
+    def quarantined(self) -> Iterator[StoredObject]:
+        """Yield the JPEGs in quarantine."""
+
+    def restore(self, image_id: str) -> None:
+        """Move a quarantined JPEG back into place (never over another)."""
+
+    def in_progress(self, image_id: str) -> bool:
+        """Return whether an upload is still committing this JPEG (so it is nobody's leftover)."""
+
+    def state(self) -> dict[str, Any]:
+        """Return the store's health: ``status`` ok, read-only, full or fail, and facts."""

@@ -1,0 +1,404 @@
+"""JPEGs in an S3-compatible object store, shared by any number of look hosts.
+
+Keys under ``s3://BUCKET/PREFIX``::
+
+    PREFIX/images/<id>.jpeg       stored images
+    PREFIX/quarantine/<id>.jpeg   objects moved aside by hand or by an older check
+
+A put never replaces an object (``If-None-Match: *``), so an id is stored
+once. Renders read originals through a bounded cache on this host's disk
+(``look.core.imagestore.originals``); downloads stream from the store unless
+the cache has the file. The client is made lazily in each process that
+uses it, never before gunicorn forks; a store that does not answer is
+BackendUnavailable (503) within a few seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import IO, Any
+
+import boto3
+import botocore.config
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from look.core.ids import is_valid_id
+from look.core.imagestore import Finished, Original, StoredObject
+from look.core.imagestore.originals import OriginalsCache
+from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
+
+log = logging.getLogger(__name__)
+
+_SUFFIX = '.jpeg'
+_COPY_CHUNK = 1024 * 1024
+_NOT_FOUND = frozenset({'NoSuchKey', 'NotFound', '404'})
+# Codes of a put refused because the key exists (or is being written by another put).
+_EXISTS = frozenset({'PreconditionFailed', 'ConditionalRequestConflict', '412'})
+
+
+# NOTE: one boto3 session per process: a client made from a session that has
+#   loaded S3's model once takes milliseconds, from a new one a quarter second.
+#   Sessions are not thread-safe, so clients are made under a lock.
+_sessions: dict[int, boto3.session.Session] = {}
+_sessions_lock = threading.Lock()
+
+
+def _new_client(config: botocore.config.Config, options: dict[str, str]) -> Any:
+    with _sessions_lock:
+        session = _sessions.get(os.getpid())
+        if session is None:
+            _sessions.clear()  # a parent's, inherited across a fork
+            session = _sessions[os.getpid()] = boto3.session.Session()
+        return session.client('s3', config=config, **options)
+
+
+def parse_images_url(url: str) -> tuple[str, str]:
+    """Return the bucket and the key prefix ('' or ending in '/') of an s3:// URL."""
+    parts = urllib.parse.urlparse(url)
+    prefix = parts.path.strip('/')
+    return parts.netloc, f'{prefix}/' if prefix else ''
+
+
+def _error_code(ex: ClientError) -> str:
+    return str(ex.response.get('Error', {}).get('Code', ''))
+
+
+# Errors that say the store was not reached or did not answer in time.
+_UNREACHED = (
+    EndpointConnectionError,
+    ConnectTimeoutError,
+    ReadTimeoutError,
+    ConnectionClosedError,
+)
+# NOTE: after such an error, requests answer 503 at once for this long rather
+#   than each wait out the timeouts of a store that does not answer.
+RETRY_INTERVAL = 2.0
+
+
+class _Outage:
+    """When the store last failed to answer, so that requests meanwhile fail at once."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def check(self) -> None:
+        """Raise BackendUnreachable while the last failure is recent."""
+        since = self.since
+        if since is not None and time.monotonic() - since < RETRY_INTERVAL:
+            raise BackendUnreachable('The image store does not answer now; try again shortly.')
+
+    def record(self, ex: Exception) -> BackendUnavailable:
+        """Return the error to raise for ``ex``; remember it if the store was not reached."""
+        log.error('the object store does not answer: %s', ex)
+        if isinstance(ex, _UNREACHED):
+            self.since = time.monotonic()
+        return BackendUnavailable('The image store does not answer now; try again shortly.')
+
+    @contextlib.contextmanager
+    def answers(self, image_id: str) -> Iterator[None]:
+        """Turn the store's errors into ImageNotFound (no such key) or BackendUnavailable."""
+        self.check()
+        try:
+            yield
+        except ClientError as ex:
+            if _error_code(ex) in _NOT_FOUND:
+                raise ImageNotFound(f'No image has the id {image_id}.') from None
+            raise self.record(ex) from ex
+        except BotoCoreError as ex:
+            raise self.record(ex) from ex
+        self.since = None
+
+
+class S3ImageStore:
+    """Images as objects: put once, streamed or fetched into the originals cache."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        options: dict[str, str],
+        originals: OriginalsCache,
+        timeout: float = 3.0,
+    ) -> None:
+        self.url = url
+        self.bucket, self.prefix = parse_images_url(url)
+        self.options = dict(options)
+        self.originals = originals
+        self.timeout = timeout
+        self._lock = threading.Lock()
+        self._client: Any = None
+        self._client_pid: int | None = None
+        self._outage = _Outage()
+
+    # -- start-up ---------------------------------------------------------
+
+    def open(self) -> None:
+        """Make sure the bucket exists (create it if not), with a client of its own.
+
+        Raise BackendUnavailable if the store refuses or cannot be reached.
+        """
+        self.originals.open()
+        try:
+            client = self._new_client()
+        except BotoCoreError as ex:
+            raise BackendUnavailable(str(ex)) from ex
+        try:
+            try:
+                client.head_bucket(Bucket=self.bucket)
+            except ClientError as ex:
+                if _error_code(ex) not in ('404', 'NoSuchBucket', 'NotFound'):
+                    raise
+                try:
+                    client.create_bucket(Bucket=self.bucket)
+                    log.info('created the bucket %s', self.bucket)
+                except ClientError as again:
+                    # Another host or worker created it a moment ago.
+                    if _error_code(again) != 'BucketAlreadyOwnedByYou':
+                        raise
+        except (ClientError, BotoCoreError) as ex:
+            raise BackendUnavailable(f'the bucket {self.bucket} cannot be used: {ex}') from ex
+        finally:
+            client.close()
+
+    def close(self) -> None:
+        """Close this process's client, if it made one."""
+        with self._lock:
+            client, self._client = self._client, None
+            mine = self._client_pid == os.getpid()
+        if client is not None and mine:
+            client.close()
+
+    # -- the client -------------------------------------------------------
+
+    def _new_client(self) -> Any:
+        settings: dict[str, Any] = {
+            'connect_timeout': min(1.0, self.timeout),
+            'read_timeout': self.timeout,
+            # NOTE: one retry: a store that is down answers 503 in seconds,
+            #   one that dropped a kept-alive connection costs no request.
+            'retries': {'max_attempts': 2, 'mode': 'standard'},
+            # More connections than a worker has threads (12).
+            'max_pool_connections': 16,
+        }
+        if 'endpoint_url' in self.options:
+            # Stores other than AWS (SeaweedFS, MinIO, Ceph) address buckets by path.
+            settings['s3'] = {'addressing_style': 'path'}
+        return _new_client(botocore.config.Config(**settings), self.options)
+
+    @property
+    def client(self) -> Any:
+        """Return this process's client, made on first use (after any fork)."""
+        with self._lock:
+            if self._client is None or self._client_pid != os.getpid():
+                self._client, self._client_pid = self._new_client(), os.getpid()
+            return self._client
+
+    def key(self, image_id: str) -> str:
+        """Return the key of the JPEG of ``image_id``; the id must be valid."""
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f'No image has the id {image_id!r}.')
+        return f'{self.prefix}images/{image_id}{_SUFFIX}'
+
+    def _quarantine_key(self, image_id: str) -> str:
+        return f'{self.prefix}quarantine/{image_id}{_SUFFIX}'
+
+    # -- images -----------------------------------------------------------
+
+    def put(self, image_id: str, jpeg: Finished) -> None:
+        """Upload the finished JPEG under its id, never over an existing object."""
+        key = self.key(image_id)
+        self._outage.check()
+        try:
+            with open(jpeg.path, 'rb') as data:
+                self.client.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=data,
+                    ContentType='image/jpeg',
+                    IfNoneMatch='*',
+                )
+        except ClientError as ex:
+            if _error_code(ex) in _EXISTS:
+                raise ImageExists(f'An image with the id {image_id} already exists.') from None
+            self._forget_put(key)
+            raise self._outage.record(ex) from ex
+        except BotoCoreError as ex:
+            self._forget_put(key)
+            raise self._outage.record(ex) from ex
+        self._outage.since = None
+        self.originals.add(image_id, jpeg.path)
+
+    def _forget_put(self, key: str) -> None:
+        """Remove, in the background, an object whose put failed, in case it was stored."""
+
+        # NOTE: the id is new, so no one else's image is at this key; if the
+        #   store is down, a check finds the object once its grace time is over.
+        def forget() -> None:
+            with contextlib.suppress(ClientError, BotoCoreError):
+                self.client.delete_object(Bucket=self.bucket, Key=key)
+
+        threading.Thread(target=forget, name='look-forget-put', daemon=True).start()
+
+    def open_original(self, image_id: str) -> Original:
+        """Open the JPEG of an image: the cached file, else a stream from the store.
+
+        A stream read to its end is kept in the cache, for the next download
+        or render on this host.
+        """
+        key = self.key(image_id)
+        cached = self.originals.open_file(image_id)
+        if cached is not None:
+            return Original(cached, os.fstat(cached.fileno()).st_size)
+        with self._outage.answers(image_id):
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        length = int(response['ContentLength'])
+        try:
+            body = self.originals.keeping(image_id, _Body(response['Body']), length)
+        except BaseException:
+            response['Body'].close()
+            raise
+        return Original(body, length)  # type: ignore[arg-type]
+
+    @contextlib.contextmanager
+    def local_path(self, image_id: str) -> Iterator[str]:
+        """Give a local file of the JPEG: from the originals cache, else fetched into it once."""
+        key = self.key(image_id)
+        with self.originals.lease(image_id) as cached:
+            if cached is not None:
+                yield cached
+                return
+        with self.originals.fill(image_id, self._fetcher(image_id, key)) as path:
+            yield path
+
+    def _fetcher(self, image_id: str, key: str) -> Callable[[IO[bytes]], None]:
+        """Return a function that copies the object at ``key`` into a file."""
+
+        def fetch(out: IO[bytes]) -> None:
+            with self._outage.answers(image_id):
+                body = self.client.get_object(Bucket=self.bucket, Key=key)['Body']
+                try:
+                    while chunk := body.read(_COPY_CHUNK):
+                        out.write(chunk)
+                finally:
+                    body.close()
+
+        return fetch
+
+    def exists(self, image_id: str) -> bool:
+        """Return whether the store holds the JPEG now (asking the store, not the cache)."""
+        try:
+            with self._outage.answers(image_id):
+                self.client.head_object(Bucket=self.bucket, Key=self.key(image_id))
+        except ImageNotFound:
+            return False
+        return True
+
+    def delete(self, image_id: str) -> None:
+        """Remove the object (one already gone is not an error) and this host's copy."""
+        key = self.key(image_id)
+        self.originals.discard(image_id)
+        with self._outage.answers(image_id):
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+
+    def objects(self) -> Iterator[StoredObject]:
+        """Yield every image object, with the time it was written."""
+        yield from self._listed(f'{self.prefix}images/')
+
+    def in_progress(self, image_id: str) -> bool:
+        """Return False: an object waits for its row a moment only; a check's grace covers it."""
+        return False
+
+    def _listed(self, prefix: str) -> Iterator[StoredObject]:
+        paginator = self.client.get_paginator('list_objects_v2')
+        with self._outage.answers(prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
+                for item in page.get('Contents', ()):
+                    name = item['Key'][len(prefix) :]
+                    image_id = name.removesuffix(_SUFFIX)
+                    if name.endswith(_SUFFIX) and is_valid_id(image_id):
+                        yield StoredObject(image_id, item['LastModified'].timestamp())
+
+    # -- quarantine -------------------------------------------------------
+
+    def quarantine(self, image_id: str) -> None:
+        """Move an object aside, under quarantine/."""
+        with self._outage.answers(image_id):
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=self._quarantine_key(image_id),
+                CopySource={'Bucket': self.bucket, 'Key': self.key(image_id)},
+            )
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(image_id))
+        self.originals.discard(image_id)
+
+    def quarantined(self) -> Iterator[StoredObject]:
+        """Yield the objects under quarantine/."""
+        yield from self._listed(f'{self.prefix}quarantine/')
+
+    def restore(self, image_id: str) -> None:
+        """Move a quarantined object back into place (never over another)."""
+        if self.exists(image_id):
+            raise ImageExists(f'An image with the id {image_id} already exists.')
+        with self._outage.answers(image_id):
+            self.client.copy_object(
+                Bucket=self.bucket,
+                Key=self.key(image_id),
+                CopySource={'Bucket': self.bucket, 'Key': self._quarantine_key(image_id)},
+            )
+            self.client.delete_object(Bucket=self.bucket, Key=self._quarantine_key(image_id))
+
+    # -- health -----------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """Report whether the bucket answers, and what this host keeps in its cache."""
+        try:
+            self._outage.check()
+            self.client.head_bucket(Bucket=self.bucket)
+        except BackendUnreachable:
+            return {'status': 'fail', 'detail': 'the object store did not answer a moment ago'}
+        except (ClientError, BotoCoreError) as ex:
+            if isinstance(ex, _UNREACHED):
+                self._outage.since = time.monotonic()
+            return {'status': 'fail', 'detail': f'the object store does not answer: {ex}'}
+        self._outage.since = None
+        return {
+            'status': 'ok',
+            'bucket': self.bucket,
+            'originals_cached_bytes': self.originals.size(),
+        }
+
+
+class _Body:
+    """A download streamed from the store, read in large pieces; a broken stream is logged."""
+
+    # NOTE: the server asks for 8 KiB at a time; a larger piece costs fewer
+    #   trips through Python for each megabyte sent.
+    PIECE = 256 * 1024
+
+    def __init__(self, body: Any) -> None:
+        self._body = body
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            data: bytes = self._body.read(max(size, self.PIECE) if size and size > 0 else None)
+        except (BotoCoreError, OSError) as ex:
+            # NOTE: the status line is sent; the client sees a short body.
+            log.error('a download from the object store broke off: %s', ex)
+            raise
+        return data
+
+    def close(self) -> None:
+        self._body.close()

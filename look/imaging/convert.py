@@ -1,0 +1,157 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import warnings
+
+from PIL import Image, ImageCms, ImageMath, ImageOps, UnidentifiedImageError
+
+from look.errors import (
+    CorruptImage,
+    ImageTooLarge,
+    UnsupportedImage,
+)
+from look.imaging import preflight
+from look.imaging.formats import ACCEPTED_FORMATS, READABLE_FORMATS
+
+log = logging.getLogger(__name__)
+
+_SIXTEEN_BIT_GREY = frozenset({'I', 'I;16', 'I;16L', 'I;16B', 'I;16N'})
+
+
+_ALPHA_MODES = frozenset({'RGBA', 'LA', 'PA', 'RGBa', 'La'})
+
+
+_srgb_profile: ImageCms.ImageCmsProfile | None = None
+
+
+JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
+
+
+def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
+    """Replace the uploaded image file at ``path`` with an upright sRGB JPEG.
+
+    Returns the stored size. Metadata (EXIF, GPS, comments) is not carried
+    over. An upload that is refused is left as it was. The caller makes the
+    JPEG durable (``Store.add``): an fsync here would hold this process,
+    which renders and uploads queue for, idle while the disk catches up.
+    """
+    # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    Image.init()  # registers every plugin, so ACCEPTED_FORMATS can be looked up
+    # Before open(): Pillow parses some headers in Python, chunk by chunk.
+    preflight.check_container(path, max_pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        try:
+            image = Image.open(path, formats=ACCEPTED_FORMATS)
+        except UnidentifiedImageError:
+            raise UnsupportedImage(
+                f'The upload is not an image look can read ({READABLE_FORMATS}).'
+            ) from None
+        except Image.DecompressionBombError as ex:
+            raise ImageTooLarge(f'The image has too many pixels: {ex}') from None
+        except Exception as ex:
+            raise CorruptImage(f'The image could not be read: {ex}') from None
+
+        with image:
+            width, height = image.size
+            preflight.check_pixel_count(width, height, max_pixels)
+            if max(width, height) > JPEG_MAX_SIDE:
+                raise ImageTooLarge(
+                    f'The image is {width}x{height}; a JPEG side can be at most '
+                    f'{JPEG_MAX_SIDE} pixels.'
+                )
+            preflight.check_pixels_per_byte(image.format, image.size, os.path.getsize(path))
+            _match_trns_to_decoded_depth(image)
+            try:
+                image.load()  # the first frame of an animation
+                # In place: no copy of the whole image when it is upright already.
+                ImageOps.exif_transpose(image, in_place=True)
+                rgb = _to_srgb(image)
+            except MemoryError:
+                raise ImageTooLarge('The image is too large to decode.') from None
+            except Exception as ex:
+                raise CorruptImage(f'The image could not be decoded: {ex}') from None
+
+    # NOTE: the upload is decoded and closed by now, so its own file can take
+    #   the JPEG: one new file per upload, not two. (On ext4 without a
+    #   journal, every deleted file slows file creation for a minute or more.)
+    # Pillow's JPEG writer copies some of info (the comment) by default.
+    rgb.info.clear()
+    with open(path, 'wb') as out:
+        rgb.save(out, 'JPEG', quality=quality)
+    return rgb.size
+
+
+# PNG raw modes that Pillow decodes into 8-bit pixels from other depths.
+_LOW_BIT_GREYS = {'1': 1, 'L;2': 2, 'L;4': 4}
+
+
+def _match_trns_to_decoded_depth(image: Image.Image) -> None:
+    """Scale a PNG's tRNS colour to the 8-bit pixels Pillow decodes it into (before load)."""
+    transparency = image.info.get('transparency')
+    if transparency is None or image.format != 'PNG' or len(image.tile) != 1:
+        return
+    rawmode = image.tile[0].args
+    bits = _LOW_BIT_GREYS.get(rawmode) if isinstance(rawmode, str) else None
+    if bits and isinstance(transparency, int):
+        image.info['transparency'] = transparency * 255 // (2**bits - 1)
+    elif rawmode == 'RGB;16B' and isinstance(transparency, tuple):
+        # NOTE: Pillow keeps the high byte of each sample, so a colour that
+        #   differs from the transparent one in its low byte only goes too.
+        image.info['transparency'] = tuple(value >> 8 for value in transparency)
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Return an RGB image in sRGB, alpha flattened onto white."""
+    icc_profile = image.info.get('icc_profile')
+    # NOTE: besides an alpha channel or a palette, PNG's tRNS can name one
+    #   grey level or RGB colour as transparent (PNG optimisers write that).
+    transparency = image.info.get('transparency')
+    if image.mode in _SIXTEEN_BIT_GREY:
+        grey = image.convert('I')
+        # Scale 0..65535 down to 0..255 rather than clipping everything to white.
+        image = grey.point(lambda value: value * (1 / 256)).convert('L')
+        if isinstance(transparency, int):  # a 16-bit level: matched before scaling
+            opaque = ImageMath.lambda_eval(lambda v: (v['grey'] != transparency) * 255, grey=grey)
+            image.putalpha(opaque.convert('L'))
+    elif image.mode == 'P':
+        image = image.convert('RGBA' if transparency is not None else 'RGB')
+    elif transparency is not None and image.mode in ('1', 'L', 'RGB'):
+        image = image.convert('RGBA' if image.mode == 'RGB' else 'LA')  # Pillow reads tRNS
+    elif image.mode == '1' or image.mode == 'F':
+        image = image.convert('L')
+    if image.mode in _ALPHA_MODES:
+        image = image.convert('RGBA')
+
+    if icc_profile:
+        image = _apply_icc_profile(image, icc_profile)
+
+    if image.mode == 'RGBA':
+        background = Image.new('RGB', image.size, (255, 255, 255))
+        background.paste(image, mask=image.getchannel('A'))
+        image = background
+    return image if image.mode == 'RGB' else image.convert('RGB')
+
+
+def _apply_icc_profile(image: Image.Image, icc_profile: bytes) -> Image.Image:
+    global _srgb_profile
+    if _srgb_profile is None:
+        _srgb_profile = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB'))
+    try:
+        source_profile = ImageCms.ImageCmsProfile(io.BytesIO(icc_profile))
+        return ImageCms.profileToProfile(
+            image,
+            source_profile,
+            _srgb_profile,
+            outputMode='RGBA' if image.mode == 'RGBA' else 'RGB',
+        )
+    except (ImageCms.PyCMSError, OSError, ValueError) as ex:
+        # A broken or mismatched profile is common in the wild; the pixels are
+        # still usable, so fall back to Pillow's plain conversion.
+        log.info('ignoring unusable ICC profile: %s', ex)
+        return image

@@ -1,0 +1,66 @@
+"""TODO docstring."""
+
+from __future__ import annotations
+
+# Every format look can render, in the order preferred when a client rates
+# several equally: the smallest files first.
+FORMAT_MEDIA_TYPES = {'avif': 'image/avif', 'webp': 'image/webp', 'jpeg': 'image/jpeg'}
+FALLBACK_FORMAT = 'jpeg'  # every client can show it, so nothing is ever a 406
+
+
+READABLE_FORMATS = 'JPEG, PNG, GIF, BMP, TIFF or WebP'
+
+
+# NOTE: only these decoders see uploads. Pillow knows many more (EPS would
+#   hand the upload to Ghostscript). Phones' MPO files open as JPEG.
+ACCEPTED_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP')
+
+
+THUMBNAIL_FORMATS = ('jpeg', 'webp', 'avif')
+
+
+# Pillow's save parameters of each thumbnail format but JPEG, whose quality is
+# LOOK_JPEG_QUALITY. Stored JPEGs are sRGB: WebP without a profile is sRGB,
+# and Pillow's AVIF says so in its nclx box (BT.709 primaries, sRGB transfer,
+# full range) with JPEG's own BT.601 matrix.
+# NOTE: chosen with bench/encoders.py on 16 photographs and a screenshot, at
+#   about the SSIM of the q85 JPEG (medians at 960x540, 480x270, 240x135).
+#   WebP q85 is 0.70-0.77 of the JPEG's bytes at method 4 (libwebp's own);
+#   methods 0-2 take half the time or less for 2-19 points more, 5-6 take
+#   1-3 off for up to 2.2x the time. AVIF q70 is 0.69-0.71 at speed 9 (10 gives
+#   the same bytes) for 35/12/4 ms of CPU; speed 8 takes 3-8 points off for
+#   3-4x that, speed 6 6-9 points for 9-11x. 4:2:0 as in the JPEG: 4:4:4 is
+#   4-7% larger and needs AV1's High profile. One thread: a pool process has
+#   a core's share, and a second saves no CPU.
+ENCODINGS: dict[str, dict[str, int | str]] = {
+    'webp': {'quality': 85, 'method': 4},
+    'avif': {'quality': 70, 'speed': 9, 'subsampling': '4:2:0', 'max_threads': 1},
+}
+
+
+# How encoding_tag() writes each parameter: every one can change the bytes.
+_TAG_PREFIXES = {
+    'quality': 'q',
+    'method': 'm',
+    'speed': 's',
+    'subsampling': '',
+    'max_threads': 't',
+}
+
+
+def encoding_tag(format: str, jpeg_quality: int) -> str:
+    """Return a short name for how ``format`` is encoded; it changes whenever the bytes would."""
+    if format == 'jpeg':
+        return f'q{jpeg_quality}'
+    params = encoding(format, jpeg_quality)[1]
+    tags = [_TAG_PREFIXES[key] + str(value).replace(':', '') for key, value in params.items()]
+    return '-'.join([format, *tags])
+
+
+def encoding(format: str, jpeg_quality: int) -> tuple[str, dict[str, int | str]]:
+    """Return the Pillow format name and save parameters of a thumbnail format."""
+    if format == 'jpeg':
+        return 'JPEG', {'quality': jpeg_quality}
+    if format not in ENCODINGS:
+        raise ValueError(f'{format!r} is not one of {THUMBNAIL_FORMATS}')
+    return format.upper(), ENCODINGS[format]

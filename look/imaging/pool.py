@@ -1,0 +1,459 @@
+"""Pillow work on untrusted images, run in a process pool, and the object that owns it.
+
+The top-level functions here run in pool processes: they take file paths
+(not pickled image bytes), so a decoder crash or a memory blow-up kills a
+disposable pool process, never the web worker.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import multiprocessing
+import os
+import pathlib
+import resource
+import signal
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
+from typing import Protocol
+
+from PIL import Image
+
+from look.errors import (
+    ThumbnailerBusy,
+    ThumbnailerUnavailable,
+)
+from look.imaging.convert import convert_upload
+from look.imaging.formats import THUMBNAIL_FORMATS
+from look.imaging.render import render_thumbnail
+
+log = logging.getLogger(__name__)
+
+# Freed image blocks a pool process keeps for the next image (Pillow's
+# PILLOW_BLOCKS_MAX, which wins when set). Without them, a 960x540 render that
+# crops or resizes maps fresh memory for its second image: ~1000 page faults
+# and 1.7x the CPU.
+IMAGE_BLOCKS_CACHED = 4
+# NOTE: what a task costs grows with its size: a render with the pixels it
+#   makes (decoding is drafted down near them), a conversion with the bytes
+#   of the upload. Each kind of task also costs about this much besides.
+RENDER_OVERHEAD_PIXELS = 100_000
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+# Seconds per pixel made (renders) or per byte received (uploads) before a
+# pool has finished a task of that kind, measured here: a 960x540 render of
+# a photo takes 3 ms as JPEG, 16 ms as AVIF, 28 ms as WebP; the conversion of
+# a camera JPEG 25-40 ns a byte (0.2 s for 24 megapixels), of a small PNG
+# 3 ms. What tasks take here then replaces them.
+FIRST_COSTS = {'jpeg': 6e-9, 'webp': 50e-9, 'avif': 35e-9, 'upload': 40e-9}
+# How much each finished task moves the estimate of its kind.
+COST_WEIGHT = 0.25
+
+
+# -- run in the pool processes -------------------------------------------------
+
+
+def memory_limit(max_pixels: int) -> int:
+    """Return the address space a pool process may use, in bytes.
+
+    Room for the interpreter and a few full-size copies of the largest image
+    allowed: beyond it a decoder gets MemoryError (a 413) instead of waking
+    the kernel's OOM killer, which might pick a web worker.
+    """
+    return 1024 * 1024 * 1024 + 24 * max_pixels
+
+
+def _init_pool_process(parent_pid: int, address_space: int) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the web worker
+    # decides when the pool stops.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    if hard == resource.RLIM_INFINITY or address_space < hard:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, hard))
+    if 'PILLOW_BLOCKS_MAX' not in os.environ:  # Pillow applied it at import
+        Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    # A web worker killed with SIGKILL cannot shut its pool down; its pool
+    # processes notice they were orphaned and leave.
+    while os.getppid() == parent_pid:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+# -- in the web worker ---------------------------------------------------------
+
+_thumbnailers: weakref.WeakSet[Thumbnailer] = weakref.WeakSet()
+
+
+class Observer(Protocol):
+    """What a thumbnailer reports as it works (look.web.metrics counts it)."""
+
+    def render_done(self, format: str, seconds: float) -> None:
+        """A render finished."""
+
+    def task_refused(self, reason: str) -> None:
+        """A task was answered 503: ``busy``, ``timeout``, ``crashed`` or ``restarted``."""
+
+    def pool_restarted(self) -> None:
+        """The pool was rebuilt after a crash or an overrun."""
+
+    def tasks_changed(self, delta: int) -> None:
+        """Tasks in flight went up or down by ``delta``."""
+
+
+class _Unobserved:
+    """The observer of a thumbnailer nobody watches."""
+
+    def render_done(self, format: str, seconds: float) -> None:
+        pass
+
+    def task_refused(self, reason: str) -> None:
+        pass
+
+    def pool_restarted(self) -> None:
+        pass
+
+    def tasks_changed(self, delta: int) -> None:
+        pass
+
+
+class Backlog:
+    """The work queued on a pool, in seconds, from what each kind of task took lately.
+
+    A task is admitted when the work ahead of it is expected to be done within
+    ``max_wait`` seconds, so a burst of small tasks queues, and a queue of
+    large ones turns the next task away with the time it would have waited.
+    """
+
+    def __init__(self, *, processes: int, max_wait: float) -> None:
+        self.processes = processes
+        self.max_wait = max_wait
+        self.queued = 0.0  # expected seconds of the tasks admitted and not done
+        self.costs = dict(FIRST_COSTS)  # seconds per unit, by kind
+
+    def expected_wait(self) -> float:
+        """Return how long a task admitted now is expected to wait for a process."""
+        return self.queued / max(self.processes, 1)
+
+    def admit(self, kind: str, units: float) -> float:
+        """Count a task in and return its expected seconds; raise ThumbnailerBusy if it must wait.
+
+        The caller holds the thumbnailer's lock.
+        """
+        wait = self.expected_wait()
+        if wait > self.max_wait:
+            raise ThumbnailerBusy(
+                f'The image processes here have about {wait:.1f}s of work queued, more than '
+                f'the {self.max_wait:g}s a request may wait; try again in {retry_after(wait)}s.',
+                retry_after=retry_after(wait),
+            )
+        expected = self.costs[kind] * units
+        self.queued += expected
+        return expected
+
+    def done(self, expected: float) -> None:
+        """Count a task out (the caller holds the lock)."""
+        self.queued = max(0.0, self.queued - expected)
+
+    def learn(self, kind: str, units: float, seconds: float) -> None:
+        """Move the cost of ``kind`` towards what a task of ``units`` just took."""
+        cost = self.costs[kind]
+        self.costs[kind] = cost + COST_WEIGHT * (seconds / units - cost)
+
+
+def retry_after(seconds: float) -> int:
+    """Return whole seconds to wait, at least one, rounded up."""
+    return max(1, math.ceil(seconds))
+
+
+def render_units(size: tuple[int, int]) -> int:
+    """Return what a render of ``size`` weighs in the backlog."""
+    return size[0] * size[1] + RENDER_OVERHEAD_PIXELS
+
+
+def upload_units(length: int) -> int:
+    """Return what the conversion of an upload of ``length`` bytes weighs in the backlog."""
+    return length + UPLOAD_OVERHEAD_BYTES
+
+
+def _timed(function: Callable[..., object], *args: object) -> tuple[float, object]:
+    """Run ``function`` in a pool process; return how long it took there, and its result."""
+    started = time.perf_counter()
+    result = function(*args)
+    return time.perf_counter() - started, result
+
+
+class Thumbnailer:
+    """Owns the process pool of one web worker; created lazily after the fork."""
+
+    def __init__(
+        self,
+        *,
+        processes: int,
+        max_pixels: int,
+        quality: int,
+        render_timeout: float,
+        max_queue_seconds: float = 2.0,
+        # NOTE: a process start costs ~0.2 s of CPU; recycling every 500 tasks
+        #   added ~0.35 ms to every small render. 10 000 still bounds Pillow's
+        #   memory growth over days.
+        max_tasks_per_child: int = 10_000,
+        observer: Observer | None = None,
+    ) -> None:
+        self.processes = processes
+        self.observer: Observer = observer if observer is not None else _Unobserved()
+        self.max_pixels = max_pixels
+        self.quality = quality
+        self.render_timeout = render_timeout
+        self.max_tasks_per_child = max_tasks_per_child
+        self.backlog = Backlog(processes=processes, max_wait=max_queue_seconds)
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._pool_pid: int | None = None
+        self._lock = threading.Lock()
+        self._in_flight = 0
+        # This pool's tasks not done yet, in the order the pool takes them.
+        self._unfinished: dict[concurrent.futures.Future[object], None] = {}
+        _thumbnailers.add(self)
+
+    def convert_upload(self, path: pathlib.Path) -> tuple[int, int]:
+        """Replace an uploaded file with the JPEG to store; return its size."""
+        units = upload_units(os.path.getsize(path))
+        width, height = self._run(
+            convert_upload, str(path), self.max_pixels, self.quality, kind=('upload', units)
+        )
+        return width, height
+
+    def render(self, source: str, size: tuple[int, int], format: str) -> bytes:
+        """Render a thumbnail of a stored JPEG as ``format`` (one of THUMBNAIL_FORMATS)."""
+        if format not in THUMBNAIL_FORMATS:
+            raise ValueError(f'no encoder for {format!r} thumbnails')
+        started = time.perf_counter()
+        data: bytes = self._run(
+            render_thumbnail,
+            str(source),
+            size,
+            format,
+            self.quality,
+            kind=(format, render_units(size)),
+        )
+        self.observer.render_done(format, time.perf_counter() - started)
+        return data
+
+    def check(self, timeout: float = 5.0) -> str | None:
+        """Return None if the pool runs a task now, else why not.
+
+        A busy pool counts as healthy: a health check should not wait
+        behind renders or add to them.
+        """
+        if self._in_flight >= self.processes:
+            return None
+        try:
+            self._run(os.getpid, timeout=timeout)
+        except ThumbnailerUnavailable as ex:
+            return ex.description
+        except OSError as ex:
+            return f'the pool could not start: {ex}'
+        return None
+
+    def start(self) -> None:
+        """Start the pool's processes now rather than on the first request."""
+        # A ProcessPoolExecutor spawns its processes on submit(), not before.
+        pool = self._executor()
+        concurrent.futures.wait([pool.submit(os.getpid) for _ in range(self.processes)])
+
+    def resize(self, processes: int) -> None:
+        """Make the next pool ``processes`` large: one running now keeps its size."""
+        with self._lock:
+            self.processes = processes
+            self.backlog.processes = processes
+
+    def close(self) -> None:
+        """Stop the pool and its processes."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            _stop(pool)
+
+    def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
+        with self._lock:
+            return self._current_pool()
+
+    def _current_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        """Return this process's pool, made if need be; the caller holds the lock."""
+        if self._pool is None or self._pool_pid != os.getpid():
+            # NOTE: 'spawn' because max_tasks_per_child needs it, and it
+            #   keeps the web worker's sockets and locks out of the pool.
+            self._pool = concurrent.futures.ProcessPoolExecutor(
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context('spawn'),
+                initializer=_init_pool_process,
+                initargs=(os.getpid(), memory_limit(self.max_pixels)),
+                max_tasks_per_child=self.max_tasks_per_child,
+            )
+            self._pool_pid = os.getpid()
+            self._unfinished = {}
+        return self._pool
+
+    def _submit(
+        self, function: Callable[..., object], args: tuple[object, ...]
+    ) -> tuple[
+        concurrent.futures.ProcessPoolExecutor,
+        concurrent.futures.Future[object],
+        dict[concurrent.futures.Future[object], None],
+    ]:
+        """Submit a task; return its pool, its future and that pool's unfinished tasks."""
+        # NOTE: submitted and recorded under one lock, so _unfinished keeps
+        #   the order in which the pool takes its tasks.
+        broken = None
+        with self._lock:
+            pool = self._current_pool()
+            try:
+                future = pool.submit(function, *args)
+            except BrokenProcessPool:
+                broken, self._pool = pool, None
+                pool = self._current_pool()
+                future = pool.submit(function, *args)
+            unfinished = self._unfinished
+            unfinished[future] = None
+        if broken is not None:
+            _stop(broken)
+        future.add_done_callback(lambda done: unfinished.pop(done, None))
+        return pool, future, unfinished
+
+    def _discard(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        self.observer.pool_restarted()
+        _stop(pool)
+
+    def _run(  # type: ignore[no-untyped-def]
+        self,
+        function,
+        *args,
+        kind: tuple[str, float] | None = None,
+        timeout: float | None = None,
+    ):
+        """Run ``function(*args)`` in the pool and return its result.
+
+        A task of a ``kind`` (its name and units) waits only where the
+        backlog admits it (ThumbnailerBusy otherwise), and what it took
+        teaches the backlog; one without (a health check) always runs.
+        """
+        limit = timeout or self.render_timeout
+        expected = 0.0
+        with self._lock:
+            if kind is not None:
+                try:
+                    expected = self.backlog.admit(*kind)
+                except ThumbnailerBusy:
+                    self.observer.task_refused('busy')
+                    raise
+            self._in_flight += 1
+        self.observer.tasks_changed(1)
+        try:
+            pool, future, unfinished = self._submit(_timed, (function, *args))
+            try:
+                seconds, result = self._result(future, unfinished, limit)  # type: ignore[misc]
+            except concurrent.futures.CancelledError:
+                # Still queued when another request's overrun restarted the pool.
+                self.observer.task_refused('restarted')
+                raise ThumbnailerUnavailable(
+                    'The image processes were restarted; try again.'
+                ) from None
+            except BrokenProcessPool:
+                log.error('an image process died; restarting the pool')
+                self.observer.task_refused('crashed')
+                self._discard(pool)
+                raise ThumbnailerUnavailable(
+                    'An image process stopped unexpectedly; try again.'
+                ) from None
+            except concurrent.futures.TimeoutError:
+                log.error('an image took over %gs; restarting the pool', limit)
+                self.observer.task_refused('timeout')
+                self._discard(pool)
+                raise ThumbnailerUnavailable(
+                    f'The image took longer than {limit:g}s to process.'
+                ) from None
+            if kind is not None:
+                with self._lock:
+                    self.backlog.learn(*kind, seconds)
+            return result
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self.backlog.done(expected)
+            self.observer.tasks_changed(-1)
+
+    def _result(
+        self,
+        future: concurrent.futures.Future[object],
+        unfinished: dict[concurrent.futures.Future[object], None],
+        limit: float,
+    ) -> object:
+        """Return the task's result; raise TimeoutError once it has run ``limit`` seconds.
+
+        Time queued behind other tasks does not count: a burst of uploads
+        into a one-process pool is slow, not hung.
+        """
+        # NOTE: the pool takes tasks in order, so this one runs once fewer
+        #   tasks than there are processes are ahead of it. That is checked
+        #   every quarter of the limit (ProcessPoolExecutor says "running"
+        #   as soon as a task is in its pipe, which can be two tasks early).
+        started = None
+        while True:
+            if started is None:
+                order = list(unfinished)  # a snapshot: other threads add and remove
+                ahead = order.index(future) if future in order else 0
+                if ahead < self.processes:
+                    started = time.monotonic()
+            timeout = limit / 4 if started is None else started + limit - time.monotonic()
+            try:
+                return future.result(timeout=max(0.0, timeout))
+            except concurrent.futures.TimeoutError:
+                if started is not None and time.monotonic() >= started + limit:
+                    raise
+
+
+def _stop(pool: concurrent.futures.ProcessPoolExecutor) -> None:
+    # NOTE: ProcessPoolExecutor cannot stop a busy process before Python 3.14
+    #   (terminate_workers); a hung render has to be killed to be abandoned.
+    processes = list((getattr(pool, '_processes', None) or {}).values())
+    # The executor's own thread reaps these processes too. Until it is done, a
+    # process it has reaped can still look alive, so it is waited for below.
+    manager = getattr(pool, '_executor_manager_thread', None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        process.terminate()
+    for process in processes:
+        process.join(timeout=2)
+        if process.is_alive():
+            process.kill()
+            process.join(timeout=2)
+    if manager is not None:
+        manager.join(timeout=2)
+
+
+def resize_all(processes: int) -> None:
+    """Size the next pool of every thumbnailer here (post_fork, for an app made before it)."""
+    for thumbnailer in list(_thumbnailers):
+        thumbnailer.resize(processes)
+
+
+def close_all() -> None:
+    """Stop every pool in this process (gunicorn's worker_exit hook)."""
+    for thumbnailer in list(_thumbnailers):
+        thumbnailer.close()
+
+
+def start_all() -> None:
+    """Start every pool in this process (gunicorn's post_worker_init hook)."""
+    for thumbnailer in list(_thumbnailers):
+        thumbnailer.start()

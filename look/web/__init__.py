@@ -1,0 +1,1 @@
+"""Everything that speaks HTTP through Falcon: the app, resources, errors, cache and gallery."""

@@ -1,0 +1,114 @@
+"""The one table from domain errors to HTTP, and the one JSON shape of every error.
+
+Every error look answers is ``{"title": ..., "description": ...}``, whatever
+the client accepts, so a script can always read ``description``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import falcon
+
+from look.errors import (
+    BackendUnavailable,
+    BadUpload,
+    CorruptImage,
+    EmptyUpload,
+    ImageExists,
+    ImageNotFound,
+    ImageTooComplex,
+    ImageTooLarge,
+    LookError,
+    StorageError,
+    ThumbnailerUnavailable,
+    TooManyUploads,
+    UnsupportedImage,
+    UploadTimeout,
+    UploadTooLarge,
+)
+
+log = logging.getLogger(__name__)
+
+
+# The status of each domain error; a subclass answers as its nearest listed class.
+STATUSES: dict[type[LookError], str] = {
+    ImageNotFound: falcon.HTTP_404,
+    EmptyUpload: falcon.HTTP_400,
+    BadUpload: falcon.HTTP_400,
+    CorruptImage: falcon.HTTP_400,
+    UploadTimeout: falcon.HTTP_408,
+    ImageExists: falcon.HTTP_409,
+    UploadTooLarge: falcon.HTTP_413,
+    ImageTooLarge: falcon.HTTP_413,
+    UnsupportedImage: falcon.HTTP_415,
+    ImageTooComplex: falcon.HTTP_422,
+    TooManyUploads: falcon.HTTP_503,
+    ThumbnailerUnavailable: falcon.HTTP_503,
+    BackendUnavailable: falcon.HTTP_503,
+    StorageError: falcon.HTTP_507,
+}
+
+
+def status_of(error: type[LookError]) -> str:
+    """Return the HTTP status a domain error answers with (500 for one not in the table)."""
+    for kind in error.__mro__:
+        if kind in STATUSES:
+            return STATUSES[kind]
+    return falcon.HTTP_500
+
+
+def _handle_look_error(
+    req: falcon.Request, resp: falcon.Response, ex: LookError, params: dict[str, Any]
+) -> None:
+    headers = {}
+    retry_after = getattr(ex, 'retry_after', None)
+    if retry_after is not None:
+        headers['Retry-After'] = str(retry_after)
+    raise falcon.HTTPError(
+        status_of(type(ex)), title=ex.title, description=ex.description, headers=headers
+    )
+
+
+def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
+    # NOTE: every error is JSON with both keys, whatever the client accepts,
+    #   so scripts can always read `description`.
+    title = ex.title or resp.status
+    description = ex.description or _DEFAULT_DESCRIPTIONS.get(ex.status_code, title)
+    if ex.status_code >= 500:
+        # One line per server-side failure; 503 and 507 are look protecting itself.
+        level = logging.ERROR if ex.status_code == 500 else logging.WARNING
+        log.log(
+            level,
+            '%s %s answered %d %s: %s',
+            req.method,
+            req.path,
+            ex.status_code,
+            title,
+            description,
+        )
+    # NOTE: a resource may have set an image's validators before the work
+    #   that failed; the error must not be kept for a year as that image.
+    resp.delete_header('ETag')
+    resp.delete_header('Last-Modified')
+    resp.cache_control = ['no-store']
+    resp.data = json.dumps({'title': title, 'description': description}).encode()
+    resp.content_type = falcon.MEDIA_JSON
+
+
+_DEFAULT_DESCRIPTIONS = {
+    400: 'The request could not be understood.',
+    408: 'The request did not arrive in time.',
+    404: 'There is nothing at this address.',
+    405: 'This method is not allowed here; see the Allow header.',
+    413: 'The request body is larger than this service accepts.',
+    500: 'The service failed to answer this request.',
+}
+
+
+def add_error_handlers(app: falcon.App) -> None:
+    """Map domain exceptions to HTTP and give every error one JSON shape."""
+    app.add_error_handler(LookError, _handle_look_error)
+    app.set_error_serializer(_serialize_error)

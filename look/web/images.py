@@ -1,0 +1,189 @@
+"""Falcon resources for images and thumbnails: parse, call library and thumbnailer, respond."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import falcon
+
+from look.core.index import StoredImage
+from look.core.library import Library
+from look.core.spool import Spool
+from look.errors import ImageNotFound, refused_writes
+from look.imaging.formats import FORMAT_MEDIA_TYPES
+from look.imaging.pool import Thumbnailer
+from look.imaging.renditions import Renditions
+from look.web.auth import Access, new_delete_token
+from look.web.conditional import answer_not_modified, is_not_modified, set_immutable
+from look.web.metrics import Metrics
+from look.web.uploads import Receiver
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def image_uri(image_id: str) -> str:
+    return f'/images/{image_id}.jpeg'
+
+
+def describe(image: StoredImage, renditions: Renditions) -> dict[str, Any]:
+    """Return the JSON description of an image: its URLs, size and thumbnails in every format."""
+    sizes = renditions.sizes(image.size)
+    formats = {}
+    for format in renditions.formats:
+        thumbnails = [renditions.rendition(image.id, size, format) for size in sizes]
+        formats[format] = {
+            'type': FORMAT_MEDIA_TYPES[format],
+            'srcset': ', '.join(f'{r.path} {r.size[0]}w' for r in thumbnails),
+        }
+    return {
+        'id': image.id,
+        'image': image_uri(image.id),
+        'modified': image.modified_http,
+        'size': list(image.size),
+        'thumbnails': [renditions.rendition(image.id, size, 'jpeg').path for size in sizes],
+        'formats': formats,
+    }
+
+
+class Images:
+    """``/images`` (list, upload) and ``/images/{id}.jpeg`` (download, delete)."""
+
+    def __init__(
+        self,
+        library: Library,
+        thumbnailer: Thumbnailer,
+        renditions: Renditions,
+        access: Access,
+        *,
+        spool: Spool,
+        receiver: Receiver,
+        uuid_generator: Callable[[], uuid.UUID],
+        metrics: Metrics,
+    ) -> None:
+        self._metrics = metrics
+        self._library = library
+        self._thumbnailer = thumbnailer
+        self._renditions = renditions
+        self._access = access
+        self._spool = spool
+        self._receiver = receiver
+        self._uuid_generator = uuid_generator
+
+    # -- /images ------------------------------------------------------------
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        self._access.require_key(req, 'list images')
+        limit = req.get_param_as_int('limit', min_value=1, max_value=MAX_PAGE_SIZE)
+        after = req.get_param('after')
+        order = req.get_param('order', default='oldest')
+        if order not in ('oldest', 'newest'):
+            raise falcon.HTTPInvalidParam('The value must be "oldest" or "newest".', 'order')
+        if after is not None:
+            try:
+                after = str(uuid.UUID(after))
+            except ValueError:
+                raise falcon.HTTPInvalidParam('The value must be an image id.', 'after') from None
+        page_size = limit or DEFAULT_PAGE_SIZE
+        try:
+            page = self._library.page(
+                after=after, limit=page_size + 1, newest_first=order == 'newest'
+            )
+        except ImageNotFound:
+            raise falcon.HTTPInvalidParam(
+                f'No image has the id {after}; use an id from the previous page.', 'after'
+            ) from None
+        if len(page) > page_size:
+            page = page[:page_size]
+            # RFC 8288: the next page starts after the last image of this one.
+            ordering = '&order=newest' if order == 'newest' else ''
+            next_uri = f'/images?limit={page_size}{ordering}&after={page[-1].id}'
+            resp.append_header('Link', f'<{next_uri}>; rel="next"')
+        resp.media = [describe(image, self._renditions) for image in page]
+
+    on_head = on_get
+
+    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
+        # NOTE: the 401 goes out before any of the body is read, and the read
+        #   side stays open: gunicorn then reads at most 64 KiB of the unread
+        #   body and closes. With the read side shut, its drain could see an
+        #   early end, keep the connection and read the whole body after all.
+        who = self._access.require_key(req, 'upload images')
+        image_id = str(self._uuid_generator())
+        token, token_hash = new_delete_token()
+        with contextlib.ExitStack() as cleanup, refused_writes():
+            upload = self._spool.create()
+            cleanup.callback(upload.close)
+            received = self._receiver.receive(req, upload.file)
+            size = self._thumbnailer.convert_upload(upload.path)
+            length = os.fstat(upload.file.fileno()).st_size
+            image = StoredImage(image_id, int(time.time()), size, length, token_hash)
+            self._library.add(image, upload)
+        self._metrics.stored(received)
+        log.info(
+            'stored image %s: %dx%d, %d bytes (%d received), by %s',
+            image.id,
+            *image.size,
+            length,
+            received,
+            who,
+        )
+        resp.status = falcon.HTTP_201
+        resp.location = image_uri(image.id)
+        resp.media = {**describe(image, self._renditions), 'delete_token': token}
+
+    # -- /images/{id}.jpeg --------------------------------------------------
+
+    def on_get_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        image = self._validated(req, resp, image_id)
+        if image is not None:
+            original = self._library.open_original(image)
+            resp.content_length = original.length
+            # NOTE: Falcon hands a stream with read() to the server's
+            #   wsgi.file_wrapper, so gunicorn sends a file with sendfile().
+            resp.stream = original.stream
+
+    def on_head_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        image = self._validated(req, resp, image_id)
+        if image is not None:
+            if image.length:
+                resp.content_length = image.length
+                return
+            # Falcon drops a HEAD body without closing it: don't leave one.
+            original = self._library.open_original(image)
+            original.stream.close()
+            resp.content_length = original.length
+
+    def on_delete_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        # With keys set, the anonymous hear 401 whether or not the image exists.
+        self._access.require_credential(req, 'delete an image')
+        image = self._library.get(image_id)
+        who = self._access.may_delete(req, image)
+        self._library.delete(image.id)
+        log.info('deleted image %s: %dx%d, by %s', image.id, *image.size, who)
+        # Cached thumbnails of this image are stale on every worker now.
+        resp.context.stale_keys = [
+            rendition.cache_key
+            for rendition in self._renditions.every_cached(image.id, image.size)
+        ]
+        resp.status = falcon.HTTP_204
+
+    def _validated(
+        self, req: falcon.Request, resp: falcon.Response, image_id: str
+    ) -> StoredImage | None:
+        """Set the headers of an original; return None if a 304 answers the request."""
+        image = self._library.get(image_id)
+        resp.content_type = 'image/jpeg'
+        set_immutable(resp, etag=image.id, last_modified=image.modified_http)
+        if is_not_modified(req, resp):
+            answer_not_modified(resp)
+            return None
+        return image

@@ -1,0 +1,141 @@
+"""A redis-py client that fails fast: one deadline per call, short timeouts, no retries.
+
+Redis is only a cache to look: waiting for it is never worth more than a
+fraction of a second, and retrying is the circuit breaker's job (look.web.cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+_deadline = threading.local()
+# Seconds a call may overrun its deadline rather than pay to shorten a timeout.
+SLACK = 0.05
+
+
+@contextlib.contextmanager
+def call_deadline(seconds: float) -> Iterator[None]:
+    """Bound every socket read and write of this thread's Redis calls in the block, together."""
+    _deadline.at = time.monotonic() + seconds
+    try:
+        yield
+    finally:
+        _deadline.at = None
+
+
+def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
+    """Bound each read and write of a blocking socket in the kernel (SO_RCVTIMEO, SO_SNDTIMEO)."""
+    whole = int(seconds)
+    micros = round((seconds - whole) * 1_000_000)
+    if whole == 0 and micros == 0:
+        micros = 1  # a zero timeval means no limit at all
+    timeval = struct.pack('@ll', whole, micros)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+class _DeadlineSocket(socket.socket):
+    """A blocking socket whose reads and writes stop at the calling thread's deadline.
+
+    Each read or write is bounded in the kernel by ``op_timeout`` (as
+    redis-py's socket_timeout would be), and shortened to what is left of
+    the call's deadline when that is less.
+
+    NOTE: redis-py's own socket timeout is per read: a server answering one
+      byte every 0.2 s held a request for 13 s under a 0.25 s timeout.
+    PERF: a Python socket with a timeout polls before every read and write;
+      a blocking one with kernel timeouts makes one system call of each.
+    """
+
+    op_timeout: float | None = None
+
+    def _bounded(self, call: Any, *args: Any) -> Any:
+        at = getattr(_deadline, 'at', None)
+        if at is None:
+            return call(*args)
+        left = at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError('the cache call ran past its deadline')
+        current = self.gettimeout()  # None, but for redis-py's own polls (0)
+        bound = self.op_timeout if current is None else current
+        # PERF: within SLACK of the deadline the timeout is left alone, so a
+        #   call that answers at once costs no extra system calls.
+        if bound is not None and bound <= left + SLACK:
+            return call(*args)
+        if current is not None:
+            self.settimeout(left)
+            try:
+                return call(*args)
+            finally:
+                self.settimeout(current)
+        _set_kernel_timeouts(self, left)
+        try:
+            return call(*args)
+        finally:
+            _set_kernel_timeouts(self, self.op_timeout or 0.0)
+
+    def recv(self, *args: Any) -> bytes:
+        result: bytes = self._bounded(super().recv, *args)
+        return result
+
+    def recv_into(self, *args: Any) -> int:
+        result: int = self._bounded(super().recv_into, *args)
+        return result
+
+    def sendall(self, *args: Any) -> None:
+        self._bounded(super().sendall, *args)
+
+
+class _DeadlineConnection:
+    """Mixed into a redis-py connection class: its sockets honour the call deadline."""
+
+    _op_timeout: float | None
+
+    def _connect(self) -> socket.socket:
+        sock: socket.socket = super()._connect()  # type: ignore[misc]
+        if not hasattr(self, '_op_timeout'):
+            self._op_timeout = self.socket_timeout  # type: ignore[attr-defined]
+            # NOTE: redis-py sets a socket back to this after each of its own
+            #   polls; None keeps it blocking, with the kernel's timeouts.
+            self.socket_timeout = None  # type: ignore[attr-defined]
+        wrapped = _DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        wrapped.settimeout(None)
+        wrapped.op_timeout = self._op_timeout
+        if self._op_timeout:
+            _set_kernel_timeouts(wrapped, self._op_timeout)
+        return wrapped
+
+
+def limit_waits(client: Any, timeout: float) -> None:
+    """Give a redis-py client short socket timeouts (unless set), call deadlines, no retries."""
+    pool = getattr(client, 'connection_pool', None)
+    connection_kwargs = getattr(pool, 'connection_kwargs', None)
+    if isinstance(connection_kwargs, dict):
+        if connection_kwargs.get('socket_timeout') is None:
+            connection_kwargs['socket_timeout'] = timeout
+        if connection_kwargs.get('socket_connect_timeout') is None:
+            connection_kwargs['socket_connect_timeout'] = timeout
+    connection_class = getattr(pool, 'connection_class', None)
+    if isinstance(connection_class, type) and connection_class in (
+        redis.Connection,
+        redis.UnixDomainSocketConnection,
+    ):
+        # NOTE: TLS sockets are made by the ssl module and read in C; they
+        #   keep redis-py's per-read timeout only.
+        pool.connection_class = type(  # type: ignore[union-attr]
+            f'Deadline{connection_class.__name__}', (_DeadlineConnection, connection_class), {}
+        )
+    if hasattr(client, 'set_retry'):
+        # NOTE: retrying is the circuit breaker's job; redis-py's default
+        #   retries with exponential backoff would hold a request for seconds.
+        client.set_retry(Retry(NoBackoff(), 0))
