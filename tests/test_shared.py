@@ -320,6 +320,38 @@ def test_the_rows_kept_are_bounded_the_least_recently_used_out_first(
     assert row_reads == [second.id]
 
 
+def test_a_delete_on_one_host_is_404_on_another_at_once_and_takes_its_copy_of_the_original(
+    make_config: MakeConfig, make_client: MakeClient, row_reads: list[str]
+) -> None:
+    config = make_config()
+    uploader = make_client(config)
+    image = upload(uploader)
+    elsewhere = another_host(make_config, config, redis_url='')  # no thumbnail from Redis
+    host = make_client(elsewhere)
+    copy = pathlib.Path(elsewhere.storage_path) / 'originals' / f'{image["id"]}.jpeg'
+    thumbnail = image['thumbnails'][0]
+
+    def answers() -> set[int]:
+        return {
+            host.simulate_get(image['image']).status_code,
+            host.simulate_head(image['image']).status_code,
+            host.simulate_get(thumbnail).status_code,
+        }
+
+    def served_from_memory() -> bool:
+        row_reads.clear()
+        return answers() == {200} and row_reads == []
+
+    assert wait_until(served_from_memory, 5)  # once the host hears deletes
+    assert copy.exists()  # a download read to its end is kept
+
+    assert uploader.simulate_delete(image['image']).status_code == 204
+    deleted = time.monotonic()
+
+    assert wait_until(lambda: answers() == {404} and not copy.exists(), HEARD_WITHIN, 0.005)
+    assert time.monotonic() - deleted < HEARD_WITHIN
+
+
 def test_rows_are_not_served_while_the_listener_is_away_so_a_delete_meanwhile_is_seen(
     make_index: MakeIndex, database: PostgresDatabase, row_reads: list[str]
 ) -> None:
