@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from look.config import Config, ConfigError, without_password
 from look.errors import BackendUnavailable
@@ -19,6 +21,9 @@ from look.index import Index
 from look.index.journal import JournalIndex
 from look.library import Library
 
+if TYPE_CHECKING:
+    from look.imagestore.originals import OriginalsCache
+
 log = logging.getLogger(__name__)
 
 # Every library opened in this process, for close_all (gunicorn's worker_exit).
@@ -27,33 +32,46 @@ _libraries: list[Library] = []
 
 def open_library(config: Config) -> Library:
     """Build and open the library of this configuration; raise ConfigError naming what failed."""
-    library = Library(_index(config), _images(config))
+    originals = _originals(config) if config.images_url else None
+    # NOTE: a delete on any host takes this host's copy of the original with
+    #   it, as the index hears of it, so no host keeps a deleted image's file.
+    on_deleted = originals.discard if originals is not None else None
+    library = Library(_index(config, on_deleted), _images(config, originals))
     _open_images(config, library.images)
     _open_index(config, library.index)
     _libraries.append(library)
     return library
 
 
-def _index(config: Config) -> Index:
+def _index(config: Config, on_deleted: Callable[[str], None] | None = None) -> Index:
     if config.index_url:
         from look.index.postgres import PostgresIndex
 
-        return PostgresIndex(config.index_url, pool_size=config.index_pool_size)
+        return PostgresIndex(
+            config.index_url, pool_size=config.index_pool_size, on_deleted=on_deleted
+        )
     return JournalIndex(pathlib.Path(config.storage_path))
 
 
-def _images(config: Config) -> ImageStore:
-    storage_path = pathlib.Path(config.storage_path)
+def _originals(config: Config) -> OriginalsCache:
+    """Return this host's cache of the originals it read from the object store."""
+    from look.imagestore.originals import OriginalsCache
+
+    return OriginalsCache(
+        pathlib.Path(config.storage_path) / 'originals', config.originals_cache_bytes
+    )
+
+
+def _images(config: Config, originals: OriginalsCache | None = None) -> ImageStore:
     if config.images_url:
-        from look.imagestore.originals import OriginalsCache
         from look.imagestore.s3 import S3ImageStore
 
         return S3ImageStore(
             config.images_url,
             options=config.s3_options,
-            originals=OriginalsCache(storage_path / 'originals', config.originals_cache_bytes),
+            originals=originals if originals is not None else _originals(config),
         )
-    return DiskImageStore(storage_path)
+    return DiskImageStore(pathlib.Path(config.storage_path))
 
 
 def _open_images(config: Config, images: ImageStore) -> None:
