@@ -148,6 +148,8 @@ def send(
     #   gunicorn drains at most 64 KiB. Like curl, read that early answer.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         connection.request(method, path, body=body, headers=headers, encode_chunked=chunked)
+    if connection.sock is None:  # the send failed, and took the connection with it
+        raise ConnectionResetError(f'{method} {path}: the connection closed while sending')
     response = connection.getresponse()
     return Response(response.status, response.headers, response.read())
 
