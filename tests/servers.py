@@ -148,6 +148,8 @@ def send(
     #   gunicorn drains at most 64 KiB. Like curl, read that early answer.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         connection.request(method, path, body=body, headers=headers, encode_chunked=chunked)
+    if connection.sock is None:  # the send failed, and took the connection with it
+        raise ConnectionResetError(f'{method} {path}: the connection closed while sending')
     response = connection.getresponse()
     return Response(response.status, response.headers, response.read())
 
@@ -740,7 +742,8 @@ class PostgresDatabase(_Server):
         """Return a LOOK_INDEX_URL whose tables live in ``schema`` of this database."""
         return f'{self.url}?options=-csearch_path%3D{schema}'
 
-    def _admin(self) -> Any:
+    def admin(self) -> Any:
+        """Return a connection to the server's own database, to act on this one from outside."""
         import psycopg
 
         return psycopg.connect(f'{self.server_url}/postgres', autocommit=True, connect_timeout=5)
@@ -750,7 +753,7 @@ class PostgresDatabase(_Server):
         import psycopg
 
         try:
-            with self._admin() as connection:
+            with self.admin() as connection:
                 connection.execute(f'CREATE DATABASE {self.name}')
         except psycopg.OperationalError as ex:
             message = f'PostgreSQL at {self.server_url} cannot be reached: {ex}'
@@ -771,12 +774,22 @@ class PostgresDatabase(_Server):
             connection.execute(f'CREATE SCHEMA {schema}')
         return self.schema_url(schema)
 
+    @contextlib.contextmanager
+    def refusing_connections(self) -> Iterator[None]:
+        """Refuse new connections to this database for the block; open ones go on."""
+        with self.admin() as connection:
+            connection.execute(f'ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS false')
+            try:
+                yield
+            finally:
+                connection.execute(f'ALTER DATABASE {self.name} WITH ALLOW_CONNECTIONS true')
+
     def close(self) -> None:
         """Drop the database, closing whatever connections are left on it."""
         if not self._created:
             return
         self._created = False
-        with self._admin() as connection:
+        with self.admin() as connection:
             connection.execute(f'DROP DATABASE IF EXISTS {self.name} WITH (FORCE)')
 
 
@@ -784,7 +797,9 @@ class TcpProxy(_Server):
     """Forward a free port on 127.0.0.1 to ``target``; ``cut()`` makes the target unreachable.
 
     While cut, open connections are reset and new ones refused, as when the
-    server behind it is down; ``mend()`` lets connections through again.
+    server behind it is down; while stalled, what is sent either way is held
+    and nothing is closed, as on a network that drops every packet. ``mend()``
+    lets connections and bytes through again.
     """
 
     def __init__(self, target_host: str, target_port: int) -> None:
@@ -793,6 +808,8 @@ class TcpProxy(_Server):
         self._listener: socket.socket | None = None
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._flowing = threading.Event()
+        self._flowing.set()
 
     def start(self) -> None:
         """Listen and forward."""
@@ -827,6 +844,7 @@ class TcpProxy(_Server):
     def _pipe(self, source: socket.socket, sink: socket.socket) -> None:
         try:
             while data := source.recv(65536):
+                self._flowing.wait()
                 sink.sendall(data)
         except OSError:
             pass
@@ -851,14 +869,20 @@ class TcpProxy(_Server):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))
                 sock.close()
 
+    def stall(self) -> None:
+        """Hold what is sent either way, closing nothing."""
+        self._flowing.clear()
+
     def mend(self) -> None:
-        """Accept and forward connections again, on the same port."""
+        """Accept and forward connections and bytes again, on the same port."""
+        self._flowing.set()
         if self._listener is None:
             self.start()
 
     def close(self) -> None:
         """Stop forwarding for good."""
         self.cut()
+        self._flowing.set()  # held bytes go nowhere: their sockets are closed
 
 
 # -- gunicorn -------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The shared backends on their own: PostgreSQL start-up, the originals cache, check, outages.
+"""The shared backends on their own: PostgreSQL start-up and rows, the originals cache, outages.
 
 Real SeaweedFS and PostgreSQL; an outage is a TCP proxy in front of them
 that refuses and resets connections, as a server that went down would.
@@ -10,11 +10,13 @@ import fcntl
 import os
 import pathlib
 import threading
+import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
 from falcon.testing import TestClient
 from PIL import Image
@@ -24,10 +26,16 @@ from look.config import Config
 from look.core.backends import open_library
 from look.core.imagestore.originals import OriginalsCache
 from look.core.index import StoredImage
-from look.core.index.postgres import MIGRATIONS, PostgresIndex
+from look.core.index.postgres import (
+    LISTENER_NAME,
+    LISTENER_SILENCE,
+    MIGRATIONS,
+    ROW_MAX_AGE,
+    PostgresIndex,
+)
 from look.core.library import Library
 from look.core.upkeep import check
-from look.errors import BackendUnavailable, BackendUnreachable
+from look.errors import BackendUnavailable, BackendUnreachable, ImageNotFound
 
 from imagegen import encode, image_bytes
 from servers import PostgresDatabase, SeaweedServer, TcpProxy, wait_until
@@ -86,14 +94,25 @@ def test_hosts_starting_at_once_create_the_schema_once(postgres: PostgresDatabas
         index.close()
 
 
-def drop_connections(database: PostgresDatabase) -> int:
-    """End every other session on ``database``, as a database restart would."""
-    with database.connect() as connection:
+def drop_connections(database: PostgresDatabase, application_name: str = '%') -> int:
+    """End the sessions on ``database`` (of one application only), as a database restart would."""
+    with database.admin() as connection:
         ended = connection.execute(
             'SELECT count(pg_terminate_backend(pid, 5000)) FROM pg_stat_activity '
-            'WHERE datname = current_database() AND pid <> pg_backend_pid()'
+            'WHERE datname = %s AND application_name LIKE %s',
+            (database.name, application_name),
         ).fetchone()
     return int(ended[0]) if ended else 0
+
+
+def listeners(database: PostgresDatabase) -> int:
+    """Return how many index listeners are connected to ``database``."""
+    with database.admin() as connection:
+        row = connection.execute(
+            'SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name = %s',
+            (database.name, LISTENER_NAME),
+        ).fetchone()
+    return int(row[0]) if row else 0
 
 
 @pytest.fixture
@@ -103,12 +122,33 @@ def database() -> Iterator[PostgresDatabase]:
         yield database
 
 
+MakeIndex = Callable[..., PostgresIndex]
+
+
 @pytest.fixture
-def index(database: PostgresDatabase) -> Iterator[PostgresIndex]:
-    index = PostgresIndex(database.url)
-    index.open()
-    yield index
-    index.close()
+def make_index(database: PostgresDatabase) -> Iterator[MakeIndex]:
+    """A factory of opened indexes on this test's database (each one a host), closed after it."""
+    made: list[PostgresIndex] = []
+
+    def make(url: str | None = None, **options: Any) -> PostgresIndex:
+        index = PostgresIndex(url or database.url, **options)
+        index.open()
+        made.append(index)
+        return index
+
+    yield make
+    for index in made:
+        index.close()
+
+
+@pytest.fixture
+def index(make_index: MakeIndex) -> PostgresIndex:
+    """An index that keeps no rows: every read here reaches the database."""
+    return make_index(cached_rows=0)
+
+
+def stored_image() -> StoredImage:
+    return StoredImage(str(uuid.uuid4()), 1_700_000_000, (640, 360), 1234, 'hash')
 
 
 def test_a_read_on_a_connection_the_database_dropped_runs_again_on_a_new_one(
@@ -152,6 +192,253 @@ def test_a_write_on_a_dropped_connection_is_refused_not_sent_again(
 
     assert index.get(image.id) == image
     assert index.delete(image.id) == image
+
+
+# -- rows kept by the index ----------------------------------------------------------
+
+# NOTE: a delete, or the end of the listener's connection, is heard in
+#   milliseconds; a host that missed it would serve rows for a second or
+#   more (until LISTENER_SILENCE or ROW_MAX_AGE). This tells the two apart.
+HEARD_WITHIN = 0.5
+assert HEARD_WITHIN < LISTENER_SILENCE / 2 < ROW_MAX_AGE
+
+
+@pytest.fixture
+def row_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record the id of each row any index in this process reads from now on."""
+    reads: list[str] = []
+    execute = psycopg.Connection.execute
+
+    def spy(connection: psycopg.Connection[Any], query: Any, params: Any = None, **kw: Any) -> Any:
+        text = str(query)
+        if text.startswith('SELECT') and 'FROM look_images' in text and params:
+            reads.append(params[0])
+        return execute(connection, query, params, **kw)
+
+    monkeypatch.setattr(psycopg.Connection, 'execute', spy)
+    return reads
+
+
+def heard(index: PostgresIndex) -> bool:
+    """Wait until ``index`` hears deletes (its listener starts with its first read)."""
+    return bool(wait_until(lambda: index.listening, 5))
+
+
+def test_a_row_read_once_is_served_without_a_query_and_a_miss_is_never_kept(
+    make_index: MakeIndex, row_reads: list[str]
+) -> None:
+    host, elsewhere = make_index(), make_index()
+    image = stored_image()
+    elsewhere.add(image)
+    assert host.get(image.id) == image
+    assert heard(host)
+    assert host.get(image.id) == image
+    assert row_reads == [image.id, image.id]
+
+    for _ in range(3):
+        assert host.get(image.id) == image
+    assert row_reads == [image.id, image.id]
+
+    # An image added on another host is found at once, after a miss too.
+    later = stored_image()
+    with pytest.raises(ImageNotFound):
+        host.get(later.id)
+    elsewhere.add(later)
+    assert host.get(later.id) == later
+    assert row_reads[2:] == [later.id, later.id]
+
+
+def test_the_listener_starts_with_the_first_read_and_stops_with_close(
+    make_index: MakeIndex, database: PostgresDatabase
+) -> None:
+    index = make_index()
+    image = stored_image()
+    index.add(image)
+
+    def threads() -> list[str]:
+        return [thread.name for thread in threading.enumerate() if thread.name == LISTENER_NAME]
+
+    assert (threads(), listeners(database)) == ([], 0)
+    index.get(image.id)
+    assert heard(index)
+    assert (threads(), listeners(database)) == ([LISTENER_NAME], 1)
+
+    index.close()
+
+    assert threads() == []
+    assert wait_until(lambda: listeners(database) == 0, 5)
+
+
+def test_a_row_read_as_its_image_is_deleted_is_not_kept(
+    make_index: MakeIndex, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    deletes_heard: list[str] = []
+    host = make_index(on_deleted=deletes_heard.append)
+    elsewhere = make_index(cached_rows=0)
+    image, other = stored_image(), stored_image()
+    for stored in (image, other):
+        elsewhere.add(stored)
+    host.get(other.id)
+    assert heard(host)
+    execute = psycopg.Connection.execute
+    reading: list[str] = []
+
+    def deleted_during_the_read(
+        connection: psycopg.Connection[Any], query: Any, params: Any = None, **kw: Any
+    ) -> Any:
+        cursor = execute(connection, query, params, **kw)
+        if params == (image.id,) and not reading:
+            reading.append(image.id)  # the row is read, not yet kept
+            elsewhere.delete(image.id)
+            assert wait_until(lambda: image.id in deletes_heard, 5)
+        return cursor
+
+    monkeypatch.setattr(psycopg.Connection, 'execute', deleted_during_the_read)
+
+    assert host.get(image.id) == image  # read before the delete: served
+    with pytest.raises(ImageNotFound):
+        host.get(image.id)
+    assert reading == [image.id]
+
+
+def test_the_rows_kept_are_bounded_the_least_recently_used_out_first(
+    make_index: MakeIndex, row_reads: list[str]
+) -> None:
+    host = make_index(cached_rows=2)
+    first, second, third = images = [stored_image() for _ in range(3)]
+    for image in images:
+        host.add(image)
+    host.get(third.id)
+    assert heard(host)
+
+    for image in (first, second, first, third):
+        host.get(image.id)
+    row_reads.clear()
+    for image in (first, third, second):
+        host.get(image.id)
+
+    assert row_reads == [second.id]
+
+
+def test_a_delete_on_one_host_is_404_on_another_at_once_and_takes_its_copy_of_the_original(
+    make_config: MakeConfig, make_client: MakeClient, row_reads: list[str]
+) -> None:
+    config = make_config()
+    uploader = make_client(config)
+    image = upload(uploader)
+    elsewhere = another_host(make_config, config, redis_url='')  # no thumbnail from Redis
+    host = make_client(elsewhere)
+    copy = pathlib.Path(elsewhere.storage_path) / 'originals' / f'{image["id"]}.jpeg'
+    thumbnail = image['thumbnails'][0]
+
+    def answers() -> set[int]:
+        return {
+            host.simulate_get(image['image']).status_code,
+            host.simulate_head(image['image']).status_code,
+            host.simulate_get(thumbnail).status_code,
+        }
+
+    def served_from_memory() -> bool:
+        row_reads.clear()
+        return answers() == {200} and row_reads == []
+
+    assert wait_until(served_from_memory, 5)  # once the host hears deletes
+    assert copy.exists()  # a download read to its end is kept
+
+    assert uploader.simulate_delete(image['image']).status_code == 204
+    deleted = time.monotonic()
+
+    assert wait_until(lambda: answers() == {404} and not copy.exists(), HEARD_WITHIN, 0.005)
+    assert time.monotonic() - deleted < HEARD_WITHIN
+
+
+def test_rows_are_not_served_while_the_listener_is_away_so_a_delete_meanwhile_is_seen(
+    make_index: MakeIndex, database: PostgresDatabase, row_reads: list[str]
+) -> None:
+    host, elsewhere = make_index(), make_index(cached_rows=0)
+    deleted, kept = stored_image(), stored_image()
+    for image in (deleted, kept):
+        elsewhere.add(image)
+    host.get(kept.id)
+    assert heard(host)
+    for image in (deleted, kept):
+        host.get(image.id)
+    row_reads.clear()
+    host.get(deleted.id)
+    assert row_reads == []
+
+    with database.refusing_connections():  # so the listener cannot come back meanwhile
+        assert drop_connections(database, LISTENER_NAME) == 1
+        assert wait_until(lambda: not host.listening, HEARD_WITHIN, 0.005)
+
+        # Every read asks the database, so a delete the host cannot hear is seen at once.
+        assert [host.get(kept.id), host.get(kept.id)] == [kept, kept]
+        assert row_reads == [kept.id, kept.id]
+        elsewhere.delete(deleted.id)
+        with pytest.raises(ImageNotFound):
+            host.get(deleted.id)
+        assert not host.listening
+
+    assert heard(host)
+    with pytest.raises(ImageNotFound):
+        host.get(deleted.id)
+    host.get(kept.id)
+    row_reads.clear()
+    assert host.get(kept.id) == kept
+    assert row_reads == []
+
+
+def test_a_listener_whose_connection_goes_quiet_stops_serving_rows(
+    make_index: MakeIndex, database: PostgresDatabase, row_reads: list[str]
+) -> None:
+    """A network that drops every packet: nothing is closed, nothing arrives."""
+    server = urllib.parse.urlsplit(database.server_url)
+    with TcpProxy(server.hostname or '127.0.0.1', server.port or 5432) as proxy:
+        host = make_index(database.url.replace(server.netloc, f'127.0.0.1:{proxy.port}'))
+        image = stored_image()
+        host.add(image)
+        host.get(image.id)
+        assert heard(host)
+
+        proxy.stall()
+        stalled = time.monotonic()
+        assert wait_until(lambda: not host.listening, LISTENER_SILENCE + 1)
+        assert time.monotonic() - stalled <= LISTENER_SILENCE + 0.1
+
+        proxy.mend()
+        assert heard(host)
+        row_reads.clear()
+        assert [host.get(image.id), host.get(image.id)] == [image, image]
+        assert row_reads == [image.id]  # the rows went with the silence
+
+
+def test_no_row_is_served_longer_than_its_maximum_age(
+    make_index: MakeIndex, database: PostgresDatabase, row_reads: list[str]
+) -> None:
+    """However the image was deleted: here by hand in SQL, which notifies no one."""
+    max_age = 1.0
+    host = make_index(row_max_age=max_age)
+    image = stored_image()
+    host.add(image)
+    host.get(image.id)
+    assert heard(host)
+    read = time.monotonic()
+    host.get(image.id)
+    with database.connect() as connection:
+        connection.execute('UPDATE look_images SET deleted_at = 0 WHERE id = %s', (image.id,))
+    row_reads.clear()
+    assert host.get(image.id) == image  # kept, unheard of
+    assert row_reads == []
+
+    def gone() -> bool:
+        try:
+            host.get(image.id)
+        except ImageNotFound:
+            return True
+        return False
+
+    assert wait_until(gone, max_age + 1, 0.01)
+    assert time.monotonic() - read <= max_age + 0.1
 
 
 # -- the originals cache ------------------------------------------------------------

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
 from look.core.imagestore import ImageStore
@@ -19,6 +20,9 @@ from look.core.index import Index
 from look.core.index.journal import JournalIndex
 from look.core.library import Library
 from look.errors import BackendUnavailable, ConfigError
+
+if TYPE_CHECKING:
+    from look.core.imagestore.originals import OriginalsCache
 
 
 class BackendSettings(Protocol):
@@ -40,33 +44,46 @@ _libraries: list[Library] = []
 
 def open_library(config: BackendSettings) -> Library:
     """Build and open the library of this configuration; raise ConfigError naming what failed."""
-    library = Library(_index(config), _images(config))
+    originals = _originals(config) if config.images_url else None
+    # NOTE: a delete on any host takes this host's copy of the original with
+    #   it, as the index hears of it, so no host keeps a deleted image's file.
+    on_deleted = originals.discard if originals is not None else None
+    library = Library(_index(config, on_deleted), _images(config, originals))
     _open_images(config, library.images)
     _open_index(config, library.index)
     _libraries.append(library)
     return library
 
 
-def _index(config: BackendSettings) -> Index:
+def _index(config: BackendSettings, on_deleted: Callable[[str], None] | None = None) -> Index:
     if config.index_url:
         from look.core.index.postgres import PostgresIndex
 
-        return PostgresIndex(config.index_url, pool_size=config.index_pool_size)
+        return PostgresIndex(
+            config.index_url, pool_size=config.index_pool_size, on_deleted=on_deleted
+        )
     return JournalIndex(pathlib.Path(config.storage_path))
 
 
-def _images(config: BackendSettings) -> ImageStore:
-    storage_path = pathlib.Path(config.storage_path)
+def _originals(config: BackendSettings) -> OriginalsCache:
+    """Return this host's cache of the originals it read from the object store."""
+    from look.core.imagestore.originals import OriginalsCache
+
+    return OriginalsCache(
+        pathlib.Path(config.storage_path) / 'originals', config.originals_cache_bytes
+    )
+
+
+def _images(config: BackendSettings, originals: OriginalsCache | None = None) -> ImageStore:
     if config.images_url:
-        from look.core.imagestore.originals import OriginalsCache
         from look.core.imagestore.s3 import S3ImageStore
 
         return S3ImageStore(
             config.images_url,
             options=config.s3_options,
-            originals=OriginalsCache(storage_path / 'originals', config.originals_cache_bytes),
+            originals=originals if originals is not None else _originals(config),
         )
-    return DiskImageStore(storage_path)
+    return DiskImageStore(pathlib.Path(config.storage_path))
 
 
 def _open_images(config: BackendSettings, images: ImageStore) -> None:

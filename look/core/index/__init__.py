@@ -43,7 +43,13 @@ def _http_date(seconds: int) -> str:
 
 
 class Index(Protocol):
-    """Add, get, page and delete images; every host or worker sees a change at once."""
+    """Add, get, page and delete images, as every host and worker sees them.
+
+    An add is seen everywhere at once. A delete is seen at once by the
+    process that made it and by the journal's other workers; PostgreSQL's
+    other processes and hosts see it as its notification arrives, and
+    never later than ``look.index.postgres.ROW_MAX_AGE`` seconds.
+    """
 
     def open(self) -> None:
         """Create or bring up to date what the index keeps (safe in many processes at once)."""
@@ -55,7 +61,12 @@ class Index(Protocol):
         """Record ``image`` durably; raise ImageExists if its id is taken."""
 
     def get(self, image_id: str) -> StoredImage:
-        """Return the image with this id, or raise ImageNotFound."""
+        """Return the image with this id, or raise ImageNotFound.
+
+        May answer from rows it read before (a row never changes), so an
+        image deleted elsewhere a moment ago may still be returned, within
+        the bound the class states; an unknown id is always looked up.
+        """
 
     def page(
         self, *, after: str | None = None, limit: int, newest_first: bool = False
@@ -69,7 +80,8 @@ class Index(Protocol):
     def delete(self, image_id: str) -> StoredImage:
         """Forget an image and return it, or raise ImageNotFound.
 
-        The index remembers that the id was deleted (``was_deleted``), so a
+        Every process that keeps rows drops this one (see ``get``). The
+        index remembers that the id was deleted (``was_deleted``), so a
         check can tell a delete's leftover object from an image to restore.
         """
 

@@ -10,13 +10,20 @@ Connections come from a pool made lazily in each process that uses it
 connections at most. A database that cannot be reached is
 BackendUnavailable (503) within ``timeout`` seconds; the pool reconnects
 by itself when it is back.
+
+A row never changes once written (a delete marks it), so each process keeps
+the rows ``get`` read, and one more connection of its own that hears every
+delete (``LISTEN``) and drops the row: see ROW_MAX_AGE for how soon a
+delete is seen.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -63,6 +70,31 @@ _UNAVAILABLE = 'The index database does not answer now; try again shortly.'
 CHECK_IDLE_AFTER = 2.0
 _LAST_USED = 'look_last_used'
 
+# NOTE: a download, a HEAD, a thumbnail and an image page each ask for the
+#   image's row; each process keeps up to CACHED_ROWS rows it has read, so
+#   a repeat costs no round trip. A miss is never kept: an image uploaded
+#   on another host is found at once. A delete notifies DELETES_CHANNEL in
+#   its own transaction, and a listener in each process (a thread with a
+#   connection of its own) drops the row, and calls ``on_deleted``, as the
+#   notification arrives. Rows are served only while the listener has heard
+#   from the database within LISTENER_SILENCE (it asks every
+#   LISTENER_HEARTBEAT): while it connects, after a restart or a cut, or
+#   when its connection goes quiet, the rows are dropped and every get asks
+#   the database, so a notification missed meanwhile leaves nothing stale.
+#   So a delete on any host is seen by every host within the time its
+#   notification takes (milliseconds), a lost listener stops serving rows
+#   within LISTENER_SILENCE, and no row is served longer than ROW_MAX_AGE
+#   after it was read, however the image was deleted (by hand in SQL too).
+CACHED_ROWS = 4096
+ROW_MAX_AGE = 5.0
+LISTENER_HEARTBEAT = 1.0
+LISTENER_SILENCE = 2.0
+DELETES_CHANNEL = 'look_images_deleted'
+# The listener's application_name, as pg_stat_activity shows it.
+LISTENER_NAME = 'look-listener'
+# Pauses between the listener's attempts to connect: doubling up to the last.
+_LISTEN_RETRY = (0.05, 2.0)
+
 
 class _ConnectionLost(BackendUnavailable):
     """The database dropped a pooled connection (a restart, a network cut)."""
@@ -83,8 +115,20 @@ def _check_if_idle(connection: psycopg.Connection[Any]) -> None:
         psycopg_pool.ConnectionPool.check_connection(connection)
 
 
+def _connect_options(timeout: float) -> dict[str, Any]:
+    """Return the options of every connection look makes to the index database."""
+    return {
+        'autocommit': True,
+        'connect_timeout': max(1, int(timeout)),
+        # NOTE: a database host that stops acknowledging (a network cut)
+        #   drops the connection in seconds, not the kernel's quarter of an hour.
+        'tcp_user_timeout': int(timeout * 1000),
+        'keepalives_idle': 30,
+    }
+
+
 def _image(row: tuple[Any, ...]) -> StoredImage:
-    image_id, modified, width, height, length, token_hash = row
+    image_id, modified, width, height, length, token_hash = row[:6]
     return StoredImage(image_id, modified, (width, height), length, token_hash)
 
 
@@ -97,15 +141,34 @@ def _unavailable(ex: Exception, *, reached: bool = True) -> BackendUnavailable:
 class PostgresIndex:
     """The index in the table ``look_images`` of a PostgreSQL database."""
 
-    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 3.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        timeout: float = 3.0,
+        cached_rows: int = CACHED_ROWS,
+        row_max_age: float = ROW_MAX_AGE,
+        on_deleted: Callable[[str], None] | None = None,
+    ) -> None:
+        """Use the database at ``url``; nothing connects before the first use.
+
+        ``on_deleted(image_id)`` is called, in the listener's thread, for
+        each delete heard from any host (this host's copies may go with it).
+        """
         self.url = url
         self.pool_size = pool_size
         self.timeout = timeout
+        self.cached_rows = cached_rows
+        self.row_max_age = row_max_age
+        self.on_deleted = on_deleted
         self.read_only = False
         self._lock = threading.Lock()
         self._pool: psycopg_pool.ConnectionPool | None = None
         self._pool_pid: int | None = None
         self._pool_born = 0.0
+        self._listener: _Listener | None = None
+        self._listener_pid: int | None = None
 
     # -- start-up ---------------------------------------------------------
 
@@ -146,11 +209,15 @@ class PostgresIndex:
                 connection.execute('SELECT pg_advisory_unlock(%s)', (_SCHEMA_LOCK,))
 
     def close(self) -> None:
-        """Close this process's pool, if it made one."""
+        """Close this process's pool and stop its listener, if it made them."""
         with self._lock:
             pool, self._pool = self._pool, None
-            mine = self._pool_pid == os.getpid()
-        if pool is not None and mine:
+            listener, self._listener = self._listener, None
+            pool_mine = self._pool_pid == os.getpid()
+            listener_mine = self._listener_pid == os.getpid()
+        if listener is not None and listener_mine:
+            listener.close()
+        if pool is not None and pool_mine:
             pool.close()
 
     # -- connections ------------------------------------------------------
@@ -166,15 +233,7 @@ class PostgresIndex:
                     max_size=self.pool_size,
                     open=False,
                     timeout=self.timeout,
-                    kwargs={
-                        'autocommit': True,
-                        'connect_timeout': max(1, int(self.timeout)),
-                        # NOTE: a database host that stops acknowledging (a
-                        #   network cut) drops the connection in seconds, not
-                        #   the kernel's quarter of an hour.
-                        'tcp_user_timeout': int(self.timeout * 1000),
-                        'keepalives_idle': 30,
-                    },
+                    kwargs=_connect_options(self.timeout),
                     # A connection broken by a database restart while it
                     # was idle is found here, not by the request that gets it.
                     check=_check_if_idle,
@@ -242,19 +301,67 @@ class PostgresIndex:
         )
         return row
 
+    # -- rows kept in this process ----------------------------------------
+
+    def _rows(self) -> _Rows | None:
+        """Return this process's rows, starting its listener on first use (after any fork)."""
+        if not self.cached_rows and self.on_deleted is None:
+            return None
+        with self._lock:
+            if self._listener is None or self._listener_pid != os.getpid():
+                # NOTE: a listener inherited across a fork is dropped, not
+                #   closed: its thread stayed in the parent, with its connection.
+                listener = _Listener(
+                    self.url,
+                    _Rows(self.cached_rows, self.row_max_age),
+                    self.on_deleted,
+                    timeout=self.timeout,
+                )
+                listener.start()
+                self._listener, self._listener_pid = listener, os.getpid()
+            return self._listener.rows
+
+    def _forget(self, image_id: str) -> None:
+        """Drop a row this process may keep (its own delete: no need to wait to hear it)."""
+        with self._lock:
+            listener = self._listener if self._listener_pid == os.getpid() else None
+        if listener is not None:
+            listener.rows.drop(image_id)
+
+    @property
+    def listening(self) -> bool:
+        """Whether this process hears deletes now, so rows it has read are served from memory."""
+        with self._lock:
+            listener = self._listener if self._listener_pid == os.getpid() else None
+        return listener is not None and listener.rows.live()
+
     # -- reading ----------------------------------------------------------
 
     def get(self, image_id: str) -> StoredImage:
-        """Return the image with this id, or raise ImageNotFound."""
+        """Return the image with this id, or raise ImageNotFound.
+
+        A row read before is served from memory while this process hears
+        deletes (see ROW_MAX_AGE); a miss always asks the database.
+        """
         if not is_valid_id(image_id):
             raise ImageNotFound(f'No image has the id {image_id!r}.')
+        rows = self._rows()
+        ticket = None
+        if rows is not None:
+            image = rows.get(image_id)
+            if image is not None:
+                return image
+            ticket = rows.ticket()
         row = self._one(
             f'SELECT {_COLUMNS} FROM look_images WHERE id = %s AND deleted_at IS NULL',
             (image_id,),
         )
         if row is None:
             raise ImageNotFound(f'No image has the id {image_id}.')
-        return _image(row)
+        image = _image(row)
+        if rows is not None:
+            rows.keep(image, ticket)
+        return image
 
     def page(
         self, *, after: str | None = None, limit: int, newest_first: bool = False
@@ -354,15 +461,23 @@ class PostgresIndex:
             raise ImageExists(f'An image with the id {image.id} already exists.')
 
     def delete(self, image_id: str) -> StoredImage:
-        """Mark the image's row deleted and return the image, or raise ImageNotFound."""
+        """Mark the image's row deleted and return the image, or raise ImageNotFound.
+
+        Every process listening on any host hears of it (DELETES_CHANNEL),
+        as the row is marked: one statement, one transaction.
+        """
         if not is_valid_id(image_id):
             raise ImageNotFound(f'No image has the id {image_id!r}.')
-        with self._connection() as connection:
-            row = connection.execute(
-                f'UPDATE look_images SET deleted_at = %s WHERE id = %s AND deleted_at IS NULL '
-                f'RETURNING {_COLUMNS}',
-                (int(time.time()), image_id),
-            ).fetchone()
+        try:
+            with self._connection() as connection:
+                row = connection.execute(
+                    f'WITH deleted AS (UPDATE look_images SET deleted_at = %s '
+                    f'WHERE id = %s AND deleted_at IS NULL RETURNING {_COLUMNS}) '
+                    f'SELECT *, pg_notify(%s, id) FROM deleted',
+                    (int(time.time()), image_id, DELETES_CHANNEL),
+                ).fetchone()
+        finally:
+            self._forget(image_id)
         if row is None:
             raise ImageNotFound(f'No image has the id {image_id}.')
         return _image(row)
@@ -418,3 +533,207 @@ class PostgresIndex:
             ).fetchall()
         )
         return {row[0] for row in rows}
+
+
+# -- rows kept in a process, and the listener that keeps them honest --------------
+
+# What a read took before asking the database: the generation of the rows then,
+# and when (monotonic); None while the listener is not heard from.
+_Ticket = tuple[int, float] | None
+
+
+class _Rows:
+    """Rows read here, the least recently used out first, served while deletes are heard."""
+
+    def __init__(self, size: int, max_age: float) -> None:
+        self.size = size
+        self.max_age = max_age
+        self._lock = threading.Lock()
+        self._rows: collections.OrderedDict[str, tuple[StoredImage, float]] = (
+            collections.OrderedDict()
+        )
+        # NOTE: bumped by every delete heard and whenever the rows are
+        #   dropped: a read that began before keeps nothing, since the row it
+        #   read may be the one just deleted.
+        self._generation = 0
+        self._heard_until = 0.0
+
+    def get(self, image_id: str) -> StoredImage | None:
+        """Return the kept row of ``image_id``, or None if the database must be asked."""
+        now = time.monotonic()
+        with self._lock:
+            if not self._live(now):
+                return None
+            entry = self._rows.get(image_id)
+            if entry is None:
+                return None
+            image, expires = entry
+            if now >= expires:
+                del self._rows[image_id]
+                return None
+            self._rows.move_to_end(image_id)
+            return image
+
+    def ticket(self) -> _Ticket:
+        """Return what a read about to ask the database shows ``keep`` afterwards."""
+        now = time.monotonic()
+        with self._lock:
+            return (self._generation, now) if self._live(now) else None
+
+    def keep(self, image: StoredImage, ticket: _Ticket) -> None:
+        """Keep a row read with ``ticket`` unless a delete was heard, or the listener lost, since.
+
+        A row is served for ``max_age`` from when its read began.
+        """
+        if ticket is None or not self.size:
+            return
+        generation, read_at = ticket
+        with self._lock:
+            if generation != self._generation or not self._live(time.monotonic()):
+                return
+            self._rows[image.id] = (image, read_at + self.max_age)
+            self._rows.move_to_end(image.id)
+            if len(self._rows) > self.size:
+                self._rows.popitem(last=False)
+
+    def drop(self, image_id: str) -> None:
+        """Forget the row of a deleted image."""
+        with self._lock:
+            self._generation += 1
+            self._rows.pop(image_id, None)
+
+    def heard(self, until: float) -> None:
+        """Serve rows until ``until`` (monotonic): every delete before then has been heard."""
+        with self._lock:
+            self._heard_until = until
+
+    def deaf(self) -> None:
+        """Drop every row and serve none until the listener is heard from again."""
+        with self._lock:
+            self._heard_until = 0.0
+            self._drop_all()
+
+    def live(self) -> bool:
+        """Whether rows are served now."""
+        with self._lock:
+            return self._live(time.monotonic())
+
+    def _live(self, now: float) -> bool:
+        # Called with the lock held; a listener gone quiet drops the rows.
+        if now < self._heard_until:
+            return True
+        if self._rows:
+            self._drop_all()
+        return False
+
+    def _drop_all(self) -> None:
+        self._generation += 1
+        self._rows.clear()
+
+
+class _Listener:
+    """A thread with a connection of its own that hears every delete, for one process's rows."""
+
+    def __init__(
+        self,
+        url: str,
+        rows: _Rows,
+        on_deleted: Callable[[str], None] | None,
+        *,
+        timeout: float,
+    ) -> None:
+        self.url = url
+        self.rows = rows
+        self.on_deleted = on_deleted
+        self.timeout = timeout
+        self._stopped = threading.Event()
+        self._lock = threading.Lock()
+        self._connection: psycopg.Connection[Any] | None = None
+        self._failures = 0
+        self._thread = threading.Thread(target=self._run, name=LISTENER_NAME, daemon=True)
+
+    def start(self) -> None:
+        """Start listening, in the background."""
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stop the thread; it closes its connection."""
+        self._stopped.set()
+        with self._lock:
+            # NOTE: under the lock the thread takes before it closes the
+            #   connection, so the socket shut here is still the connection's.
+            connection = self._connection
+            if connection is not None:
+                _shut(connection)
+        self._thread.join(timeout=1.0)
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._connect_and_listen()
+            except Exception as ex:
+                if self._stopped.is_set():
+                    break
+                if self._failures == 0:
+                    log.warning(
+                        'the index listener lost the database (%s): every read asks it '
+                        'until it listens again',
+                        ex,
+                    )
+                self._failures += 1
+            finally:
+                self.rows.deaf()
+            first, most = _LISTEN_RETRY
+            self._stopped.wait(min(most, first * 2 ** max(0, self._failures - 1)))
+
+    def _connect_and_listen(self) -> None:
+        connection = psycopg.connect(
+            self.url, **_connect_options(self.timeout), application_name=LISTENER_NAME
+        )
+        try:
+            with self._lock:
+                if self._stopped.is_set():
+                    return
+                self._connection = connection
+            self._listen(connection)
+        finally:
+            with self._lock:
+                self._connection = None
+            connection.close()
+
+    def _listen(self, connection: psycopg.Connection[Any]) -> None:
+        asked = time.monotonic()
+        connection.execute(f'LISTEN {DELETES_CHANNEL}')
+        self.rows.heard(asked + LISTENER_SILENCE)
+        if self._failures:
+            log.info('the index listener hears deletes again')
+            self._failures = 0
+        while not self._stopped.is_set():
+            for notify in connection.notifies(timeout=LISTENER_HEARTBEAT):
+                self._deleted(notify.payload)
+            asked = time.monotonic()
+            connection.execute('SELECT 1')
+            # NOTE: the database sends a notification before the answer to a
+            #   query asked after it: once those that came with the answer are
+            #   dropped, every delete made before ``asked`` has been heard.
+            for notify in connection.notifies(timeout=0):
+                self._deleted(notify.payload)
+            self.rows.heard(asked + LISTENER_SILENCE)
+
+    def _deleted(self, image_id: str) -> None:
+        self.rows.drop(image_id)
+        if self.on_deleted is not None and is_valid_id(image_id):
+            try:
+                self.on_deleted(image_id)
+            except Exception:
+                log.exception("could not forget this host's copies of deleted image %s", image_id)
+
+
+def _shut(connection: psycopg.Connection[Any]) -> None:
+    """Wake a thread waiting on ``connection`` by shutting its socket down (it then closes it)."""
+    with contextlib.suppress(OSError, psycopg.Error):
+        sock = socket.socket(fileno=os.dup(connection.fileno()))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
