@@ -15,7 +15,8 @@ import uuid
 
 from look.core.index import StoredImage
 from look.core.index.journal import encode_line
-from tests.imagegen import encode, picture
+
+from support.imagegen import encode, picture
 
 MiB = 1024 * 1024
 

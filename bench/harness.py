@@ -22,7 +22,8 @@ import time
 from collections.abc import Iterator, Mapping
 
 from bench.procfs import OURS, children, cpu_seconds
-from tests.servers import free_port
+
+from support.processes import free_port
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 # NOTE: the venv's own scripts, as `make run` starts them; not resolved, so a

@@ -33,7 +33,9 @@ from bench.report import (
 )
 from bench.rounds import BENCH, NONE, SERVICES, RetryBudget, Rounds, interleave
 from look.core.index.postgres import PostgresIndex
-from tests.servers import PostgresDatabase, SeaweedServer
+
+from support.postgres import PostgresDatabase
+from support.seaweed import SeaweedServer
 
 MiB = 1024 * 1024
 LOOK_APP = 'look.wsgi:app'

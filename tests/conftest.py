@@ -25,7 +25,13 @@ from look.config import Config
 from look.core import backends
 from look.imaging import pool as thumbnailer
 
-from servers import postgres_fixture, seaweed_fixture  # noqa: F401
+# The real servers' fixtures, registered for every test: gunicorn, make_gunicorn,
+# redis_server, seaweed, postgres. (Their Python names differ, so that test
+# arguments do not shadow them.)
+from support.gunicorn import gunicorn_fixture, make_gunicorn_fixture  # noqa: F401
+from support.postgres import postgres_fixture  # noqa: F401
+from support.redis import redis_server_fixture  # noqa: F401
+from support.seaweed import seaweed_fixture  # noqa: F401
 
 MakeConfig = Callable[..., Config]
 MakeClient = Callable[..., falcon.testing.TestClient]
@@ -48,8 +54,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize('backend', names, indirect=True)
 
 
+# Fixtures that start a real server, and markers of tests that start one themselves.
+SERVER_FIXTURES = frozenset({'gunicorn', 'make_gunicorn', 'redis_server', 'seaweed', 'postgres'})
+SERVER_MARKERS = ('e2e', 'redis', 'nginx')
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Leave out a backend that a closer marker does not name (a parameter's own, say)."""
+    """Mark every test that needs a real server ``servers``; leave out unwanted backends.
+
+    A backend that a closer ``backends`` marker does not name (a parameter's
+    own, say) is left out. ``make test-fast`` runs what is not ``servers``.
+    """
     kept, dropped = [], []
     for item in items:
         callspec = getattr(item, 'callspec', None)
@@ -57,8 +72,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         marker = item.get_closest_marker('backends')
         if backend is not None and marker is not None and backend not in marker.args:
             dropped.append(item)
-        else:
-            kept.append(item)
+            continue
+        kept.append(item)
+        if (
+            backend == 'shared'
+            or 'e2e' in item.path.parts
+            or SERVER_FIXTURES & set(getattr(item, 'fixturenames', ()))
+            or any(item.get_closest_marker(name) for name in SERVER_MARKERS)
+        ):
+            item.add_marker(pytest.mark.servers)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept

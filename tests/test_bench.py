@@ -12,7 +12,7 @@ from look.imaging.formats import THUMBNAIL_FORMATS
 from look.imaging.render import render_thumbnail
 from look.imaging.renditions import thumbnail_sizes
 
-from imagegen import image_bytes
+from support.imagegen import image_bytes
 
 
 @pytest.mark.parametrize('fmt', THUMBNAIL_FORMATS)

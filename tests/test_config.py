@@ -14,7 +14,7 @@ from falcon.testing import TestClient
 from look.app import create_app
 from look.config import Config, ConfigError
 
-from imagegen import image_bytes
+from support.imagegen import image_bytes
 
 MakeClient = Callable[..., TestClient]
 

@@ -8,10 +8,11 @@ import re
 import subprocess
 import sys
 
-from documents import code_block, section
+from look.config import settings_table
 
-from imagegen import image_bytes
-from servers import REPO_ROOT
+from support.documents import code_block, section
+from support.imagegen import image_bytes
+from support.processes import REPO_ROOT
 
 README = pathlib.Path('README.md')
 
@@ -49,3 +50,11 @@ def test_the_testclient_example_passes_under_this_projects_pytest_settings(
 
     assert result.returncode == 0, result.stdout + result.stderr
     assert re.search(r'\b1 passed\b', result.stdout), result.stdout
+
+
+def test_the_settings_table_is_look_configs_own() -> None:
+    """Each setting is declared once, in look/config.py; the README's table is made from it.
+
+    To write it again: ``python -c 'from look.config import settings_table as t; print(t())'``.
+    """
+    assert settings_table() in section(README, 'Configuration')

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 from urllib.parse import urlparse
 
-from look.core.imagestore import ImageStore
+from look.core.imagestore import KeptStore
 from look.core.imagestore.disk import DiskImageStore
-from look.core.index import Index
+from look.core.index import KeptIndex
 from look.core.index.journal import JournalIndex
 from look.core.library import Library
 from look.errors import BackendUnavailable, ConfigError
@@ -55,7 +55,7 @@ def open_library(config: BackendSettings) -> Library:
     return library
 
 
-def _index(config: BackendSettings, on_deleted: Callable[[str], None] | None = None) -> Index:
+def _index(config: BackendSettings, on_deleted: Callable[[str], None] | None = None) -> KeptIndex:
     if config.index_url:
         from look.core.index.postgres import PostgresIndex
 
@@ -74,7 +74,7 @@ def _originals(config: BackendSettings) -> OriginalsCache:
     )
 
 
-def _images(config: BackendSettings, originals: OriginalsCache | None = None) -> ImageStore:
+def _images(config: BackendSettings, originals: OriginalsCache | None = None) -> KeptStore:
     if config.images_url:
         from look.core.imagestore.s3 import S3ImageStore
 
@@ -86,7 +86,7 @@ def _images(config: BackendSettings, originals: OriginalsCache | None = None) ->
     return DiskImageStore(pathlib.Path(config.storage_path))
 
 
-def _open_images(config: BackendSettings, images: ImageStore) -> None:
+def _open_images(config: BackendSettings, images: KeptStore) -> None:
     try:
         images.open()
     except OSError as ex:
@@ -99,7 +99,7 @@ def _open_images(config: BackendSettings, images: ImageStore) -> None:
         ) from ex
 
 
-def _open_index(config: BackendSettings, index: Index) -> None:
+def _open_index(config: BackendSettings, index: KeptIndex) -> None:
     try:
         index.open()
     except OSError as ex:

@@ -12,8 +12,8 @@ import contextlib
 import logging
 import os
 
-from look.core.imagestore import Finished, ImageStore, Original
-from look.core.index import Index, StoredImage
+from look.core.imagestore import Finished, KeptStore, Original
+from look.core.index import KeptIndex, StoredImage
 from look.errors import BackendUnreachable, ImageExists, ImageNotFound
 
 log = logging.getLogger(__name__)
@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 class Library:
     """Images as resources see them: add, get, page, open and delete."""
 
-    def __init__(self, index: Index, images: ImageStore) -> None:
+    def __init__(self, index: KeptIndex, images: KeptStore) -> None:
+        # NOTE: resources use the serving half of each; look check and the
+        #   start-up quarantine use the upkeep half too.
         self.index = index
         self.images = images
 

@@ -67,6 +67,13 @@ class ImageStore(Protocol):
     def delete(self, image_id: str) -> None:
         """Remove the JPEG of ``image_id``; one already gone is not an error."""
 
+    def state(self) -> dict[str, Any]:
+        """Return the store's health: ``status`` ok, read-only, full or fail, and facts."""
+
+
+class StoreUpkeep(Protocol):
+    """What a check and repair needs of an image store besides serving (``look check``)."""
+
     def objects(self) -> Iterator[StoredObject]:
         """Yield every JPEG the store holds (in no particular order)."""
 
@@ -82,5 +89,6 @@ class ImageStore(Protocol):
     def in_progress(self, image_id: str) -> bool:
         """Return whether an upload is still committing this JPEG (so it is nobody's leftover)."""
 
-    def state(self) -> dict[str, Any]:
-        """Return the store's health: ``status`` ok, read-only, full or fail, and facts."""
+
+class KeptStore(ImageStore, StoreUpkeep, Protocol):
+    """An image store that serves and can be checked: both implementations are."""

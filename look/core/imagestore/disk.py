@@ -133,8 +133,11 @@ class DiskImageStore:
 
     @contextlib.contextmanager
     def local_path(self, image_id: str) -> Iterator[str]:
-        """Give the file itself: the pool reads it in place."""
-        yield str(self.path(image_id))
+        """Give the file itself: the pool reads it in place (ImageNotFound if it is gone)."""
+        path = str(self.path(image_id))
+        if not os.path.isfile(path):
+            raise ImageNotFound(f'No image has the id {image_id}.')
+        yield path
 
     def exists(self, image_id: str) -> bool:
         """Return whether the image file is there."""

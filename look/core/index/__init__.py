@@ -48,7 +48,7 @@ class Index(Protocol):
     An add is seen everywhere at once. A delete is seen at once by the
     process that made it and by the journal's other workers; PostgreSQL's
     other processes and hosts see it as its notification arrives, and
-    never later than ``look.index.postgres.ROW_MAX_AGE`` seconds.
+    never later than ``look.core.index.postgres.ROW_MAX_AGE`` seconds.
     """
 
     def open(self) -> None:
@@ -97,11 +97,19 @@ class Index(Protocol):
     def check(self) -> str | None:
         """Return None if the index answers now, else why not."""
 
+
+class IndexUpkeep(Protocol):
+    """What a check and repair needs of an index besides serving (``look check``)."""
+
     def rewrite(self) -> None:
         """Write the index again without its damaged records (where it can have any)."""
 
     def writes_paused(self) -> contextlib.AbstractContextManager[None]:
         """Hold back commits for a block where it can (a check compares index and images)."""
+
+
+class KeptIndex(Index, IndexUpkeep, Protocol):
+    """An index that serves and can be checked: both implementations are."""
 
 
 def every_image(index: Index, *, page_size: int = 1000) -> Iterator[StoredImage]:

@@ -24,8 +24,8 @@ import os
 import time
 from collections.abc import Callable
 
-from look.core.imagestore import ImageStore, StoredObject
-from look.core.index import Index, StoredImage, every_image
+from look.core.imagestore import KeptStore, StoredObject
+from look.core.index import KeptIndex, StoredImage, every_image
 from look.errors import ImageExists, ImageNotFound
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,9 @@ class Repairs:
     failed: list[str] = dataclasses.field(default_factory=list)
 
 
-def inspect(index: Index, images: ImageStore, *, grace: float = DEFAULT_GRACE_SECONDS) -> Findings:
+def inspect(
+    index: KeptIndex, images: KeptStore, *, grace: float = DEFAULT_GRACE_SECONDS
+) -> Findings:
     """Compare index and image store; nothing is changed."""
     findings = Findings(damage=index.problems())
     # NOTE: objects are listed before the index is read: an upload that
@@ -99,7 +101,7 @@ def _upload_order(stored: StoredObject) -> tuple[float, str]:
 
 
 def repair(
-    index: Index, images: ImageStore, findings: Findings, *, read_size: SizeReader
+    index: KeptIndex, images: KeptStore, findings: Findings, *, read_size: SizeReader
 ) -> Repairs:
     """Settle what ``inspect`` found; never delete an image the index may still want."""
     repairs = Repairs()
@@ -131,14 +133,14 @@ def repair(
     return repairs
 
 
-def _still_missing(images: ImageStore, image_id: str) -> None:
+def _still_missing(images: KeptStore, image_id: str) -> None:
     if images.exists(image_id):
         raise ImageNotFound(image_id)
 
 
 def _restore(
-    index: Index,
-    images: ImageStore,
+    index: KeptIndex,
+    images: KeptStore,
     stored: StoredObject,
     read_size: SizeReader,
     repairs: Repairs,
@@ -158,7 +160,7 @@ def _restore(
         repairs.failed.append(f'{stored.id}: {ex}')
 
 
-def quarantine_unlisted(index: Index, images: ImageStore) -> list[str]:
+def quarantine_unlisted(index: KeptIndex, images: KeptStore) -> list[str]:
     """Move aside every JPEG the index does not list (a local store's start-up).
 
     Under the writers' lock, so no upload commits meanwhile; a file an

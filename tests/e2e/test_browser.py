@@ -1,0 +1,497 @@
+"""The gallery in a real browser: Debian's chromium, driven by Playwright, against real gunicorn.
+
+Each test opens its own browser context (fresh storage and cache) and fails
+on any console error or uncaught exception it did not expect by name.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import pathlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from axe_playwright_python.sync_playwright import Axe
+from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
+
+from look.imaging.formats import THUMBNAIL_FORMATS
+
+from support.gunicorn import MAX_UPLOAD_BYTES, Gunicorn
+from support.http import get, post, request
+from support.imagegen import image_bytes
+from support.processes import require_executable
+
+pytestmark = pytest.mark.e2e
+
+# NOTE: playwright's launch() gives every browser a fresh user-data dir of
+#   its own, and adds --headless itself; these keep chromium from reaching
+#   for the network or the GPU.
+CHROMIUM_ARGS = [
+    '--headless',
+    '--no-sandbox',
+    '--disable-gpu',
+    '--disable-background-networking',
+    '--disable-component-update',
+    '--disable-sync',
+    '--no-first-run',
+]
+WIDE = {'width': 1280, 'height': 800}
+NARROW = {'width': 360, 'height': 640}
+KEY = 'browser-test-key-0123456789'
+# Halving 1600x1200 gives thumbnails 800, 400, 200 and 100 pixels wide.
+PHOTO = image_bytes('JPEG', size=(1600, 1200), seed=1)
+WAIT = 20_000  # milliseconds: the longest any step may take on a loaded machine
+
+
+@pytest.fixture(scope='module', name='gunicorn')
+def gallery_gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunicorn]:
+    """One gunicorn for the module, rendering every thumbnail format the thumbnailer encodes."""
+    environ = {
+        'LOOK_MAX_UPLOAD_BYTES': str(MAX_UPLOAD_BYTES),
+        'LOOK_THUMBNAIL_FORMATS': ','.join(THUMBNAIL_FORMATS),
+    }
+    with Gunicorn(tmp_path_factory.mktemp('storage'), workers=2, environ=environ) as server:
+        yield server
+
+
+@pytest.fixture(scope='module')
+def browser() -> Iterator[Browser]:
+    """One headless chromium for the module."""
+    executable = require_executable('chromium')
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@dataclasses.dataclass
+class Tab:
+    """A page in its own context, with what its console said."""
+
+    page: Page
+    errors: list[str] = dataclasses.field(default_factory=list)
+    expected: list[str] = dataclasses.field(default_factory=list)
+
+    def expect_error(self, text: str) -> None:
+        """Allow console errors that contain ``text`` (a failed request the test provokes)."""
+        self.expected.append(text)
+
+    def unexpected_errors(self) -> list[str]:
+        return [e for e in self.errors if not any(text in e for text in self.expected)]
+
+
+OpenTab = Callable[..., Tab]
+
+
+@pytest.fixture
+def open_tab(browser: Browser) -> Iterator[OpenTab]:
+    """Open pages in fresh contexts; after the test, fail on any unexpected console error."""
+    tabs: list[Tab] = []
+    contexts = []
+
+    def open_tab(url: str | None = None, **options: Any) -> Tab:
+        context = browser.new_context(**{'viewport': WIDE, **options})
+        context.set_default_timeout(WAIT)
+        contexts.append(context)
+        tab = Tab(context.new_page())
+
+        def on_console(message: ConsoleMessage) -> None:
+            if message.type == 'error':
+                tab.errors.append(f'{message.text} ({message.location.get("url")})')
+
+        tab.page.on('console', on_console)
+        tab.page.on('pageerror', lambda error: tab.errors.append(f'uncaught: {error}'))
+        tabs.append(tab)
+        if url is not None:
+            tab.page.goto(url)
+        return tab
+
+    yield open_tab
+    for context in contexts:
+        context.close()
+    unexpected = [error for tab in tabs for error in tab.unexpected_errors()]
+    assert not unexpected, 'console errors:\n' + '\n'.join(unexpected)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def api_upload(server: Gunicorn, data: bytes = PHOTO, key: str | None = None) -> dict[str, Any]:
+    headers = {'Content-Type': 'application/octet-stream'}
+    if key:
+        headers['Authorization'] = f'Bearer {key}'
+    response = request('POST', f'{server.url}/images', data, headers)
+    assert response.status == 201, response.body
+    description: dict[str, Any] = response.json()
+    return description
+
+
+def api_ids(server: Gunicorn, key: str | None = None) -> list[str]:
+    headers = {'Authorization': f'Bearer {key}'} if key else {}
+    response = get(f'{server.url}/images?order=newest&limit=1000', headers)
+    assert response.status == 200, response.body
+    return [description['id'] for description in response.json()]
+
+
+def tile_hrefs(page: Page) -> list[str]:
+    hrefs: list[str] = page.eval_on_selector_all(
+        '#grid .tile a', 'links => links.map(a => a.getAttribute("href"))'
+    )
+    return hrefs
+
+
+def upload_file(name: str, data: bytes, mime_type: str) -> dict[str, Any]:
+    return {'name': name, 'mimeType': mime_type, 'buffer': data}
+
+
+def wait_for_uploads(page: Page, count: int) -> None:
+    """Wait until ``count`` uploads in the list are done or failed."""
+    page.wait_for_function(
+        'n => document.querySelectorAll("#uploads .done, #uploads .error").length >= n', arg=count
+    )
+
+
+def tile_attributes(page: Page, href: str) -> dict[str, Any]:
+    """Return every attribute of a tile's <img> and <source>s, as the DOM has them."""
+    result: dict[str, Any] = page.eval_on_selector(
+        f'#grid a[href="{href}"]',
+        """link => {
+            const attributes = (e) => Object.fromEntries(
+                e.getAttributeNames().map((name) => [name, e.getAttribute(name)]));
+            return {
+                item: attributes(link.parentElement),
+                img: attributes(link.querySelector('img')),
+                sources: [...link.querySelectorAll('source')].map(attributes),
+            };
+        }""",
+    )
+    return result
+
+
+def api_error(server: Gunicorn, data: bytes) -> str:
+    response = post(f'{server.url}/images', data)
+    assert response.status >= 400
+    description: str = response.json()['description']
+    return description
+
+
+# -- uploads ----------------------------------------------------------------------------------
+
+
+def test_uploads_through_the_page_appear_without_a_reload(
+    gunicorn: Gunicorn, open_tab: OpenTab
+) -> None:
+    tab = open_tab(f'{gunicorn.url}/')
+    page = tab.page
+    before = tile_hrefs(page)
+    tab.expect_error('status of 415')
+
+    # Several files at once through the picker: one is no image, one is too large to send.
+    page.set_input_files(
+        '#files',
+        [
+            upload_file('photo.jpg', PHOTO, 'image/jpeg'),
+            upload_file('notes.txt', b'not an image', 'text/plain'),
+            upload_file('drawing.png', image_bytes('PNG', size=(800, 600), seed=2), 'image/png'),
+            upload_file('huge.jpg', bytes(MAX_UPLOAD_BYTES + 1), 'image/jpeg'),
+        ],
+    )
+    wait_for_uploads(page, 4)
+    assert page.locator('#uploads li').count() == 4
+    failures = dict(
+        page.eval_on_selector_all(
+            '#uploads li.failed',
+            """items => items.map((li) => [
+                li.querySelector('.name').textContent,
+                li.querySelector('.state').textContent,
+            ])""",
+        )
+    )
+    assert failures == {
+        'notes.txt': api_error(gunicorn, b'not an image'),
+        'huge.jpg': 'The file is larger than the limit of 1 MiB; it was not sent.',
+    }
+    assert 'not an image look can read' in failures['notes.txt']
+    # Outcomes, not every percent, are announced to screen readers.
+    assert page.locator('#upload-status').get_attribute('role') == 'status'
+    assert page.text_content('#upload-status') in {
+        *(f'Uploaded {name}.' for name in ('photo.jpg', 'drawing.png')),
+        *(f'{name} was not uploaded: {text}' for name, text in failures.items()),
+    }
+    uploaded = [
+        f'/view/{i}'
+        for i in page.eval_on_selector_all(
+            '#uploads li[data-id]', 'items => items.map(li => li.dataset.id)'
+        )
+    ]
+    assert len(uploaded) == 2
+    assert set(tile_hrefs(page)[:2]) == set(uploaded)
+    assert tile_hrefs(page)[2:] == before
+    for progress in page.locator('#uploads progress').all():
+        assert progress.get_attribute('value') == '100'
+
+    # One more, dropped onto the page.
+    drop = image_bytes('PNG', size=(640, 480), seed=3)
+    page.evaluate(
+        """([name, type, data]) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], name, { type }));
+            const form = document.getElementById('upload');
+            const fire = (kind) => form.dispatchEvent(new DragEvent(kind, {
+                bubbles: true, cancelable: true, dataTransfer: transfer }));
+            fire('dragenter');
+            fire('dragover');
+            window.lookDragging = form.classList.contains('dragging');
+            fire('drop');
+        }""",
+        ['dropped.png', 'image/png', base64.b64encode(drop).decode()],
+    )
+    assert page.evaluate('window.lookDragging') is True
+    assert 'dragging' not in (page.get_attribute('#upload', 'class') or '')
+    wait_for_uploads(page, 5)
+    dropped = page.eval_on_selector('#uploads li:last-child', 'li => li.dataset.id')
+    assert tile_hrefs(page)[0] == f'/view/{dropped}'
+    assert tile_hrefs(page)[3:] == before
+
+    # Each upload's delete token is kept, for its page's delete button.
+    tokens = json.loads(page.evaluate('localStorage.getItem("look:delete-tokens")'))
+    assert set(tokens) == {href.removeprefix('/view/') for href in [*uploaded, f'/view/{dropped}']}
+
+    # The tiles the script made are the tiles the server renders.
+    made = {href: tile_attributes(page, href) for href in tile_hrefs(page)[:3]}
+    page.reload()
+    # NOTE: the two picked at once may commit in one order and be answered in the other.
+    assert tile_hrefs(page)[0] == f'/view/{dropped}'
+    assert set(tile_hrefs(page)[:3]) == set(made)
+    for href, attributes in made.items():
+        assert tile_attributes(page, href) == attributes
+
+
+def test_an_upload_answered_503_is_tried_once_more(gunicorn: Gunicorn, open_tab: OpenTab) -> None:
+    tab = open_tab(f'{gunicorn.url}/')
+    page = tab.page
+    tab.expect_error('status of 503')
+    busy = json.dumps({'title': 'Too many uploads', 'description': 'Busy here; try again.'})
+    answers = ['busy', 'pass', 'busy', 'busy']
+    seen = []
+
+    def answer(route: Route) -> None:
+        seen.append(route.request.method)
+        if route.request.method != 'POST':
+            route.continue_()
+        elif answers.pop(0) == 'busy':
+            headers = {'Retry-After': '0', 'Content-Type': 'application/json'}
+            route.fulfill(status=503, headers=headers, body=busy)
+        else:
+            route.continue_()
+
+    page.route('**/images', answer)
+    page.set_input_files('#files', [upload_file('a.png', image_bytes('PNG', seed=4), 'image/png')])
+    wait_for_uploads(page, 1)
+    assert page.locator('#uploads .done').count() == 1
+    page.set_input_files('#files', [upload_file('b.png', image_bytes('PNG', seed=5), 'image/png')])
+    wait_for_uploads(page, 2)
+    assert page.locator('#uploads .error').text_content() == 'Busy here; try again.'
+    assert seen == ['POST'] * 4 and not answers
+
+
+# -- srcset and paging -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(('viewport', 'width'), [(NARROW, 200), (WIDE, 400)])
+def test_the_browser_picks_the_thumbnail_its_viewport_needs(
+    gunicorn: Gunicorn, open_tab: OpenTab, viewport: dict[str, int], width: int
+) -> None:
+    description = api_upload(gunicorn)
+    image_id = description['id']
+    tab = open_tab(f'{gunicorn.url}/?limit=1', viewport=viewport)
+    img = tab.page.locator(f'#grid a[href="/view/{image_id}"] img')
+    img.evaluate('img => img.decode()')
+    current = img.evaluate('img => new URL(img.currentSrc).pathname')
+    best = next(iter(description['formats']))  # chromium shows every format look renders
+    assert current == f'/thumbnails/{image_id}/{width}x{width * 3 // 4}.{best}'
+    # The slot that sizes= promised is the width the grid gives the tile (less any scrollbar).
+    promised, laid_out = img.evaluate('img => [img.naturalWidth, img.clientWidth]')
+    assert laid_out <= promised <= laid_out + 16, (promised, laid_out)
+
+
+def test_scrolling_pages_through_the_link_cursor(gunicorn: Gunicorn, open_tab: OpenTab) -> None:
+    small = image_bytes('PNG', size=(256, 192), seed=6)
+    while len(api_ids(gunicorn)) < 40:
+        api_upload(gunicorn, small)
+    everything = api_ids(gunicorn)
+    limit = 15
+    tab = open_tab(viewport={'width': 800, 'height': 600})
+    page = tab.page
+    fetched = []
+    page.on('request', lambda r: fetched.append(r.url) if '/images?' in r.url else None)
+    page.goto(f'{gunicorn.url}/?limit={limit}', wait_until='networkidle')
+    assert len(tile_hrefs(page)) == limit, 'the first page should fill more than the screen'
+    assert fetched == []
+
+    shown = limit
+    while shown < len(everything):
+        page.mouse.wheel(0, 4000)
+        page.wait_for_function(
+            'n => document.querySelectorAll("#grid .tile").length > n', arg=shown
+        )
+        shown = len(tile_hrefs(page))
+    assert tile_hrefs(page) == [f'/view/{image_id}' for image_id in everything]
+    page.wait_for_selector('#older', state='detached')
+    # Each page was asked for where the Link header of the one before pointed.
+    expected = [f'/images?limit={limit}&order=newest&after={everything[limit - 1]}']
+    while len(expected) < len(fetched):
+        expected.append(get(f'{gunicorn.url}{expected[-1]}').header('Link') or '')
+        expected[-1] = expected[-1][1 : expected[-1].index('>')]
+    assert [url.removeprefix(gunicorn.url) for url in fetched] == expected
+
+
+# -- one image ----------------------------------------------------------------------------------
+
+
+def test_an_image_page_copies_links_and_deletes(gunicorn: Gunicorn, open_tab: OpenTab) -> None:
+    tab = open_tab(f'{gunicorn.url}/')
+    page = tab.page
+    page.context.grant_permissions(['clipboard-read', 'clipboard-write'])
+    page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
+    wait_for_uploads(page, 1)
+    image_id = page.eval_on_selector('#uploads li', 'li => li.dataset.id')
+    page.click(f'#grid a[href="/view/{image_id}"]')
+    page.wait_for_url(f'**/view/{image_id}')
+
+    img = page.locator('#image img')
+    img.evaluate('img => img.decode()')
+    assert img.evaluate('img => new URL(img.currentSrc).pathname') == f'/images/{image_id}.jpeg'
+    og_image = page.get_attribute('meta[property="og:image"]', 'content')
+    assert og_image == f'{gunicorn.url}/thumbnails/{image_id}/800x600.jpeg'
+    assert get(og_image).status == 200
+
+    page.click('button[data-copy="link-page"]')
+    page.wait_for_function('() => document.getElementById("copy-status").textContent !== ""')
+    assert page.text_content('#copy-status') == 'Copied: This page.'
+    assert page.evaluate('navigator.clipboard.readText()') == f'{gunicorn.url}/view/{image_id}'
+
+    page.once('dialog', lambda dialog: dialog.accept())
+    page.click('#delete-button')
+    page.wait_for_function('() => document.getElementById("delete-status").textContent !== ""')
+    assert page.text_content('#delete-status') == 'The image was deleted.'
+    assert page.locator('#image').count() == 0
+    assert get(f'{gunicorn.url}/images/{image_id}.jpeg').status == 404
+    tokens = json.loads(page.evaluate('localStorage.getItem("look:delete-tokens")'))
+    assert image_id not in tokens
+
+
+def test_without_javascript_the_gallery_is_a_plain_list(
+    gunicorn: Gunicorn, open_tab: OpenTab
+) -> None:
+    while len(everything := api_ids(gunicorn)) < 3:
+        api_upload(gunicorn, image_bytes('PNG', size=(256, 192), seed=7))
+    tab = open_tab(f'{gunicorn.url}/?limit=2', java_script_enabled=False)
+    page = tab.page
+    assert tile_hrefs(page) == [f'/view/{i}' for i in everything[:2]]
+    assert page.is_visible('#upload button[type="submit"]')
+    page.click('#older')
+    page.wait_for_url(f'**/?limit=2&after={everything[1]}')
+    assert tile_hrefs(page) == [f'/view/{i}' for i in everything[2:4]]
+
+    page.click(f'#grid a[href="/view/{everything[2]}"]')
+    page.wait_for_url(f'**/view/{everything[2]}')
+    page.wait_for_load_state('load')
+    assert page.eval_on_selector('#image img', 'img => img.complete && img.naturalWidth > 0')
+    assert page.input_value('#link-page') == f'{gunicorn.url}/view/{everything[2]}'
+    assert not page.is_visible('#delete') and not page.is_visible('button[data-copy]')
+
+    # The form posts the file to the API, whose answer (with the delete token) is shown;
+    # a JSON answer names no icon, so the browser asks for /favicon.ico, which is none.
+    tab.expect_error('/favicon.ico')
+    page.goto(f'{gunicorn.url}/')
+    page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
+    with page.expect_navigation():
+        page.click('#upload button[type="submit"]')
+    answer = json.loads(page.text_content('body') or '')
+    assert answer['id'] == api_ids(gunicorn)[0] and answer['delete_token']
+
+
+# -- accessibility ------------------------------------------------------------------------------
+
+
+def test_the_pages_pass_an_accessibility_check(gunicorn: Gunicorn, open_tab: OpenTab) -> None:
+    description = api_upload(gunicorn)
+    tab = open_tab(f'{gunicorn.url}/?limit=6')
+    page = tab.page
+    tab.expect_error('status of 415')
+    page.set_input_files('#files', [upload_file('notes.txt', b'text', 'text/plain')])
+    wait_for_uploads(page, 1)  # an upload that failed shows its words too
+    axe = Axe()
+    for path in ('/?limit=6', f'/view/{description["id"]}'):
+        if path != '/?limit=6':
+            page.goto(f'{gunicorn.url}{path}')
+        page.wait_for_load_state('networkidle')
+        for color_scheme in ('light', 'dark'):
+            page.emulate_media(color_scheme=color_scheme)
+            results = axe.run(page)
+            report = results.generate_report()
+            assert results.violations_count == 0, f'{path}, {color_scheme}: {report}'
+
+    # The keyboard's focus is always visible.
+    page.keyboard.press('Tab')
+    outline = page.evaluate(
+        """() => {
+            const style = getComputedStyle(document.activeElement);
+            return [document.activeElement.tagName, style.outlineStyle, style.outlineWidth];
+        }"""
+    )
+    assert outline == ['A', 'solid', '3px']
+
+
+# -- API keys -----------------------------------------------------------------------------------
+
+
+def test_with_keys_set_the_page_asks_for_one(
+    make_gunicorn: Callable[..., Gunicorn], open_tab: OpenTab, tmp_path: pathlib.Path
+) -> None:
+    environ = {'LOOK_API_KEYS': KEY, 'LOOK_MAX_UPLOAD_BYTES': str(MAX_UPLOAD_BYTES)}
+    server = make_gunicorn(tmp_path / 'keyed', workers=1, environ=environ)
+    listed = api_upload(server, key=KEY)
+    tab = open_tab(f'{server.url}/')
+    page = tab.page
+    tab.expect_error('status of 401')
+    assert page.is_visible('#key-form')
+    assert page.text_content('#list-status') == 'Enter an API key above to see the images.'
+    assert tile_hrefs(page) == []
+
+    page.set_input_files('#files', [upload_file('a.jpg', PHOTO, 'image/jpeg')])
+    wait_for_uploads(page, 1)
+    assert page.text_content('#uploads .error') == (
+        'Uploading needs an API key: enter one under “API key”.'
+    )
+
+    page.fill('#key', KEY)
+    page.click('#key-form button[type="submit"]')
+    page.wait_for_selector('#grid .tile')
+    assert tile_hrefs(page) == [f'/view/{listed["id"]}']
+    assert page.text_content('#key-status') == 'A key is kept in this browser.'
+    page.set_input_files('#files', [upload_file('b.jpg', PHOTO, 'image/jpeg')])
+    wait_for_uploads(page, 2)
+    assert tile_hrefs(page) == [f'/view/{i}' for i in api_ids(server, KEY)]
+
+    # Another browser, with neither key nor token, sees the image but cannot delete it.
+    stranger = open_tab(f'{server.url}/view/{listed["id"]}').page
+    assert stranger.is_visible('#image img') and not stranger.is_visible('#delete')
+    page.goto(f'{server.url}/view/{listed["id"]}')
+    assert page.is_visible('#delete-button')
+
+    # The key is kept: the list comes back by itself, until the key is forgotten.
+    page.goto(f'{server.url}/')
+    page.wait_for_selector('#grid .tile')
+    assert tile_hrefs(page) == [f'/view/{i}' for i in api_ids(server, KEY)]
+    page.click('#forget-key')
+    page.wait_for_function('() => document.querySelectorAll("#grid .tile").length === 0')
+    page.wait_for_function('() => document.getElementById("list-status").textContent !== ""')
+    assert 'needs an API key' in (page.text_content('#list-status') or '')

@@ -1,0 +1,1 @@
+"""What the tests and the benchmark share: one module per real server, clients and images."""

@@ -1,0 +1,461 @@
+"""The gallery's HTML pages and static files, through Falcon's TestClient.
+
+The pages must show what the API describes (the same URLs, sizes and
+order), escape what they echo, and carry the headers that keep a page from
+running anything but look's own script.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import html.parser
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from falcon.testing import Result, TestClient
+
+from look.core.index import StoredImage
+from look.imaging.renditions import Renditions
+from look.web import gallery
+from look.web.images import describe
+
+from support.imagegen import image_bytes
+
+MakeClient = Callable[..., TestClient]
+KEY = 'gallery-test-key-0123456789'
+STRICT_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+
+
+# -- reading HTML ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Element:
+    """One start tag: its name, attributes, and the text up to its end tag."""
+
+    tag: str
+    attrs: dict[str, str | None]
+    text: str = ''
+
+
+class Page(html.parser.HTMLParser):
+    """A parsed page: every element in document order."""
+
+    VOID = frozenset({'img', 'source', 'meta', 'link', 'input', 'br', 'hr'})
+
+    def __init__(self, text: str) -> None:
+        super().__init__(convert_charrefs=True)
+        self.elements: list[Element] = []
+        self._open: list[Element] = []
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        element = Element(tag, dict(attrs))
+        self.elements.append(element)
+        if tag not in self.VOID:
+            self._open.append(element)
+
+    def handle_endtag(self, tag: str) -> None:
+        while self._open:
+            if self._open.pop().tag == tag:
+                break
+
+    def handle_data(self, data: str) -> None:
+        for element in self._open:
+            element.text += data
+
+    def all(self, tag: str, **attrs: str) -> list[Element]:
+        """Return the elements with this tag and these attribute values (``class_`` for class)."""
+        wanted = {name.rstrip('_').replace('_', '-'): value for name, value in attrs.items()}
+        return [
+            element
+            for element in self.elements
+            if element.tag == tag
+            and all(element.attrs.get(name) == value for name, value in wanted.items())
+        ]
+
+    def one(self, tag: str, **attrs: str) -> Element:
+        """Return the one element with this tag and these attribute values."""
+        found = self.all(tag, **attrs)
+        assert len(found) == 1, f'{len(found)} <{tag}> elements match {attrs}'
+        return found[0]
+
+    def meta(self, name: str) -> str | None:
+        """Return the content of a <meta> by its property or name."""
+        for element in self.all('meta'):
+            if name in (element.attrs.get('property'), element.attrs.get('name')):
+                return element.attrs.get('content')
+        return None
+
+    def tiles(self) -> list[tuple[str, Element]]:
+        """Return each tile of the grid: the href of its link and its <img>."""
+        found = []
+        in_tile = None
+        for element in self.elements:
+            if element.tag == 'li' and element.attrs.get('class') == 'tile':
+                in_tile = ''
+            elif element.tag == 'a' and in_tile == '':
+                in_tile = element.attrs['href'] or ''
+            elif element.tag == 'img' and in_tile:
+                found.append((in_tile, element))
+                in_tile = None
+        return found
+
+
+def page_of(result: Result) -> Page:
+    assert result.status_code == 200, result.text
+    assert result.headers['Content-Type'].startswith('text/html')
+    return Page(result.text)
+
+
+# -- setting up --------------------------------------------------------------------------
+
+
+def ids(count: int) -> Callable[[], uuid.UUID]:
+    """Return a uuid_generator seam handing out 00..01, 00..02, ... in turn."""
+    pending: Iterator[uuid.UUID] = (uuid.UUID(int=n) for n in range(1, count + 1))
+    return lambda: next(pending)
+
+
+def upload(
+    client: TestClient, size: tuple[int, int] = (640, 480), seed: int = 0
+) -> dict[str, Any]:
+    result = client.simulate_post(
+        '/images',
+        body=image_bytes('PNG', size=size, seed=seed),
+        headers={'Authorization': f'Bearer {KEY}'},
+    )
+    assert result.status_code == 201, result.text
+    description: dict[str, Any] = result.json
+    return description
+
+
+def api_list(client: TestClient, query: str) -> tuple[list[dict[str, Any]], str | None]:
+    result = client.simulate_get(
+        '/images', query_string=query, headers={'Authorization': f'Bearer {KEY}'}
+    )
+    assert result.status_code == 200, result.text
+    link = result.headers.get('Link')
+    return result.json, link[1 : link.index('>')] if link else None
+
+
+@pytest.fixture
+def gallery_client(make_client: MakeClient) -> TestClient:
+    """A client of an app with five images, uploaded one after another."""
+    client = make_client(uuid_generator=ids(9))
+    for seed in range(5):
+        upload(client, seed=seed)
+    return client
+
+
+# -- the gallery ---------------------------------------------------------------------------
+
+
+def test_the_gallery_shows_what_the_api_lists_newest_first(gallery_client: TestClient) -> None:
+    page = page_of(gallery_client.simulate_get('/'))
+    listed, _ = api_list(gallery_client, 'order=newest')
+
+    tiles = page.tiles()
+    assert [href for href, _ in tiles] == [f'/view/{d["id"]}' for d in listed]
+    assert listed[0]['id'].endswith('5')  # the last upload comes first
+    for (_, img), description in zip(tiles, listed, strict=True):
+        width, height = description['size']
+        assert img.attrs['srcset'] == description['formats']['jpeg']['srcset']
+        assert img.attrs['sizes'] == gallery.TILE_SIZES
+        assert img.attrs['loading'] == 'lazy'
+        assert (img.attrs['width'], img.attrs['height']) == (str(width), str(height))
+        assert img.attrs['src'] in description['thumbnails']
+        alt = img.attrs['alt'] or ''
+        assert alt.startswith('Image uploaded ') and alt.endswith(f'{width} by {height} pixels')
+    # Every URL the tiles name is served.
+    for _, img in tiles[:1]:
+        for url, _ in gallery.srcset_candidates(img.attrs['srcset'] or ''):
+            assert gallery_client.simulate_get(url).status_code == 200
+
+
+def test_the_gallery_pages_follow_the_api_cursor(gallery_client: TestClient) -> None:
+    listed, api_next = api_list(gallery_client, 'limit=2&order=newest')
+    page = page_of(gallery_client.simulate_get('/', query_string='limit=2'))
+
+    grid = page.one('ul', id='grid')
+    assert grid.attrs['data-next'] == api_next
+    assert grid.attrs['data-listed'] == 'true'
+    seen = [href for href, _ in page.tiles()]
+    assert seen == [f'/view/{d["id"]}' for d in listed]
+
+    # Without a script, "Older images" leads through the rest, page by page.
+    while older := page.all('a', id='older'):
+        href = older[0].attrs['href'] or ''
+        assert href.startswith('/?limit=2&after=')
+        page = page_of(gallery_client.simulate_get('/', query_string=href[2:]))
+        seen += [href for href, _ in page.tiles()]
+        assert page.one('a', href='/?limit=2').text == 'Back to the newest images'
+    everything, _ = api_list(gallery_client, 'order=newest')
+    assert seen == [f'/view/{d["id"]}' for d in everything]
+    assert 'data-next' not in page.one('ul', id='grid').attrs
+
+
+def test_an_empty_gallery_says_so(client: TestClient) -> None:
+    page = page_of(client.simulate_get('/'))
+    assert page.tiles() == []
+    assert page.one('p', id='list-status').text == 'No images yet: upload the first one.'
+    assert not page.all('a', id='older')
+
+
+def test_a_bad_query_is_a_400_in_the_error_shape(gallery_client: TestClient) -> None:
+    for query, parameter in (
+        ('after=not-an-id', 'after'),
+        (f'after={uuid.UUID(int=99)}', 'after'),
+        ('limit=0', 'limit'),
+        ('limit=many', 'limit'),
+        (f'limit={gallery.MAX_PAGE_SIZE + 1}', 'limit'),
+    ):
+        result = gallery_client.simulate_get('/', query_string=query)
+        assert result.status_code == 400, query
+        assert set(result.json) == {'title', 'description'}
+        assert parameter in result.json['description']
+
+
+def test_the_upload_form_works_without_a_script(client: TestClient) -> None:
+    page = page_of(client.simulate_get('/'))
+    form = page.one('form', id='upload')
+    assert (form.attrs['action'], form.attrs['method']) == ('/images', 'post')
+    assert form.attrs['enctype'] == 'multipart/form-data'
+    files = page.one('input', id='files')
+    assert files.attrs['name'] == 'image'
+    assert page.one('label', for_='files').text == 'Choose images'
+    assert 'image/png' in (files.attrs['accept'] or '')
+    assert '32 MiB' in page.one('p', id='upload-hint').text
+
+
+# -- pictures ------------------------------------------------------------------------------
+
+
+def test_a_picture_has_a_source_for_each_format_the_description_lists() -> None:
+    renditions = Renditions(
+        formats=('jpeg', 'avif', 'webp'),
+        encodings={'jpeg': 'q85', 'webp': 'q85', 'avif': 'q70'},
+        min_thumb_size=64,
+    )
+    image = StoredImage(str(uuid.UUID(int=1)), 1_790_000_000, (1600, 1200))
+    description = describe(image, renditions)
+
+    page = Page(gallery.tile(description))
+    sources = page.all('source')
+    assert [s.attrs['type'] for s in sources] == ['image/avif', 'image/webp']
+    for source, format in zip(sources, ('avif', 'webp'), strict=True):
+        assert source.attrs['srcset'] == description['formats'][format]['srcset']
+        assert source.attrs['sizes'] == gallery.TILE_SIZES
+    img = page.one('img')
+    assert img.attrs['srcset'] == description['formats']['jpeg']['srcset']
+    assert img.attrs['src'] == f'/thumbnails/{image.id}/400x300.jpeg'
+    assert img.attrs['alt'] == (
+        'Image uploaded 21 September 2026 at 14:13 UTC, 1600 by 1200 pixels'
+    )
+
+    # On its own page the original is the widest candidate of every source.
+    page = Page(gallery.picture(description, sizes='100vw', lazy=False, with_original=True))
+    for element in [*page.all('source'), page.one('img')]:
+        assert (element.attrs['srcset'] or '').endswith(f'/images/{image.id}.jpeg 1600w')
+    assert 'loading' not in page.one('img').attrs
+
+
+def test_an_image_without_thumbnails_is_shown_as_it_is(make_client: MakeClient) -> None:
+    client = make_client()
+    description = upload(client, size=(100, 100))
+    assert description['thumbnails'] == []
+    (_, img), *_ = page_of(client.simulate_get('/')).tiles()
+    assert img.attrs['src'] == description['image']
+    assert 'srcset' not in img.attrs and 'sizes' not in img.attrs
+
+
+# -- one image's page ------------------------------------------------------------------------
+
+
+def test_an_image_page_shows_the_image_its_sizes_and_links(make_client: MakeClient) -> None:
+    client = make_client()
+    description = upload(client, size=(3000, 2000))
+    image_id = description['id']
+    result = client.simulate_get(f'/view/{image_id}', host='photos.example', protocol='https')
+    page = page_of(result)
+    origin = 'https://photos.example'
+
+    img = page.one('img', width='3000')
+    assert img.attrs['height'] == '2000'
+    assert img.attrs['srcset'] == (
+        f'{description["formats"]["jpeg"]["srcset"]}, {description["image"]} 3000w'
+    )
+    assert page.one('input', id='link-page').attrs['value'] == f'{origin}/view/{image_id}'
+    assert page.one('input', id='link-image').attrs['value'] == f'{origin}{description["image"]}'
+    assert page.one('input', id='link-markdown').attrs['value'] == (
+        f'[![{img.attrs["alt"]}]({origin}/thumbnails/{image_id}/750x500.jpeg)]'
+        f'({origin}/view/{image_id})'
+    )
+    for link in ('link-page', 'link-image', 'link-markdown'):
+        assert page.one('label', for_=link).text
+        assert 'hidden' in page.one('button', data_copy=link).attrs
+
+    # A chat preview: absolute URLs, and a JPEG no wider than previews show.
+    assert page.meta('og:url') == f'{origin}/view/{image_id}'
+    assert page.meta('og:image') == f'{origin}/thumbnails/{image_id}/750x500.jpeg'
+    assert (page.meta('og:image:width'), page.meta('og:image:height')) == ('750', '500')
+    assert page.meta('twitter:card') == 'summary_large_image'
+    assert page.meta('twitter:image') == page.meta('og:image')
+    assert page.meta('og:image:alt') == img.attrs['alt']
+    assert (page.meta('og:title') or '').startswith('Image uploaded ')
+
+    # Every size is listed, and every link in the table is served.
+    table_links = [
+        a.attrs['href'] for a in page.all('a') if (a.attrs['href'] or '').startswith(('/i', '/t'))
+    ]
+    assert table_links == [
+        description['image'],
+        *(
+            thumbnail.replace('.jpeg', f'.{format}')
+            for thumbnail in description['thumbnails']
+            for format in description['formats']
+        ),
+    ]
+    for href in table_links:
+        assert client.simulate_head(href or '').status_code == 200
+
+    # Only the script, knowing the delete token or a key, offers to delete.
+    assert 'hidden' in page.one('section', id='delete').attrs
+
+
+def test_a_small_image_is_its_own_preview(make_client: MakeClient) -> None:
+    client = make_client()
+    description = upload(client, size=(800, 600))
+    page = page_of(client.simulate_get(f'/view/{description["id"]}'))
+    assert page.meta('og:image') == f'http://falconframework.org{description["image"]}'
+    assert (page.meta('og:image:width'), page.meta('og:image:height')) == ('800', '600')
+
+
+def test_unknown_image_pages_are_404s_in_the_error_shape(gallery_client: TestClient) -> None:
+    for path in (f'/view/{uuid.UUID(int=99)}', '/view/not-an-id', f'/view/{uuid.UUID(int=1)}x'):
+        result = gallery_client.simulate_get(path)
+        assert result.status_code == 404, path
+        assert set(result.json) == {'title', 'description'}
+
+
+def test_a_deleted_image_has_no_page(gallery_client: TestClient) -> None:
+    image_id = str(uuid.UUID(int=3))
+    assert gallery_client.simulate_get(f'/view/{image_id}').status_code == 200
+    assert gallery_client.simulate_delete(f'/images/{image_id}.jpeg').status_code == 204
+    assert gallery_client.simulate_get(f'/view/{image_id}').status_code == 404
+    hrefs = [href for href, _ in page_of(gallery_client.simulate_get('/')).tiles()]
+    assert f'/view/{image_id}' not in hrefs and len(hrefs) == 4
+
+
+def test_pages_escape_what_they_echo(gallery_client: TestClient) -> None:
+    hostile = 'x"><script>alert(1)</script>'
+    result = gallery_client.simulate_get(f'/view/{uuid.UUID(int=1)}', host=hostile)
+    assert '<script>alert' not in result.text
+    page = page_of(result)
+    assert page.meta('og:url') == f'http://{hostile}/view/{uuid.UUID(int=1)}'
+    assert len(page.all('script')) == 1
+
+
+# -- headers -----------------------------------------------------------------------------------
+
+
+def test_pages_run_nothing_but_looks_own_script(gallery_client: TestClient) -> None:
+    for path in ('/', f'/view/{uuid.UUID(int=1)}'):
+        check_page_headers(gallery_client, path)
+
+
+def check_page_headers(gallery_client: TestClient, path: str) -> None:
+    result = gallery_client.simulate_get(path)
+    assert result.headers['Content-Security-Policy'] == STRICT_POLICY
+    assert result.headers['X-Content-Type-Options'] == 'nosniff'
+    assert result.headers['Cache-Control'] == 'no-cache'
+    assert result.headers['Content-Type'] == 'text/html; charset=utf-8'
+    page = page_of(result)
+    (script,) = page.all('script')
+    assert script.attrs['src'].startswith('/static/gallery.')  # type: ignore[union-attr]
+    assert not script.text.strip()
+    assert not page.all('style') and not [e for e in page.elements if 'style' in e.attrs]
+    assert not [e for e in page.elements if any(name.startswith('on') for name in e.attrs)]
+
+    # Revalidation: the same page again is a 304.
+    etag = result.headers['ETag']
+    again = gallery_client.simulate_get(path, headers={'If-None-Match': etag})
+    assert again.status_code == 304 and not again.content
+    head = gallery_client.simulate_head(path)
+    assert head.status_code == 200 and head.headers['ETag'] == etag
+
+
+def test_a_new_upload_changes_the_gallery_etag(gallery_client: TestClient) -> None:
+    etag = gallery_client.simulate_get('/').headers['ETag']
+    upload(gallery_client, seed=9)
+    result = gallery_client.simulate_get('/', headers={'If-None-Match': etag})
+    assert result.status_code == 200 and result.headers['ETag'] != etag
+
+
+def test_static_files_are_cached_for_good_under_hashed_names(client: TestClient) -> None:
+    page = page_of(client.simulate_get('/'))
+    urls = [
+        page.one('link', rel='stylesheet').attrs['href'],
+        page.one('script').attrs['src'],
+        page.one('link', rel='icon').attrs['href'],
+    ]
+    types = ['text/css; charset=utf-8', 'text/javascript; charset=utf-8', 'image/svg+xml']
+    for url, media_type in zip(urls, types, strict=True):
+        assert url is not None
+        result = client.simulate_get(url)
+        assert result.status_code == 200, url
+        assert result.headers['Content-Type'] == media_type
+        assert result.headers['Cache-Control'] == 'public, max-age=31536000, immutable'
+        assert result.headers['X-Content-Type-Options'] == 'nosniff'
+        digest = hashlib.sha256(result.content).hexdigest()[:16]
+        assert url.split('.')[-2] == digest
+        assert result.headers['ETag'] == f'"{digest}"'
+        again = client.simulate_get(url, headers={'If-None-Match': result.headers['ETag']})
+        assert again.status_code == 304 and not again.content
+        assert client.simulate_head(url).headers['ETag'] == result.headers['ETag']
+
+    for missing in ('/static/gallery.js', '/static/gallery.0000000000000000.js', '/static/x'):
+        result = client.simulate_get(missing)
+        assert result.status_code == 404, missing
+        assert set(result.json) == {'title', 'description'}
+
+
+# -- API keys ------------------------------------------------------------------------------------
+
+
+def test_with_keys_set_only_a_request_with_a_key_sees_the_list(make_client: MakeClient) -> None:
+    client = make_client(api_keys=KEY)
+    description = upload(client)
+
+    page = page_of(client.simulate_get('/'))
+    assert page.tiles() == []
+    grid = page.one('ul', id='grid')
+    assert grid.attrs['data-listed'] == 'false'
+    assert grid.attrs['data-next'] == grid.attrs['data-first'] == '/images?limit=30&order=newest'
+    assert page.one('body').attrs['data-keys-required'] == 'true'
+    assert 'hidden' in page.one('form', id='key-form').attrs
+    assert page.one('label', for_='key').text == 'API key'
+    assert page.one('p', id='list-status').text == 'An API key is needed to see the images here.'
+
+    keyed = client.simulate_get('/', headers={'Authorization': f'Bearer {KEY}'})
+    assert [href for href, _ in page_of(keyed).tiles()] == [f'/view/{description["id"]}']
+    assert keyed.headers['Vary'] == 'Authorization'
+    wrong = client.simulate_get('/', headers={'Authorization': 'Bearer not-the-key-at-all'})
+    assert page_of(wrong).tiles() == []
+
+    # Image pages stay public, as the images are.
+    image_page = page_of(client.simulate_get(f'/view/{description["id"]}'))
+    assert image_page.meta('og:image')
+
+
+def test_without_keys_there_is_no_key_form(client: TestClient) -> None:
+    page = page_of(client.simulate_get('/'))
+    assert page.one('body').attrs['data-keys-required'] == 'false'
+    assert not page.all('form', id='key-form')
