@@ -109,6 +109,12 @@ class Page(html.parser.HTMLParser):
         return found
 
 
+def render(macro: str, value: object) -> Page:
+    """Render a macro of templates/tile.html (``tile`` or ``picture``) as the pages do."""
+    templates = gallery.make_templates(gallery.StaticFiles.from_package())
+    return Page(getattr(templates.get_template('tile.html').module, macro)(value))
+
+
 def page_of(result: Result) -> Page:
     assert result.status_code == 200, result.text
     assert result.headers['Content-Type'].startswith('text/html')
@@ -247,7 +253,7 @@ def test_a_picture_has_a_source_for_each_format_the_description_lists() -> None:
     image = StoredImage(str(uuid.UUID(int=1)), 1_790_000_000, (1600, 1200))
     description = describe(image, renditions)
 
-    page = Page(gallery.tile(description))
+    page = render('tile', gallery.tile(description))
     sources = page.all('source')
     assert [s.attrs['type'] for s in sources] == ['image/avif', 'image/webp']
     for source, format in zip(sources, ('avif', 'webp'), strict=True):
@@ -261,7 +267,9 @@ def test_a_picture_has_a_source_for_each_format_the_description_lists() -> None:
     )
 
     # On its own page the original is the widest candidate of every source.
-    page = Page(gallery.picture(description, sizes='100vw', lazy=False, with_original=True))
+    page = render(
+        'picture', gallery.picture(description, sizes='100vw', lazy=False, with_original=True)
+    )
     for element in [*page.all('source'), page.one('img')]:
         assert (element.attrs['srcset'] or '').endswith(f'/images/{image.id}.jpeg 1600w')
     assert 'loading' not in page.one('img').attrs
