@@ -30,7 +30,7 @@ import jinja2
 from look.core.ids import is_valid_id
 from look.core.library import Library
 from look.errors import ImageNotFound
-from look.imaging.formats import ACCEPTED_FORMATS, READABLE_FORMATS
+from look.imaging.formats import ACCEPTED_FORMATS, FORMAT_MEDIA_TYPES, READABLE_FORMATS
 from look.imaging.renditions import Renditions
 from look.web.auth import Access
 from look.web.conditional import IMMUTABLE, answer_not_modified, is_not_modified
@@ -225,6 +225,8 @@ class Gallery:
             older=older,
             newest=_gallery_query(limit=limit, after=None) if after else None,
             tile_sizes=TILE_SIZES,
+            blank_tile=blank_tile(self._renditions.formats),
+            fallback_width=FALLBACK_WIDTH,
             accept=','.join(f'image/{name.lower()}' for name in ACCEPTED_FORMATS),
             readable_formats=READABLE_FORMATS,
             upload_limit=_format_bytes(self._max_upload_bytes),
@@ -412,8 +414,21 @@ def picture(
 
 
 def tile(description: Mapping[str, Any]) -> Tile:
-    """Return one image of the grid, linked to its page (gallery.js builds the same)."""
+    """Return one image of the grid, linked to its page."""
     return Tile(view_uri(description['id']), picture(description, sizes=TILE_SIZES, lazy=True))
+
+
+def blank_tile(formats: Iterable[str]) -> Tile:
+    """Return the tile gallery.js fills in: empty fields, and a source for each format but JPEG.
+
+    The script removes what an image has none of (a source, the srcset of a
+    small image), as ``picture`` leaves it out.
+    """
+    sources = tuple(Source(FORMAT_MEDIA_TYPES[f], '') for f in formats if f != 'jpeg')
+    blank = Picture(
+        sources=sources, src='', srcset='', sizes='', width='', height='', alt='', lazy=True
+    )
+    return Tile('', blank)
 
 
 def view_uri(image_id: str) -> str:
