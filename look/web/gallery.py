@@ -53,7 +53,7 @@ CONTENT_SECURITY_POLICY = '; '.join(
         "frame-ancestors 'none'",
     )
 )
-# The width of a tile in the grid of look/static/gallery.css, for each layout.
+# The width of a tile in the grid of look/web/static/gallery.css, for each layout.
 TILE_SIZES = (
     '(min-width: 80em) 19rem, (min-width: 64em) calc((100vw - 4.25rem) / 4), '
     '(min-width: 40em) calc((100vw - 3.5rem) / 3), calc((100vw - 2.75rem) / 2)'
@@ -118,7 +118,7 @@ class StaticFiles:
 
     @classmethod
     def from_package(cls) -> StaticFiles:
-        """Read the files in look/static (they ship in the wheel)."""
+        """Read the files in look/web/static (they ship in the wheel)."""
         folder = importlib.resources.files('look.web') / 'static'
         files = []
         for entry in folder.iterdir():
