@@ -1,10 +1,12 @@
 """The gallery: HTML pages of the images, and the static files those pages use.
 
 ``/`` lists the images newest first, ``/view/{id}`` shows one. Both are
-rendered from the same descriptions the JSON API gives (``describe``), read
-through the library here, never over HTTP. Without JavaScript the gallery is
-a plain list with links to older pages; ``look/static/gallery.js`` adds
-uploads, endless scrolling and deleting on top, through the API.
+rendered by the templates in look/web/templates (Jinja2, autoescaped) from
+the same descriptions the JSON API gives (``describe``), read through the
+library here, never over HTTP; the values they show are computed here.
+Without JavaScript the gallery is a plain list with links to older pages;
+``look/web/static/gallery.js`` adds uploads, endless scrolling and deleting
+on top, through the API.
 
 With API keys set, the list is rendered only for a request that may list
 images (one with a key); a browser keeps its key in localStorage and its
@@ -17,18 +19,18 @@ from __future__ import annotations
 import dataclasses
 import email.utils
 import hashlib
-import html
 import importlib.resources
 import pathlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import falcon
+import jinja2
 
 from look.core.ids import is_valid_id
 from look.core.library import Library
 from look.errors import ImageNotFound
-from look.imaging.formats import ACCEPTED_FORMATS, READABLE_FORMATS
+from look.imaging.formats import ACCEPTED_FORMATS, FORMAT_MEDIA_TYPES, READABLE_FORMATS
 from look.imaging.renditions import Renditions
 from look.web.auth import Access
 from look.web.conditional import IMMUTABLE, answer_not_modified, is_not_modified
@@ -51,7 +53,7 @@ CONTENT_SECURITY_POLICY = '; '.join(
         "frame-ancestors 'none'",
     )
 )
-# The width of a tile in the grid of look/static/gallery.css, for each layout.
+# The width of a tile in the grid of look/web/static/gallery.css, for each layout.
 TILE_SIZES = (
     '(min-width: 80em) 19rem, (min-width: 64em) calc((100vw - 4.25rem) / 4), '
     '(min-width: 40em) calc((100vw - 3.5rem) / 3), calc((100vw - 2.75rem) / 2)'
@@ -76,6 +78,7 @@ MONTHS = (
     'November',
     'December',
 )
+FORMAT_NAMES = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF'}
 STATIC_MEDIA_TYPES = {
     '.css': 'text/css; charset=utf-8',
     '.js': 'text/javascript; charset=utf-8',
@@ -115,7 +118,7 @@ class StaticFiles:
 
     @classmethod
     def from_package(cls) -> StaticFiles:
-        """Read the files in look/static (they ship in the wheel)."""
+        """Read the files in look/web/static (they ship in the wheel)."""
         folder = importlib.resources.files('look.web') / 'static'
         files = []
         for entry in folder.iterdir():
@@ -150,6 +153,24 @@ class StaticFiles:
 # -- pages --------------------------------------------------------------------
 
 
+def make_templates(static: StaticFiles) -> jinja2.Environment:
+    """Build the environment the pages are rendered in: autoescaped, strict, from the package."""
+    templates = jinja2.Environment(
+        loader=jinja2.PackageLoader('look.web'),
+        autoescape=True,
+        # NOTE: a name a template misspells is an error in the tests, never an empty string.
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+        # NOTE: templates ship in the package and do not change under a running server;
+        #   checking them for changes would cost a stat() per page.
+        auto_reload=False,
+    )
+    templates.globals['static_url'] = static.url
+    return templates
+
+
 class Gallery:
     """``/``: the images, newest first; ``/view/{id}``: one image, its sizes and links."""
 
@@ -165,8 +186,8 @@ class Gallery:
         self._library = library
         self._renditions = renditions
         self._access = access
-        self._static = static
         self._max_upload_bytes = max_upload_bytes
+        self._templates = make_templates(static)
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         limit = req.get_param_as_int('limit', min_value=1, max_value=MAX_PAGE_SIZE)
@@ -174,7 +195,7 @@ class Gallery:
         if after is not None and not is_valid_id(after):
             raise falcon.HTTPInvalidParam('The value must be an image id.', 'after')
         page_size = limit or DEFAULT_PAGE_SIZE
-        listing = None
+        tiles = None
         if self._may_list(req):
             try:
                 page = self._library.page(after=after, limit=page_size + 1, newest_first=True)
@@ -183,24 +204,35 @@ class Gallery:
                     f'No image has the id {after}; follow the link from the previous page.',
                     'after',
                 ) from None
-            listing = [describe(image, self._renditions) for image in page[:page_size]]
+            tiles = [tile(describe(image, self._renditions)) for image in page[:page_size]]
             next_after = page[page_size - 1].id if len(page) > page_size else None
         else:
             next_after = after  # the script lists, with the key it keeps
-        self._respond(
-            req,
-            resp,
-            _gallery_page(
-                self._static,
-                listing,
-                page_size=page_size,
-                limit=limit,
-                after=after,
-                next_after=next_after,
-                keys_required=not self._access.open,
-                max_upload_bytes=self._max_upload_bytes,
-            ),
+        # The API page after this one, for the script; the next HTML page, for everyone else.
+        first = f'/images?limit={page_size}&order=newest'
+        api_next = None
+        if tiles is None or next_after is not None:
+            api_next = first if next_after is None else f'{first}&after={next_after}'
+        older = None
+        if tiles is not None and next_after is not None:
+            older = _gallery_query(limit=limit, after=next_after)
+        page = self._templates.get_template('gallery.html').render(
+            keys_required=not self._access.open,
+            tiles=tiles,
+            after=after,
+            first=first,
+            api_next=api_next,
+            older=older,
+            newest=_gallery_query(limit=limit, after=None) if after else None,
+            tile_sizes=TILE_SIZES,
+            blank_tile=blank_tile(self._renditions.formats),
+            fallback_width=FALLBACK_WIDTH,
+            accept=','.join(f'image/{name.lower()}' for name in ACCEPTED_FORMATS),
+            readable_formats=READABLE_FORMATS,
+            upload_limit=_format_bytes(self._max_upload_bytes),
+            max_upload_bytes=self._max_upload_bytes,
         )
+        self._respond(req, resp, page)
 
     on_head = on_get
 
@@ -208,19 +240,42 @@ class Gallery:
         image = self._library.get(image_id)
         description = describe(image, self._renditions)
         formats = self._renditions.formats
-        rows = [
-            (size, [self._renditions.rendition(image.id, size, f).path for f in formats])
-            for size in self._renditions.sizes(image.size)
-        ]
-        page = _image_page(
-            self._static,
-            description,
-            rows,
-            formats=formats,
-            # NOTE: gunicorn takes the scheme from X-Forwarded-Proto of the
-            #   proxies it trusts (forwarded_allow_ips): previews behind TLS say https.
-            origin=req.prefix,
+        sizes = self._renditions.sizes(image.size)
+        when = uploaded_at(description['modified'])
+        alt = alt_text(description)
+        # NOTE: gunicorn takes the scheme from X-Forwarded-Proto of the
+        #   proxies it trusts (forwarded_allow_ips): previews behind TLS say https.
+        origin = req.prefix
+        page_url = origin + view_uri(image.id)
+        preview, preview_size = _preview(description, sizes)
+        preview_url = origin + preview
+        page = self._templates.get_template('image.html').render(
             keys_required=not self._access.open,
+            image_id=image.id,
+            image=picture(description, sizes=VIEW_SIZES, lazy=False, with_original=True),
+            width=image.size[0],
+            height=image.size[1],
+            when=when,
+            modified=email.utils.parsedate_to_datetime(description['modified']).isoformat(),
+            alt=alt,
+            page_url=page_url,
+            image_url=origin + description['image'],
+            preview_url=preview_url,
+            preview_size=preview_size,
+            markdown=f'[![{alt}]({preview_url})]({page_url})',
+            format_names=[FORMAT_NAMES[format] for format in formats],
+            # NOTE: the original is a JPEG: only that column links to it.
+            originals=[description['image'] if f == 'jpeg' else None for f in formats],
+            rows=[
+                (
+                    size,
+                    [
+                        (FORMAT_NAMES[f], self._renditions.rendition(image.id, size, f).path)
+                        for f in formats
+                    ],
+                )
+                for size in sizes
+            ],
         )
         self._respond(req, resp, page)
 
@@ -253,21 +308,37 @@ class Gallery:
         resp.data = data
 
 
-# -- rendering ------------------------------------------------------------------
+# -- what the templates show ------------------------------------------------------
 
 
-def _e(value: object) -> str:
-    return html.escape(str(value), quote=True)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Source:
+    """A ``<source>`` of a picture: the thumbnails of one format other than JPEG."""
+
+    type: str
+    srcset: str
 
 
-def _attributes(attributes: Mapping[str, object]) -> str:
-    """Render attributes in the given order; None leaves one out, True writes it bare."""
-    parts = []
-    for name, value in attributes.items():
-        if value is None or value is False:
-            continue
-        parts.append(f' {name}' if value is True else f' {name}="{_e(value)}"')
-    return ''.join(parts)
+@dataclasses.dataclass(frozen=True, slots=True)
+class Picture:
+    """What templates/tile.html's ``picture`` shows: sources, then a JPEG ``<img>``."""
+
+    sources: tuple[Source, ...]
+    src: str
+    srcset: str | None  # None: the <img> has neither srcset nor sizes
+    sizes: str
+    width: int | str
+    height: int | str
+    alt: str
+    lazy: bool
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Tile:
+    """One image of the grid: the address of its page and its picture."""
+
+    href: str
+    picture: Picture
 
 
 def uploaded_at(modified: str) -> str:
@@ -310,83 +381,59 @@ def picture(
     sizes: str,
     lazy: bool,
     with_original: bool = False,
-) -> str:
-    """Render a ``<picture>``: a source per format the description lists, then a JPEG ``<img>``.
+) -> Picture:
+    """Return the picture of an image: a source per format the description lists but JPEG.
 
     With ``with_original``, the original is a candidate of every source, for
     displays wider than the largest thumbnail.
     """
     width, height = description['size']
     original = f'{description["image"]} {width}w'
-    srcsets = {}
+    sources = []
+    jpeg_srcset = ''
     for format, rendered in description['formats'].items():
         srcset = rendered['srcset']
         if with_original:
             # NOTE: the original is a JPEG in every source: any browser shows
             #   one, and no other format of it exists.
             srcset = f'{srcset}, {original}' if srcset else original
-        srcsets[format] = (rendered['type'], srcset)
-    sources = ''.join(
-        f'<source{_attributes({"type": media_type, "srcset": srcset, "sizes": sizes})}>'
-        for format, (media_type, srcset) in srcsets.items()
-        if format != 'jpeg' and srcset
+        if format == 'jpeg':
+            jpeg_srcset = srcset
+        elif srcset:
+            sources.append(Source(rendered['type'], srcset))
+    return Picture(
+        sources=tuple(sources),
+        src=description['image'] if with_original else fallback_src(description),
+        srcset=jpeg_srcset or None,
+        sizes=sizes,
+        width=width,
+        height=height,
+        alt=alt_text(description),
+        lazy=lazy,
     )
-    jpeg_srcset = srcsets.get('jpeg', ('', ''))[1]
-    img = _attributes(
-        {
-            'src': description['image'] if with_original else fallback_src(description),
-            'srcset': jpeg_srcset or None,
-            'sizes': sizes if jpeg_srcset else None,
-            'width': width,
-            'height': height,
-            'alt': alt_text(description),
-            'loading': 'lazy' if lazy else None,
-            'decoding': 'async',
-            'fetchpriority': None if lazy else 'high',
-        }
-    )
-    return f'<picture>{sources}<img{img}></picture>'
 
 
-def tile(description: Mapping[str, Any]) -> str:
-    """Render one image of the grid, linked to its page (gallery.js builds the same)."""
-    href = view_uri(description['id'])
-    return (
-        f'<li class="tile"><a href="{_e(href)}">'
-        f'{picture(description, sizes=TILE_SIZES, lazy=True)}</a></li>'
+def tile(description: Mapping[str, Any]) -> Tile:
+    """Return one image of the grid, linked to its page."""
+    return Tile(view_uri(description['id']), picture(description, sizes=TILE_SIZES, lazy=True))
+
+
+def blank_tile(formats: Iterable[str]) -> Tile:
+    """Return the tile gallery.js fills in: empty fields, and a source for each format but JPEG.
+
+    The script removes what an image has none of (a source, the srcset of a
+    small image), as ``picture`` leaves it out.
+    """
+    sources = tuple(Source(FORMAT_MEDIA_TYPES[f], '') for f in formats if f != 'jpeg')
+    blank = Picture(
+        sources=sources, src='', srcset='', sizes='', width='', height='', alt='', lazy=True
     )
+    return Tile('', blank)
 
 
 def view_uri(image_id: str) -> str:
     """Return the address of an image's page."""
     return f'/view/{image_id}'
-
-
-def _document(
-    static: StaticFiles,
-    *,
-    title: str,
-    body: str,
-    page: str,
-    keys_required: bool,
-    head: str = '',
-) -> str:
-    return (
-        '<!doctype html>\n'
-        '<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<meta name="color-scheme" content="light dark">\n'
-        f'<title>{_e(title)}</title>\n'
-        f'<link rel="icon" href="{_e(static.url("icon.svg"))}" type="image/svg+xml">\n'
-        f'<link rel="stylesheet" href="{_e(static.url("gallery.css"))}">\n'
-        f'<script type="module" src="{_e(static.url("gallery.js"))}"></script>\n'
-        f'{head}</head>\n'
-        f'<body data-page="{_e(page)}" data-keys-required="{str(keys_required).lower()}">\n'
-        f'<header class="bar"><a class="brand" href="/"><img src="{_e(static.url("icon.svg"))}" '
-        'alt="" width="24" height="24">look</a></header>\n'
-        f'{body}'
-        '</body>\n</html>\n'
-    )
 
 
 def _gallery_query(*, limit: int | None, after: str | None) -> str:
@@ -398,215 +445,14 @@ def _gallery_query(*, limit: int | None, after: str | None) -> str:
     return f'/?{"&".join(query)}' if query else '/'
 
 
-def _gallery_page(
-    static: StaticFiles,
-    listing: list[dict[str, Any]] | None,
-    *,
-    page_size: int,
-    limit: int | None,
-    after: str | None,
-    next_after: str | None,
-    keys_required: bool,
-    max_upload_bytes: int,
-) -> str:
-    """Render ``/``; ``listing`` is None where the request may not list images."""
-    if listing is None:
-        tiles = ''
-        status = 'An API key is needed to see the images here.'
-    elif not listing:
-        tiles = ''
-        status = 'There are no older images.' if after else 'No images yet: upload the first one.'
-    else:
-        tiles = ''.join(tile(description) for description in listing)
-        status = ''
-    # The API page after this one, for the script; the next HTML page, for everyone else.
-    api_next = None
-    older = ''
-    if listing is None or next_after is not None:
-        api_next = f'/images?limit={page_size}&order=newest'
-        if next_after is not None:
-            api_next += f'&after={next_after}'
-    if listing is not None and next_after is not None:
-        href = _gallery_query(limit=limit, after=next_after)
-        older = (
-            f'<p class="more"><a id="older" rel="next" href="{_e(href)}">Older images</a></p>\n'
-        )
-    newest = (
-        f'<p class="more"><a href="{_e(_gallery_query(limit=limit, after=None))}">'
-        'Back to the newest images</a></p>\n'
-        if after
-        else ''
-    )
-    grid_attributes = _attributes(
-        {
-            'id': 'grid',
-            'class': 'grid',
-            'data-listed': str(listing is not None).lower(),
-            'data-first': f'/images?limit={page_size}&order=newest',
-            'data-next': api_next,
-            'data-sizes': TILE_SIZES,
-        }
-    )
-    accept = ','.join(f'image/{name.lower()}' for name in ACCEPTED_FORMATS)
-    limit_text = _format_bytes(max_upload_bytes)
-    key_form = ''
-    if keys_required:
-        key_form = (
-            '<form id="key-form" class="key" hidden>\n'
-            '<h2>API key</h2>\n'
-            '<p>Listing and uploading images here need an API key. It is kept in this '
-            'browser only.</p>\n'
-            '<div class="row"><label for="key">API key</label>'
-            '<input id="key" name="key" type="password" autocomplete="off" spellcheck="false" '
-            'required>'
-            '<button type="submit">Use this key</button>'
-            '<button type="button" id="forget-key" class="quiet" hidden>Forget the key</button>'
-            '</div>\n<p id="key-status" class="note" role="status"></p>\n</form>\n'
-        )
-    body = (
-        '<main>\n'
-        '<h1>Images</h1>\n'
-        f'{key_form}'
-        '<section class="upload" aria-labelledby="upload-heading">\n'
-        '<h2 id="upload-heading">Upload</h2>\n'
-        '<form id="upload" class="drop" action="/images" method="post" '
-        f'enctype="multipart/form-data" data-max-bytes="{max_upload_bytes}">\n'
-        '<label for="files">Choose images</label>\n'
-        f'<input id="files" name="image" type="file" accept="{_e(accept)}" multiple '
-        'aria-describedby="upload-hint">\n'
-        f'<p id="upload-hint" class="note">{_e(READABLE_FORMATS)}, up to {_e(limit_text)} '
-        'each<span class="js-only" hidden>; or drop them here</span>.</p>\n'
-        '<button type="submit" class="no-js">Upload</button>\n'
-        '</form>\n'
-        '<ul id="uploads" class="uploads"></ul>\n'
-        '<p id="upload-status" class="visually-hidden" role="status"></p>\n'
-        '</section>\n'
-        '<section aria-labelledby="images-heading">\n'
-        '<h2 id="images-heading">Newest first</h2>\n'
-        f'<p id="list-status" class="note" role="status">{_e(status)}</p>\n'
-        f'<ul{grid_attributes}>{tiles}</ul>\n'
-        f'{older}{newest}'
-        '</section>\n'
-        '</main>\n'
-    )
-    return _document(
-        static, title='Images · look', body=body, page='gallery', keys_required=keys_required
-    )
-
-
-def _image_page(
-    static: StaticFiles,
-    description: Mapping[str, Any],
-    rows: list[tuple[tuple[int, int], list[str]]],
-    *,
-    formats: list[str],
-    origin: str,
-    keys_required: bool,
-) -> str:
-    """Render ``/view/{id}``: the image, links to copy, its sizes, and a delete button."""
-    image_id = description['id']
-    width, height = description['size']
-    when = uploaded_at(description['modified'])
-    alt = alt_text(description)
-    page_url = origin + view_uri(image_id)
-    image_url = origin + description['image']
-    preview = _preview(description, rows)
-    preview_url = origin + preview[0]
-    modified = email.utils.parsedate_to_datetime(description['modified'])
-    head = ''.join(
-        f'<meta{_attributes(attributes)}>\n'
-        for attributes in (
-            {'property': 'og:type', 'content': 'website'},
-            {'property': 'og:site_name', 'content': 'look'},
-            {'property': 'og:title', 'content': f'Image uploaded {when}'},
-            {'property': 'og:url', 'content': page_url},
-            {'property': 'og:image', 'content': preview_url},
-            {'property': 'og:image:type', 'content': 'image/jpeg'},
-            {'property': 'og:image:width', 'content': preview[1][0]},
-            {'property': 'og:image:height', 'content': preview[1][1]},
-            {'property': 'og:image:alt', 'content': alt},
-            {'name': 'twitter:card', 'content': 'summary_large_image'},
-            {'name': 'twitter:title', 'content': f'Image uploaded {when}'},
-            {'name': 'twitter:image', 'content': preview_url},
-            {'name': 'twitter:image:alt', 'content': alt},
-        )
-    )
-    head += f'<link rel="canonical" href="{_e(page_url)}">\n'
-    links = (
-        ('link-page', 'This page', page_url),
-        ('link-image', 'The image (JPEG)', image_url),
-        ('link-markdown', 'Markdown', f'[![{alt}]({preview_url})]({page_url})'),
-    )
-    link_rows = ''.join(
-        f'<div class="copy"><label for="{name}">{_e(label)}</label>'
-        f'<input id="{name}" type="text" readonly value="{_e(value)}">'
-        f'<button type="button" data-copy="{name}" hidden>Copy</button></div>\n'
-        for name, label, value in links
-    )
-    format_names = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF'}
-    header_cells = ''.join(f'<th scope="col">{_e(format_names[f])}</th>' for f in formats)
-    original_cells = ''.join(
-        f'<td><a href="{_e(description["image"])}">original</a></td>'
-        if f == 'jpeg'
-        else '<td>—</td>'
-        for f in formats
-    )
-    size_rows = (
-        f'<tr><th scope="row">{width} &times; {height} (original)</th>{original_cells}</tr>\n'
-    )
-    for (thumb_width, thumb_height), paths in rows:
-        cells = ''.join(
-            f'<td><a href="{_e(path)}" aria-label="{thumb_width} by {thumb_height} '
-            f'{format_names[f]}">{_e(format_names[f])}</a></td>'
-            for f, path in zip(formats, paths, strict=True)
-        )
-        size_rows += f'<tr><th scope="row">{thumb_width} &times; {thumb_height}</th>{cells}</tr>\n'
-    body = (
-        '<main class="view">\n'
-        '<p><a href="/">← All images</a></p>\n'
-        f'<figure class="image" id="image" data-id="{_e(image_id)}">'
-        f'{picture(description, sizes=VIEW_SIZES, lazy=False, with_original=True)}\n'
-        f'<figcaption><h1>Uploaded <time datetime="{_e(modified.isoformat())}">'
-        f'{_e(when)}</time></h1>'
-        f'<p class="note">{width} &times; {height} pixels</p></figcaption>\n'
-        '</figure>\n'
-        '<p id="delete-status" class="note" role="status"></p>\n'
-        '<section aria-labelledby="links-heading">\n'
-        '<h2 id="links-heading">Links</h2>\n'
-        f'{link_rows}'
-        '<p id="copy-status" class="note" role="status"></p>\n'
-        '</section>\n'
-        '<section aria-labelledby="sizes-heading">\n'
-        '<h2 id="sizes-heading">Sizes</h2>\n'
-        '<table class="sizes">\n'
-        f'<thead><tr><th scope="col">Pixels</th>{header_cells}</tr></thead>\n'
-        f'<tbody>\n{size_rows}</tbody>\n</table>\n'
-        '</section>\n'
-        '<section id="delete" class="danger-zone" aria-labelledby="delete-heading" hidden>\n'
-        '<h2 id="delete-heading">Delete</h2>\n'
-        '<p>Deleting removes the image and every size of it for everyone.</p>\n'
-        '<button type="button" id="delete-button" class="danger">Delete this image</button>\n'
-        '</section>\n'
-        '</main>\n'
-    )
-    return _document(
-        static,
-        title=f'Image uploaded {when} · look',
-        body=body,
-        page='image',
-        keys_required=keys_required,
-        head=head,
-    )
-
-
 def _preview(
-    description: Mapping[str, Any], rows: list[tuple[tuple[int, int], list[str]]]
+    description: Mapping[str, Any], sizes: list[tuple[int, int]]
 ) -> tuple[str, tuple[int, int]]:
     """Return the JPEG a chat preview shows, and its size: the largest not wider than it shows."""
     width, height = description['size']
     candidates = [(description['image'], (width, height))]
-    # Rows and the description's JPEG thumbnails are in the same order, largest first.
-    candidates += zip(description['thumbnails'], (size for size, _ in rows), strict=True)
+    # The sizes and the description's JPEG thumbnails are in the same order, largest first.
+    candidates += zip(description['thumbnails'], sizes, strict=True)
     for path, size in candidates:
         if size[0] <= PREVIEW_WIDTH:
             return path, size

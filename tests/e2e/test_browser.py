@@ -301,6 +301,32 @@ def test_an_upload_answered_503_is_tried_once_more(gunicorn: Gunicorn, open_tab:
     assert seen == ['POST'] * 4 and not answers
 
 
+def test_the_script_fills_in_the_tile_the_server_renders(
+    gunicorn: Gunicorn, open_tab: OpenTab
+) -> None:
+    tab = open_tab(f'{gunicorn.url}/')
+    page = tab.page
+    # The page carries a blank tile to clone, in a <template>: not a tile of the grid.
+    assert page.eval_on_selector('#tile-template', 't => t.content.querySelectorAll("img").length')
+    assert tile_hrefs(page).count('') == 0
+
+    # One image too small for thumbnails (no sources, no srcset), one with every format.
+    tiny = image_bytes('PNG', size=(100, 100), seed=8)
+    page.set_input_files('#files', [upload_file('tiny.png', tiny, 'image/png')])
+    wait_for_uploads(page, 1)
+    page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
+    wait_for_uploads(page, 2)
+    made = {href: tile_attributes(page, href) for href in tile_hrefs(page)[:2]}
+    large, small = made.values()  # newest first
+    assert 'srcset' not in small['img'] and 'sizes' not in small['img'] and not small['sources']
+    assert large['img']['srcset'] and len(large['sources']) == len(THUMBNAIL_FORMATS) - 1
+
+    page.reload()
+    assert tile_hrefs(page)[:2] == list(made)
+    for href, attributes in made.items():
+        assert tile_attributes(page, href) == attributes
+
+
 # -- srcset and paging -------------------------------------------------------------------------
 
 

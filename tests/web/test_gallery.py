@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html.parser
+import re
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -107,6 +108,16 @@ class Page(html.parser.HTMLParser):
                 found.append((in_tile, element))
                 in_tile = None
         return found
+
+
+def render_text(macro: str, value: object) -> str:
+    """Render a macro of templates/tile.html (``tile`` or ``picture``) as the pages do."""
+    templates = gallery.make_templates(gallery.StaticFiles.from_package())
+    return str(getattr(templates.get_template('tile.html').module, macro)(value))
+
+
+def render(macro: str, value: object) -> Page:
+    return Page(render_text(macro, value))
 
 
 def page_of(result: Result) -> Page:
@@ -247,7 +258,7 @@ def test_a_picture_has_a_source_for_each_format_the_description_lists() -> None:
     image = StoredImage(str(uuid.UUID(int=1)), 1_790_000_000, (1600, 1200))
     description = describe(image, renditions)
 
-    page = Page(gallery.tile(description))
+    page = render('tile', gallery.tile(description))
     sources = page.all('source')
     assert [s.attrs['type'] for s in sources] == ['image/avif', 'image/webp']
     for source, format in zip(sources, ('avif', 'webp'), strict=True):
@@ -261,7 +272,9 @@ def test_a_picture_has_a_source_for_each_format_the_description_lists() -> None:
     )
 
     # On its own page the original is the widest candidate of every source.
-    page = Page(gallery.picture(description, sizes='100vw', lazy=False, with_original=True))
+    page = render(
+        'picture', gallery.picture(description, sizes='100vw', lazy=False, with_original=True)
+    )
     for element in [*page.all('source'), page.one('img')]:
         assert (element.attrs['srcset'] or '').endswith(f'/images/{image.id}.jpeg 1600w')
     assert 'loading' not in page.one('img').attrs
@@ -274,6 +287,70 @@ def test_an_image_without_thumbnails_is_shown_as_it_is(make_client: MakeClient) 
     (_, img), *_ = page_of(client.simulate_get('/')).tiles()
     assert img.attrs['src'] == description['image']
     assert 'srcset' not in img.attrs and 'sizes' not in img.attrs
+
+
+def tile_elements(elements: list[Element]) -> list[Element]:
+    """Return the elements of the first tile among these: its <li> through its <img>."""
+    start = next(i for i, e in enumerate(elements) if e.attrs.get('class') == 'tile')
+    end = next(i for i, e in enumerate(elements) if i > start and e.tag == 'img')
+    return elements[start : end + 1]
+
+
+def test_the_pages_tile_template_is_the_servers_tile_left_blank(
+    gallery_client: TestClient,
+) -> None:
+    result = gallery_client.simulate_get('/')
+    match = re.search(r'<template id="tile-template"[^>]*>(.*?)</template>', result.text, re.S)
+    assert match is not None
+    page = page_of(result)
+    template = page.one('template', id='tile-template')
+    assert template.attrs['data-fallback-width'] == str(gallery.FALLBACK_WIDTH)
+    served = tile_elements(page.elements)  # an image with thumbnails in every format
+    blank = tile_elements(Page(match[1]).elements)
+
+    # The same elements with the same attributes in the same order; the script fills in
+    # those left empty, and leaves the rest as they are.
+    assert [e.tag for e in blank] == [e.tag for e in served]
+    assert [list(e.attrs) for e in blank] == [list(e.attrs) for e in served]
+    filled = set()
+    for left, right in zip(blank, served, strict=True):
+        for name, value in left.attrs.items():
+            if value == '':
+                filled.add(name)
+            else:
+                assert value == right.attrs[name], (left.tag, name)
+    assert filled == {'href', 'srcset', 'sizes', 'src', 'width', 'height', 'alt'}
+    # A blank tile links nowhere: it is not counted among the images shown.
+    assert len(page.tiles()) == 5
+
+
+def test_what_a_tile_shows_is_escaped() -> None:
+    hostile = '"><script>alert(1)</script>'
+    description = {
+        'id': hostile,
+        'image': f'/images/{hostile}.jpeg',
+        'modified': 'Mon, 21 Sep 2026 14:13:20 GMT',
+        'size': [1600, 1200],
+        'thumbnails': [],
+        'formats': {
+            'webp': {'type': f'image/webp{hostile}', 'srcset': f'/w{hostile} 400w'},
+            'jpeg': {'type': 'image/jpeg', 'srcset': f'/j{hostile} 400w'},
+        },
+    }
+    for macro, value in (
+        ('tile', gallery.tile(description)),
+        ('picture', gallery.picture(description, sizes=hostile, lazy=False, with_original=True)),
+    ):
+        text = render_text(macro, value)
+        assert '<script>' not in text
+        page = Page(text)
+        assert not page.all('script')
+        source, img = page.one('source'), page.one('img')
+        assert source.attrs['type'] == f'image/webp{hostile}'
+        assert (source.attrs['srcset'] or '').startswith(f'/w{hostile} 400w')
+        assert (img.attrs['srcset'] or '').startswith(f'/j{hostile} 400w')
+    assert page.one('img').attrs['sizes'] == hostile
+    assert page.one('img').attrs['src'] == f'/images/{hostile}.jpeg'
 
 
 # -- one image's page ------------------------------------------------------------------------

@@ -10,8 +10,6 @@ const MONTHS = [
   'January', 'February', 'March', 'April', 'May', 'June',
   'July', 'August', 'September', 'October', 'November', 'December',
 ];
-// gallery.py's FALLBACK_WIDTH: the src of a tile, where srcset is not read.
-const FALLBACK_WIDTH = 320;
 
 // -- what this browser keeps --------------------------------------------------------
 // localStorage may be turned off or full: then nothing is kept, and nothing breaks.
@@ -89,6 +87,11 @@ function failure(status, text, action) {
 }
 
 // -- an image, as gallery.py renders it -----------------------------------------------
+// The gallery page carries a blank tile, rendered by the server from the template its own tiles
+// come from (look/web/templates/tile.html); a tile is a clone of it with its fields filled in.
+// The API's JSON has no alt text nor fallback src: those are worked out here as gallery.py does.
+
+const tileTemplate = document.getElementById('tile-template');
 
 function uploadedAt(httpDate) {
   const moment = new Date(httpDate);
@@ -109,43 +112,46 @@ function srcsetCandidates(srcset) {
   });
 }
 
+// The src of a tile, where srcset is not read: the smallest JPEG at least as wide as the
+// template says (gallery.py's FALLBACK_WIDTH).
 function fallbackSrc(description) {
+  const fallbackWidth = Number(tileTemplate.dataset.fallbackWidth);
   const candidates = srcsetCandidates(description.formats.jpeg.srcset);
-  const wideEnough = candidates.filter(([, width]) => width >= FALLBACK_WIDTH);
+  const wideEnough = candidates.filter(([, width]) => width >= fallbackWidth);
   if (wideEnough.length) return wideEnough[wideEnough.length - 1][0];
   return candidates.length ? candidates[0][0] : description.image;
 }
 
 function tile(description, sizes) {
-  const picture = document.createElement('picture');
-  for (const [format, rendered] of Object.entries(description.formats)) {
-    if (format === 'jpeg' || !rendered.srcset) continue;
-    const source = document.createElement('source');
-    source.type = rendered.type;
-    source.sizes = sizes;
-    source.srcset = rendered.srcset;
-    picture.append(source);
+  // NOTE: a clone of a template's content belongs to the template's inert document, which
+  //   fetches nothing: no URL is loaded before the tile, filled in, is added to the page.
+  const item = tileTemplate.content.cloneNode(true).firstElementChild;
+  item.querySelector('a').href = `/view/${description.id}`;
+  const formats = Object.values(description.formats);
+  // A source per format but JPEG; one the image has no thumbnails in is left out, as the
+  // server leaves it out.
+  for (const source of item.querySelectorAll('source')) {
+    const rendered = formats.find((format) => format.type === source.type);
+    if (rendered?.srcset) {
+      source.srcset = rendered.srcset;
+      source.sizes = sizes;
+    } else {
+      source.remove();
+    }
   }
-  const img = document.createElement('img');
-  // NOTE: loading and sizes before the URLs, so nothing is fetched eagerly or too large.
-  img.loading = 'lazy';
-  img.decoding = 'async';
+  const img = item.querySelector('img');
   const jpeg = description.formats.jpeg.srcset;
   if (jpeg) {
-    img.sizes = sizes;
     img.srcset = jpeg;
+    img.sizes = sizes;
+  } else {
+    img.removeAttribute('srcset');
+    img.removeAttribute('sizes');
   }
   img.width = description.size[0];
   img.height = description.size[1];
   img.alt = altText(description);
   img.src = fallbackSrc(description);
-  picture.append(img);
-  const link = document.createElement('a');
-  link.href = `/view/${description.id}`;
-  link.append(picture);
-  const item = document.createElement('li');
-  item.className = 'tile';
-  item.append(link);
   return item;
 }
 
