@@ -151,7 +151,7 @@ class Gunicorn(Server):
             # NOTE: free_port() cannot reserve the port; if something took it
             #   meanwhile, try another rather than fail.
             self.port = free_port()
-        pytest.fail(f'gunicorn found no free port:\n{self.logtail()}')
+        pytest.fail(f'gunicorn found no free port:\n{self.log_tail()}')
 
     def _start_once(self) -> bool:
         """Start gunicorn; return False if its port was taken, fail on any other problem."""
@@ -179,7 +179,7 @@ class Gunicorn(Server):
             if b'Connection in use' in log.read():
                 return False
         state = 'did not become ready' if running else 'exited'
-        pytest.fail(f'gunicorn {state}:\n{self.logtail()}')
+        pytest.fail(f'gunicorn {state}:\n{self.log_tail()}')
 
     def _ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
@@ -213,7 +213,7 @@ class Gunicorn(Server):
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self._kill_group()
-            pytest.fail(f'gunicorn still ran after {timeout}s:\n{self.logtail()}')
+            pytest.fail(f'gunicorn still ran after {timeout}s:\n{self.log_tail()}')
 
     @property
     def running(self) -> bool:
@@ -239,7 +239,7 @@ class Gunicorn(Server):
         if process.poll() is not None:
             self._kill_group()
             raise AssertionError(
-                f'gunicorn exited by itself with {process.returncode}:\n{self.logtail()}'
+                f'gunicorn exited by itself with {process.returncode}:\n{self.log_tail()}'
             )
         process.send_signal(signal.SIGTERM)
         try:
@@ -247,7 +247,7 @@ class Gunicorn(Server):
         except subprocess.TimeoutExpired:
             self._kill_group()
             raise AssertionError(
-                f'gunicorn did not stop within {STOP_TIMEOUT}s of SIGTERM:\n{self.logtail()}'
+                f'gunicorn did not stop within {STOP_TIMEOUT}s of SIGTERM:\n{self.log_tail()}'
             ) from None
         # NOTE: the master may exit a moment before its grandchildren (pool
         #   processes, multiprocessing's resource tracker) have gone.
@@ -255,8 +255,8 @@ class Gunicorn(Server):
         leftovers = [] if gone else process_group(process.pid)
         if leftovers:
             self._kill_group()
-        assert not leftovers, f'processes outlived gunicorn: {leftovers}\n{self.logtail()}'
-        assert returncode == 0, f'gunicorn exited with {returncode}:\n{self.logtail()}'
+        assert not leftovers, f'processes outlived gunicorn: {leftovers}\n{self.log_tail()}'
+        assert returncode == 0, f'gunicorn exited with {returncode}:\n{self.log_tail()}'
 
     def restart(self) -> None:
         """Stop (asserting a clean stop) and start again on the same port and storage."""
@@ -275,7 +275,7 @@ class Gunicorn(Server):
         """Return everything gunicorn has written so far."""
         return self.log_path.read_text(errors='replace')
 
-    def logtail(self, lines: int = 60) -> str:
+    def log_tail(self, lines: int = 60) -> str:
         """Return the last lines of the log, for assertion messages."""
         return tail(self.log_path, lines)
 

@@ -84,7 +84,7 @@ class Nginx(Server):
             )
         if not wait_until(self._ready, START_TIMEOUT) or self.process.poll() is not None:
             self.close()
-            pytest.fail(f'nginx did not start:\n{self.logtail()}')
+            pytest.fail(f'nginx did not start:\n{self.log_tail()}')
 
     def _ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
@@ -95,7 +95,7 @@ class Nginx(Server):
         except OSError:
             return False
 
-    def logtail(self, lines: int = 60) -> str:
+    def log_tail(self, lines: int = 60) -> str:
         """Return the end of nginx's error log and of its output, for assertion messages."""
         return f'{tail(self.error_log, lines)}\n{tail(self.directory / "output.log", lines)}'
 
@@ -113,6 +113,6 @@ class Nginx(Server):
                     with contextlib.suppress(ProcessLookupError):
                         os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-                assert gone, f'nginx processes outlived SIGTERM:\n{self.logtail()}'
+                assert gone, f'nginx processes outlived SIGTERM:\n{self.log_tail()}'
         finally:
             shutil.rmtree(self.directory, ignore_errors=True)

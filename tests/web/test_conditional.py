@@ -211,7 +211,7 @@ def next_link(result: falcon.testing.Result) -> str | None:
 
 def test_pages_follow_link_headers_oldest_first(make_client):
     client = make_client(redis_url='')
-    ids = [upload(client, seed=seed, size=(96, 64))['id'] for seed in range(7)]
+    ids = [upload(client, image_bytes('PNG', (96, 64), seed=seed))['id'] for seed in range(7)]
 
     seen, path, pages = [], '/images?limit=3', 0
     while path is not None:
@@ -226,7 +226,7 @@ def test_pages_follow_link_headers_oldest_first(make_client):
 
 def test_default_page_is_100_and_the_last_page_has_no_link(make_client):
     client = make_client(redis_url='')
-    ids = [upload(client, seed=seed, size=(64, 64))['id'] for seed in range(3)]
+    ids = [upload(client, image_bytes('PNG', (64, 64), seed=seed))['id'] for seed in range(3)]
     result = client.simulate_get('/images')
     assert [image['id'] for image in result.json] == ids
     assert 'Link' not in result.headers
