@@ -24,6 +24,7 @@ from typing import Protocol
 
 from PIL import Image
 
+from look.core.lazy import PerProcess
 from look.errors import (
     ThumbnailerBusy,
     ThumbnailerUnavailable,
@@ -214,8 +215,7 @@ class Thumbnailer:
         self.render_timeout = render_timeout
         self.max_tasks_per_child = max_tasks_per_child
         self.backlog = Backlog(processes=processes, max_wait=max_queue_seconds)
-        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._pool_pid: int | None = None
+        self._pool = PerProcess(self._new_pool)
         self._lock = threading.Lock()
         self._in_flight = 0
         # This pool's tasks not done yet, in the order the pool takes them.
@@ -276,30 +276,26 @@ class Thumbnailer:
 
     def close(self) -> None:
         """Stop the pool and its processes."""
-        with self._lock:
-            pool, self._pool = self._pool, None
+        pool = self._pool.take()
         if pool is not None:
             _stop(pool)
 
     def _executor(self) -> concurrent.futures.ProcessPoolExecutor:
         with self._lock:
-            return self._current_pool()
+            return self._pool.get()
 
-    def _current_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        """Return this process's pool, made if need be; the caller holds the lock."""
-        if self._pool is None or self._pool_pid != os.getpid():
-            # NOTE: 'spawn' because max_tasks_per_child needs it, and it
-            #   keeps the web worker's sockets and locks out of the pool.
-            self._pool = concurrent.futures.ProcessPoolExecutor(
-                max_workers=self.processes,
-                mp_context=multiprocessing.get_context('spawn'),
-                initializer=_init_pool_process,
-                initargs=(os.getpid(), memory_limit(self.max_pixels)),
-                max_tasks_per_child=self.max_tasks_per_child,
-            )
-            self._pool_pid = os.getpid()
-            self._unfinished = {}
-        return self._pool
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        """Make this process's pool (the caller holds the lock)."""
+        self._unfinished = {}
+        # NOTE: 'spawn' because max_tasks_per_child needs it, and it
+        #   keeps the web worker's sockets and locks out of the pool.
+        return concurrent.futures.ProcessPoolExecutor(
+            max_workers=self.processes,
+            mp_context=multiprocessing.get_context('spawn'),
+            initializer=_init_pool_process,
+            initargs=(os.getpid(), memory_limit(self.max_pixels)),
+            max_tasks_per_child=self.max_tasks_per_child,
+        )
 
     def _submit(
         self, function: Callable[..., object], args: tuple[object, ...]
@@ -313,12 +309,13 @@ class Thumbnailer:
         #   the order in which the pool takes its tasks.
         broken = None
         with self._lock:
-            pool = self._current_pool()
+            pool = self._pool.get()
             try:
                 future = pool.submit(function, *args)
             except BrokenProcessPool:
-                broken, self._pool = pool, None
-                pool = self._current_pool()
+                broken = pool
+                self._pool.drop(pool)
+                pool = self._pool.get()
                 future = pool.submit(function, *args)
             unfinished = self._unfinished
             unfinished[future] = None
@@ -328,9 +325,7 @@ class Thumbnailer:
         return pool, future, unfinished
 
     def _discard(self, pool: concurrent.futures.ProcessPoolExecutor) -> None:
-        with self._lock:
-            if self._pool is pool:
-                self._pool = None
+        self._pool.drop(pool)
         self.observer.pool_restarted()
         _stop(pool)
 

@@ -19,7 +19,6 @@ import contextlib
 import logging
 import os
 import threading
-import time
 import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import IO, Any
@@ -35,9 +34,11 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
+from look.core.breaker import Breaker
 from look.core.ids import is_valid_id
 from look.core.imagestore import Finished, Original, StoredObject
 from look.core.imagestore.originals import OriginalsCache
+from look.core.lazy import PerProcess
 from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
 
 log = logging.getLogger(__name__)
@@ -52,17 +53,13 @@ _EXISTS = frozenset({'PreconditionFailed', 'ConditionalRequestConflict', '412'})
 # NOTE: one boto3 session per process: a client made from a session that has
 #   loaded S3's model once takes milliseconds, from a new one a quarter second.
 #   Sessions are not thread-safe, so clients are made under a lock.
-_sessions: dict[int, boto3.session.Session] = {}
-_sessions_lock = threading.Lock()
+_session = PerProcess(boto3.session.Session)
+_session_lock = threading.Lock()
 
 
 def _new_client(config: botocore.config.Config, options: dict[str, str]) -> Any:
-    with _sessions_lock:
-        session = _sessions.get(os.getpid())
-        if session is None:
-            _sessions.clear()  # a parent's, inherited across a fork
-            session = _sessions[os.getpid()] = boto3.session.Session()
-        return session.client('s3', config=config, **options)
+    with _session_lock:
+        return _session.get().client('s3', config=config, **options)
 
 
 def parse_images_url(url: str) -> tuple[str, str]:
@@ -89,23 +86,27 @@ RETRY_INTERVAL = 2.0
 
 
 class _Outage:
-    """When the store last failed to answer, so that requests meanwhile fail at once."""
+    """The store's breaker, and how the store's errors read to look."""
 
     def __init__(self) -> None:
-        self.since: float | None = None
+        self.breaker = Breaker(RETRY_INTERVAL)
 
     def check(self) -> None:
-        """Raise BackendUnreachable while the last failure is recent."""
-        since = self.since
-        if since is not None and time.monotonic() - since < RETRY_INTERVAL:
+        """Raise BackendUnreachable while the last failure to answer is recent."""
+        if self.breaker.open:
             raise BackendUnreachable('The image store does not answer now; try again shortly.')
 
     def record(self, ex: Exception) -> BackendUnavailable:
-        """Return the error to raise for ``ex``; remember it if the store was not reached."""
+        """Return the error to raise for ``ex``; trip the breaker if the store was not reached."""
         log.error('the object store does not answer: %s', ex)
         if isinstance(ex, _UNREACHED):
-            self.since = time.monotonic()
+            self.breaker.trip()
         return BackendUnavailable('The image store does not answer now; try again shortly.')
+
+    def answered(self) -> None:
+        """Note that the store answered."""
+        if self.breaker.close():
+            log.info('the object store answers again')
 
     @contextlib.contextmanager
     def answers(self, image_id: str) -> Iterator[None]:
@@ -119,7 +120,7 @@ class _Outage:
             raise self.record(ex) from ex
         except BotoCoreError as ex:
             raise self.record(ex) from ex
-        self.since = None
+        self.answered()
 
 
 class S3ImageStore:
@@ -138,9 +139,7 @@ class S3ImageStore:
         self.options = dict(options)
         self.originals = originals
         self.timeout = timeout
-        self._lock = threading.Lock()
-        self._client: Any = None
-        self._client_pid: int | None = None
+        self._client = PerProcess(self._new_client)
         self._outage = _Outage()
 
     # -- start-up ---------------------------------------------------------
@@ -175,10 +174,8 @@ class S3ImageStore:
 
     def close(self) -> None:
         """Close this process's client, if it made one."""
-        with self._lock:
-            client, self._client = self._client, None
-            mine = self._client_pid == os.getpid()
-        if client is not None and mine:
+        client = self._client.take()
+        if client is not None:
             client.close()
 
     # -- the client -------------------------------------------------------
@@ -201,10 +198,7 @@ class S3ImageStore:
     @property
     def client(self) -> Any:
         """Return this process's client, made on first use (after any fork)."""
-        with self._lock:
-            if self._client is None or self._client_pid != os.getpid():
-                self._client, self._client_pid = self._new_client(), os.getpid()
-            return self._client
+        return self._client.get()
 
     def key(self, image_id: str) -> str:
         """Return the key of the JPEG of ``image_id``; the id must be valid."""
@@ -238,7 +232,7 @@ class S3ImageStore:
         except BotoCoreError as ex:
             self._forget_put(key)
             raise self._outage.record(ex) from ex
-        self._outage.since = None
+        self._outage.answered()
         self.originals.add(image_id, jpeg.path)
 
     def _forget_put(self, key: str) -> None:
@@ -371,9 +365,9 @@ class S3ImageStore:
             return {'status': 'fail', 'detail': 'the object store did not answer a moment ago'}
         except (ClientError, BotoCoreError) as ex:
             if isinstance(ex, _UNREACHED):
-                self._outage.since = time.monotonic()
+                self._outage.breaker.trip()
             return {'status': 'fail', 'detail': f'the object store does not answer: {ex}'}
-        self._outage.since = None
+        self._outage.answered()
         return {
             'status': 'ok',
             'bucket': self.bucket,

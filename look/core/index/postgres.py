@@ -32,8 +32,10 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 
+from look.core.breaker import Breaker
 from look.core.ids import is_valid_id
 from look.core.index import StoredImage
+from look.core.lazy import PerProcess
 from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
 
 log = logging.getLogger(__name__)
@@ -68,6 +70,10 @@ _UNAVAILABLE = 'The index database does not answer now; try again shortly.'
 #   not checked with a round trip first; a dropped one is found by its read,
 #   which then runs again on a new connection (see _read).
 CHECK_IDLE_AFTER = 2.0
+# NOTE: after the database could not be reached, requests answer 503 at once
+#   for this long rather than each wait out the pool's timeout, as the image
+#   store's requests do after it failed to answer.
+OUTAGE_PAUSE = 2.0
 _LAST_USED = 'look_last_used'
 
 # NOTE: a download, a HEAD, a thumbnail and an image page each ask for the
@@ -163,12 +169,10 @@ class PostgresIndex:
         self.row_max_age = row_max_age
         self.on_deleted = on_deleted
         self.read_only = False
-        self._lock = threading.Lock()
-        self._pool: psycopg_pool.ConnectionPool | None = None
-        self._pool_pid: int | None = None
+        self._pool = PerProcess(self._new_pool)
         self._pool_born = 0.0
-        self._listener: _Listener | None = None
-        self._listener_pid: int | None = None
+        self._listener = PerProcess(self._new_listener)
+        self._breaker = Breaker(OUTAGE_PAUSE)
 
     # -- start-up ---------------------------------------------------------
 
@@ -210,40 +214,33 @@ class PostgresIndex:
 
     def close(self) -> None:
         """Close this process's pool and stop its listener, if it made them."""
-        with self._lock:
-            pool, self._pool = self._pool, None
-            listener, self._listener = self._listener, None
-            pool_mine = self._pool_pid == os.getpid()
-            listener_mine = self._listener_pid == os.getpid()
-        if listener is not None and listener_mine:
+        listener = self._listener.take()
+        if listener is not None:
             listener.close()
-        if pool is not None and pool_mine:
+        pool = self._pool.take()
+        if pool is not None:
             pool.close()
 
     # -- connections ------------------------------------------------------
 
-    def _current_pool(self) -> psycopg_pool.ConnectionPool:
-        with self._lock:
-            if self._pool is None or self._pool_pid != os.getpid():
-                # NOTE: a pool inherited across a fork is dropped, not closed:
-                #   its connections and threads belong to the parent.
-                pool = psycopg_pool.ConnectionPool(
-                    self.url,
-                    min_size=1,
-                    max_size=self.pool_size,
-                    open=False,
-                    timeout=self.timeout,
-                    kwargs=_connect_options(self.timeout),
-                    # A connection broken by a database restart while it
-                    # was idle is found here, not by the request that gets it.
-                    check=_check_if_idle,
-                    reconnect_timeout=float('inf'),
-                    name=f'look-index-{os.getpid()}',
-                )
-                pool.open(wait=False)
-                self._pool, self._pool_pid = pool, os.getpid()
-                self._pool_born = time.monotonic()
-            return self._pool
+    def _new_pool(self) -> psycopg_pool.ConnectionPool:
+        """Make this process's pool of connections, connecting in the background."""
+        pool = psycopg_pool.ConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.timeout,
+            kwargs=_connect_options(self.timeout),
+            # A connection broken by a database restart while it
+            # was idle is found here, not by the request that gets it.
+            check=_check_if_idle,
+            reconnect_timeout=float('inf'),
+            name=f'look-index-{os.getpid()}',
+        )
+        pool.open(wait=False)
+        self._pool_born = time.monotonic()
+        return pool
 
     def _replace_pool(self, pool: psycopg_pool.ConnectionPool) -> None:
         """Drop a pool that found no connection, so the next request connects at once.
@@ -251,24 +248,31 @@ class PostgresIndex:
         NOTE: a pool retries a lost database with growing pauses (up to
           minutes); a new pool tries at once. At most one pool per timeout.
         """
-        with self._lock:
-            if self._pool is not pool or time.monotonic() - self._pool_born < self.timeout:
-                return
-            self._pool = None
+        if time.monotonic() - self._pool_born < self.timeout or not self._pool.drop(pool):
+            return
         threading.Thread(target=pool.close, name='look-index-close', daemon=True).start()
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[psycopg.Connection[Any]]:
-        """Lend a pooled connection; a database that does not answer is BackendUnavailable."""
-        pool = self._current_pool()
+        """Lend a pooled connection; a database that does not answer is BackendUnavailable.
+
+        After one found the database gone, the next fail at once for a
+        moment (OUTAGE_PAUSE) rather than each wait out the pool's timeout.
+        """
+        if self._breaker.open:
+            raise BackendUnreachable(_UNAVAILABLE)
+        pool = self._pool.get()
         lent: psycopg.Connection[Any] | None = None
         try:
             with pool.connection() as connection:
                 lent = connection
                 yield connection
                 setattr(connection, _LAST_USED, time.monotonic())
+            if self._breaker.close():
+                log.info('the index database answers again')
         except psycopg_pool.PoolTimeout as ex:
             # No connection was lent: nothing was sent, let alone committed.
+            self._breaker.trip()
             self._replace_pool(pool)
             raise _unavailable(ex, reached=False) from ex
         except psycopg.OperationalError as ex:
@@ -303,36 +307,33 @@ class PostgresIndex:
 
     # -- rows kept in this process ----------------------------------------
 
+    def _new_listener(self) -> _Listener:
+        """Start this process's listener, with the rows it keeps."""
+        listener = _Listener(
+            self.url,
+            _Rows(self.cached_rows, self.row_max_age),
+            self.on_deleted,
+            timeout=self.timeout,
+        )
+        listener.start()
+        return listener
+
     def _rows(self) -> _Rows | None:
         """Return this process's rows, starting its listener on first use (after any fork)."""
         if not self.cached_rows and self.on_deleted is None:
             return None
-        with self._lock:
-            if self._listener is None or self._listener_pid != os.getpid():
-                # NOTE: a listener inherited across a fork is dropped, not
-                #   closed: its thread stayed in the parent, with its connection.
-                listener = _Listener(
-                    self.url,
-                    _Rows(self.cached_rows, self.row_max_age),
-                    self.on_deleted,
-                    timeout=self.timeout,
-                )
-                listener.start()
-                self._listener, self._listener_pid = listener, os.getpid()
-            return self._listener.rows
+        return self._listener.get().rows
 
     def _forget(self, image_id: str) -> None:
         """Drop a row this process may keep (its own delete: no need to wait to hear it)."""
-        with self._lock:
-            listener = self._listener if self._listener_pid == os.getpid() else None
+        listener = self._listener.peek()
         if listener is not None:
             listener.rows.drop(image_id)
 
     @property
     def listening(self) -> bool:
         """Whether this process hears deletes now, so rows it has read are served from memory."""
-        with self._lock:
-            listener = self._listener if self._listener_pid == os.getpid() else None
+        listener = self._listener.peek()
         return listener is not None and listener.rows.live()
 
     # -- reading ----------------------------------------------------------
