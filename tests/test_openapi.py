@@ -277,3 +277,28 @@ def test_document_is_openapi_3_1_and_lists_every_route(client: TestClient) -> No
     }
     assert set(document['paths']['/images']) == {'get', 'head', 'post'}
     assert set(document['paths']['/images/{image_id}.jpeg']) == {'get', 'head', 'delete'}
+
+
+def test_an_upload_links_to_every_operation_on_its_image(client: TestClient) -> None:
+    """A client that follows the links of a 201 reaches each operation on the new image."""
+    document = served(client)
+    links = document['paths']['/images']['post']['responses']['201']['links']
+    operation_ids = {
+        operation['operationId']: f'{method.upper()} {path}'
+        for path, operations in document['paths'].items()
+        for method, operation in operations.items()
+    }
+    targets = {operation_ids[link['operationId']] for link in links.values()}
+    assert targets == {
+        f'{method} {path}'
+        for method in ('GET', 'HEAD')
+        for path in (
+            '/images',
+            '/images/{image_id}.jpeg',
+            '/thumbnails/{image_id}/{width}x{height}.{format}',
+            '/thumbnails/{image_id}/{width}x{height}',
+        )
+    } | {'DELETE /images/{image_id}.jpeg'}
+    assert links['delete']['parameters']['header.Authorization'] == (
+        'Bearer {$response.body#/delete_token}'
+    )

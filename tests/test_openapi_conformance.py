@@ -1,11 +1,13 @@
-"""The live app does what its OpenAPI document says, as schemathesis finds, one operation at a
-time: no server error, no answer the document does not describe, no schema-valid request
-refused. Seeded, so every run sends the same requests.
+"""The live app does what its OpenAPI document says, as schemathesis finds: one operation at a
+time, and along the links of an upload. No server error, no answer the document does not
+describe, no schema-valid request refused. Seeded, so every run sends the same requests.
 """
 
 from __future__ import annotations
 
+import collections
 import random
+import re
 import uuid
 import zlib
 from collections.abc import Container, Iterator
@@ -34,6 +36,7 @@ FORMATS = ('avif', 'webp', 'jpeg')
 # Every image uploaded has one thumbnail, of the smallest side.
 UPLOAD_SIZE = (2 * MIN_THUMB_SIZE, 2 * MIN_THUMB_SIZE)
 THUMBNAIL_SIZE = (MIN_THUMB_SIZE, MIN_THUMB_SIZE)
+SIZE = re.compile(r'/(\d+)x(\d+)\.')
 
 
 def make_app(storage_path: Any, **settings: Any) -> falcon.App:
@@ -201,3 +204,67 @@ def test_every_response_with_keys_matches_the_document(
     #   and with a wrong one) to the app of the case's schema.
     case.operation.schema.app = keyed_app
     case.call_and_validate(app=keyed_app)
+
+
+# -- along the links of an upload ---------------------------------------------------------
+
+
+@pytest.mark.filterwarnings('ignore::pytest.PytestUnraisableExceptionWarning')
+def test_following_the_links_of_uploads_reaches_every_operation(tmp_path: Any) -> None:
+    """Upload, then follow the 201's links: download, thumbnails, the list, the delete."""
+    app = make_app(tmp_path)
+    # NOTE: the document's links only: schemathesis would infer more of its own.
+    only_the_documents_links = schemathesis.config.SchemathesisConfig.from_dict(
+        {'phases': {'stateful': {'inference': {'algorithms': []}}}}
+    )
+    linked = schemathesis.openapi.from_wsgi('/openapi.json', app, config=only_the_documents_links)
+    upload = linked.raw_schema['paths']['/images']['post']
+    operations = {
+        operation['operationId']: f'{method.upper()} {path}'
+        for path, methods in linked.raw_schema['paths'].items()
+        for method, operation in methods.items()
+    }
+    answered: dict[str, collections.Counter[int]] = collections.defaultdict(collections.Counter)
+    # The thumbnail sizes of each image uploaded, from its "thumbnails" list.
+    sizes = {known_images[app]: [THUMBNAIL_SIZE]}
+
+    class Links(linked.as_state_machine()):
+        def before_call(self, case: schemathesis.Case) -> None:
+            # As the thumbnail links say: a width and height from its "thumbnails" list.
+            parameters = case.path_parameters or {}
+            if 'width' in parameters and sizes.get(parameters['image_id']) and is_positive(case):
+                width, height = sizes[parameters['image_id']][0]
+                case.path_parameters = {**parameters, 'width': width, 'height': height}
+            start_after_an_image(case, sizes, known_images[app])
+
+        def after_call(self, response: Any, case: schemathesis.Case) -> None:
+            super().after_call(response, case)
+            answered[f'{case.method} {case.path}'][response.status_code] += 1
+            if case.method == 'POST' and response.status_code == 201:
+                image = response.json()
+                sizes[image['id']] = [
+                    (int(width), int(height))
+                    for width, height in (SIZE.findall(url)[0] for url in image['thumbnails'])
+                ]
+
+    # NOTE: no shrinking: the app keeps what every run before did, so a run
+    #   replayed is not the same run; a failure is reported as it was found.
+    unshrunk = [hypothesis.Phase.explicit, hypothesis.Phase.generate]
+    try:
+        Links.run(
+            settings=hypothesis.settings(
+                SETTINGS, max_examples=25, stateful_step_count=10, phases=unshrunk
+            )
+        )
+    finally:
+        known_images.pop(app)
+        thumbnailer.close_all()
+    followed = {
+        operations[link['operationId']] for link in upload['responses']['201']['links'].values()
+    }
+    succeeded = {
+        operation
+        for operation, statuses in answered.items()
+        if any(200 <= status < 400 for status in statuses)
+    }
+    assert succeeded >= {'POST /images', *followed}, dict(answered)

@@ -180,6 +180,7 @@ def _upload(served: _Served) -> Object:
                     }
                 },
                 'content': _json(_schema('CreatedImage')),
+                'links': _links_from_upload(),
             },
             '400': _error(
                 'The body is empty, the image is corrupt or truncated, or the form is '
@@ -201,6 +202,46 @@ def _upload(served: _Served) -> Object:
             '507': _error('The disk is full or refuses writes; nothing was stored.'),
         },
     }
+
+
+def _links_from_upload() -> Object:
+    """Where a client goes from a new image: its JPEG, its thumbnails, the list, its deletion."""
+    new_image = {'image_id': '$response.body#/id'}
+    sizes = 'a width and height from its "thumbnails" list'
+    links = {
+        'image': _link('downloadImage', 'The stored JPEG.', new_image),
+        'thumbnail': _link(
+            'getThumbnail',
+            f'A {FALLBACK_FORMAT.upper()} thumbnail (every deployment serves it) of {sizes}.',
+            {**new_image, 'format': FALLBACK_FORMAT},
+        ),
+        'negotiatedThumbnail': _link(
+            'getNegotiatedThumbnail',
+            f'A thumbnail, in the format the Accept header prefers, of {sizes}.',
+            new_image,
+        ),
+        'imagesAfter': _link(
+            'listImages', 'The images listed after this one.', {'after': '$response.body#/id'}
+        ),
+    }
+    links.update(
+        {
+            name + HEADERS_ONLY: _link(
+                link['operationId'] + HEADERS_ONLY,
+                'Headers only: ' + link['description'],
+                link['parameters'],
+            )
+            for name, link in links.items()
+        }
+    )
+    # NOTE: a link has no field for a credential; the token goes in the
+    #   header that the deleteToken scheme reads, as a client sends it.
+    links['delete'] = _link(
+        'deleteImage',
+        'Delete it with its delete_token.',
+        {**new_image, 'header.Authorization': 'Bearer {$response.body#/delete_token}'},
+    )
+    return links
 
 
 def _download(served: _Served) -> Object:
@@ -364,6 +405,7 @@ def _head_of(operation: Object) -> Object:
     head['summary'] = 'Headers only: ' + operation['summary'][0].lower() + operation['summary'][1:]
     for response in head['responses'].values():
         response.pop('content', None)
+        response.pop('links', None)
     return head
 
 
@@ -402,6 +444,10 @@ def _retry_later(description: str) -> Object:
 
 def _backend_down() -> Object:
     return _retry_later('The index or the image store does not answer now; retry.')
+
+
+def _link(operation_id: str, description: str, parameters: Object) -> Object:
+    return {'operationId': operation_id, 'description': description, 'parameters': parameters}
 
 
 def _json(schema: Object) -> Object:
