@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import re
 
-_ID_PATTERN = re.compile(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z')
+# The one spelling of an id, as a regular expression (the OpenAPI document states it as is).
+ID_PATTERN = r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+_CANONICAL_ID = re.compile(rf'{ID_PATTERN}\Z')
 
 
 def is_valid_id(image_id: str) -> bool:
     """Return whether ``image_id`` is a canonical lowercase UUID string."""
-    return bool(_ID_PATTERN.match(image_id))
+    return bool(_CANONICAL_ID.match(image_id))

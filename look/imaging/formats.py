@@ -14,6 +14,8 @@ READABLE_FORMATS = 'JPEG, PNG, GIF, BMP, TIFF or WebP'
 # NOTE: only these decoders see uploads. Pillow knows many more (EPS would
 #   hand the upload to Ghostscript). Phones' MPO files open as JPEG.
 ACCEPTED_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP')
+# The media types of those formats, for those who name what they send.
+ACCEPTED_MEDIA_TYPES = tuple(f'image/{name.lower()}' for name in ACCEPTED_FORMATS)
 
 
 THUMBNAIL_FORMATS = ('jpeg', 'webp', 'avif')

@@ -26,8 +26,11 @@ from look.web.uploads import Receiver
 
 log = logging.getLogger(__name__)
 
+MIN_PAGE_SIZE = 1
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+# The orders a list comes in; the first is the default.
+ORDERS = ('oldest', 'newest')
 
 
 def image_uri(image_id: str) -> str:
@@ -82,10 +85,10 @@ class Images:
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         self._access.require_key(req, 'list images')
-        limit = req.get_param_as_int('limit', min_value=1, max_value=MAX_PAGE_SIZE)
+        limit = req.get_param_as_int('limit', min_value=MIN_PAGE_SIZE, max_value=MAX_PAGE_SIZE)
         after = req.get_param('after')
-        order = req.get_param('order', default='oldest')
-        if order not in ('oldest', 'newest'):
+        order = req.get_param('order', default=ORDERS[0])
+        if order not in ORDERS:
             raise falcon.HTTPInvalidParam('The value must be "oldest" or "newest".', 'order')
         if after is not None:
             try:

@@ -9,6 +9,9 @@ import falcon
 from look.core.ids import is_valid_id
 from look.imaging.formats import FORMAT_MEDIA_TYPES
 
+# The most digits of a thumbnail side in a route (a JPEG's sides stop at 65 500).
+MAX_SIDE_DIGITS = 6
+
 
 class ImageIdConverter(falcon.routing.BaseConverter):
     """Match an image id only as look writes it: a lowercase, hyphenated UUID.
@@ -27,7 +30,12 @@ class SideConverter(falcon.routing.BaseConverter):
     """Match a thumbnail side only in its one spelling: digits, no leading zero."""
 
     def convert(self, value: str) -> int | None:
-        if value.isascii() and value.isdigit() and value[0] != '0' and len(value) <= 6:
+        if (
+            value.isascii()
+            and value.isdigit()
+            and value[0] != '0'
+            and len(value) <= MAX_SIDE_DIGITS
+        ):
             return int(value)
         return None
 
