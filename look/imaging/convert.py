@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Converting an upload, in a pool process, into the upright sRGB JPEG that look keeps."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""The image formats look reads and the thumbnail formats it writes, with their encoders."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Rendering a stored JPEG as a thumbnail: the Pillow work, run in a pool process."""
 
 from __future__ import annotations
 

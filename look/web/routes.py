@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""Route converters that match ids, sides and formats only as look writes them; near misses."""
 
 from __future__ import annotations
 

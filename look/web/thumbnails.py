@@ -1,4 +1,4 @@
-"""TODO docstring."""
+"""``/thumbnails/{id}/{w}x{h}.{format}``: one rendition of an image, rendered in the pool."""
 
 from __future__ import annotations
 

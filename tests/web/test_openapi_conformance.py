@@ -26,7 +26,7 @@ from look.config import Config
 from look.imaging import pool as thumbnailer
 from look.web.openapi import openapi_document
 
-from imagegen import image_bytes
+from support.imagegen import image_bytes
 
 MAX_UPLOAD_BYTES = 1024 * 1024
 MIN_THUMB_SIZE = 16
