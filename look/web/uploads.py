@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 import socket
 import threading
 import time
@@ -19,6 +18,7 @@ from typing import IO
 
 import falcon
 
+from look.core.lazy import PerProcess
 from look.errors import (
     BadUpload,
     EmptyUpload,
@@ -188,7 +188,7 @@ def _too_large(max_bytes: int) -> str:
 
 
 class _DeadlineWatch:
-    """One thread per process that cuts off uploads past their deadline.
+    """A thread that cuts off uploads past their deadline: one per process, made on first use.
 
     Cheaper than a timer thread per upload: registering is a dict update.
     """
@@ -198,16 +198,12 @@ class _DeadlineWatch:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._watched: dict[int, tuple[float, socket.socket, threading.Event]] = {}
-        self._pid: int | None = None
+        threading.Thread(target=self._run, daemon=True, name='look-uploads').start()
 
     def watch(self, sock: socket.socket, seconds: float) -> tuple[int, threading.Event]:
         timed_out = threading.Event()
+        token = id(timed_out)
         with self._lock:
-            if self._pid != os.getpid():  # none yet, or inherited across a fork
-                self._pid = os.getpid()
-                self._watched.clear()
-                threading.Thread(target=self._run, daemon=True, name='look-uploads').start()
-            token = id(timed_out)
             self._watched[token] = (time.monotonic() + seconds, sock, timed_out)
         return token, timed_out
 
@@ -227,7 +223,7 @@ class _DeadlineWatch:
                 _shutdown_read(sock)
 
 
-_deadlines = _DeadlineWatch()
+_deadlines = PerProcess(_DeadlineWatch)
 
 
 @contextlib.contextmanager
@@ -239,11 +235,11 @@ def _time_limit(req: falcon.Request, deadline: float) -> Iterator[threading.Even
         return
 
     sock.settimeout(IDLE_TIMEOUT)
-    token, timed_out = _deadlines.watch(sock, deadline)
+    token, timed_out = _deadlines.get().watch(sock, deadline)
     try:
         yield timed_out
     finally:
-        _deadlines.forget(token)
+        _deadlines.get().forget(token)
         with contextlib.suppress(OSError):
             sock.settimeout(None)
 
