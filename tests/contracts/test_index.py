@@ -9,6 +9,7 @@ beside it, in tests/core.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import uuid
@@ -22,6 +23,7 @@ from look.core.index.postgres import PostgresIndex
 from look.errors import ImageExists, ImageNotFound
 
 from support.postgres import PostgresDatabase
+from support.processes import wait_until
 
 
 @pytest.fixture(params=['journal', pytest.param('postgres', marks=pytest.mark.servers)])
@@ -138,10 +140,8 @@ def test_an_id_added_again_after_its_delete_is_listed_in_its_old_place(index: In
     assert not index.was_deleted(middle.id)
 
 
-def test_a_second_instance_on_the_same_store_sees_every_change(
-    index: Index, request: pytest.FixtureRequest, tmp_path: pathlib.Path
-) -> None:
-    """Workers and hosts each open their own: an add or a delete by one is seen by the other."""
+def _another(index: Index, tmp_path: pathlib.Path) -> Index:
+    """Open another instance on the store of ``index``: another worker, or another host."""
     other: Index
     if isinstance(index, JournalIndex):
         other = JournalIndex(tmp_path)
@@ -149,6 +149,14 @@ def test_a_second_instance_on_the_same_store_sees_every_change(
         assert isinstance(index, PostgresIndex)
         other = PostgresIndex(index.url)
     other.open()
+    return other
+
+
+def test_a_second_instance_on_the_same_store_sees_every_change(
+    index: Index, request: pytest.FixtureRequest, tmp_path: pathlib.Path
+) -> None:
+    """Workers and hosts each open their own: an add or a delete by one is seen by the other."""
+    other = _another(index, tmp_path)
     try:
         added, deleted = add_images(index, 2)
         assert other.get(added.id) == added
@@ -159,3 +167,56 @@ def test_a_second_instance_on_the_same_store_sees_every_change(
         assert other.was_deleted(deleted.id)
     finally:
         other.close()
+
+
+def test_what_is_said_of_an_image_is_kept_with_it(index: Index) -> None:
+    """Alt text, placeholder and animation come back as the upload gave them."""
+    described = dataclasses.replace(
+        image(),
+        alt='A heron on one leg, <at dusk> & "still"',
+        thumbhash='1QcSHQRnh493V4dIh4eXh1h4kJUI',
+        color='#5b6d7a',
+        frames=12,
+        duration_ms=1200,
+    )
+    index.add(described)
+
+    assert index.get(described.id) == described
+    assert index.page(limit=1) == [described]
+    assert described.animated and not image().animated
+
+
+def test_an_amend_changes_alt_text_and_placeholder_for_everyone(
+    index: Index, tmp_path: pathlib.Path
+) -> None:
+    added = image()
+    index.add(added)
+    other = _another(index, tmp_path)
+    try:
+        assert other.get(added.id) == added  # read once, so it may be kept
+
+        amended = index.amend(added.id, alt='a red door')
+        placed = index.amend(
+            added.id, thumbhash='YJqGPQw7sFlslqhFafSE+Q6oJ1h2iHB2Rw', color='#8a3b2c'
+        )
+
+        assert amended == dataclasses.replace(added, alt='a red door')
+        assert placed == dataclasses.replace(
+            amended, thumbhash='YJqGPQw7sFlslqhFafSE+Q6oJ1h2iHB2Rw', color='#8a3b2c'
+        )
+        assert index.get(added.id) == placed
+        assert wait_until(lambda: other.get(added.id) == placed, 6.0)
+        assert index.amend(added.id) == placed  # nothing asked, nothing changed
+        assert index.amend(added.id, alt='') == dataclasses.replace(placed, alt='')
+    finally:
+        other.close()
+
+
+def test_an_amend_of_an_image_not_there_is_not_found(index: Index) -> None:
+    deleted = image()
+    index.add(deleted)
+    index.delete(deleted.id)
+
+    for image_id in (deleted.id, str(uuid.uuid4()), 'not-an-id'):
+        with pytest.raises(ImageNotFound):
+            index.amend(image_id, alt='words')

@@ -14,6 +14,9 @@ import functools
 from collections.abc import Iterator
 from typing import Protocol
 
+# The most characters an image's alt text may have.
+MAX_ALT_LENGTH = 1000
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class StoredImage:
@@ -22,6 +25,13 @@ class StoredImage:
     ``length`` is the stored JPEG's size in bytes (0 where an older index did
     not record it); ``token_hash`` the SHA-256 (hex) of its delete token, or
     '' for an image that has none. Neither is ever shown to a client.
+
+    What people and look say of it besides: ``alt``, the words that say what
+    it shows ('' for none); ``thumbhash`` and ``color``, a placeholder to paint
+    while it loads (a standard-base64 ThumbHash and ``#rrggbb``; '' until
+    computed); ``frames`` and ``duration_ms``, for an animation (0 for a
+    still image). Only ``alt`` and the placeholder change after the upload
+    (``Index.amend``).
     """
 
     id: str
@@ -29,6 +39,16 @@ class StoredImage:
     size: tuple[int, int]
     length: int = 0
     token_hash: str = ''
+    alt: str = ''
+    thumbhash: str = ''
+    color: str = ''
+    frames: int = 0
+    duration_ms: int = 0
+
+    @property
+    def animated(self) -> bool:
+        """Whether the image is an animation of more than one frame."""
+        return self.frames > 1
 
     @property
     def modified_http(self) -> str:
@@ -63,8 +83,9 @@ class Index(Protocol):
     def get(self, image_id: str) -> StoredImage:
         """Return the image with this id, or raise ImageNotFound.
 
-        May answer from rows it read before (a row never changes), so an
-        image deleted elsewhere a moment ago may still be returned, within
+        May answer from rows it read before (a row changes only by a delete
+        or an amend, which every host hears of), so an image deleted or
+        amended elsewhere a moment ago may still be returned as it was, within
         the bound the class states; an unknown id is always looked up.
         """
 
@@ -75,6 +96,19 @@ class Index(Protocol):
 
         ``after`` may name an image deleted since: the page starts where it
         was. An id the index never held raises ImageNotFound.
+        """
+
+    def amend(
+        self,
+        image_id: str,
+        *,
+        alt: str | None = None,
+        thumbhash: str | None = None,
+        color: str | None = None,
+    ) -> StoredImage:
+        """Change what may change of an image (None leaves it) and return it; ImageNotFound.
+
+        Every host and worker sees the change as it sees a delete (see ``get``).
         """
 
     def delete(self, image_id: str) -> StoredImage:

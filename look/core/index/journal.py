@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -59,7 +60,30 @@ def _added(image: StoredImage) -> dict[str, object]:
         record['length'] = image.length
     if image.token_hash:
         record['token'] = image.token_hash
+    for key, value in _facts(image).items():
+        if value:
+            record[key] = value
     return record
+
+
+def _facts(image: StoredImage) -> dict[str, object]:
+    """Return what is said of an image besides its size, as the journal names it."""
+    return {
+        'alt': image.alt,
+        'thumbhash': image.thumbhash,
+        'color': image.color,
+        'frames': image.frames,
+        'duration': image.duration_ms,
+    }
+
+
+def _amended(image_id: str, changes: dict[str, str]) -> dict[str, object]:
+    """Return the record that changes the alt text or placeholder of ``image_id``."""
+    return {'op': 'amend', 'id': image_id, **changes}
+
+
+# What may change of an image after its upload, as the journal and StoredImage name it.
+_AMENDABLE = ('alt', 'thumbhash', 'color')
 
 
 def _deleted(image_id: str) -> dict[str, object]:
@@ -102,7 +126,19 @@ def _image_of(record: dict[str, object]) -> StoredImage:
         (int(width), int(height)),
         int(record.get('length', 0)),  # type: ignore[call-overload]
         token,
+        alt=_text(record, 'alt'),
+        thumbhash=_text(record, 'thumbhash'),
+        color=_text(record, 'color'),
+        frames=int(record.get('frames', 0)),  # type: ignore[call-overload]
+        duration_ms=int(record.get('duration', 0)),  # type: ignore[call-overload]
     )
+
+
+def _text(record: dict[str, object], key: str) -> str:
+    value = record.get(key, '')
+    if not isinstance(value, str):
+        raise ValueError(f'malformed {key}')
+    return value
 
 
 class JournalIndex:
@@ -331,6 +367,10 @@ class JournalIndex:
                 image = _image_of(record)
                 self._place(image.id)
                 self._images[image.id] = image
+            elif op == 'amend':
+                image = self._images[str(record['id'])]  # KeyError: an amend of no image
+                changes = {key: _text(record, key) for key in _AMENDABLE if key in record}
+                self._images[image.id] = dataclasses.replace(image, **changes)
             elif op == 'delete':
                 image_id = record['id']
                 if not isinstance(image_id, str) or not is_valid_id(image_id):
@@ -391,6 +431,30 @@ class JournalIndex:
                 raise ImageExists(f'An image with the id {image.id} already exists.')
             self._append(_added(image), undo=_deleted(image.id))
             self._catch_up()
+
+    def amend(
+        self,
+        image_id: str,
+        *,
+        alt: str | None = None,
+        thumbhash: str | None = None,
+        color: str | None = None,
+    ) -> StoredImage:
+        """Append the line that changes an image's alt text or placeholder; return the image."""
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f'No image has the id {image_id!r}.')
+        asked = {'alt': alt, 'thumbhash': thumbhash, 'color': color}
+        changes = {key: value for key, value in asked.items() if value is not None}
+        with self._exclusive():
+            self._refresh()
+            image = self._images.get(image_id)
+            if image is None:
+                raise ImageNotFound(f'No image has the id {image_id}.')
+            if changes:
+                before = {key: getattr(image, key) for key in changes}
+                self._append(_amended(image_id, changes), undo=_amended(image_id, before))
+                self._catch_up()
+            return self._images.get(image_id, image)
 
     def delete(self, image_id: str) -> StoredImage:
         """Append the line that deletes ``image_id``; return the image it deleted."""

@@ -11,10 +11,11 @@ connections at most. A database that cannot be reached is
 BackendUnavailable (503) within ``timeout`` seconds; the pool reconnects
 by itself when it is back.
 
-A row never changes once written (a delete marks it), so each process keeps
-the rows ``get`` read, and one more connection of its own that hears every
-delete (``LISTEN``) and drops the row: see ROW_MAX_AGE for how soon a
-delete is seen.
+A row changes only by a delete (which marks it) or an amend (its alt text or
+placeholder), and each notifies every host; so each process keeps the rows
+``get`` read, and one more connection of its own that hears every delete
+and amend (``LISTEN``) and drops the row: see ROW_MAX_AGE for how soon a
+change is seen.
 """
 
 from __future__ import annotations
@@ -62,9 +63,20 @@ MIGRATIONS = (
     );
     CREATE INDEX look_images_listed ON look_images (seq) WHERE deleted_at IS NULL;
     """,
+    """
+    ALTER TABLE look_images
+        ADD COLUMN alt text NOT NULL DEFAULT '',
+        ADD COLUMN thumbhash text NOT NULL DEFAULT '',
+        ADD COLUMN color text NOT NULL DEFAULT '',
+        ADD COLUMN frames integer NOT NULL DEFAULT 0,
+        ADD COLUMN duration_ms integer NOT NULL DEFAULT 0;
+    """,
 )
 
-_COLUMNS = 'id::text, modified, width, height, length, token_hash'
+_COLUMNS = (
+    'id::text, modified, width, height, length, token_hash, alt, thumbhash, color, frames, '
+    'duration_ms'
+)
 _UNAVAILABLE = 'The index database does not answer now; try again shortly.'
 # NOTE: a connection lent again within this many seconds of its last use is
 #   not checked with a round trip first; a dropped one is found by its read,
@@ -96,6 +108,8 @@ ROW_MAX_AGE = 5.0
 LISTENER_HEARTBEAT = 1.0
 LISTENER_SILENCE = 2.0
 DELETES_CHANNEL = 'look_images_deleted'
+# An image whose alt text or placeholder changed: its row is read again.
+AMENDS_CHANNEL = 'look_images_amended'
 # The listener's application_name, as pg_stat_activity shows it.
 LISTENER_NAME = 'look-listener'
 # Pauses between the listener's attempts to connect: doubling up to the last.
@@ -134,8 +148,41 @@ def _connect_options(timeout: float) -> dict[str, Any]:
 
 
 def _image(row: tuple[Any, ...]) -> StoredImage:
-    image_id, modified, width, height, length, token_hash = row[:6]
-    return StoredImage(image_id, modified, (width, height), length, token_hash)
+    image_id, modified, width, height, length, token_hash, alt, thumbhash, color = row[:9]
+    frames, duration_ms = row[9:11]
+    return StoredImage(
+        image_id,
+        modified,
+        (width, height),
+        length,
+        token_hash,
+        alt=alt,
+        thumbhash=thumbhash,
+        color=color,
+        frames=frames,
+        duration_ms=duration_ms,
+    )
+
+
+# The columns an image's row is written with, in order, and its values for them.
+_WRITTEN = (
+    'id, modified, width, height, length, token_hash, alt, thumbhash, color, frames, duration_ms'
+)
+
+
+def _values(image: StoredImage) -> tuple[Any, ...]:
+    return (
+        image.id,
+        image.modified,
+        *image.size,
+        image.length,
+        image.token_hash,
+        image.alt,
+        image.thumbhash,
+        image.color,
+        image.frames,
+        image.duration_ms,
+    )
 
 
 def _unavailable(ex: Exception, *, reached: bool = True) -> BackendUnavailable:
@@ -449,17 +496,49 @@ class PostgresIndex:
         #   lower number than one already committed: a reader paging with
         #   after= never skips a row that commits late.
         connection.execute('SELECT pg_advisory_xact_lock(%s)', (_ORDER_LOCK,))
+        updates = ', '.join(f'{column} = EXCLUDED.{column}' for column in _WRITTEN.split(', ')[1:])
         row = connection.execute(
-            'INSERT INTO look_images (id, modified, width, height, length, token_hash) '
-            'VALUES (%s, %s, %s, %s, %s, %s) '
-            'ON CONFLICT (id) DO UPDATE SET deleted_at = NULL, modified = EXCLUDED.modified, '
-            'width = EXCLUDED.width, height = EXCLUDED.height, length = EXCLUDED.length, '
-            'token_hash = EXCLUDED.token_hash '
+            f'INSERT INTO look_images ({_WRITTEN}) VALUES ({", ".join(["%s"] * 11)}) '
+            f'ON CONFLICT (id) DO UPDATE SET deleted_at = NULL, {updates} '
             'WHERE look_images.deleted_at IS NOT NULL RETURNING 1',
-            (image.id, image.modified, *image.size, image.length, image.token_hash),
+            _values(image),
         ).fetchone()
         if row is None:
             raise ImageExists(f'An image with the id {image.id} already exists.')
+
+    def amend(
+        self,
+        image_id: str,
+        *,
+        alt: str | None = None,
+        thumbhash: str | None = None,
+        color: str | None = None,
+    ) -> StoredImage:
+        """Change an image's alt text or placeholder and return it, or raise ImageNotFound.
+
+        Every process listening on any host drops its row (AMENDS_CHANNEL),
+        as the row changes: one statement, one transaction.
+        """
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f'No image has the id {image_id!r}.')
+        asked = {'alt': alt, 'thumbhash': thumbhash, 'color': color}
+        changes = {column: value for column, value in asked.items() if value is not None}
+        if not changes:
+            return self.get(image_id)
+        assignments = ', '.join(f'{column} = %s' for column in changes)
+        try:
+            with self._connection() as connection:
+                row = connection.execute(
+                    f'WITH amended AS (UPDATE look_images SET {assignments} '
+                    f'WHERE id = %s AND deleted_at IS NULL RETURNING {_COLUMNS}) '
+                    f'SELECT *, pg_notify(%s, id) FROM amended',
+                    (*changes.values(), image_id, AMENDS_CHANNEL),
+                ).fetchone()
+        finally:
+            self._forget(image_id)
+        if row is None:
+            raise ImageNotFound(f'No image has the id {image_id}.')
+        return _image(row)
 
     def delete(self, image_id: str) -> StoredImage:
         """Mark the image's row deleted and return the image, or raise ImageNotFound.
@@ -509,10 +588,9 @@ class PostgresIndex:
                     )
                 else:
                     cursor = connection.execute(
-                        'INSERT INTO look_images (id, modified, width, height, length, '
-                        'token_hash) VALUES (%s, %s, %s, %s, %s, %s) '
-                        'ON CONFLICT (id) DO NOTHING',
-                        (image.id, image.modified, *image.size, image.length, image.token_hash),
+                        f'INSERT INTO look_images ({_WRITTEN}) '
+                        f'VALUES ({", ".join(["%s"] * 11)}) ON CONFLICT (id) DO NOTHING',
+                        _values(image),
                     )
                 added += cursor.rowcount
         return added
@@ -705,21 +783,28 @@ class _Listener:
     def _listen(self, connection: psycopg.Connection[Any]) -> None:
         asked = time.monotonic()
         connection.execute(f'LISTEN {DELETES_CHANNEL}')
+        connection.execute(f'LISTEN {AMENDS_CHANNEL}')
         self.rows.heard(asked + LISTENER_SILENCE)
         if self._failures:
             log.info('the index listener hears deletes again')
             self._failures = 0
         while not self._stopped.is_set():
             for notify in connection.notifies(timeout=LISTENER_HEARTBEAT):
-                self._deleted(notify.payload)
+                self._heard(notify)
             asked = time.monotonic()
             connection.execute('SELECT 1')
             # NOTE: the database sends a notification before the answer to a
             #   query asked after it: once those that came with the answer are
             #   dropped, every delete made before ``asked`` has been heard.
             for notify in connection.notifies(timeout=0):
-                self._deleted(notify.payload)
+                self._heard(notify)
             self.rows.heard(asked + LISTENER_SILENCE)
+
+    def _heard(self, notify: psycopg.Notify) -> None:
+        if notify.channel == AMENDS_CHANNEL:
+            self.rows.drop(notify.payload)  # read again, as it is now
+        else:
+            self._deleted(notify.payload)
 
     def _deleted(self, image_id: str) -> None:
         self.rows.drop(image_id)
