@@ -140,7 +140,10 @@ def _serve(arguments: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run a command; return the exit status."""
-    parser = argparse.ArgumentParser(prog='look', description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(
+        prog='look',
+        description='Serve look, check its store, or move a local store into shared backends.',
+    )
     commands = parser.add_subparsers(dest='command', required=True)
     serving = commands.add_parser(
         'serve',
