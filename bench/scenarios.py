@@ -168,8 +168,8 @@ class Settings:
 
     def describe(self) -> list[tuple[str, object]]:
         """Return the knobs, and what look and its limits run with, for results.md."""
-        pool = f'ProcessPoolExecutor({os.cpu_count()}) spawn for Pillow alone'
-        return [*dataclasses.asdict(self).items(), ('LOOK_PROCESSES', self.processes), (pool, '')]
+        pool = ('Pillow alone', f'ProcessPoolExecutor({os.cpu_count()}), spawn')
+        return [*dataclasses.asdict(self).items(), ('LOOK_PROCESSES', self.processes), pool]
 
 
 def http(name: str, server: Gunicorn, calls: list[Call], concurrency: int) -> Side:

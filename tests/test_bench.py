@@ -6,7 +6,7 @@ import pathlib
 
 import pytest
 
-from bench import limits, report, rounds
+from bench import limits, report, rounds, scenarios
 from bench.rounds import Side
 from look.imaging.convert import convert_upload
 from look.imaging.formats import THUMBNAIL_FORMATS
@@ -79,6 +79,10 @@ def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(
     assert finished
     assert len({path for path, _size in finished}) == len(finished)  # a new file each time
     assert all(size == (64, 48) for _path, size in finished)
+
+
+def test_every_upload_row_names_a_pillow_limit_that_pillow_alone_and_the_bare_app_run() -> None:
+    assert {upload.limit for upload in scenarios.UPLOADS} <= set(limits.UPLOADS)
 
 
 # -- the report: which rule meets a row ----------------------------------------------
