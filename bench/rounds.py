@@ -123,7 +123,7 @@ def describe(sides: Sequence[Side], repeated: int, scale: float = 1.0, unit: str
         parts.append(f'{side.name} [{", ".join(f"{v * scale:.4g}" for v in side.values)}]')
         parts[-1] += unit + notes
         busy.append(f'{side.name} [{", ".join(f"{c:.1f}" for c in side.others)}]')
-    again = f' ({repeated} noisy rounds measured again)' if repeated else ''
+    again = f'; noisy rounds measured again: {repeated}' if repeated else ''
     return f'{", ".join(parts)}; cores other processes kept busy: {", ".join(busy)}{again}'
 
 
