@@ -38,6 +38,7 @@ from support.seaweed import SeaweedServer
 #   decoder's 1/2 scale rounds up (961x541 for a 960x540), so look crops.
 SOURCES = {'1920x1080': (1920, 1080), '1921x1081': (1921, 1081), '4000x3000': (4000, 3000)}
 SEEDS = 4  # stored images per source, cycled by the load
+_jpeg = functools.partial(image_bytes, 'JPEG', quality=90)  # as a camera or an editor saves
 LOOK = 'look.wsgi:app'
 # What a group may fail with: the other groups still run, and the table says so.
 FAILURES = (BenchError, AssertionError, OSError, pytest.fail.Exception, pytest.skip.Exception)
@@ -91,11 +92,7 @@ UNCACHED = [
     Thumbnail('1920x1080', 240, 135, 'avif'),
 ]
 UPLOADS = [
-    Upload(
-        '1920x1080 JPEG',
-        'image/jpeg',
-        lambda: image_bytes('JPEG', SOURCES['1920x1080'], seed=100, quality=90),
-    ),
+    Upload('1920x1080 JPEG', 'image/jpeg', lambda: _jpeg((1920, 1080), seed=100)),
     Upload('640x360 PNG', 'image/png', lambda: image_bytes('PNG', (640, 360), seed=101)),
 ]
 # Cache hits and original downloads: look vs the bare app.
@@ -225,7 +222,7 @@ class Context:
 
     def upload_seeds(self, server: Gunicorn, source: str) -> list[str]:
         """Upload the seed images of ``source`` through ``server``; return their ids."""
-        bodies = (image_bytes('JPEG', SOURCES[source], seed=n, quality=90) for n in range(SEEDS))
+        bodies = [_jpeg(SOURCES[source], seed=n) for n in range(SEEDS)]
         return [answer(server, post('/images', b, 'image/jpeg')).json()['id'] for b in bodies]
 
     def seed(self, server: Gunicorn) -> None:
@@ -335,7 +332,7 @@ def herd(ctx: Context) -> None:
     Each herd and each request alone asks for a thumbnail of an image uploaded just before.
     """
     look = ctx.start(LOOK_REDIS_URL=ctx.redis.url)
-    upload = post('/images', image_bytes('JPEG', SOURCES[HERD.source], quality=90), 'image/jpeg')
+    upload = post('/images', _jpeg(SOURCES[HERD.source]), 'image/jpeg')
     renders: list[int] = []  # by every herd, the warm-up's included
 
     def ask(count: int, seconds: float) -> Figure:
