@@ -1,13 +1,14 @@
-"""Run every measurement, print the table and write bench/results.md: ``python -m bench``.
+"""Run the groups, print the table and write bench/results.md: ``python -m bench``.
 
-Environment knobs for quicker runs while developing: BENCH_ONLY (comma list
-of groups: uncached, cached, herd, index, shared, memory), BENCH_SECONDS,
-BENCH_WARMUP, BENCH_ROUNDS, BENCH_CONCURRENCY, BENCH_POOL_JOBS,
-BENCH_INDEX_SIZE, BENCH_KEEP=1 to keep the work directory.
+Knobs for quicker runs while developing: BENCH_ONLY (a comma list of groups:
+uncached, cached, herd, index, shared), BENCH_SECONDS, BENCH_WARMUP,
+BENCH_ROUNDS, BENCH_CONCURRENCY, BENCH_POOL_JOBS, BENCH_INDEX_SIZE, and
+BENCH_KEEP=1 to keep the work directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import shutil
@@ -15,69 +16,53 @@ import signal
 import sys
 import tempfile
 import time
-from types import FrameType
 
 from bench import report
-from bench.harness import REPO, BenchError, log, redis_server
-from bench.procfs import ProcError
 from bench.report import Row
-from bench.scenarios import MEASUREMENTS, Context, Settings, prepare_files
+from bench.rounds import serves
+from bench.scenarios import FAILURES, GROUPS, MEASUREMENTS, Context, Settings, log
 
-RESULTS = REPO / 'bench' / 'results.md'
+from support.redis import RedisServer
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
 WORK_ROOT = REPO / 'bench' / '.work'  # ignored by git; on the same disk as a real storage
 
 
-def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
-    # NOTE: the default SIGTERM action skips `finally`; raising runs every
-    #   stop of every process we started.
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    started = time.monotonic()
-    settings = Settings.from_env()
-    machine_info = report.machine()
+    # NOTE: the default SIGTERM action skips `finally`; raising stops every server.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    started, settings, machine = time.monotonic(), Settings.from_env(), report.machine()
     WORK_ROOT.mkdir(exist_ok=True)
     workdir = pathlib.Path(tempfile.mkdtemp(prefix='run-', dir=WORK_ROOT))
-    rows: list[Row] = []
+    log(f'work directory {workdir}')
     try:
-        with redis_server(workdir) as redis_url:
-            ctx = Context(settings, workdir, redis_url)
-            log(f'work directory {workdir}; generating images')
-            prepare_files(ctx)
+        with RedisServer() as redis_server:
+            assert redis_server.process is not None
+            serves(redis_server.process.pid)
+            ctx = Context(settings, workdir, redis_server)
             for group in settings.groups:
                 try:
-                    rows += MEASUREMENTS[group](ctx)
-                except (BenchError, ProcError, OSError) as ex:
+                    with contextlib.ExitStack() as ctx.stack:
+                        MEASUREMENTS[group](ctx)
+                except FAILURES as ex:
                     # NOTE: look is what is measured, so a wrong answer is a
                     #   result: the other groups still run and the table says so.
                     log(f'{group} failed: {ex}')
-                    rows.append(Row(f'{group}: could not measure', '-', '-', '-', '-', False))
+                    ctx.rows.append(Row(f'{group}: could not measure', *'----', False))
                     ctx.notes.append(f'{group} could not be measured: {ex}')
     finally:
-        if os.environ.get('BENCH_KEEP'):
-            log(f'kept {workdir}')
-        else:
+        if not os.environ.get('BENCH_KEEP'):
             shutil.rmtree(workdir, ignore_errors=True)
-
     elapsed = time.monotonic() - started
-    text = report.markdown(
-        rows,
-        machine_info=machine_info,
-        settings=settings.describe(),
-        notes=ctx.notes,
-        elapsed=elapsed,
+    # NOTE: a run of some groups must not replace the committed results of all.
+    results = (
+        REPO / 'bench' / 'results.md' if settings.groups == GROUPS else WORK_ROOT / 'results.md'
     )
-    RESULTS.write_text(text)
-    print(report.table(rows))
-    log(f'done in {elapsed:.0f}s; wrote {RESULTS.relative_to(REPO)}')
+    results.write_text(report.markdown(ctx.rows, machine, settings.describe(), ctx.notes, elapsed))
+    print(report.table(ctx.rows))
+    log(f'done in {elapsed:.0f}s; wrote {results.relative_to(REPO)}')
     return 0
 
 
 if __name__ == '__main__':
-    try:
-        sys.exit(main())
-    except KeyboardInterrupt:
-        log('interrupted: every process the benchmark started has been stopped')
-        sys.exit(130)
+    sys.exit(main())

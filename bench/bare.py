@@ -1,23 +1,9 @@
-"""Bare Falcon apps: the floor that look's cache hits and downloads are measured against.
+"""A bare Falcon app: the same work as look's, and nothing look adds (no middleware, no index).
 
-Started under the same ``gunicorn -c gunicorn.conf.py`` as look, as
-``bench.bare:create_app()``; they do only what the work needs and nothing
-look adds (no middleware, no store, no index):
-
-- ``GET /cached/{key}``: one Redis GET of ``BENCH_BARE_KEY_PREFIX + key``,
-  answered as the bytes stored there, typed by the key's extension;
-- ``GET /files/{name}``: the file ``BENCH_BARE_FILES/name``, streamed the way
-  Falcon streams any file (``wsgi.file_wrapper``, so gunicorn's sendfile);
-- ``GET /rendered/{name}/{width}x{height}.{format}``: the Pillow limit's render
-  of the file ``BENCH_BARE_FILES/name`` as JPEG, WebP or AVIF, in this worker's
-  own pool as look renders in its own: what any app under this gunicorn pays
-  for an uncached thumbnail;
-- ``POST /converted``: the body written to a new file in ``BENCH_BARE_UPLOADS``
-  and turned into a JPEG there by the Pillow limit's conversion, in the same
-  pool, then fsync'd: what any app under this gunicorn pays to take an
-  upload, without look's index or the rest of its durable commit.
-
-Pools are as large as gunicorn.conf.py makes look's (LOOK_PROCESSES).
+Served by the tests' ``Gunicorn(app='bench.bare:create_app()')``, so with look's
+worker class, workers, threads and LOOK_PROCESSES. It answers one Redis GET,
+streams a file (sendfile), renders with the Pillow limit in its own pool, or
+writes an upload to a new file, converts it there and fsyncs it.
 """
 
 from __future__ import annotations
@@ -41,119 +27,73 @@ from look.web.uploads import CHUNK_SIZE
 _NAME = re.compile(r'[0-9A-Za-z][0-9A-Za-z_.-]*\Z')
 
 
-class CachedBytes:
-    """Answer the bytes stored under one Redis key, after one GET."""
+class Bare:
+    """Every route's responder; each does only what its work needs."""
 
-    def __init__(self, client: Any, key_prefix: str) -> None:
-        self._client = client
-        self._key_prefix = key_prefix
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        url = environ.get('BENCH_BARE_REDIS_URL')
+        self._redis = redis.Redis.from_url(url) if url else None
+        self._key_prefix = environ.get('BENCH_BARE_KEY_PREFIX', '')
+        self._files = pathlib.Path(environ.get('BENCH_BARE_FILES', '.'))
+        self._uploads = environ.get('BENCH_BARE_UPLOADS', '.')
+        self._processes = Config(environ).processes  # as large as look's pool
+        self._lock = threading.Lock()
+        self._pool: Any = None
 
-    def on_get(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
-        data = self._client.get(self._key_prefix + key)
+    def _run(self, function: Callable[..., Any], *args: Any) -> Any:
+        with self._lock:  # started after gunicorn's fork, as look's
+            self._pool = self._pool or limits.start_pool(self._processes)
+        return self._pool.submit(function, *args).result()
+
+    def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        resp.media = []  # GET /images: what the tests' Gunicorn waits for
+
+    def on_get_cached(self, req: falcon.Request, resp: falcon.Response, key: str) -> None:
+        data = self._redis.get(self._key_prefix + key) if self._redis else None
         if data is None:
             raise falcon.HTTPNotFound()
-        resp.content_type = _media_type(key)
+        resp.content_type = FORMAT_MEDIA_TYPES.get(key.rpartition('.')[2], 'image/jpeg')
         resp.data = data
 
-
-class Files:
-    """Stream a file from one directory."""
-
-    def __init__(self, directory: pathlib.Path) -> None:
-        self._directory = directory
-
-    def on_get(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
+    def on_get_file(self, req: falcon.Request, resp: falcon.Response, name: str) -> None:
         if not _NAME.match(name):
             raise falcon.HTTPNotFound()
         try:
-            stream = open(self._directory / name, 'rb')  # noqa: SIM115 (closed by the server)
+            stream = open(self._files / name, 'rb')  # noqa: SIM115 (closed by the server)
         except FileNotFoundError:
             raise falcon.HTTPNotFound() from None
         resp.content_type = 'image/jpeg'
         resp.content_length = os.fstat(stream.fileno()).st_size
         resp.stream = stream
 
-
-class Pool:
-    """The Pillow limit's pool, as large as look's and started in the worker as look's is."""
-
-    def __init__(self, processes: int) -> None:
-        self._processes = processes
-        self._lock = threading.Lock()
-        self._pool: Any = None
-
-    def run(self, function: Callable[..., Any], *args: Any) -> Any:
-        with self._lock:
-            if self._pool is None:  # after gunicorn's fork
-                self._pool = limits.start_pool(self._processes)
-        return self._pool.submit(function, *args).result()
-
-
-class Rendered:
-    """Render a file with the Pillow limit's function in the worker's pool."""
-
-    def __init__(self, directory: pathlib.Path, pool: Pool) -> None:
-        self._directory = directory
-        self._pool = pool
-
-    def on_get(
-        self,
-        req: falcon.Request,
-        resp: falcon.Response,
-        name: str,
-        width: int,
-        height: int,
-        format: str,
+    def on_get_rendered(
+        self, req: falcon.Request, resp: falcon.Response, name: str, format: str, **size: int
     ) -> None:
         if not _NAME.match(name) or format not in FORMAT_MEDIA_TYPES:
             raise falcon.HTTPNotFound()
         resp.content_type = FORMAT_MEDIA_TYPES[format]
-        resp.data = self._pool.run(
-            limits.render, str(self._directory / name), (width, height), format
-        )
+        thumbnail = (size['width'], size['height'])
+        resp.data = self._run(limits.render, str(self._files / name), thumbnail, format)
 
-
-class Converted:
-    """Write the body to a new file and convert it there with the Pillow limit's function."""
-
-    def __init__(self, directory: pathlib.Path, pool: Pool) -> None:
-        self._directory = directory
-        self._pool = pool
-
-    def on_post(self, req: falcon.Request, resp: falcon.Response) -> None:
-        path = limits.new_path(str(self._directory))  # nothing deleted, as in the limit
+    def on_post_converted(self, req: falcon.Request, resp: falcon.Response, limit: str) -> None:
+        if limit not in limits.UPLOADS:
+            raise falcon.HTTPNotFound()
+        path = limits.new_path(self._uploads)  # nothing deleted, as in the limit
         with open(path, 'xb') as out:
             shutil.copyfileobj(req.bounded_stream, out, CHUNK_SIZE)
-        converted = self._pool.run(limits.convert, path, None)
-        limits.fsync_converted(converted)
-        width, height = converted[1]
+        converted = self._run(limits.UPLOADS[limit], path, None)
+        limits.fsync(converted)
         resp.status = falcon.HTTP_201
-        resp.media = {'size': [width, height]}
-
-
-def _media_type(name: str) -> str:
-    return FORMAT_MEDIA_TYPES.get(name.rpartition('.')[2], 'application/octet-stream')
+        resp.media = {'size': list(converted[1])}
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:
-    """Create the bare app from ``BENCH_BARE_REDIS_URL``, ``_KEY_PREFIX`` and ``_FILES``."""
-    environ = os.environ if environ is None else environ
+    """Create the bare app from ``BENCH_BARE_*`` settings (``os.environ`` unless given)."""
+    bare = Bare(os.environ if environ is None else environ)
     app = falcon.App()
-    redis_url = environ.get('BENCH_BARE_REDIS_URL')
-    if redis_url:
-        client = redis.Redis.from_url(redis_url)
-        app.add_route(
-            '/cached/{key}', CachedBytes(client, environ.get('BENCH_BARE_KEY_PREFIX', ''))
-        )
-    pool = Pool(Config(environ).processes)  # as large as look's
-    files = environ.get('BENCH_BARE_FILES')
-    if files:
-        app.add_route('/files/{name}', Files(pathlib.Path(files)))
-        app.add_route(
-            '/rendered/{name}/{width:int}x{height:int}.{format}',
-            Rendered(pathlib.Path(files), pool),
-        )
-    uploads = environ.get('BENCH_BARE_UPLOADS')
-    if uploads:
-        app.add_route('/converted', Converted(pathlib.Path(uploads), pool))
+    app.add_route('/images', bare)
+    app.add_route('/cached/{key}', bare, suffix='cached')
+    app.add_route('/files/{name}', bare, suffix='file')
+    app.add_route('/rendered/{name}/{width:int}x{height:int}.{format}', bare, suffix='rendered')
+    app.add_route('/converted/{limit}', bare, suffix='converted')
     return app

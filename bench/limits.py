@@ -1,9 +1,8 @@
 """Pillow alone in a process pool: the most image work this machine can do.
 
-These functions are deliberately not look's: the minimum Pillow calls for
-the same result, so a ratio below 1 is look's overhead (HTTP, its pool,
-its checks), not a difference in image work. They take file paths, as look
-does, and run in ``ProcessPoolExecutor(os.cpu_count())`` kept full.
+Deliberately not look's functions: the fewest Pillow calls for look's bytes
+(tests/test_bench.py pins them), so a ratio below 1 is look's overhead, not
+other image work. They take file paths, as look does.
 """
 
 from __future__ import annotations
@@ -20,12 +19,14 @@ from typing import Any
 
 from PIL import Image, ImageOps
 
+from bench.rounds import Figure
 from look.config import DEFAULT_MAX_PIXELS
 from look.imaging import preflight
 from look.imaging.formats import ENCODINGS
 from look.imaging.pool import IMAGE_BLOCKS_CACHED
 
 QUALITY = 85  # look's default LOOK_JPEG_QUALITY
+Converted = tuple[str, tuple[int, int]]  # the JPEG's path and size
 
 
 def render(
@@ -33,10 +34,8 @@ def render(
 ) -> bytes:
     """Return the stored JPEG at ``source`` as a ``size`` thumbnail: draft, resize, encode.
 
-    A draft of the size itself needs no resize, and neither does one a row
-    or a column over it: that is the decoder rounding up where halving rounds
-    down, and cropping gives look's result. WebP and AVIF are encoded with
-    look's settings: the same work, not other work.
+    A draft a row or a column over the size is the decoder rounding up where
+    halving rounds down: cropping it gives look's result.
     """
     out = io.BytesIO()
     with Image.open(source) as image:
@@ -48,22 +47,16 @@ def render(
             thumbnail = image.crop((0, 0, *size))
         else:
             thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-        if format == 'jpeg':
-            thumbnail.save(out, 'JPEG', quality=quality)
-        else:
-            thumbnail.save(out, format.upper(), **ENCODINGS[format])
+        thumbnail.save(out, format.upper(), **ENCODINGS.get(format, {'quality': quality}))
     return out.getvalue()
 
 
-def convert(
-    source: str, target_dir: str | None, quality: int = QUALITY
-) -> tuple[str, tuple[int, int]]:
+def convert(source: str, target_dir: str | None, quality: int = QUALITY) -> Converted:
     """Store an upload as an upright RGB JPEG: check, open, exif_transpose, convert, save.
 
     The JPEG goes to a new file in ``target_dir``, or over ``source`` itself
-    when that is None (as an app converting the file it received would).
-    Returns its path and size: the caller makes it durable (``fsync_converted``),
-    as look's web worker does, so the pool never waits for the disk.
+    when that is None (as an app converting the file it received would). The
+    caller makes it durable (``fsync``), as look's web worker does.
     """
     # The checks any app taking uploads needs before decoding: look's own.
     preflight.check_container(source, DEFAULT_MAX_PIXELS)
@@ -79,13 +72,15 @@ def convert(
     return path, rgb.size
 
 
-def fsync_converted(converted: tuple[str, tuple[int, int]]) -> None:
+# The Pillow limit of each kind of upload, by name: Pillow alone runs it in
+# the benchmark's pool, the bare app in its worker's (POST /converted/{name}).
+UPLOADS: dict[str, Callable[[str, str | None], Converted]] = {'convert': convert}
+
+
+def fsync(converted: Converted) -> None:
     """Make the JPEG ``convert`` wrote durable, as look does before it answers an upload."""
-    fd = os.open(converted[0], os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    with open(converted[0], 'rb', buffering=0) as file:
+        os.fsync(file.fileno())
 
 
 def new_path(directory: str) -> str:
@@ -118,34 +113,28 @@ def pool_throughput(
     pool: concurrent.futures.ProcessPoolExecutor,
     function: Callable[..., Any],
     jobs: Sequence[tuple[Any, ...]],
-    *,
-    seconds: float,
     in_flight: int,
+    seconds: float,
     finish: Callable[[Any], object] | None = None,
-) -> float:
+) -> Figure:
     """Keep ``in_flight`` jobs queued for ``seconds``; return finished jobs per second.
 
-    ``finish``, if given, is called here with each job's result (while the
-    pool goes on with the jobs queued), as look's web worker finishes an
-    upload the pool converted.
+    ``finish`` is called here with each job's result while the pool goes on,
+    as look's web worker finishes an upload the pool converted.
     """
     pending: set[concurrent.futures.Future[Any]] = set()
-    done_count = 0
-    submitted = 0
+    done = submitted = 0
     start = time.perf_counter()
-    deadline = start + seconds
     while True:
-        while time.perf_counter() < deadline and len(pending) < in_flight:
+        while time.perf_counter() < start + seconds and len(pending) < in_flight:
             pending.add(pool.submit(function, *jobs[submitted % len(jobs)]))
             submitted += 1
         if not pending:
             break
-        done, pending = concurrent.futures.wait(
-            pending, return_when=concurrent.futures.FIRST_COMPLETED
-        )
-        for future in done:
+        finished, pending = concurrent.futures.wait(pending, return_when='FIRST_COMPLETED')
+        for future in finished:
             result = future.result()  # raise what a job raised
             if finish is not None:
                 finish(result)
-            done_count += 1
-    return done_count / (time.perf_counter() - start)
+            done += 1
+    return Figure(done / (time.perf_counter() - start), done)

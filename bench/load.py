@@ -1,39 +1,34 @@
 """HTTP load on 127.0.0.1: keep-alive connections, one thread each, spread evenly over workers.
 
-Two things decide whether a throughput figure means anything on two cores:
-
-- The client's own CPU. Only the look side of a look-vs-Pillow ratio pays
-  for it, so the load loop speaks HTTP/1.1 on a raw socket with prepared
-  request bytes (a fraction of ``http.client``'s cost per request), and its
-  CPU use is reported with each figure.
-- Which worker holds each connection. A gthread worker keeps a keep-alive
-  connection for its whole life, and a burst of connects often lands every
-  one on the same worker, leaving a core idle for the round (seen with wrk
-  and with this client alike). So each connection's server side is looked
-  up in /proc and connections are reopened until every worker holds its
-  share; the split as first dealt is reported.
+Only HTTP sides pay for the client's CPU, so it sends prepared bytes, reads
+answers by Content-Length, and notes its CPU each round. A gthread worker keeps
+a connection for life and a burst of connects often lands on one worker, so
+connections are reopened until each worker holds its share (noted as dealt).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import http.client
-import json
 import re
 import resource
-import socket
+import statistics
 import threading
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
 
-from bench.harness import BenchError
-from bench.procfs import socket_owner
+from bench.rounds import Figure
+
+from support.gunicorn import Gunicorn
+from support.http import Response, request
 
 _CONTENT_LENGTH = re.compile(rb'\r\ncontent-length:[ \t]*(\d+)', re.IGNORECASE)
 _CONNECTION_CLOSE = re.compile(rb'\r\nconnection:[ \t]*close', re.IGNORECASE)
-_MAX_REOPENS = 200
+_MAX_OPENS = 200  # past this many, connections are kept wherever they land
+
+
+class BenchError(RuntimeError):
+    """A server did not answer as the benchmark needs."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,94 +42,41 @@ class Call:
     expect: int = 200
 
     def encode(self, port: int) -> bytes:
-        body = self.body or b''
         lines = [f'{self.method} {self.path} HTTP/1.1', f'Host: 127.0.0.1:{port}']
         lines += [f'{name}: {value}' for name, value in self.headers.items()]
         if self.body is not None:
-            lines.append(f'Content-Length: {len(body)}')
-        return ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1') + body
+            lines.append(f'Content-Length: {len(self.body)}')
+        return ('\r\n'.join(lines) + '\r\n\r\n').encode('latin-1') + (self.body or b'')
+
+    def check(self, status: int, body: bytes = b'') -> None:
+        if status != self.expect:
+            raise BenchError(f'{self.method} {self.path} answered {status}: {body[:200]!r}')
 
 
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.body)
+def post(path: str, body: bytes, content_type: str) -> Call:
+    """Return an upload-like POST, answered by a 201."""
+    return Call('POST', path, body, {'Content-Type': content_type}, expect=201)
 
 
-@dataclasses.dataclass(frozen=True)
-class Rate:
-    """Answers per second over one round, and what the round cost besides the server."""
-
-    per_second: float
-    count: int
-    client_cpu: float  # share of one core
-    dealt: str  # connections per worker as the server first dealt them, e.g. '8+0'
-    reopened: int  # connections closed and reopened to spread them evenly
+def answer(server: Gunicorn, call: Call) -> Response:
+    """Send one request on a new connection; raise unless its status is ``call.expect``."""
+    response = request(call.method, server.url + call.path, call.body, call.headers, timeout=60)
+    call.check(response.status, response.body)
+    return response
 
 
-# -- one request at a time (set-up, latencies) ---------------------------------------
-
-
-def send(port: int, call: Call, timeout: float = 60.0) -> Answer:
-    """Send one request on a fresh connection; raise unless the status is ``call.expect``."""
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
-    try:
-        return _exchange(connection, call)
-    finally:
-        connection.close()
-
-
-def _exchange(connection: http.client.HTTPConnection, call: Call) -> Answer:
-    connection.request(call.method, call.path, body=call.body, headers=dict(call.headers))
-    response = connection.getresponse()
-    body = response.read()
-    if response.status != call.expect:
-        raise BenchError(
-            f'{call.method} {call.path} answered {response.status}, not {call.expect}: '
-            f'{body[:300]!r}'
-        )
-    return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
-
-
-def latencies(
-    port: int, call: Call, *, seconds: float, max_requests: int, min_requests: int = 3
-) -> list[float]:
-    """Send ``call`` one at a time on one keep-alive connection; return each time in seconds."""
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=120)
-    times: list[float] = []
-    try:
-        deadline = time.perf_counter() + seconds
-        while len(times) < max_requests and (
-            len(times) < min_requests or time.perf_counter() < deadline
-        ):
-            began = time.perf_counter()
-            _exchange(connection, call)
-            times.append(time.perf_counter() - began)
-    finally:
-        connection.close()
-    return times
-
-
-# -- throughput ------------------------------------------------------------------------
-
-
-class _Connection:
-    """A keep-alive HTTP/1.1 connection that reads answers by Content-Length, nothing more."""
+class _Connection(http.client.HTTPConnection):
+    """Prepared bytes out, answers read by Content-Length; an HTTPConnection for its worker."""
 
     def __init__(self, port: int) -> None:
-        self.port = port
-        self.sock = socket.create_connection(('127.0.0.1', port), timeout=60)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.local_port: int = self.sock.getsockname()[1]
+        super().__init__('127.0.0.1', port, timeout=60)
+        self.connect()  # with TCP_NODELAY
         self._buffer = bytearray()
-        self._scratch = bytearray(256 * 1024)
+        self._scratch = memoryview(bytearray(256 * 1024))
 
     def exchange(self, request: bytes) -> tuple[int, bool]:
         """Send a request, read its answer; return the status and whether the server closed."""
+        assert self.sock is not None
         self.sock.sendall(request)
         buffer = self._buffer
         while (end := buffer.find(b'\r\n\r\n')) < 0:
@@ -143,174 +85,131 @@ class _Connection:
                 raise ConnectionError('the server closed the connection mid-answer')
             buffer += chunk
         head = bytes(buffer[:end])
-        status = int(head[9:12])
-        length_match = _CONTENT_LENGTH.search(head)
-        if length_match is None:
+        length = _CONTENT_LENGTH.search(head)
+        if length is None:
             raise BenchError(f'an answer without Content-Length: {head[:300]!r}')
-        need = end + 4 + int(length_match.group(1))
-        if len(buffer) >= need:
-            del buffer[:need]
-        else:
-            remaining = need - len(buffer)
-            buffer.clear()
-            view = memoryview(self._scratch)
-            while remaining:
-                received = self.sock.recv_into(view, min(remaining, len(view)))
-                if not received:
-                    raise ConnectionError('the server closed the connection mid-body')
-                remaining -= received
-        return status, bool(_CONNECTION_CLOSE.search(head))
-
-    def close(self) -> None:
-        self.sock.close()
+        remaining = end + 4 + int(length.group(1)) - len(buffer)
+        del buffer[: len(buffer) + min(remaining, 0)]
+        while remaining > 0:
+            received = self.sock.recv_into(self._scratch, min(remaining, len(self._scratch)))
+            if not received:
+                raise ConnectionError('the server closed the connection mid-body')
+            remaining -= received
+        return int(head[9:12]), bool(_CONNECTION_CLOSE.search(head))
 
 
-def _check(call: Call, status: int) -> None:
-    if status != call.expect:
-        raise BenchError(f'{call.method} {call.path} answered {status}, not {call.expect}')
-
-
-def _open_spread(
-    port: int, count: int, workers: Sequence[int], first: Call
-) -> tuple[list[_Connection], str, int]:
-    """Open ``count`` connections, each answered once, held evenly by ``workers``."""
-    request = first.encode(port)
-    share, extra = divmod(count, len(workers))
-    quota = {pid: share + (n < extra) for n, pid in enumerate(workers)}
-    held: dict[int, int] = dict.fromkeys(workers, 0)
-    dealt: dict[int, int] = dict.fromkeys(workers, 0)
+def _open_spread(server: Gunicorn, count: int, first: Call) -> tuple[list[_Connection], str]:
+    """Open ``count`` connections, each answered once, held evenly by the workers."""
+    workers = sorted(server.worker_pids())
+    room = {pid: len(range(n, count, len(workers))) for n, pid in enumerate(workers)}
+    dealt = dict.fromkeys(workers, 0)
     connections: list[_Connection] = []
-    reopened = 0
+    opened = 0
     try:
         while len(connections) < count:
-            connection = _Connection(port)
-            status, closed = connection.exchange(request)  # now some worker has accepted it
-            _check(first, status)
-            if closed:
-                connection.close()
-                continue
-            owner = socket_owner(port, connection.local_port, workers)
-            if len(connections) + reopened < count and owner in dealt:
+            connection = _Connection(server.port)
+            opened += 1
+            status, closed = connection.exchange(first.encode(server.port))
+            first.check(status)
+            owner = server.answering_worker(connection, workers)  # it has accepted it by now
+            if owner in dealt and opened <= count:
                 dealt[owner] += 1
-            if owner is None or held[owner] < quota[owner] or reopened >= _MAX_REOPENS:
-                connections.append(connection)
-                if owner is not None:
-                    held[owner] += 1
-            else:
+            if closed or (room.get(owner, 1) <= 0 and opened <= _MAX_OPENS):
                 connection.close()
-                reopened += 1
+            else:
+                connections.append(connection)
+                room[owner] = room.get(owner, 1) - 1
     except BaseException:
         for connection in connections:
             connection.close()
         raise
-    return connections, '+'.join(str(dealt[pid]) for pid in workers), reopened
+    return connections, '+'.join(str(dealt[pid]) for pid in workers)
+
+
+def _together(
+    connections: list[_Connection], work: Callable[[int, float], int]
+) -> tuple[float, list[float], int]:
+    """Run ``work(n, start)`` for each connection in a thread, let go at once; close them after."""
+    started: list[float] = []
+    go = threading.Barrier(len(connections), action=lambda: started.append(time.perf_counter()))
+    finished, counts = [0.0] * len(connections), [0] * len(connections)
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        try:
+            go.wait()
+            counts[n] = work(n, started[0])
+        except BaseException as ex:
+            errors.append(ex)
+            go.abort()
+        finally:
+            finished[n] = time.perf_counter()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(len(connections))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for connection in connections:
+        connection.close()
+    if errors:
+        raise BenchError(f'a request failed: {errors[0]!r}') from errors[0]
+    return started[0], finished, sum(counts)
 
 
 def throughput(
-    port: int,
-    calls: Sequence[Call],
-    *,
-    concurrency: int,
-    seconds: float,
-    workers: Sequence[int],
-) -> Rate:
-    """Keep ``concurrency`` connections busy for ``seconds``; return answers per second.
+    server: Gunicorn, calls: Sequence[Call], concurrency: int, seconds: float
+) -> Figure:
+    """Keep ``concurrency`` connections busy for ``seconds``, each cycling through ``calls``."""
+    connections, dealt = _open_spread(server, concurrency, calls[0])
+    requests = [call.encode(server.port) for call in calls]
 
-    Connection ``n`` cycles through ``calls`` from the ``n``-th, so a few
-    distinct URLs are in flight at once.
-    """
-    connections, dealt, reopened = _open_spread(port, concurrency, workers, calls[0])
-    requests = [call.encode(port) for call in calls]
-    start_barrier = threading.Barrier(concurrency + 1)
-    counts = [0] * concurrency
-    finished = [0.0] * concurrency
-    errors: list[BaseException] = []
-    deadline = 0.0
+    def load(n: int, start: float) -> int:
+        i = n
+        while time.perf_counter() < start + seconds:
+            status, closed = connections[n].exchange(requests[i % len(calls)])
+            calls[i % len(calls)].check(status)
+            i += 1
+            if closed:
+                connections[n].close()
+                connections[n] = _Connection(server.port)
+        return i - n
 
-    def run(n: int) -> None:
-        connection = connections[n]
-        try:
-            start_barrier.wait()
-            i = n
-            while time.perf_counter() < deadline:
-                index = i % len(calls)
-                status, closed = connection.exchange(requests[index])
-                _check(calls[index], status)
-                counts[n] += 1
-                i += 1
-                if closed:
-                    connection.close()
-                    connection = connections[n] = _Connection(port)
-        except BaseException as ex:
-            errors.append(ex)
-            start_barrier.abort()
-        finally:
-            finished[n] = time.perf_counter()
-            connection.close()
-
-    threads = [threading.Thread(target=run, args=(n,), daemon=True) for n in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    cpu_before = _cpu_seconds()
-    start = time.perf_counter()
-    deadline = start + seconds  # read by the threads once the barrier lets them go
-    with contextlib.suppress(threading.BrokenBarrierError):  # a thread failed; see below
-        start_barrier.wait()
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise BenchError(f'load on port {port} failed: {errors[0]!r}') from errors[0]
-    # NOTE: requests still in flight at the deadline are counted, and so is
-    #   the time they took, so a slow last answer is not free.
-    elapsed = max(finished) - start
-    total = sum(counts)
-    cpu = (_cpu_seconds() - cpu_before) / elapsed
-    return Rate(total / elapsed, total, cpu, dealt, reopened)
-
-
-def at_once(port: int, call: Call, count: int) -> float:
-    """Send ``call`` on ``count`` connections at once; return seconds until the last answer.
-
-    The connections are open before the clock starts, so the time is the
-    requests' own, from the moment they are let go together.
-    """
-    connections: list[_Connection] = []
-    try:
-        for _ in range(count):
-            connections.append(_Connection(port))
-        request = call.encode(port)
-        started: list[float] = []
-        go = threading.Barrier(count + 1, action=lambda: started.append(time.perf_counter()))
-        statuses = [0] * count
-        finished = [0.0] * count
-        errors: list[BaseException] = []
-
-        def ask(n: int) -> None:
-            try:
-                go.wait()
-                statuses[n] = connections[n].exchange(request)[0]
-                finished[n] = time.perf_counter()
-            except BaseException as ex:
-                errors.append(ex)
-                go.abort()
-
-        threads = [threading.Thread(target=ask, args=(n,), daemon=True) for n in range(count)]
-        for thread in threads:
-            thread.start()
-        with contextlib.suppress(threading.BrokenBarrierError):  # a thread failed; see below
-            go.wait()
-        for thread in threads:
-            thread.join()
-    finally:
-        for connection in connections:
-            connection.close()
-    if errors:
-        raise BenchError(f'{call.method} {call.path} failed: {errors[0]!r}') from errors[0]
-    for status in statuses:
-        _check(call, status)
-    return max(finished) - started[0]
-
-
-def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    start, finished, answers = _together(connections, load)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    # NOTE: requests in flight at the deadline count, and so does the time
+    #   they took, so a slow last answer is not free.
+    elapsed = max(finished) - start
+    client = (after.ru_utime + after.ru_stime - usage.ru_utime - usage.ru_stime) / elapsed
+    return Figure(answers / elapsed, answers, f'client {client:.2f} cores, dealt {dealt}')
+
+
+def latency(server: Gunicorn, call: Call, seconds: float) -> Figure:
+    """Send ``call`` one at a time on one connection; return the median time it took."""
+    connection, request, times = _Connection(server.port), call.encode(server.port), []
+    # NOTE: half a round's seconds: one request at a time gives a steady median sooner.
+    deadline = time.perf_counter() + seconds / 2
+    try:
+        while len(times) < 500 and (len(times) < 3 or time.perf_counter() < deadline):
+            began = time.perf_counter()
+            call.check(connection.exchange(request)[0])
+            times.append(time.perf_counter() - began)
+    finally:
+        connection.close()
+    return Figure(statistics.median(times), len(times))
+
+
+def at_once(server: Gunicorn, call: Call, count: int) -> float:
+    """Send ``call`` on ``count`` connections opened beforehand; return the last answer's time."""
+    connections, request = (
+        [_Connection(server.port) for _ in range(count)],
+        call.encode(server.port),
+    )
+
+    def ask(n: int, start: float) -> int:
+        call.check(connections[n].exchange(request)[0])
+        return 1
+
+    start, finished, _answers = _together(connections, ask)
+    return max(finished) - start

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import os
 import pathlib
 import platform
@@ -13,7 +12,8 @@ import subprocess
 from collections.abc import Sequence
 from importlib import metadata
 
-MiB = 1024 * 1024
+from bench.rounds import Side
+
 # A render or upload row is met by its target against Pillow alone, or by look
 # at this share of the bare app doing the same work under the same gunicorn:
 # what any app on this stack can do.
@@ -33,7 +33,7 @@ class Row:
     passed: bool | None  # None: a reference figure, with no target of its own
     rounds: str = ''
     cpu: str = '-'
-    value: float = math.nan  # the ratio itself
+    value: float = float('nan')  # the ratio itself
     met_by: str = ''  # which rule met a passed row, where there are two
 
     @property
@@ -45,234 +45,87 @@ class Row:
         return f'pass ({self.met_by})' if self.met_by else 'pass'
 
 
-def _ratio(ratio: float, target: float) -> str:
+def _ratio(ratio: float, target: float | None) -> str:
     # One more digit where two would round onto the target and hide the verdict.
-    return f'{ratio:.3f}x' if round(ratio, 2) == target else f'{ratio:.2f}x'
+    return f'{ratio:.3f}x' if target is not None and round(ratio, 2) == target else f'{ratio:.2f}x'
 
 
-def _rounds(values: Sequence[float], fmt: str) -> str:
-    return ', '.join(format(value, fmt) for value in values)
-
-
-def throughput_row(
-    work: str,
-    look: Sequence[float],
-    limit: Sequence[float],
-    *,
-    target: float | None,
-    limit_unit: str,
-    note: str = '',
-    cpu: tuple[Sequence[float], Sequence[float]] = ((), ()),
+def ratio_row(
+    work: str, look: Side, limit: Side, *, target: float | None, label: str, at_most: bool = False
 ) -> Row:
-    """Compare requests/s with the limit's rate; pass when look ≥ target x limit.
+    """Compare look's median with the limit's: rates (≥ target) or, ``at_most``, times (≤).
 
-    With no target, the row is a reference: a second limit that explains the first.
-
-    CPU time per answer is shown beside it: less shaken by a noisy machine
-    than a rate, it says where a low ratio comes from.
+    With no target, the row is a reference. CPU per answer, less shaken by a
+    noisy machine than a rate, says where a low ratio comes from.
     """
-    look_median, limit_median = statistics.median(look), statistics.median(limit)
-    ratio = look_median / limit_median
-    rounds = f'look [{_rounds(look, ".1f")}] limit [{_rounds(limit, ".1f")}]'
-    if note:
-        rounds += f'; {note}'
-    cpu_text = '-'
-    if cpu[0] and cpu[1] and all(cpu[0]) and all(cpu[1]):
-        look_cpu, limit_cpu = statistics.median(cpu[0]) * 1e3, statistics.median(cpu[1]) * 1e3
-        cpu_text = f'{look_cpu:.2f} / {limit_cpu:.2f} ms ({limit_cpu / look_cpu:.2f}x)'
-    return Row(
-        work,
-        f'{look_median:.1f} req/s',
-        f'{limit_median:.1f} {limit_unit}',
-        f'{ratio:.2f}x' if target is None else _ratio(ratio, target),
-        '-' if target is None else f'≥ {target:g}x',
-        None if target is None else ratio >= target,
-        rounds,
-        cpu_text,
-        ratio,
-    )
+    mine, theirs = statistics.median(look.values), statistics.median(limit.values)
+    ratio = mine / theirs
+    if at_most:
+        cells = f'{mine * 1e3:.2f} ms', f'{theirs * 1e3:.2f} ms ({label})'
+    else:
+        cells = f'{mine:.1f} req/s', f'{theirs:.1f} {label}'
+    row = Row(work, *cells, _ratio(ratio, target), '-', None, value=ratio)
+    if target is not None:
+        row.target = f'{"≤" if at_most else "≥"} {target:g}x'
+        row.passed = ratio <= target if at_most else ratio >= target
+    if all(look.cpu) and all(limit.cpu) and look.cpu and limit.cpu:
+        a, b = statistics.median(look.cpu) * 1e3, statistics.median(limit.cpu) * 1e3
+        row.cpu = f'{a:.2f} / {b:.2f} ms ({a / b if at_most else b / a:.2f}x)'
+    return row
 
 
 def settle(row: Row, reference: Row, floor: float = BARE_FLOOR) -> tuple[Row, Row]:
-    """Judge a row by either rule: its own target, or look ≥ ``floor`` x the bare app.
+    """Judge a row by its own target, or by look ≥ ``floor`` x the bare app (``reference``).
 
-    ``reference`` is the same work behind the bare app, measured in the same
-    rounds. Returns both rows, the first saying which rule met it, the second
-    showing the floor it was held to.
+    Returns both rows: the first says which rule met it, the second shows the floor.
     """
-    if row.passed:
-        met_by = BY_TARGET
-    elif reference.value >= floor:
-        met_by = f'≥ {floor:g}x bare'
-    else:
-        met_by = ''
-    settled = dataclasses.replace(row, passed=bool(met_by), met_by=met_by)
-    shown = dataclasses.replace(
-        reference, ratio=_ratio(reference.value, floor), target=f'≥ {floor:g}x'
-    )
-    return settled, shown
+    met_by = BY_TARGET if row.passed else f'≥ {floor:g}x bare' if reference.value >= floor else ''
+    shown = dataclasses.replace(reference, ratio=_ratio(reference.value, floor))
+    shown.target = f'≥ {floor:g}x'
+    return dataclasses.replace(row, passed=bool(met_by), met_by=met_by), shown
 
 
-def slowdown_row(
-    work: str,
-    large: Sequence[float],
-    small: Sequence[float],
-    *,
-    target: float,
-    small_label: str,
-    note: str = '',
-) -> Row:
-    """Compare times (seconds); pass when the large case takes ≤ target x the small one."""
-    large_median, small_median = statistics.median(large), statistics.median(small)
-    ratio = large_median / small_median
-    rounds = f'large [{_rounds([v * 1e3 for v in large], ".2f")}] ms, '
-    rounds += f'small [{_rounds([v * 1e3 for v in small], ".2f")}] ms'
-    if note:
-        rounds += f'; {note}'
-    return Row(
-        work,
-        f'{large_median * 1e3:.2f} ms',
-        f'{small_median * 1e3:.2f} ms ({small_label})',
-        _ratio(ratio, target),
-        f'≤ {target:g}x',
-        ratio <= target,
-        rounds,
-        value=ratio,
-    )
+def herd_row(work: str, herd: Side, alone: Side, renders: Sequence[int], target: float) -> Row:
+    """Compare a herd's wall time with one request's; met at ≤ target with one render per herd.
 
-
-def herd_row(
-    work: str,
-    herd: Sequence[float],
-    alone: Sequence[float],
-    renders: Sequence[int],
-    *,
-    target: float,
-    note: str = '',
-    cpu: tuple[Sequence[float], Sequence[float]] = ((), ()),
-) -> Row:
-    """Compare wall times (seconds) of a herd and of one request for the same uncached answer.
-
-    Passes when the herd takes ≤ target x one request and every herd made one render.
-    The CPU column is the server's whole CPU time for a herd and for one request.
+    The CPU column is the servers' whole CPU time per herd and per request alone.
     """
-    herd_median, alone_median = statistics.median(herd), statistics.median(alone)
-    ratio = herd_median / alone_median
-    most = max(renders)
-    rounds = f'herd [{_rounds([v * 1e3 for v in herd], ".1f")}] ms, '
-    rounds += f'alone [{_rounds([v * 1e3 for v in alone], ".1f")}] ms, '
-    rounds += f'renders per herd [{_rounds(renders, "d")}]'
-    if note:
-        rounds += f'; {note}'
-    cpu_text = '-'
-    if cpu[0] and cpu[1]:
-        herd_cpu, alone_cpu = statistics.median(cpu[0]) * 1e3, statistics.median(cpu[1]) * 1e3
-        cpu_text = f'{herd_cpu:.1f} / {alone_cpu:.1f} ms per herd / alone'
-    return Row(
-        work,
-        f'{herd_median * 1e3:.1f} ms, {most} render{"s" if most != 1 else ""}',
-        f'{alone_median * 1e3:.1f} ms (one request)',
-        _ratio(ratio, target),
-        f'≤ {target:g}x, 1 render',
-        ratio <= target and all(count == 1 for count in renders),
-        rounds,
-        cpu_text,
-        value=ratio,
-    )
-
-
-def memory_row(
-    work: str, peak_kib: Sequence[int], idle_kib: Sequence[int], *, limit_mib: float
-) -> Row:
-    """Compare a worker's peak RSS with its idle RSS; pass when it grew ≤ limit_mib."""
-    deltas = [(peak - idle) / 1024 for peak, idle in zip(peak_kib, idle_kib, strict=True)]
-    delta = statistics.median(deltas)
-    return Row(
-        work,
-        f'peak {statistics.median(peak_kib) / 1024:.1f} MiB',
-        f'idle {statistics.median(idle_kib) / 1024:.1f} MiB',
-        f'+{delta:.1f} MiB',
-        f'+ ≤ {limit_mib:g} MiB',
-        delta <= limit_mib,
-        f'growth per round [{_rounds(deltas, ".1f")}] MiB',
-    )
-
-
-# -- the machine -------------------------------------------------------------
-
-
-def _cpu_model() -> str:
-    try:
-        for line in pathlib.Path('/proc/cpuinfo').read_text().splitlines():
-            if line.startswith('model name'):
-                return line.split(':', 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or 'unknown'
-
-
-def _version(distribution: str) -> str:
-    try:
-        return metadata.version(distribution)
-    except metadata.PackageNotFoundError:
-        return 'not installed'
-
-
-def _redis_server_version() -> str:
-    try:
-        out = subprocess.run(
-            ['redis-server', '--version'], capture_output=True, text=True, check=True
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
-    fields = dict(part.split('=', 1) for part in out.split() if '=' in part)
-    return fields.get('v', out.strip())
+    row = ratio_row(work, herd, alone, target=target, label='one request', at_most=True)
+    ms = [statistics.median(side.cpu or [0.0]) * 1e3 for side in (herd, alone)]
+    row.look += f', {max(renders)} render{"s" if max(renders) != 1 else ""}'
+    row.target += ', 1 render'
+    row.passed = bool(row.passed) and all(count == 1 for count in renders)
+    row.cpu = f'{ms[0]:.1f} / {ms[1]:.1f} ms per herd / alone'
+    return row
 
 
 def machine() -> list[tuple[str, str]]:
     """Return what the figures depend on: cores, CPU, versions, load."""
-    load = ', '.join(f'{value:.2f}' for value in os.getloadavg())
+    cpu = pathlib.Path('/proc/cpuinfo').read_text().partition('model name')[2].split('\n')[0]
+    redis = subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout
     return [
         ('nproc', str(len(os.sched_getaffinity(0)))),
-        ('CPU', _cpu_model()),
+        ('CPU', cpu.strip(' \t:')),
         ('Python', platform.python_version()),
-        ('Pillow', _version('pillow')),
-        ('gunicorn', _version('gunicorn')),
-        ('Falcon', _version('falcon')),
-        ('redis-py / redis-server', f'{_version("redis")} / {_redis_server_version()}'),
-        ('load average at start', load),
+        *((name, metadata.version(name)) for name in ('pillow', 'gunicorn', 'falcon', 'redis')),
+        ('redis-server', redis.split()[2].removeprefix('v=')),
+        ('load average at start', ', '.join(f'{value:.2f}' for value in os.getloadavg())),
     ]
-
-
-# -- the table ---------------------------------------------------------------
-
-_HEADER = (
-    'work',
-    'look',
-    'limit (same run)',
-    'ratio',
-    'target',
-    'result',
-    'CPU per answer, look / limit',
-)
 
 
 def table(rows: Sequence[Row]) -> str:
     """Return the rows as a Markdown table."""
-    lines = [
-        '| ' + ' | '.join(_HEADER) + ' |',
-        '|' + '|'.join(['---'] * len(_HEADER)) + '|',
-    ]
+    header = '| work | look | limit (same run) | ratio | target | result | CPU per answer |'
+    lines = [header, '|---' * 7 + '|']
     for row in rows:
         cells = (row.work, row.look, row.limit, row.ratio, row.target, row.verdict, row.cpu)
-        lines.append('| ' + ' | '.join(cells) + ' |')
+        lines.append(f'| {" | ".join(cells)} |')
     return '\n'.join(lines)
 
 
 def markdown(
     rows: Sequence[Row],
-    *,
-    machine_info: Sequence[tuple[str, str]],
+    machine: Sequence[tuple[str, str]],
     settings: Sequence[tuple[str, str]],
     notes: Sequence[str],
     elapsed: float,
@@ -290,22 +143,14 @@ def markdown(
         'against a limit measured in the same run, rounds interleaved. A render or upload row is '
         f'met by its target against Pillow alone, or by look at ≥ {BARE_FLOOR:g}x the bare '
         'Falcon app doing the same work (the reference row under it, measured in the same '
-        'rounds); its result says which.',
+        'rounds); its result says which. CPU per answer is look / limit, every process of a '
+        'side, with the ratio in the sense of the row.',
         '',
         table(rows),
-        '',
-        '## Machine',
-        '',
-        *(f'- {name}: {value}' for name, value in machine_info),
-        '',
-        '## Settings',
-        '',
-        *(f'- {name}: {value}' for name, value in settings),
-        '',
-        '## Rounds',
-        '',
-        *(f'- {row.work}: {row.rounds}' for row in rows),
     ]
+    rounds = [(row.work, row.rounds) for row in rows]
+    for title, items in (('Machine', machine), ('Settings', settings), ('Rounds', rounds)):
+        parts += ['', f'## {title}', '', *(f'- {name}: {value}' for name, value in items)]
     if notes:
         parts += ['', '## Notes', '', *(f'- {note}' for note in notes)]
     return '\n'.join(parts) + '\n'

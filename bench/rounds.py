@@ -1,52 +1,110 @@
-"""Rounds of two or three sides, interleaved: each side's figures, CPU per answer, and noise.
+"""Sides measured in interleaved rounds: each side's figures, its CPU per answer, and the noise.
 
-Each round starts with a different side and every other round runs the
-sides backwards, so a burst of noise from the shared machine lands on every
-side rather than on one, and a round during which other processes were busy
-is measured once more, while the run's budget for that lasts.
+Rounds rotate and alternate direction, so a burst of noise on the shared
+machine lands on every side. `CpuMeter` splits a round's CPU time (/proc) into
+our servers', the benchmark's own and others'; a round during which others kept
+cores busy is measured again while the run's budget for that lasts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Sequence
 
-from bench.procfs import CpuMeter
+_CLOCK_TICKS = os.sysconf('SC_CLK_TCK')
+BENCH_GROUP = os.getpgrp()
+SERVICE_GROUPS: set[int] = set()  # the servers' process groups: each leads a session
+# NOTE: PostgreSQL is the machine's, not ours; its backends for our databases
+#   are ours all the same, known by the database's name in their title.
+SERVICE_TITLES: set[bytes] = set()
+# Whose CPU a side's answers cost: the servers', or the benchmark's own group.
+SERVICES, BENCH = 'services', 'bench'
+# NOTE: a round during which other processes kept more than this many cores
+#   busy is measured once more, and the quieter of the two attempts kept.
+QUIET_CORES = 0.25
+
+
+def serves(pgid: int, database: str = '') -> None:
+    """Count a server's process group, and PostgreSQL's backends of a database, as ours."""
+    SERVICE_GROUPS.add(pgid)
+    SERVICE_TITLES.update([database.encode()] if database else [])
+
+
+def _busy_seconds() -> float:
+    """Return the CPU time every core spent busy (not idle, not waiting on I/O)."""
+    with open('/proc/stat') as stat:
+        user, nice, system, _idle, _io, irq, softirq, steal = map(
+            int, stat.readline().split()[1:9]
+        )
+    return (user + nice + system + irq + softirq + steal) / _CLOCK_TICKS
+
+
+def _our_seconds() -> tuple[float, float]:
+    """Return the CPU time of the benchmark's own group and of its services."""
+    bench = services = 0.0
+    for entry in os.scandir('/proc'):
+        try:
+            if not entry.name.isdigit():
+                continue
+            with open(f'/proc/{entry.name}/stat') as file:
+                stat = file.read()
+            command = stat[stat.index('(') + 1 : stat.rindex(')')]
+            fields = stat[stat.rindex(')') + 2 :].split()
+            # NOTE: a process that exits hands its time to its parent's cutime,
+            #   so counting both keeps respawned pool processes in the sum.
+            group, seconds = int(fields[2]), sum(map(int, fields[11:15])) / _CLOCK_TICKS
+            if group == BENCH_GROUP:
+                bench += seconds
+            elif group in SERVICE_GROUPS:
+                services += seconds
+            elif command == 'postgres' and SERVICE_TITLES:
+                with open(f'/proc/{entry.name}/cmdline', 'rb') as file:
+                    title = file.read()
+                services += seconds if any(name in title for name in SERVICE_TITLES) else 0.0
+        except OSError:
+            continue  # it exited while we looked
+    return bench, services
+
+
+class CpuMeter:
+    """Measure CPU over a block: our services', the benchmark's own, and the cores others used."""
+
+    def __enter__(self) -> CpuMeter:
+        self._began, self._busy = time.perf_counter(), _busy_seconds()
+        self._bench, self._services = _our_seconds()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.elapsed = time.perf_counter() - self._began
+        bench, services = _our_seconds()
+        self.bench, self.services = bench - self._bench, services - self._services
+        others = _busy_seconds() - self._busy - self.bench - self.services
+        self.others_cores = max(0.0, others) / self.elapsed
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure:
+    """One round of one side: its figure (answers/s or seconds) and what it cost."""
+
+    value: float
+    answers: int  # what the round's CPU time is shared among
+    note: str = ''  # what the round cost besides the server: the client's CPU, say
+    cpu: float | None = None  # CPU seconds, where the side meters only part of its round
 
 
 @dataclasses.dataclass
 class Side:
-    """One side's rounds: its figures, its CPU per answer, and the cores others kept busy."""
+    """One side of a comparison: a measurement over so many seconds, and its rounds."""
 
     name: str
+    measure: Callable[[float], Figure]
+    whose: str = SERVICES
     values: list[float] = dataclasses.field(default_factory=list)
-    cpu: list[float] = dataclasses.field(default_factory=list)
-    others: list[float] = dataclasses.field(default_factory=list)
-
-
-@dataclasses.dataclass
-class Rounds:
-    """Every side's rounds, and how many noisy rounds were measured again."""
-
-    sides: list[Side]
-    repeated: int = 0
-
-    def noise(self) -> str:
-        def cores(values: list[float]) -> str:
-            return ', '.join(f'{value:.1f}' for value in values)
-
-        text = 'other processes kept ' + ', '.join(
-            f'[{cores(side.others)}] cores busy in {side.name} rounds' for side in self.sides
-        )
-        if self.repeated:
-            text += f' ({self.repeated} noisy rounds measured again)'
-        return text
-
-
-# NOTE: a round during which other processes kept more than this many cores
-#   busy is measured once more, and the quieter of the two attempts kept.
-QUIET_CORES = 0.25
+    cpu: list[float] = dataclasses.field(default_factory=list)  # seconds per answer
+    others: list[float] = dataclasses.field(default_factory=list)  # cores others kept busy
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -56,62 +114,60 @@ class RetryBudget:
     seconds: float
     spent: float = 0.0
 
-    def allows(self) -> bool:
-        return self.spent < self.seconds
 
-
-# Whose CPU a side's answers cost: look's or the bare app's server processes,
-# or the benchmark's own group (the Pillow pool and its feeder).
-SERVICES, BENCH, NONE = 'services', 'bench', ''
-
-
-def _cpu_per_answer(meter: CpuMeter, rate: float, whose: str) -> float:
-    seconds = {SERVICES: meter.services, BENCH: meter.bench}.get(whose)
-    answers = rate * meter.elapsed
-    return seconds / answers if seconds is not None and answers > 0 else 0.0
+def describe(sides: Sequence[Side], repeated: int, scale: float = 1.0, unit: str = '') -> str:
+    """Return every side's figures by round, its notes, and the noise, for results.md."""
+    parts, busy = [], []
+    for side in sides:
+        notes = f' ({"; ".join(side.notes)})' if side.notes else ''
+        parts.append(f'{side.name} [{", ".join(f"{v * scale:.4g}" for v in side.values)}]')
+        parts[-1] += unit + notes
+        busy.append(f'{side.name} [{", ".join(f"{c:.1f}" for c in side.others)}]')
+    again = f'; noisy rounds measured again: {repeated}' if repeated else ''
+    return f'{", ".join(parts)}; cores other processes kept busy: {", ".join(busy)}{again}'
 
 
 def order(round_number: int, sides: int) -> list[int]:
-    """Return the order of the sides in a round: one later each pair of rounds, odd ones backwards.
-
-    Over ``2 * sides`` rounds every side runs in every position twice.
-    """
+    """Return the sides' order in a round: over ``2 * sides``, each runs twice in each place."""
     shift = round_number // 2 % sides
     turn = [(shift + n) % sides for n in range(sides)]
     return turn[::-1] if round_number % 2 else turn
 
 
+Measured = tuple[Figure, float, float]  # the figure, its CPU per answer, the cores others used
+
+
+def _measure(side: Side, seconds: float) -> Measured:
+    with CpuMeter() as meter:
+        figure = side.measure(seconds)
+    used = {SERVICES: meter.services, BENCH: meter.bench}[side.whose]
+    used = used if figure.cpu is None else figure.cpu
+    return figure, used / figure.answers if figure.answers else 0.0, meter.others_cores
+
+
 def interleave(
-    functions: Sequence[tuple[str, Callable[[], float], str]],
-    rounds: int,
-    budget: RetryBudget | None = None,
-) -> Rounds:
-    """Run ``rounds`` of each (name, figure, whose CPU) side in turn; redo a noisy round once."""
-    result = Rounds([Side(name) for name, _function, _whose in functions])
+    sides: Sequence[Side], rounds: int, seconds: float, warmup: float, budget: RetryBudget
+) -> int:
+    """Warm every side up, run ``rounds`` of each in turn; return how many were measured again."""
+    for side in sides:
+        side.measure(warmup)
+    repeated = 0
     for n in range(rounds):
-        best: list[tuple[float, float, float]] | None = None
+        best: list[Measured] = []
         for attempt in range(2):
-            if attempt and (budget is None or not budget.allows()):
-                break
             began = time.perf_counter()
-            measured: list[tuple[float, float, float]] = [(0.0, 0.0, 0.0)] * len(functions)
-            for index in order(n, len(functions)):
-                _name, function, whose = functions[index]
-                with CpuMeter() as meter:
-                    value = function()
-                measured[index] = (value, _cpu_per_answer(meter, value, whose), meter.others_cores)
-            if attempt and budget is not None:
-                budget.spent += time.perf_counter() - began
-            noise = max(others for _value, _cpu, others in measured)
-            if best is None or noise < max(others for _value, _cpu, others in best):
+            ran = {index: _measure(sides[index], seconds) for index in order(n, len(sides))}
+            measured = [ran[index] for index in range(len(sides))]
+            budget.spent += (time.perf_counter() - began) if attempt else 0.0
+            noise = max(others for _figure, _cpu, others in measured)
+            if not best or noise < max(others for _figure, _cpu, others in best):
                 best = measured
-            if noise <= QUIET_CORES:
+            if noise <= QUIET_CORES or attempt or budget.spent >= budget.seconds:
                 break
-            if attempt == 0 and budget is not None and budget.allows():
-                result.repeated += 1
-        assert best is not None
-        for side, (value, per_answer, others) in zip(result.sides, best, strict=True):
-            side.values.append(value)
+            repeated += 1
+        for side, (figure, per_answer, others) in zip(sides, best, strict=True):
+            side.values.append(figure.value)
             side.cpu.append(per_answer)
             side.others.append(others)
-    return result
+            side.notes += [figure.note] if figure.note else []
+    return repeated

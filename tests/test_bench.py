@@ -6,7 +6,8 @@ import pathlib
 
 import pytest
 
-from bench import limits, report, rounds
+from bench import limits, report, rounds, scenarios
+from bench.rounds import Side
 from look.imaging.convert import convert_upload
 from look.imaging.formats import THUMBNAIL_FORMATS
 from look.imaging.render import render_thumbnail
@@ -73,23 +74,32 @@ def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(
     finally:
         pool.shutdown()
 
-    assert rate > 0
+    assert rate.value > 0
+    assert rate.answers == len(finished)
     assert finished
     assert len({path for path, _size in finished}) == len(finished)  # a new file each time
     assert all(size == (64, 48) for _path, size in finished)
 
 
+def test_every_upload_row_names_a_pillow_limit_that_pillow_alone_and_the_bare_app_run() -> None:
+    assert {upload.limit for upload in scenarios.UPLOADS} <= set(limits.UPLOADS)
+
+
 # -- the report: which rule meets a row ----------------------------------------------
 
 
+def _side(*values: float) -> Side:
+    return Side('side', lambda seconds: rounds.Figure(0.0, 0), values=list(values))
+
+
 def _pillow_row(look: float, pillow: float) -> report.Row:
-    return report.throughput_row(
-        'uncached thumbnail', [look], [pillow], target=0.85, limit_unit='renders/s'
+    return report.ratio_row(
+        'uncached thumbnail', _side(look), _side(pillow), target=0.85, label='renders/s'
     )
 
 
 def _bare_row(look: float, bare: float) -> report.Row:
-    return report.throughput_row('the same render', [look], [bare], target=None, limit_unit='')
+    return report.ratio_row('the same work', _side(look), _side(bare), target=None, label='')
 
 
 @pytest.mark.parametrize(
@@ -127,7 +137,7 @@ def test_the_summary_counts_rows_met_by_the_bare_app_rule() -> None:
         *report.settle(_pillow_row(90.0, 110.0), _bare_row(90.0, 120.0)),
     ]
 
-    text = report.markdown(rows, machine_info=[], settings=[], notes=[], elapsed=1.0)
+    text = report.markdown(rows, [], [], [], elapsed=1.0)
 
     assert '2 of 3 targets met (1 by the bare-app rule)' in text
     assert text.count('| reference |') == 3
@@ -144,10 +154,22 @@ def test_the_summary_counts_rows_met_by_the_bare_app_rule() -> None:
 def test_a_herd_passes_in_little_more_than_one_requests_time_with_one_render_each(
     herd: list[float], renders: list[int], passed: bool
 ) -> None:
-    row = report.herd_row('herd', herd, [0.100, 0.100, 0.100], renders, target=1.25)
+    row = report.herd_row('herd', _side(*herd), _side(0.100, 0.100, 0.100), renders, 1.25)
 
     assert row.passed is passed
     assert row.look.endswith('1 render') is (max(renders) == 1)
+
+
+def test_cpu_per_answer_is_compared_in_the_sense_of_the_row() -> None:
+    """A rate row's CPU ratio is below 1 when look costs more, as its rate ratio would be."""
+    look = Side('look', lambda seconds: rounds.Figure(0.0, 0), values=[1.0], cpu=[0.004])
+    limit = Side('limit', lambda seconds: rounds.Figure(0.0, 0), values=[1.0], cpu=[0.002])
+
+    rate = report.ratio_row('rate', look, limit, target=0.9, label='req/s')
+    time = report.ratio_row('time', look, limit, target=1.5, label='small', at_most=True)
+
+    assert rate.cpu == '4.00 / 2.00 ms (0.50x)'
+    assert time.cpu == '4.00 / 2.00 ms (2.00x)'
 
 
 # -- the rounds: every side in every place -------------------------------------------

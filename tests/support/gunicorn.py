@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -78,6 +78,8 @@ class Gunicorn(Server):
     Each instance gets its own XDG_RUNTIME_DIR: gunicorn >= 25 opens a control
     socket there (or in ~/.gunicorn), and instances side by side would take
     each other's. Output goes to ``log_path``; failures quote its tail.
+    ``app`` serves another WSGI app with look's settings (the benchmark's bare
+    app); it is ready once ``GET /images`` answers 200, as look's listing does.
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class Gunicorn(Server):
         environ: Mapping[str, str | None] | None = None,
         bind_from_env: bool = False,
         host: str = '127.0.0.1',
+        app: str = 'look.wsgi:app',
     ) -> None:
         self.storage_path = pathlib.Path(storage_path)
         self.redis_url = redis_url
@@ -96,6 +99,7 @@ class Gunicorn(Server):
         self.environ = dict(environ or {})
         self.bind_from_env = bind_from_env
         self.host = host  # what gunicorn binds; tests talk to it on 127.0.0.1
+        self.app = app
         self.port = free_port()
         self.runtime_dir = pathlib.Path(tempfile.mkdtemp(prefix='look-gunicorn-'))
         self.log_path = self.runtime_dir / 'gunicorn.log'
@@ -129,7 +133,7 @@ class Gunicorn(Server):
             XDG_RUNTIME_DIR=str(self.runtime_dir),
             PYTHONUNBUFFERED='1',
         )
-        argv = [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', 'look.wsgi:app']
+        argv = [sys.executable, '-m', 'gunicorn', '-c', 'gunicorn.conf.py', self.app]
         argv += ['--workers', str(self.workers)]
         bind = f'[{self.host}]:{self.port}' if ':' in self.host else f'{self.host}:{self.port}'
         if self.bind_from_env:
@@ -279,8 +283,13 @@ class Gunicorn(Server):
         """Return the last lines of the log, for assertion messages."""
         return tail(self.log_path, lines)
 
-    def answering_worker(self, connection: http.client.HTTPConnection) -> int | None:
-        """Return the pid of the worker holding the server end of an open keep-alive connection."""
+    def answering_worker(
+        self, connection: http.client.HTTPConnection, workers: Iterable[int] | None = None
+    ) -> int | None:
+        """Return the pid of the worker holding the server end of an open keep-alive connection.
+
+        ``workers``: the pids to look among, when the caller knows them (the benchmark).
+        """
         if connection.sock is None:
             return None
         client_port = connection.sock.getsockname()[1]
@@ -297,7 +306,7 @@ class Gunicorn(Server):
         if inode is None or inode == '0':
             return None
         target = f'socket:[{inode}]'
-        for pid in self.worker_pids():
+        for pid in self.worker_pids() if workers is None else workers:
             with contextlib.suppress(OSError):
                 for fd in pathlib.Path(f'/proc/{pid}/fd').iterdir():
                     with contextlib.suppress(OSError):
