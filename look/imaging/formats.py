@@ -25,8 +25,9 @@ THUMBNAIL_FORMATS = ('jpeg', 'webp', 'avif')
 # LOOK_JPEG_QUALITY. Stored JPEGs are sRGB: WebP without a profile is sRGB,
 # and Pillow's AVIF says so in its nclx box (BT.709 primaries, sRGB transfer,
 # full range) with JPEG's own BT.601 matrix.
-# NOTE: chosen with bench/encoders.py on 16 photographs and a screenshot, at
-#   about the SSIM of the q85 JPEG (medians at 960x540, 480x270, 240x135).
+# NOTE: chosen on 16 photographs and a screenshot at about the SSIM of the q85
+#   JPEG (medians at 960x540, 480x270, 240x135; bench/README.md, "How the
+#   thumbnail encoders were chosen").
 #   WebP q85 is 0.70-0.77 of the JPEG's bytes at method 4 (libwebp's own);
 #   methods 0-2 take half the time or less for 2-19 points more, 5-6 take
 #   1-3 off for up to 2.2x the time. AVIF q70 is 0.69-0.71 at speed 9 (10 gives
