@@ -29,7 +29,7 @@ import msgpack
 import redis
 
 from look.conditional import VALIDATOR_HEADERS, answer_not_modified, is_not_modified
-from look.redisclient import call_deadline, limit_waits
+from look.redisclient import CallDeadline, limit_waits
 
 log = logging.getLogger(__name__)
 
@@ -91,16 +91,13 @@ class RedisCache:
         self.max_entry_bytes = max_entry_bytes
         self.key_prefix = key_prefix
         self.timeout = timeout
+        self._deadline = CallDeadline(timeout)
         self.retry_interval = retry_interval
         self._skip_until = 0.0  # 0.0 while Redis answers, else when to probe it again
         self._probe_lock = threading.Lock()
         # Keys a DELETE could not purge while Redis was unreachable: never
         # served from here, and purged again as soon as Redis answers.
         self._unpurged: set[str] = set()
-
-    @property
-    def _failing(self) -> bool:
-        return self._skip_until != 0.0
 
     @property
     def available(self) -> bool:
@@ -358,7 +355,7 @@ class RedisCache:
 
     def _try(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         """Call Redis; return what it answered, or ``_FAILED``."""
-        if self._failing:
+        if self._skip_until:  # Redis failed lately
             # NOTE: after a failure, one thread at a time probes Redis once
             #   the interval is over; the others keep skipping it meanwhile.
             with self._probe_lock:
@@ -366,12 +363,12 @@ class RedisCache:
                     return _FAILED
                 self._skip_until = time.monotonic() + self.retry_interval
         try:
-            with call_deadline(self.timeout):
+            with self._deadline:
                 result = method(*args, **kwargs)
         except Exception as ex:
             self._failed(name, ex)
             return _FAILED
-        if self._failing:
+        if self._skip_until:  # and answered now
             log.info('Redis is back; caching again')
             self._skip_until = 0.0
             if self._unpurged:
