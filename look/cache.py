@@ -29,7 +29,7 @@ import msgpack
 import redis
 
 from look.conditional import VALIDATOR_HEADERS, answer_not_modified, is_not_modified
-from look.redisclient import CallDeadline, limit_waits
+from look.redisclient import CallDeadline, getter, limit_waits
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ class RedisCache:
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         limit_waits(client, timeout)
+        self._client_get = getter(client)
         self._on_error = on_error
         # NOTE: with fill_timeout set, concurrent misses of one entry, in every
         #   worker and host on this Redis, wait for one request to make it
@@ -340,7 +341,7 @@ class RedisCache:
 
     def _get(self, key: str) -> Any:
         try:
-            return self.client.get(key)
+            return self._client_get(key)
         except redis.ResponseError:
             # Not a string (WRONGTYPE): never ours to serve, and SET NX would
             # never replace it.
