@@ -34,10 +34,6 @@ from look.redisclient import CallDeadline, getter, limit_waits
 log = logging.getLogger(__name__)
 
 CACHE_HEADER = 'X-Look-Cache'
-_HIT_FLAG = 'look_cache_hit'
-_CACHEABLE = 'look_cacheable'
-_FILLING = 'look_cache_filling'
-_COUNTED = 'look_cache_counted'
 _FILL_PREFIX = 'fill:'
 _FAILED_PREFIX = 'failed:'
 _HANDOFF_PREFIX = 'handoff:'
@@ -125,7 +121,10 @@ class RedisCache:
         cacheable: Cacheable | None = name_entry(req, **params)
         if cacheable is None:
             return
-        req.context[_CACHEABLE] = cacheable
+        # PERF: what the cache notes on a request are context attributes, not
+        #   items: Falcon's Context maps items onto attributes in Python, 0.3 µs
+        #   more each way.
+        req.context.look_cacheable = cacheable
         key = self.key_prefix + cacheable.key
         if self._unpurged and key in self._unpurged:
             self._purge()
@@ -154,7 +153,7 @@ class RedisCache:
         if cacheable.headers:
             resp.set_headers(cacheable.headers)
         resp.set_header(CACHE_HEADER, 'Hit')
-        req.context[_HIT_FLAG] = True
+        req.context.look_cache_hit = True
         resp.complete = True
         if is_not_modified(req, resp):
             answer_not_modified(resp)
@@ -192,7 +191,7 @@ class RedisCache:
             if answered is _FAILED:
                 return  # Redis failed: make it here
             failed, took = answered
-            req.context[_COUNTED] = req.context.get(_COUNTED, 0) + 1
+            req.context.look_cache_counted = getattr(req.context, 'look_cache_counted', 0) + 1
             if failed is not None and _answer_failure(req, resp, failed):
                 if took:
                     self._let_go(req, cacheable, lock_key)
@@ -204,7 +203,7 @@ class RedisCache:
                 if raw is not None and self._serve(req, resp, cacheable, key, raw):
                     self._let_go(req, cacheable, lock_key)
                     return
-                req.context[_FILLING] = lock_key
+                req.context.look_cache_filling = lock_key
                 return
             while True:
                 if time.monotonic() >= deadline:
@@ -254,7 +253,7 @@ class RedisCache:
 
     def _let_go(self, req: falcon.Request, cacheable: Cacheable, lock_key: str) -> None:
         """Give up the fill lock and wake the requests that said they wait for the entry."""
-        counted_self = req.context.get(_COUNTED, 0)
+        counted_self = getattr(req.context, 'look_cache_counted', 0)
         waiters_key = self.key_prefix + _WAITERS_PREFIX + cacheable.key
         wake_key = self.key_prefix + _WAKE_PREFIX + cacheable.key
 
@@ -279,9 +278,9 @@ class RedisCache:
         resource: object,
         req_succeeded: bool,
     ) -> None:
-        if req.context.get(_HIT_FLAG):
+        if getattr(req.context, 'look_cache_hit', False):
             return
-        cacheable: Cacheable | None = req.context.get(_CACHEABLE)
+        cacheable: Cacheable | None = getattr(req.context, 'look_cacheable', None)
         if cacheable is None:
             self._purge_stale(resp, req_succeeded)
             return
@@ -299,12 +298,12 @@ class RedisCache:
             )
             if len(body) <= self.max_entry_bytes:
                 self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
-            elif _FILLING in req.context:
+            elif hasattr(req.context, 'look_cache_filling'):
                 # NOTE: too large to keep, but handed to the requests waiting
                 #   for this render, under a key only they read.
                 handoff_key = self.key_prefix + _HANDOFF_PREFIX + cacheable.key
                 self._call('SET', self.client.set, handoff_key, entry, ex=HANDOFF_SECONDS)
-        elif _FILLING in req.context and resp.status_code >= 500:
+        elif hasattr(req.context, 'look_cache_filling') and resp.status_code >= 500:
             # NOTE: a 503 from a render is shared with those waiting for it;
             #   a 404 (an image deleted meanwhile) is quick to find for each.
             failure = msgpack.packb(
@@ -313,7 +312,7 @@ class RedisCache:
             )
             failed_key = self.key_prefix + _FAILED_PREFIX + cacheable.key
             self._call('SET', self.client.set, failed_key, failure, px=FAILURE_SHARED_MS)
-        lock_key = req.context.get(_FILLING)
+        lock_key = getattr(req.context, 'look_cache_filling', None)
         if lock_key is not None:
             self._let_go(req, cacheable, lock_key)
 
@@ -423,7 +422,7 @@ def _answer_failure(req: falcon.Request, resp: falcon.Response, raw: Any) -> boo
     resp.cache_control = ['no-store']
     if retry_after:
         resp.set_header('Retry-After', str(retry_after))
-    req.context[_HIT_FLAG] = True  # answered here; nothing to store
+    req.context.look_cache_hit = True  # answered here; nothing to store
     resp.complete = True
     return True
 
