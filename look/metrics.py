@@ -102,13 +102,21 @@ class Metrics:
         self._children: dict[tuple[str | None, str, Any], tuple[Any, Any]] = {}
         self._children_lock = threading.Lock()
         self._cache_children: dict[str, Any] = {}
+        self._render_children: dict[str, tuple[Any, Any]] = {}
 
     # -- what the parts report --------------------------------------------------
 
     def render_done(self, format: str, seconds: float) -> None:
         """Count a finished render."""
-        self.renders.labels(format).inc()
-        self.render_seconds.labels(format).observe(seconds)
+        children = self._render_children.get(format)
+        if children is None:
+            children = self._render_children[format] = (
+                self.renders.labels(format),
+                self.render_seconds.labels(format),
+            )
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
     def task_refused(self, reason: str) -> None:
         """Count an image task answered 503."""
