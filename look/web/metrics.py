@@ -31,7 +31,6 @@ from prometheus_client import (
 from look.web.auth import Access
 
 MULTIPROCESS_DIR = 'PROMETHEUS_MULTIPROC_DIR'
-_STARTED = 'look_metrics_started'
 _CONVERTER = re.compile(r':[^}]*}')
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _RENDER_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20)
@@ -100,16 +99,24 @@ class Metrics:
             registry=registry,
         )
         # PERF: labels() builds a key per call; these few combinations repeat.
-        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._children: dict[tuple[str | None, str, Any], tuple[Any, Any]] = {}
         self._children_lock = threading.Lock()
         self._cache_children: dict[str, Any] = {}
+        self._render_children: dict[str, tuple[Any, Any]] = {}
 
     # -- what the parts report --------------------------------------------------
 
     def render_done(self, format: str, seconds: float) -> None:
         """Count a finished render."""
-        self.renders.labels(format).inc()
-        self.render_seconds.labels(format).observe(seconds)
+        children = self._render_children.get(format)
+        if children is None:
+            children = self._render_children[format] = (
+                self.renders.labels(format),
+                self.render_seconds.labels(format),
+            )
+        count, duration = children
+        count.inc()
+        duration.observe(seconds)
 
     def task_refused(self, reason: str) -> None:
         """Count an image task answered 503."""
@@ -149,13 +156,20 @@ class Metrics:
             return generate_latest(registry)
         return generate_latest(self.registry)
 
-    def _request_children(self, route: str, method: str, status: str) -> tuple[Any, Any]:
-        key = (route, method, status)
+    def _request_children(self, template: str | None, method: str, status: Any) -> tuple[Any, Any]:
+        """Return the request counter's and the latency histogram's children for an answer.
+
+        PERF: kept by route template and status as Falcon holds them, so only
+          the first answer of each kind works out its labels (0.3 µs a request).
+        """
+        key = (template, method, status)
         children = self._children.get(key)
         if children is None:
+            route = _route_label(template)
+            code = str(falcon.http_status_to_code(status))
             with self._children_lock:
                 children = self._children[key] = (
-                    self.http_requests.labels(route, method, status),
+                    self.http_requests.labels(route, method, code),
                     self.http_seconds.labels(route),
                 )
         return children
@@ -169,16 +183,17 @@ class MetricsMiddleware:
         self._cache_header = cache_header
 
     def process_request(self, req: falcon.Request, resp: falcon.Response) -> None:
-        req.context[_STARTED] = time.perf_counter()
+        # PERF: an attribute, not an item: Falcon's Context maps items onto
+        #   its attributes in Python, 0.3 µs more each way.
+        req.context.look_metrics_started = time.perf_counter()
 
     def process_response(
         self, req: falcon.Request, resp: falcon.Response, resource: object, req_succeeded: bool
     ) -> None:
-        started = req.context.get(_STARTED)
+        started = getattr(req.context, 'look_metrics_started', None)
         if started is None:
             return
-        route = _route_label(req.uri_template)
-        count, seconds = self._metrics._request_children(route, req.method, str(resp.status_code))
+        count, seconds = self._metrics._request_children(req.uri_template, req.method, resp.status)
         count.inc()
         seconds.observe(time.perf_counter() - started)
         cached = resp.get_header(self._cache_header)

@@ -6,30 +6,44 @@ fraction of a second, and retrying is the circuit breaker's job (look.web.cache)
 
 from __future__ import annotations
 
-import contextlib
+import math
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-_deadline = threading.local()
+
+class _Deadline(threading.local):
+    at: float | None = None  # when this thread's Redis call must be over
+
+
+_deadline = _Deadline()
 # Seconds a call may overrun its deadline rather than pay to shorten a timeout.
 SLACK = 0.05
 
 
-@contextlib.contextmanager
-def call_deadline(seconds: float) -> Iterator[None]:
-    """Bound every socket read and write of this thread's Redis calls in the block, together."""
-    _deadline.at = time.monotonic() + seconds
-    try:
-        yield
-    finally:
+class CallDeadline:
+    """Bound every socket read and write of this thread's Redis calls in the block, together.
+
+    One instance serves every thread: ``with deadline:`` around each call.
+    PERF: a class, not a generator: 0.8 µs less per call.
+    """
+
+    __slots__ = ('_seconds',)
+
+    def __init__(self, seconds: float) -> None:
+        self._seconds = seconds
+
+    def __enter__(self) -> None:
+        _deadline.at = time.monotonic() + self._seconds
+
+    def __exit__(self, *exc_info: object) -> None:
         _deadline.at = None
 
 
@@ -42,6 +56,12 @@ def _set_kernel_timeouts(sock: socket.socket, seconds: float) -> None:
     timeval = struct.pack('@ll', whole, micros)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+
+
+_recv = socket.socket.recv
+_recv_into = socket.socket.recv_into
+_sendall = socket.socket.sendall
+_LEAST = 1e-6  # a deadline already passed never counts as far off
 
 
 class _DeadlineSocket(socket.socket):
@@ -58,11 +78,21 @@ class _DeadlineSocket(socket.socket):
     """
 
     op_timeout: float | None = None
+    # How much of a call's deadline must be left for a read or write to go
+    # as it is: its own timeout ends first, or within SLACK of the deadline.
+    _direct_from: float = math.inf
+
+    def limit(self, op_timeout: float | None) -> None:
+        """Bound each read and write by ``op_timeout`` in the kernel (None: only by deadlines)."""
+        self.op_timeout = op_timeout
+        if op_timeout:
+            self._direct_from = max(op_timeout - SLACK, _LEAST)
+            _set_kernel_timeouts(self, op_timeout)
 
     def _bounded(self, call: Any, *args: Any) -> Any:
-        at = getattr(_deadline, 'at', None)
+        at = _deadline.at
         if at is None:
-            return call(*args)
+            return call(self, *args)
         left = at - time.monotonic()
         if left <= 0:
             raise TimeoutError('the cache call ran past its deadline')
@@ -71,29 +101,44 @@ class _DeadlineSocket(socket.socket):
         # PERF: within SLACK of the deadline the timeout is left alone, so a
         #   call that answers at once costs no extra system calls.
         if bound is not None and bound <= left + SLACK:
-            return call(*args)
+            return call(self, *args)
         if current is not None:
             self.settimeout(left)
             try:
-                return call(*args)
+                return call(self, *args)
             finally:
                 self.settimeout(current)
         _set_kernel_timeouts(self, left)
         try:
-            return call(*args)
+            return call(self, *args)
         finally:
             _set_kernel_timeouts(self, self.op_timeout or 0.0)
 
+    # PERF: each method takes the common case itself before calling _bounded
+    #   (no deadline, or more of it left than the socket's own timeout, which
+    #   is the kernel's, None, or 0 in redis-py's polls): about 0.5 µs less
+    #   per read or write, of which a cache hit makes three.
+
     def recv(self, *args: Any) -> bytes:
-        result: bytes = self._bounded(super().recv, *args)
+        at = _deadline.at
+        if at is None or (at - time.monotonic() >= self._direct_from and not self.gettimeout()):
+            return _recv(self, *args)
+        result: bytes = self._bounded(_recv, *args)
         return result
 
     def recv_into(self, *args: Any) -> int:
-        result: int = self._bounded(super().recv_into, *args)
+        at = _deadline.at
+        if at is None or (at - time.monotonic() >= self._direct_from and not self.gettimeout()):
+            return _recv_into(self, *args)
+        result: int = self._bounded(_recv_into, *args)
         return result
 
     def sendall(self, *args: Any) -> None:
-        self._bounded(super().sendall, *args)
+        at = _deadline.at
+        if at is None or (at - time.monotonic() >= self._direct_from and not self.gettimeout()):
+            _sendall(self, *args)
+        else:
+            self._bounded(_sendall, *args)
 
 
 class _DeadlineConnection:
@@ -110,9 +155,7 @@ class _DeadlineConnection:
             self.socket_timeout = None  # type: ignore[attr-defined]
         wrapped = _DeadlineSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         wrapped.settimeout(None)
-        wrapped.op_timeout = self._op_timeout
-        if self._op_timeout:
-            _set_kernel_timeouts(wrapped, self._op_timeout)
+        wrapped.limit(self._op_timeout)
         return wrapped
 
 
@@ -139,3 +182,40 @@ def limit_waits(client: Any, timeout: float) -> None:
         # NOTE: retrying is the circuit breaker's job; redis-py's default
         #   retries with exponential backoff would hold a request for seconds.
         client.set_retry(Retry(NoBackoff(), 0))
+
+
+def getter(client: Any) -> Callable[[str], Any]:
+    """Return a GET of ``client``'s: on its connection pool where that is the same, else its own.
+
+    PERF: redis-py's command machinery (retries, events, observability,
+      response callbacks) costs a GET about 37 000 instructions, 7 µs of CPU,
+      besides sending it and reading the answer, and a cache hit is one GET.
+      The pool's own connections answer it here, with the same errors and the
+      same disconnects, for a plain client whose GET has no callback and no
+      client-side cache; any other client (a cluster, a single connection, a
+      stand-in in a test) keeps its own ``get``.
+    """
+    pool = getattr(client, 'connection_pool', None)
+    if not (
+        redis.VERSION >= (5, 3)  # get_connection() takes no command name
+        and isinstance(client, redis.Redis)
+        and isinstance(pool, redis.ConnectionPool)
+        and client.connection is None
+        and getattr(pool, 'cache', None) is None
+        and 'GET' not in client.response_callbacks
+    ):
+        get: Callable[[str], Any] = client.get
+        return get
+
+    def pooled_get(key: str) -> Any:
+        connection = pool.get_connection()
+        try:
+            connection.send_command('GET', key)
+            return connection.read_response()
+        except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
+            connection.disconnect()  # as redis-py does before it retries (here never)
+            raise
+        finally:
+            pool.release(connection)
+
+    return pooled_get

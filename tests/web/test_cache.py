@@ -23,7 +23,7 @@ from look.config import Config
 from look.imaging.formats import FORMAT_MEDIA_TYPES
 from look.imaging.renditions import thumbnail_sizes
 from look.web.cache import CACHE_HEADER, PURGED_MARKER, Cacheable, RedisCache
-from look.web.redisclient import limit_waits
+from look.web.redisclient import getter, limit_waits
 
 from support.imagegen import image_bytes
 from support.storage import remove_jpeg
@@ -485,6 +485,45 @@ def test_limit_waits_leaves_other_clients_alone() -> None:
     limit_waits(client, 0.25)
 
     assert client.calls == []
+
+
+# -- getter ---------------------------------------------------------------------------
+
+
+def test_getter_answers_as_the_clients_get() -> None:
+    client = fakeredis.FakeRedis()
+    client.set('entry', b'bytes')
+    client.rpush('a-list', b'1')
+    get = getter(client)
+
+    assert get is not client.get  # on the pool's connections
+    assert get('entry') == client.get('entry') == b'bytes'
+    assert get('missing') is None
+    with pytest.raises(redis.ResponseError, match='WRONGTYPE'):
+        get('a-list')
+    assert get('entry') == b'bytes'  # the connection still answers
+
+
+def test_getter_lets_go_of_a_connection_that_failed() -> None:
+    """Nothing listens on port 1: each GET fails at once, and no connection stays lent."""
+    client = redis.Redis.from_url('redis://localhost:1/0')
+    limit_waits(client, 0.25)
+    get = getter(client)
+
+    for _ in range(2):
+        with pytest.raises(redis.ConnectionError):
+            get('entry')
+
+    assert not client.connection_pool._in_use_connections
+
+
+def test_getter_keeps_other_clients_own_get() -> None:
+    """A stand-in without a pool, or a client on one connection, keeps its own get."""
+    stand_in = Redis()
+    single = fakeredis.FakeRedis(single_connection_client=True)
+
+    assert getter(stand_in) == stand_in.get
+    assert getter(single) == single.get
 
 
 def test_unreachable_redis_answers_ping_false_at_once_and_pauses_the_cache() -> None:
