@@ -22,31 +22,36 @@ class PerProcess(Generic[T]):
     def __init__(self, make: Callable[[], T]) -> None:
         self._make = make
         self._lock = threading.Lock()
-        self._value: T | None = None
-        self._pid: int | None = None
+        # The value and the process that made it, read and set as one.
+        self._made: tuple[T, int] | None = None
 
     def get(self) -> T:
         """Return this process's value, made now if it has none."""
+        made = self._made
+        if made is not None and made[1] == os.getpid():
+            return made[0]  # PERF: the common case takes no lock
         with self._lock:
-            if self._value is None or self._pid != os.getpid():
-                self._value, self._pid = self._make(), os.getpid()
-            return self._value
+            made = self._made
+            if made is None or made[1] != os.getpid():
+                made = self._made = (self._make(), os.getpid())
+            return made[0]
 
     def peek(self) -> T | None:
         """Return this process's value if it has made one, else None."""
-        with self._lock:
-            return self._value if self._pid == os.getpid() else None
+        made = self._made
+        return made[0] if made is not None and made[1] == os.getpid() else None
 
     def take(self) -> T | None:
         """Forget this process's value and return it for the caller to close (None if none)."""
         with self._lock:
-            value, self._value = self._value, None
-            return value if self._pid == os.getpid() else None
+            made, self._made = self._made, None
+            return made[0] if made is not None and made[1] == os.getpid() else None
 
     def drop(self, value: T) -> bool:
         """Forget ``value`` if it is still this process's (a broken one); return whether it was."""
         with self._lock:
-            if self._value is not value or self._pid != os.getpid():
+            made = self._made
+            if made is None or made[0] is not value or made[1] != os.getpid():
                 return False
-            self._value = None
+            self._made = None
             return True

@@ -78,8 +78,9 @@ def create_app(config: Config | None = None) -> falcon.App:
 
     cache = None
     if config.redis_url:
+        redis_url, redis_from_url = config.redis_url, config.redis_from_url
         cache = RedisCache(
-            config.redis_from_url(config.redis_url),
+            lambda: redis_from_url(redis_url),
             ttl=config.cache_ttl,
             max_entry_bytes=config.cache_max_bytes,
             # A render may wait its turn in the pool before its time limit starts.

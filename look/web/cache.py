@@ -28,6 +28,8 @@ import falcon
 import msgpack
 import redis
 
+from look.core.breaker import Breaker
+from look.core.lazy import PerProcess
 from look.web.conditional import VALIDATOR_HEADERS, answer_not_modified, is_not_modified
 from look.web.redisclient import CallDeadline, getter, limit_waits
 
@@ -66,7 +68,7 @@ class RedisCache:
 
     def __init__(
         self,
-        client: Any,
+        connect: Callable[[], Any],
         *,
         ttl: int,
         max_entry_bytes: int = 1024 * 1024,
@@ -76,30 +78,35 @@ class RedisCache:
         fill_timeout: float | None = None,
         on_error: Callable[[str], None] | None = None,
     ) -> None:
-        limit_waits(client, timeout)
-        self._client_get = getter(client)
+        # NOTE: each process makes its own client on first use, as every
+        #   backend's: none is made at import or carried across a fork.
+        self._connection = PerProcess(lambda: _Connection(connect(), timeout))
         self._on_error = on_error
         # NOTE: with fill_timeout set, concurrent misses of one entry, in every
         #   worker and host on this Redis, wait for one request to make it
         #   (at most this long) instead of each making its own.
         self.fill_timeout = fill_timeout
-        self.client = client
         self.ttl = ttl
         self.max_entry_bytes = max_entry_bytes
         self.key_prefix = key_prefix
         self.timeout = timeout
         self._deadline = CallDeadline(timeout)
         self.retry_interval = retry_interval
-        self._skip_until = 0.0  # 0.0 while Redis answers, else when to probe it again
+        self._breaker = Breaker(retry_interval)
         self._probe_lock = threading.Lock()
         # Keys a DELETE could not purge while Redis was unreachable: never
         # served from here, and purged again as soon as Redis answers.
         self._unpurged: set[str] = set()
 
     @property
+    def client(self) -> Any:
+        """Return this process's Redis client, made on first use."""
+        return self._connection.get().client
+
+    @property
     def available(self) -> bool:
         """Whether the cache is in use now (not skipped after a failure)."""
-        return time.monotonic() >= self._skip_until
+        return not self._breaker.open
 
     def ping(self) -> bool:
         """Return whether Redis answers now."""
@@ -340,7 +347,7 @@ class RedisCache:
 
     def _get(self, key: str) -> Any:
         try:
-            return self._client_get(key)
+            return self._connection.get().get(key)
         except redis.ResponseError:
             # Not a string (WRONGTYPE): never ours to serve, and SET NX would
             # never replace it.
@@ -355,22 +362,21 @@ class RedisCache:
 
     def _try(self, name: str, method: Any, *args: Any, **kwargs: Any) -> Any:
         """Call Redis; return what it answered, or ``_FAILED``."""
-        if self._skip_until:  # Redis failed lately
+        if self._breaker.failing:  # Redis failed lately
             # NOTE: after a failure, one thread at a time probes Redis once
             #   the interval is over; the others keep skipping it meanwhile.
             with self._probe_lock:
-                if not self.available:
+                if self._breaker.open:
                     return _FAILED
-                self._skip_until = time.monotonic() + self.retry_interval
+                self._breaker.trip()
         try:
             with self._deadline:
                 result = method(*args, **kwargs)
         except Exception as ex:
             self._failed(name, ex)
             return _FAILED
-        if self._skip_until:  # and answered now
+        if self._breaker.failing and self._breaker.close():  # and answered now
             log.info('Redis is back; caching again')
-            self._skip_until = 0.0
             if self._unpurged:
                 self._purge()
         return result
@@ -382,7 +388,7 @@ class RedisCache:
         if isinstance(ex, redis.ResponseError):
             log.warning('Redis %s failed: %s', name, ex)
             return
-        self._skip_until = time.monotonic() + self.retry_interval
+        self._breaker.trip()
         if isinstance(ex, redis.ConnectionError | redis.TimeoutError | OSError):
             log.warning(
                 'Redis unavailable (%s: %s); serving uncached for %gs',
@@ -400,6 +406,17 @@ class RedisCache:
                 ex,
                 self.retry_interval,
             )
+
+
+class _Connection:
+    """A process's Redis client, with short timeouts, and its quickest GET."""
+
+    __slots__ = ('client', 'get')
+
+    def __init__(self, client: Any, timeout: float) -> None:
+        limit_waits(client, timeout)
+        self.client = client
+        self.get = getter(client)
 
 
 def _is_conditional(req: falcon.Request) -> bool:

@@ -121,7 +121,7 @@ class Rendered:
 
 
 def tiny_app(client: Any, **options: Any) -> tuple[TestClient, Rendered]:
-    cache = RedisCache(client, ttl=60, **options)
+    cache = RedisCache(lambda: client, ttl=60, **options)
     app = falcon.App(middleware=[cache])
     resource = Rendered()
     app.add_route('/thumbnails/{name}', resource)
@@ -527,7 +527,7 @@ def test_getter_keeps_other_clients_own_get() -> None:
 
 
 def test_unreachable_redis_answers_ping_false_at_once_and_pauses_the_cache() -> None:
-    cache = RedisCache(redis.Redis.from_url('redis://localhost:1/0'), ttl=60)
+    cache = RedisCache(lambda: redis.Redis.from_url('redis://localhost:1/0'), ttl=60)
     started = time.monotonic()
 
     assert cache.ping() is False
