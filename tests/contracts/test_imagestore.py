@@ -26,6 +26,7 @@ from look.errors import ImageExists, ImageNotFound
 
 from support.imagegen import image_bytes
 from support.seaweed import SeaweedServer
+from support.storage import MALFORMED_IDS
 
 JPEG = image_bytes('JPEG', (64, 48))
 BUCKET = 'look-contracts'
@@ -115,7 +116,7 @@ def test_an_id_it_does_not_hold_is_not_found(store: ImageStore) -> None:
         pass
 
 
-@pytest.mark.parametrize('image_id', ['../etc/passwd', 'not-an-id', ''])
+@pytest.mark.parametrize('image_id', MALFORMED_IDS)
 def test_a_malformed_id_never_becomes_a_path_or_a_key(store: ImageStore, image_id: str) -> None:
     with pytest.raises(ImageNotFound):
         store.open_original(image_id)

@@ -24,6 +24,7 @@ from look.errors import ImageExists, ImageNotFound
 
 from support.postgres import PostgresDatabase
 from support.processes import wait_until
+from support.storage import MALFORMED_IDS
 
 
 @pytest.fixture(params=['journal', pytest.param('postgres', marks=pytest.mark.servers)])
@@ -70,7 +71,7 @@ def test_an_id_is_added_once(index: Index) -> None:
     assert index.get(added.id) == added
 
 
-@pytest.mark.parametrize('image_id', [str(uuid.uuid4()), 'not-an-id', '../index.jsonl', ''])
+@pytest.mark.parametrize('image_id', [str(uuid.uuid4()), *MALFORMED_IDS])
 def test_an_id_it_never_held_is_not_found(index: Index, image_id: str) -> None:
     with pytest.raises(ImageNotFound):
         index.get(image_id)

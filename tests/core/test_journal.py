@@ -24,7 +24,7 @@ from look.core.index import StoredImage, every_image
 from look.core.index.journal import MAX_PROBLEMS_KEPT, JournalIndex, decode_line, encode_line
 from look.errors import ImageExists, ImageNotFound, StorageError
 
-from support.storage import fail_index_fsyncs, fail_undo_writes, index_records
+from support.storage import MALFORMED_IDS, fail_index_fsyncs, fail_undo_writes, index_records
 
 SIZE = (8, 6)
 # A line a crash cut short: no newline, not even its checksum.
@@ -330,22 +330,7 @@ def test_delete_forgets_the_image_and_remembers_that_it_was_deleted(
     assert index_ops(root) == [('add', kept), ('add', deleted), ('delete', deleted)]
 
 
-@pytest.mark.parametrize(
-    'bad_id',
-    [
-        '../x',
-        '../../index',
-        '/etc/passwd',
-        '',
-        '.',
-        'x' * 36,
-        '00000000-0000-0000-0000-00000000000A',  # uppercase: not canonical
-        '00000000000000000000000000000001',  # no hyphens: not canonical
-        '00000000-0000-0000-0000-000000000001\n',
-        '00000000-0000-0000-0000-000000000001/../../x',
-        '00000000-0000-0000-0000-000000000001\t00000000',
-    ],
-)
+@pytest.mark.parametrize('bad_id', MALFORMED_IDS)
 def test_malformed_id_never_reaches_the_journal(index: JournalIndex, bad_id: str) -> None:
     image_id = add(index)
     journal_before = index.path.read_bytes()

@@ -33,7 +33,7 @@ from look.core.upkeep import check
 from look.errors import ImageExists, ImageNotFound, StorageError
 
 from support.imagegen import image_bytes
-from support.storage import fail_index_fsyncs, fail_undo_writes, index_records
+from support.storage import MALFORMED_IDS, fail_index_fsyncs, fail_undo_writes, index_records
 
 JPEG = image_bytes('JPEG', size=(8, 6))
 SIZE = (8, 6)
@@ -356,21 +356,7 @@ def test_open_original_reads_the_jpeg_until_it_is_deleted(
         library.open_original(image)
 
 
-@pytest.mark.parametrize(
-    'bad_id',
-    [
-        '../x',
-        '../../index',
-        '/etc/passwd',
-        '',
-        '.',
-        'x' * 36,
-        '00000000-0000-0000-0000-00000000000A',  # uppercase: not canonical
-        '00000000000000000000000000000001',  # no hyphens: not canonical
-        '00000000-0000-0000-0000-000000000001\n',
-        '00000000-0000-0000-0000-000000000001/../../x',
-    ],
-)
+@pytest.mark.parametrize('bad_id', MALFORMED_IDS)
 def test_malformed_id_never_touches_the_disk(
     library: Library, spool: Spool, root: pathlib.Path, bad_id: str
 ) -> None:

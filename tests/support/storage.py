@@ -195,3 +195,20 @@ def remove_jpeg(config: Config, image_id: str) -> None:
         client.close()
     cached = pathlib.Path(config.storage_path) / 'originals' / f'{image_id}.jpeg'
     cached.unlink(missing_ok=True)
+
+
+# Ids that must never become a path, a key or a line: traversals, other
+# spellings of a UUID, control characters.
+MALFORMED_IDS = (
+    '../x',
+    '../../index',
+    '/etc/passwd',
+    '',
+    '.',
+    'x' * 36,
+    '00000000-0000-0000-0000-00000000000A',  # uppercase: not canonical
+    '00000000000000000000000000000001',  # no hyphens: not canonical
+    '00000000-0000-0000-0000-000000000001\n',
+    '00000000-0000-0000-0000-000000000001/../../x',
+    '00000000-0000-0000-0000-000000000001\t00000000',
+)
