@@ -164,6 +164,9 @@ def _upload(served: _Served) -> Object:
                         'type': 'object',
                         'properties': {'image': image},
                         'required': ['image'],
+                        # NOTE: other fields are read and dropped, but a client
+                        #   need send none: the schema names only what look reads.
+                        'additionalProperties': False,
                     },
                     'encoding': {'image': {'contentType': ', '.join(ACCEPTED_MEDIA_TYPES)}},
                 },
