@@ -517,7 +517,7 @@ class Config:
         _whole,
         'PostgreSQL connections per web worker',
     )
-    # NOTE: look's own attempts at a put end within 9 s; a proxy or a slow
+    # NOTE: look's own attempts at a put end within 11 s; a proxy or a slow
     #   store may hold a write longer (look.core.removals.DEFAULT_SETTLE).
     remove_failed_uploads_after: float = setting(
         'LOOK_REMOVE_FAILED_UPLOADS_AFTER',
@@ -525,7 +525,7 @@ class Config:
         _seconds,
         'seconds after an upload failed at the object store before the object it may have '
         'left is removed: a write held on its way (by a proxy, a slow store) can land until '
-        "then; look's own attempts at a put end within 9 s",
+        "then; look's own attempts at a put end within 11 s",
         shown=f'`{DEFAULT_SETTLE:g}`',
     )
     s3_options: dict[str, str] = setting(

@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 
 THREAD_NAME = 'look-remover'
 
-# NOTE: look's own attempts at a put end within 9 s when the object store
+# NOTE: look's own attempts at a put end within 11 s when the object store
 #   stops answering (look.core.imagestore.s3.S3ImageStore.put_gives_up_within);
-#   a write the store received, or a proxy held, may land after that. Over
+#   a write the store received, or a proxy held, may land after that. Nearly
 #   three times as long is the default wait before a failed upload's object
 #   is removed (LOOK_REMOVE_FAILED_UPLOADS_AFTER).
 DEFAULT_SETTLE = 30.0

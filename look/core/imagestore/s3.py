@@ -91,10 +91,13 @@ _UNREACHED = (
 #   than each wait out the timeouts of a store that does not answer.
 RETRY_INTERVAL = 2.0
 # NOTE: each request to the store gets CONNECT_TIMEOUT to connect and its
-#   timeout (3 s) for each read; ATTEMPTS in all, so a store that is down
-#   answers 503 in seconds and one that dropped a kept-alive connection costs
-#   no request. botocore pauses at most RETRY_PAUSE before the second.
+#   timeout (3 s) for each read; a put waits up to EXPECT_WAIT for its
+#   "100 Continue" before it sends its body anyway. ATTEMPTS in all (one
+#   retry), so a store that is down answers 503 in seconds and one that
+#   dropped a kept-alive connection costs no request; botocore pauses at
+#   most RETRY_PAUSE before the retry.
 CONNECT_TIMEOUT = 1.0
+EXPECT_WAIT = 1.0
 ATTEMPTS = 2
 RETRY_PAUSE = 1.0
 
@@ -200,16 +203,19 @@ class S3ImageStore:
     def put_gives_up_within(self) -> float:
         """Seconds a put takes at most when the store stops answering: every attempt and pause.
 
-        9 s by default: 2 attempts of 1 s to connect and 3 s to read, 1 s between them.
+        11 s by default: 2 attempts of 1 s to connect, 1 s for "100 Continue"
+        and 3 s to read, and 1 s between them.
         """
         connect = min(CONNECT_TIMEOUT, self.timeout)
-        return ATTEMPTS * (connect + self.timeout) + (ATTEMPTS - 1) * RETRY_PAUSE
+        attempt = connect + EXPECT_WAIT + self.timeout
+        return ATTEMPTS * attempt + (ATTEMPTS - 1) * RETRY_PAUSE
 
     def _new_client(self) -> Any:
         settings: dict[str, Any] = {
             'connect_timeout': min(CONNECT_TIMEOUT, self.timeout),
             'read_timeout': self.timeout,
-            'retries': {'max_attempts': ATTEMPTS, 'mode': 'standard'},
+            # NOTE: total_max_attempts counts the first; max_attempts would not.
+            'retries': {'total_max_attempts': ATTEMPTS, 'mode': 'standard'},
             # More connections than a worker has threads (12).
             'max_pool_connections': 16,
         }
