@@ -146,7 +146,7 @@ class Remover:
                 self._pause = min(self._pause * 2, self.timing.most_pause)
             else:
                 if self._failing:
-                    log.info('objects to remove are being removed again')
+                    log.info('removing the objects on the list again')
                     self._failing = False
                 self._pause = self.timing.first_pause
                 # A full batch: there may be more due now.
@@ -156,7 +156,8 @@ class Remover:
     def _failed(self, ex: Exception) -> None:
         if not self._failing:
             log.warning(
-                'objects to remove wait: %s; trying again in %.1f s, then at most every %.0f s',
+                'could not remove the objects on the list (%s): trying again in %.1f s, '
+                'then at most every %.0f s',
                 ex,
                 self._pause,
                 self.timing.most_pause,
