@@ -41,9 +41,9 @@ def _print_findings(findings: check.Findings, *, keeps_every_row: bool) -> None:
         print(f'JPEGs the index does not list: {len(findings.unlisted)}')
         for stored in findings.unlisted:
             print(f'  {stored.id} (written {_when(stored.modified)})')
-        print(f'in quarantine: {len(findings.quarantined)}')
-        for stored in findings.quarantined:
-            print(f'  {stored.id} (written {_when(stored.modified)})')
+    print(f'in quarantine: {len(findings.quarantined)}')
+    for stored in findings.quarantined:
+        print(f'  {stored.id} (written {_when(stored.modified)})')
     print(f'left behind by deletes: {len(findings.leftovers)}')
     for stored in findings.leftovers:
         print(f'  {stored.id}')
