@@ -28,14 +28,19 @@ def _when(seconds: float) -> str:
     return moment.strftime('%Y-%m-%d %H:%M UTC')
 
 
-def _print_findings(findings: check.Findings) -> None:
+def _print_findings(findings: check.Findings, *, keeps_every_row: bool) -> None:
     print(f'index: {findings.images} images; image store: {findings.objects} JPEGs')
     print(f'listed, but their JPEG is gone: {len(findings.missing)}')
     for image in findings.missing:
         print(f'  {image.id} (uploaded {_when(image.modified)})')
-    print(f'JPEGs the index does not list: {len(findings.unlisted)}')
-    for stored in findings.unlisted:
-        print(f'  {stored.id} (written {_when(stored.modified)})')
+    if keeps_every_row:
+        print(f'JPEGs no row lists, left by failed writes: {len(findings.failed_writes)}')
+        for stored in findings.failed_writes:
+            print(f'  {stored.id} (written {_when(stored.modified)})')
+    else:
+        print(f'JPEGs the index does not list: {len(findings.unlisted)}')
+        for stored in findings.unlisted:
+            print(f'  {stored.id} (written {_when(stored.modified)})')
     print(f'in quarantine: {len(findings.quarantined)}')
     for stored in findings.quarantined:
         print(f'  {stored.id} (written {_when(stored.modified)})')
@@ -45,27 +50,46 @@ def _print_findings(findings: check.Findings) -> None:
     print(f'damaged index records: {len(findings.damage)}')
     for problem in findings.damage:
         print(f'  {problem}')
+    print(f'waiting to be removed by look itself: {len(findings.waiting)}')
+    for stored in findings.waiting:
+        print(f'  {stored.id} (written {_when(stored.modified)})')
 
 
 def _check(arguments: argparse.Namespace) -> int:
-    library = open_library(Config())
+    config = Config()
+    library = open_library(config)
+    keeps_every_row = library.index.keeps_every_row
     try:
-        findings = check.inspect(library.index, library.images, grace=arguments.grace)
-        _print_findings(findings)
+        findings = check.inspect(
+            library.index,
+            library.images,
+            grace=arguments.grace,
+            settle=config.remove_failed_uploads_after,
+        )
+        _print_findings(findings, keeps_every_row=keeps_every_row)
         if findings.sound:
             print('index and images agree')
             return 0
         if not arguments.repair:
+            restore = (
+                'remove what failed writes left'
+                if keeps_every_row
+                else 'restore unlisted and quarantined JPEGs into the index'
+            )
             print(
                 'run `python -m look check --repair` to drop entries whose JPEG is gone, '
-                'restore unlisted and quarantined JPEGs into the index, remove what deletes '
-                'left behind, and write a damaged index again'
+                f'{restore}, remove what deletes left behind, and write a damaged index again'
             )
             return 1
         repairs = check.repair(library.index, library.images, findings, read_size=stored_size)
         print(
             f'repaired: {repairs.dropped} entries dropped, {repairs.restored} images restored, '
             f'{repairs.removed} leftovers removed'
+            + (
+                f', {repairs.failed_writes_removed} left by failed writes removed'
+                if keeps_every_row
+                else ''
+            )
             + (', index written again' if repairs.rewritten else '')
         )
         for failure in repairs.failed:

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import redis
 
 from look.core.backends import without_password
+from look.core.removals import DEFAULT_SETTLE
 from look.errors import ConfigError
 from look.imaging.formats import FALLBACK_FORMAT, FORMAT_MEDIA_TYPES
 
@@ -515,6 +516,17 @@ class Config:
         4,
         _whole,
         'PostgreSQL connections per web worker',
+    )
+    # NOTE: look's own attempts at a put end within 11 s; a proxy or a slow
+    #   store may hold a write longer (look.core.removals.DEFAULT_SETTLE).
+    remove_failed_uploads_after: float = setting(
+        'LOOK_REMOVE_FAILED_UPLOADS_AFTER',
+        DEFAULT_SETTLE,
+        _seconds,
+        'seconds after an upload failed at the object store before the object it may have '
+        'left is removed: a write held on its way (by a proxy, a slow store) can land until '
+        "then; look's own attempts at a put end within 11 s",
+        shown=f'`{DEFAULT_SETTLE:g}`',
     )
     s3_options: dict[str, str] = setting(
         '`AWS_ENDPOINT_URL_S3` (or `AWS_ENDPOINT_URL`), `AWS_ACCESS_KEY_ID`, '

@@ -19,6 +19,7 @@ from look.core.imagestore.disk import DiskImageStore
 from look.core.index import KeptIndex
 from look.core.index.journal import JournalIndex
 from look.core.library import Library
+from look.core.removals import Timing
 from look.errors import BackendUnavailable, ConfigError
 
 if TYPE_CHECKING:
@@ -34,6 +35,7 @@ class BackendSettings(Protocol):
     s3_options: dict[str, str]
     originals_cache_bytes: int
     index_pool_size: int
+    remove_failed_uploads_after: float
 
 
 log = logging.getLogger(__name__)
@@ -42,13 +44,21 @@ log = logging.getLogger(__name__)
 _libraries: list[Library] = []
 
 
-def open_library(config: BackendSettings) -> Library:
-    """Build and open the library of this configuration; raise ConfigError naming what failed."""
+def open_library(config: BackendSettings, *, timing: Timing | None = None) -> Library:
+    """Build and open the library of this configuration; raise ConfigError naming what failed.
+
+    ``timing`` paces the removal worker (tests make it quick); by default it
+    waits LOOK_REMOVE_FAILED_UPLOADS_AFTER before a failed upload's removal.
+    """
     originals = _originals(config) if config.images_url else None
     # NOTE: a delete on any host takes this host's copy of the original with
     #   it, as the index hears of it, so no host keeps a deleted image's file.
     on_deleted = originals.discard if originals is not None else None
-    library = Library(_index(config, on_deleted), _images(config, originals))
+    library = Library(
+        _index(config, on_deleted),
+        _images(config, originals),
+        timing=timing or Timing(settle=config.remove_failed_uploads_after),
+    )
     _open_images(config, library.images)
     _open_index(config, library.index)
     _libraries.append(library)

@@ -60,6 +60,7 @@ def create_app(config: Config | None = None) -> falcon.App:
         log.info('keeping the index in %s', without_password(config.index_url))
 
     metrics = Metrics()
+    metrics.watch_removals(library.removal_backlog)
     thumbnailer = Thumbnailer(
         processes=config.processes,
         max_pixels=config.max_pixels,

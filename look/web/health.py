@@ -2,8 +2,9 @@
 
 ``status`` is ``ok``, ``degraded`` (look serves, but something needs an
 operator: a full or read-only disk, a damaged index, quarantined files, a
-cache that is down) or ``fail``. Only ``fail`` is a 503, so a load balancer
-keeps a host that can still serve downloads. Nothing here writes to disk.
+cache that is down, objects waiting too long to be removed) or ``fail``.
+Only ``fail`` is a 503, so a load balancer keeps a host that can still serve
+downloads. Nothing here writes to disk.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 import falcon
 
 from look.core.library import Library
+from look.core.removals import OVERDUE_AFTER
 from look.imaging.pool import Thumbnailer
 from look.web.cache import RedisCache
 
@@ -28,9 +30,11 @@ class Health:
         self._cache = cache
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
+        index = self._index_state()
         parts = {
-            'index': self._index_state(),
+            'index': index,
             'storage': self._library.images.state(),
+            'removals': self._removals_state(index['status'] != 'fail'),
             'thumbnailer': self._thumbnailer_state(),
             'cache': self._cache_state(),
         }
@@ -62,6 +66,26 @@ class Health:
                 detail='Damaged index records were skipped; run `python -m look check`.',
                 problems=problems,
             )
+        return state
+
+    def _removals_state(self, readable: bool) -> dict[str, Any]:
+        """Report the objects waiting to be removed: how many, and the oldest's wait in seconds."""
+        if readable:
+            try:
+                backlog = self._library.removal_backlog()
+            except Exception:
+                readable = False
+        if not readable:
+            return {'status': 'unknown', 'detail': 'The index does not answer now.'}
+        state: dict[str, Any] = {'status': 'ok', 'waiting': backlog.waiting}
+        if backlog.oldest_seconds is not None:
+            state['oldest_seconds'] = round(backlog.oldest_seconds, 1)
+            if backlog.oldest_seconds > OVERDUE_AFTER:
+                state.update(
+                    status='overdue',
+                    detail='Objects have waited to be removed for longer than they should: '
+                    'the object store refuses or does not answer removals. look keeps trying.',
+                )
         return state
 
     def _thumbnailer_state(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import falcon
@@ -27,7 +28,10 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
+from look.core.index import Backlog
 from look.web.auth import Access
 
 MULTIPROCESS_DIR = 'PROMETHEUS_MULTIPROC_DIR'
@@ -98,6 +102,7 @@ class Metrics:
             ['operation'],
             registry=registry,
         )
+        self._backlog: _Backlog | None = None
         # PERF: labels() builds a key per call; these few combinations repeat.
         self._children: dict[tuple[str | None, str, Any], tuple[Any, Any]] = {}
         self._children_lock = threading.Lock()
@@ -146,6 +151,12 @@ class Metrics:
         self.uploads.inc()
         self.upload_bytes.inc(received)
 
+    def watch_removals(self, read: Callable[[], Backlog]) -> None:
+        """Report the list of objects to remove, as ``read()`` gives it at each scrape."""
+        self._backlog = _Backlog(read)
+        if not self.multiprocess:
+            self.registry.register(self._backlog)
+
     # -- exposition -----------------------------------------------------------
 
     def exposition(self) -> bytes:
@@ -153,6 +164,8 @@ class Metrics:
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
+            if self._backlog is not None:
+                registry.register(self._backlog)
             return generate_latest(registry)
         return generate_latest(self.registry)
 
@@ -173,6 +186,36 @@ class Metrics:
                     self.http_seconds.labels(route),
                 )
         return children
+
+
+class _Backlog(Collector):
+    """The list of objects to remove, read from the index by the worker that answers the scrape.
+
+    NOTE: the list is one for the whole deployment, in the index. A gauge
+      each worker set would be counted once per worker in the multiprocess
+      sum (and be as stale as its last update); read at the scrape, it is
+      counted once, and current. Every host reports the same figures:
+      aggregate hosts with max(), not sum().
+    """
+
+    def __init__(self, read: Callable[[], Backlog]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            backlog = self._read()
+        except Exception:
+            return  # the index does not answer: no sample rather than a wrong one
+        yield GaugeMetricFamily(
+            'look_removals_waiting',
+            'Objects waiting to be removed: of deleted images, and what failed uploads left.',
+            value=backlog.waiting,
+        )
+        yield GaugeMetricFamily(
+            'look_removals_oldest_age_seconds',
+            'How long the oldest object waiting to be removed has waited (0 when none).',
+            value=backlog.oldest_seconds or 0.0,
+        )
 
 
 class MetricsMiddleware:

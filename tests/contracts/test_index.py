@@ -2,7 +2,8 @@
 
 The JSON-lines journal on a real directory and PostgreSQL on a schema of the
 test's own keep the same promises: what serving needs (add, get, page,
-delete, count) and what upkeep reads (was_deleted, problems, check). What
+delete, count), what upkeep reads (was_deleted, problems, check), and the
+list of objects to remove (listed, claimed, held, postponed, dropped). What
 only one of them does (a damaged journal, a dropped connection) is tested
 beside it, in tests/core.
 """
@@ -12,12 +13,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 
 import pytest
 
-from look.core.index import Index, StoredImage, every_image
+from look.core.index import (
+    DELETED,
+    FAILED_UPLOAD,
+    Backlog,
+    Index,
+    KeptIndex,
+    StoredImage,
+    every_image,
+)
 from look.core.index.journal import JournalIndex
 from look.core.index.postgres import PostgresIndex
 from look.errors import ImageExists, ImageNotFound
@@ -28,9 +39,9 @@ from support.storage import MALFORMED_IDS
 
 
 @pytest.fixture(params=['journal', pytest.param('postgres', marks=pytest.mark.servers)])
-def index(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[Index]:
+def index(request: pytest.FixtureRequest, tmp_path: pathlib.Path) -> Iterator[KeptIndex]:
     """An opened, empty index of each kind."""
-    made: Index
+    made: KeptIndex
     if request.param == 'journal':
         made = JournalIndex(tmp_path)
     else:
@@ -141,9 +152,9 @@ def test_an_id_added_again_after_its_delete_is_listed_in_its_old_place(index: In
     assert not index.was_deleted(middle.id)
 
 
-def _another(index: Index, tmp_path: pathlib.Path) -> Index:
-    """Open another instance on the store of ``index``: another worker, or another host."""
-    other: Index
+def another(index: Index, tmp_path: pathlib.Path) -> KeptIndex:
+    """Open another instance on the same store: another worker, or another host."""
+    other: KeptIndex
     if isinstance(index, JournalIndex):
         other = JournalIndex(tmp_path)
     else:
@@ -157,7 +168,7 @@ def test_a_second_instance_on_the_same_store_sees_every_change(
     index: Index, request: pytest.FixtureRequest, tmp_path: pathlib.Path
 ) -> None:
     """Workers and hosts each open their own: an add or a delete by one is seen by the other."""
-    other = _another(index, tmp_path)
+    other = another(index, tmp_path)
     try:
         added, deleted = add_images(index, 2)
         assert other.get(added.id) == added
@@ -192,7 +203,7 @@ def test_an_amend_changes_alt_text_and_placeholder_for_everyone(
 ) -> None:
     added = image()
     index.add(added)
-    other = _another(index, tmp_path)
+    other = another(index, tmp_path)
     try:
         assert other.get(added.id) == added  # read once, so it may be kept
 
@@ -213,6 +224,68 @@ def test_an_amend_changes_alt_text_and_placeholder_for_everyone(
         other.close()
 
 
+# -- the list of objects to remove ------------------------------------------------------
+
+
+def test_a_delete_lists_its_object_and_a_claim_hands_it_out_once(index: KeptIndex) -> None:
+    kept, deleted = add_images(index, 2)
+    before = time.time()
+
+    index.delete(deleted.id)
+
+    assert index.awaiting_removal() == {deleted.id}
+    backlog = index.removal_backlog()
+    assert backlog.waiting == 1
+    assert backlog.oldest_seconds is not None and 0 <= backlog.oldest_seconds < 5
+    (claimed,) = index.claim_removals(limit=10, hold=60)
+    assert (claimed.id, claimed.reason) == (deleted.id, DELETED)
+    assert before - 1 <= claimed.listed <= time.time() + 1
+    assert index.claim_removals(limit=10, hold=60) == []  # held by its claimant
+    assert index.awaiting_removal() == {deleted.id}  # until its object is confirmed gone
+
+    index.removal_done(deleted.id)
+
+    assert index.awaiting_removal() == set()
+    assert index.removal_backlog() == Backlog(0, None)
+    assert index.get(kept.id) == kept
+
+
+def test_an_upload_s_object_is_due_only_after_its_wait(index: KeptIndex) -> None:
+    image_id = str(uuid.uuid4())
+
+    index.remove_later(image_id, reason=FAILED_UPLOAD, after=0.5)
+    index.remove_later(image_id, reason=FAILED_UPLOAD, after=0.0)  # never sooner than listed
+
+    assert index.awaiting_removal() == {image_id}
+    assert index.claim_removals(limit=10, hold=60) == []
+    time.sleep(0.6)
+    assert [(each.id, each.reason) for each in index.claim_removals(limit=10, hold=60)] == [
+        (image_id, FAILED_UPLOAD)
+    ]
+
+
+def test_a_claim_lapses_after_its_hold_and_a_postponed_entry_waits(
+    index: KeptIndex, tmp_path: pathlib.Path
+) -> None:
+    """A host that died holding a claim holds it no longer than its hold time."""
+    other = another(index, tmp_path)
+    try:
+        image = add_images(index, 1)[0]
+        index.delete(image.id)
+        assert [each.id for each in index.claim_removals(limit=10, hold=0.4)] == [image.id]
+        assert other.claim_removals(limit=10, hold=60) == []
+        time.sleep(0.5)
+        assert [each.id for each in other.claim_removals(limit=10, hold=60)] == [image.id]
+
+        other.postpone_removals([image.id], after=0.4)
+
+        assert index.claim_removals(limit=10, hold=60) == []
+        time.sleep(0.5)
+        assert [each.id for each in index.claim_removals(limit=10, hold=60)] == [image.id]
+    finally:
+        other.close()
+
+
 def test_an_amend_of_an_image_not_there_is_not_found(index: Index) -> None:
     deleted = image()
     index.add(deleted)
@@ -221,3 +294,65 @@ def test_an_amend_of_an_image_not_there_is_not_found(index: Index) -> None:
     for image_id in (deleted.id, str(uuid.uuid4()), 'not-an-id'):
         with pytest.raises(ImageNotFound):
             index.amend(image_id, alt='words')
+
+
+def test_hosts_claiming_at_once_never_get_the_same_entry(
+    index: KeptIndex, tmp_path: pathlib.Path
+) -> None:
+    hosts = [index, another(index, tmp_path), another(index, tmp_path)]
+    ids = {str(uuid.uuid4()) for _ in range(30)}
+    for image_id in ids:
+        index.remove_later(image_id, reason=FAILED_UPLOAD, after=0)
+    claims: list[list[str]] = [[] for _ in hosts]
+
+    def claim(host: KeptIndex, claimed: list[str]) -> None:
+        while batch := host.claim_removals(limit=4, hold=60):
+            claimed += [each.id for each in batch]
+
+    threads = [
+        threading.Thread(target=claim, args=(host, claimed))
+        for host, claimed in zip(hosts, claims, strict=True)
+    ]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for host in hosts[1:]:
+            host.close()
+
+    every = [image_id for claimed in claims for image_id in claimed]
+    assert sorted(every) == sorted(ids)  # each once, none lost
+
+
+def test_an_entry_whose_id_a_row_lists_is_dropped_never_handed_out(index: KeptIndex) -> None:
+    """An upload's row committed after all (or a delete was undone): its object is an image's."""
+    image = add_images(index, 1)[0]
+    index.remove_later(image.id, reason=FAILED_UPLOAD, after=0)
+
+    assert index.claim_removals(limit=10, hold=60) == []
+
+    assert index.awaiting_removal() == set()
+    assert index.get(image.id) == image
+
+
+def test_the_backlog_counts_every_entry_and_ages_the_oldest(
+    index: KeptIndex, tmp_path: pathlib.Path
+) -> None:
+    index.remove_later(str(uuid.uuid4()), reason=FAILED_UPLOAD, after=60)
+    time.sleep(0.3)
+    index.remove_later(str(uuid.uuid4()), reason=FAILED_UPLOAD, after=60)
+
+    other = another(index, tmp_path)
+    try:
+        backlog = other.removal_backlog()
+    finally:
+        other.close()
+    assert backlog.waiting == 2
+    assert backlog.oldest_seconds is not None and 0.3 <= backlog.oldest_seconds < 5
+
+
+def test_only_the_database_keeps_every_row(index: KeptIndex) -> None:
+    """What check makes of an object no row lists: a failed write's, or an image to restore."""
+    assert index.keeps_every_row is isinstance(index, PostgresIndex)

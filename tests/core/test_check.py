@@ -310,6 +310,7 @@ NO_FINDINGS = {
     'in quarantine': 0,
     'left behind by deletes': 0,
     'damaged index records': 0,
+    'waiting to be removed by look itself': 0,
 }
 
 

@@ -247,10 +247,13 @@ def test_a_delete_whose_line_fails_to_sync_is_undone_for_every_reader(
     with pytest.raises(StorageError):
         index.delete(ids[1])
 
-    assert index_ops(root)[-2:] == [('delete', ids[1]), ('add', ids[1])]
+    assert index_ops(root)[-3:] == [('remove', ids[1]), ('delete', ids[1]), ('add', ids[1])]
     for view in (index, reader, open_index(root)):
         assert view.page(limit=10) == before
         assert not view.was_deleted(ids[1])
+    # Its file's entry stands, for an image listed again: a claim drops it, never hands it out.
+    assert index.claim_removals(limit=10, hold=60) == []
+    assert reader.awaiting_removal() == set()
     index.delete(ids[1])
     for view in (index, reader, open_index(root)):
         assert listed(view) == [ids[0], ids[2]]
@@ -327,7 +330,14 @@ def test_delete_forgets_the_image_and_remembers_that_it_was_deleted(
         index.get(deleted)
     with pytest.raises(ImageNotFound):
         index.delete(deleted)
-    assert index_ops(root) == [('add', kept), ('add', deleted), ('delete', deleted)]
+    # Its file is listed for removal first, in the same write.
+    assert index_ops(root) == [
+        ('add', kept),
+        ('add', deleted),
+        ('remove', deleted),
+        ('delete', deleted),
+    ]
+    assert index.awaiting_removal() == {deleted}
 
 
 @pytest.mark.parametrize('bad_id', MALFORMED_IDS)
@@ -638,9 +648,11 @@ def test_rewrite_drops_damaged_lines_and_keeps_what_cursors_need(
         ('delete', ids[1]),
         ('add', ids[2]),
         ('add', ids[3]),
+        ('remove', ids[1]),  # still on the list to remove
     ]
     for view in (index, reader, open_index(root)):
         assert view.problems() == []
+        assert view.awaiting_removal() == {ids[1]}
         assert listed(view) == [ids[0], ids[2], ids[3]]
         assert listed(view, after=ids[1], limit=1) == [ids[2]]
         assert view.was_deleted(ids[1])
@@ -683,7 +695,12 @@ def test_journal_removed_while_running_is_written_again_from_the_view(
 
     assert listed(second) == ids[1:]  # the first to look writes it again
     assert listed(first) == ids[1:]
-    assert index_ops(root) == [('delete', ids[0]), ('add', ids[1]), ('add', ids[2])]
+    assert index_ops(root) == [
+        ('delete', ids[0]),
+        ('add', ids[1]),
+        ('add', ids[2]),
+        ('remove', ids[0]),
+    ]
     assert second.was_deleted(ids[0]) and first.was_deleted(ids[0])
     later = add(first)
     assert listed(second) == [*ids[1:], later]
@@ -702,7 +719,12 @@ def test_a_worker_rebuilding_the_journal_keeps_its_own_last_commits(root: pathli
     index.path.unlink()
 
     assert listed(index) == [kept, last]
-    assert index_ops(root) == [('add', kept), ('delete', deleted), ('add', last)]
+    assert index_ops(root) == [
+        ('add', kept),
+        ('delete', deleted),
+        ('add', last),
+        ('remove', deleted),
+    ]
 
 
 @pytest.mark.parametrize('keep', [0, 10], ids=['emptied', 'cut-mid-line'])
@@ -736,7 +758,7 @@ def test_a_view_behind_the_others_writes_a_removed_journal_again_whole(
 
     assert listed(behind) == [later]
     assert listed(ahead) == [later]
-    assert index_ops(root) == [('delete', earlier), ('add', later)]
+    assert index_ops(root) == [('delete', earlier), ('add', later), ('remove', earlier)]
 
 
 def test_a_view_behind_the_others_writes_a_journal_cut_short_again_as_far_as_it_read(

@@ -25,18 +25,22 @@ from look.app import create_app
 from look.config import Config
 from look.core.backends import open_library
 from look.core.imagestore.disk import DiskImageStore
-from look.core.index import StoredImage
+from look.core.index import Backlog, StoredImage
 from look.core.index.journal import JournalIndex
 from look.core.library import Library
+from look.core.removals import Timing
 from look.core.spool import TEMP_GRACE_SECONDS, Spool, SpoolFile
 from look.core.upkeep import check
 from look.errors import ImageExists, ImageNotFound, StorageError
 
 from support.imagegen import image_bytes
+from support.processes import wait_until
 from support.storage import MALFORMED_IDS, fail_index_fsyncs, fail_undo_writes, index_records
 
 JPEG = image_bytes('JPEG', size=(8, 6))
 SIZE = (8, 6)
+# A removal worker that tries again within a tenth of a second.
+QUICK = Timing(settle=0.2, poll=0.05, first_pause=0.02, most_pause=0.1)
 
 
 def new_id(number: int | None = None) -> str:
@@ -255,7 +259,8 @@ def test_a_delete_that_cannot_be_undone_stands_and_its_jpeg_goes(
     with pytest.raises(StorageError):
         library.delete(ids[0])
 
-    assert index_ops(root)[-1] == ('delete', ids[0])
+    # The delete stands, its file goes, and so does the file's entry on the list.
+    assert index_ops(root)[-2:] == [('delete', ids[0]), ('removed', ids[0])]
     assert not jpeg_path(root, ids[0]).exists()
     for view in (library, reader, worker_library(root)):
         assert listed(view) == [ids[1]]
@@ -317,29 +322,44 @@ def test_delete_removes_the_entry_then_the_jpeg(
             call(deleted)
 
 
-def test_a_jpeg_a_delete_could_not_remove_is_left_for_the_check(
-    library: Library,
-    spool: Spool,
+def test_a_jpeg_a_delete_could_not_remove_stays_listed_until_it_is_removed(
     root: pathlib.Path,
+    spool: Spool,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The image is deleted for everyone; its file is a leftover that the log names."""
+    """The image is deleted for everyone; its file is removed in the background once it can be."""
+    library = open_library(local_config(root), timing=QUICK)
     image_id = commit(library, spool)
+    refusing = [True]
+    remove = library.images.delete
 
     def delete(image_id: str) -> None:
-        raise OSError(errno.EIO, os.strerror(errno.EIO))
+        if refusing[0]:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        remove(image_id)
 
     monkeypatch.setattr(library.images, 'delete', delete)
 
     assert library.delete(image_id).id == image_id
 
-    assert listed(worker_library(root)) == []
+    another = JournalIndex(root)  # another worker's index; its library would remove the file
+    another.open()
+    assert another.page(limit=10) == []
     assert jpeg_path(root, image_id).read_bytes() == JPEG
-    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any(image_id in error and 'check --repair' in error for error in errors), errors
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert any(image_id in warning and 'removed once' in warning for warning in warnings)
     findings = check.inspect(library.index, library.images)
-    assert [stored.id for stored in findings.leftovers] == [image_id]
+    assert ([s.id for s in findings.waiting], findings.sound) == ([image_id], True)
+    assert library.removal_backlog().waiting == 1
+    time.sleep(3 * QUICK.most_pause)
+    assert jpeg_path(root, image_id).exists()  # tried again and again, never given up
+
+    refusing[0] = False
+
+    assert wait_until(lambda: not jpeg_path(root, image_id).exists(), 5)
+    assert wait_until(lambda: library.removal_backlog() == Backlog(0, None), 5)
+    assert index_ops(root)[-1] == ('removed', image_id)
 
 
 def test_open_original_reads_the_jpeg_until_it_is_deleted(

@@ -108,6 +108,10 @@ class SeaweedServer(Server):
             f'-master.port={master}',
             f'-master.port.grpc={master_grpc}',
             '-master.volumeSizeLimitMB=64',
+            # NOTE: a master started again waits this long to become its own
+            #   leader (10 s by default): a store killed and started again is
+            #   back in seconds.
+            '-master.electionTimeout=1s',
             f'-volume.port={volume}',
             f'-volume.port.grpc={volume_grpc}',
             '-volume.max=0',

@@ -46,16 +46,20 @@ def index_records(root: pathlib.Path) -> list[dict[str, object]]:
     return [decode_line(line) for line in data.splitlines()]
 
 
+# The ops of the journal's lines: images, then the list of objects to remove.
+OPS = ('add', 'delete', 'remove', 'due', 'removed')
+
+
 def indexed_ids(root: pathlib.Path) -> list[str]:
     """Return the ids the index lists, in order; assert no id is added twice."""
     live: dict[str, None] = {}
     for number, record in enumerate(index_records(root), 1):
         image_id = str(record['id'])
-        assert record['op'] in ('add', 'delete'), f'line {number}: {record!r}'
+        assert record['op'] in OPS, f'line {number}: {record!r}'
         if record['op'] == 'add':
             assert image_id not in live, f'line {number} adds {image_id} twice'
             live[image_id] = None
-        else:
+        elif record['op'] == 'delete':
             live.pop(image_id, None)
     return list(live)
 

@@ -13,6 +13,8 @@ import dataclasses
 from collections.abc import Iterator
 from typing import IO, Any, Protocol
 
+from look.errors import BackendUnavailable
+
 
 @dataclasses.dataclass(slots=True)
 class Original:
@@ -31,6 +33,10 @@ class StoredObject:
 
     id: str
     modified: float
+
+
+class PutInDoubt(BackendUnavailable):
+    """A put was sent and got no answer: its object may be stored, now or when the write lands."""
 
 
 class Finished(Protocol):
@@ -53,7 +59,11 @@ class ImageStore(Protocol):
         """Let go of files or connections."""
 
     def put(self, image_id: str, jpeg: Finished) -> None:
-        """Store the finished JPEG under ``image_id``, durably; never replace one."""
+        """Store the finished JPEG under ``image_id``, durably; never replace one.
+
+        A put that fails after it may have stored something raises
+        PutInDoubt; any other failure stored nothing.
+        """
 
     def open_original(self, image_id: str) -> Original:
         """Open the JPEG of ``image_id``, or raise ImageNotFound."""

@@ -6,7 +6,9 @@ Keys under ``s3://BUCKET/PREFIX``::
     PREFIX/quarantine/<id>.jpeg   objects moved aside by hand or by an older check
 
 A put never replaces an object (``If-None-Match: *``), so an id is stored
-once. Renders read originals through a bounded cache on this host's disk
+once. A put that got no answer may still store its object, even after look
+gave up on it (PutInDoubt): the library lists it for removal, later.
+Renders read originals through a bounded cache on this host's disk
 (``look.core.imagestore.originals``); downloads stream from the store unless
 the cache has the file. The client is made lazily in each process that
 uses it, never before gunicorn forks; a store that does not answer is
@@ -36,7 +38,7 @@ from botocore.exceptions import (
 
 from look.core.breaker import Breaker
 from look.core.ids import is_valid_id
-from look.core.imagestore import Finished, Original, StoredObject
+from look.core.imagestore import Finished, Original, PutInDoubt, StoredObject
 from look.core.imagestore.originals import OriginalsCache
 from look.core.lazy import PerProcess
 from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
@@ -73,6 +75,11 @@ def _error_code(ex: ClientError) -> str:
     return str(ex.response.get('Error', {}).get('Code', ''))
 
 
+def _retried(ex: ClientError) -> bool:
+    """Return whether the request that got this answer was sent more than once."""
+    return bool(ex.response.get('ResponseMetadata', {}).get('RetryAttempts', 0))
+
+
 # Errors that say the store was not reached or did not answer in time.
 _UNREACHED = (
     EndpointConnectionError,
@@ -83,6 +90,16 @@ _UNREACHED = (
 # NOTE: after such an error, requests answer 503 at once for this long rather
 #   than each wait out the timeouts of a store that does not answer.
 RETRY_INTERVAL = 2.0
+# NOTE: each request to the store gets CONNECT_TIMEOUT to connect and its
+#   timeout (3 s) for each read; a put waits up to EXPECT_WAIT for its
+#   "100 Continue" before it sends its body anyway. ATTEMPTS in all (one
+#   retry), so a store that is down answers 503 in seconds and one that
+#   dropped a kept-alive connection costs no request; botocore pauses at
+#   most RETRY_PAUSE before the retry.
+CONNECT_TIMEOUT = 1.0
+EXPECT_WAIT = 1.0
+ATTEMPTS = 2
+RETRY_PAUSE = 1.0
 
 
 class _Outage:
@@ -96,12 +113,14 @@ class _Outage:
         if self.breaker.open:
             raise BackendUnreachable('The image store does not answer now; try again shortly.')
 
-    def record(self, ex: Exception) -> BackendUnavailable:
+    def record(
+        self, ex: Exception, kind: type[BackendUnavailable] = BackendUnavailable
+    ) -> BackendUnavailable:
         """Return the error to raise for ``ex``; trip the breaker if the store was not reached."""
         log.error('the object store does not answer: %s', ex)
         if isinstance(ex, _UNREACHED):
             self.breaker.trip()
-        return BackendUnavailable('The image store does not answer now; try again shortly.')
+        return kind('The image store does not answer now; try again shortly.')
 
     def answered(self) -> None:
         """Note that the store answered."""
@@ -180,13 +199,23 @@ class S3ImageStore:
 
     # -- the client -------------------------------------------------------
 
+    @property
+    def put_gives_up_within(self) -> float:
+        """Seconds a put takes at most when the store stops answering: every attempt and pause.
+
+        11 s by default: 2 attempts of 1 s to connect, 1 s for "100 Continue"
+        and 3 s to read, and 1 s between them.
+        """
+        connect = min(CONNECT_TIMEOUT, self.timeout)
+        attempt = connect + EXPECT_WAIT + self.timeout
+        return ATTEMPTS * attempt + (ATTEMPTS - 1) * RETRY_PAUSE
+
     def _new_client(self) -> Any:
         settings: dict[str, Any] = {
-            'connect_timeout': min(1.0, self.timeout),
+            'connect_timeout': min(CONNECT_TIMEOUT, self.timeout),
             'read_timeout': self.timeout,
-            # NOTE: one retry: a store that is down answers 503 in seconds,
-            #   one that dropped a kept-alive connection costs no request.
-            'retries': {'max_attempts': 2, 'mode': 'standard'},
+            # NOTE: total_max_attempts counts the first; max_attempts would not.
+            'retries': {'total_max_attempts': ATTEMPTS, 'mode': 'standard'},
             # More connections than a worker has threads (12).
             'max_pool_connections': 16,
         }
@@ -212,7 +241,12 @@ class S3ImageStore:
     # -- images -----------------------------------------------------------
 
     def put(self, image_id: str, jpeg: Finished) -> None:
-        """Upload the finished JPEG under its id, never over an existing object."""
+        """Upload the finished JPEG under its id, never over an existing object.
+
+        Once a request is sent, a failure is PutInDoubt: a write the store
+        received may land after look gave up on it, so the object is not
+        removed here (a removal now could come before it); see look.core.removals.
+        """
         key = self.key(image_id)
         self._outage.check()
         try:
@@ -225,26 +259,15 @@ class S3ImageStore:
                     IfNoneMatch='*',
                 )
         except ClientError as ex:
-            if _error_code(ex) in _EXISTS:
+            if _error_code(ex) in _EXISTS and not _retried(ex):
                 raise ImageExists(f'An image with the id {image_id} already exists.') from None
-            self._forget_put(key)
-            raise self._outage.record(ex) from ex
+            # NOTE: refused as existing on a second attempt: most likely the
+            #   first attempt's own write, which timed out and landed after all.
+            raise self._outage.record(ex, PutInDoubt) from ex
         except BotoCoreError as ex:
-            self._forget_put(key)
-            raise self._outage.record(ex) from ex
+            raise self._outage.record(ex, PutInDoubt) from ex
         self._outage.answered()
         self.originals.add(image_id, jpeg.path)
-
-    def _forget_put(self, key: str) -> None:
-        """Remove, in the background, an object whose put failed, in case it was stored."""
-
-        # NOTE: the id is new, so no one else's image is at this key; if the
-        #   store is down, a check finds the object once its grace time is over.
-        def forget() -> None:
-            with contextlib.suppress(ClientError, BotoCoreError):
-                self.client.delete_object(Bucket=self.bucket, Key=key)
-
-        threading.Thread(target=forget, name='look-forget-put', daemon=True).start()
 
     def open_original(self, image_id: str) -> Original:
         """Open the JPEG of an image: the cached file, else a stream from the store.

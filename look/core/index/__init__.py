@@ -12,7 +12,9 @@ import dataclasses
 import email.utils
 import functools
 from collections.abc import Iterator
-from typing import Protocol
+from typing import ClassVar, Protocol
+
+from look.errors import BackendUnavailable
 
 # The most characters an image's alt text may have.
 MAX_ALT_LENGTH = 1000
@@ -60,6 +62,32 @@ class StoredImage:
 def _http_date(seconds: int) -> str:
     # Formatting is most of the cost of a download's headers; images repeat.
     return email.utils.formatdate(seconds, usegmt=True)
+
+
+# Why an object is on the list to remove (``Removal.reason``).
+DELETED = 'deleted'  # the object of an image deleted since
+FAILED_UPLOAD = 'failed upload'  # what an upload answered with an error may have stored
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Removal:
+    """An object on the list to remove: its image's id, why, and when it was listed (Unix)."""
+
+    id: str
+    reason: str
+    listed: float
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Backlog:
+    """How many objects wait to be removed, and how long the oldest has waited (None: none)."""
+
+    waiting: int
+    oldest_seconds: float | None
+
+
+class CommitInDoubt(BackendUnavailable):
+    """The index did not answer a commit: the row may be committed yet, or may not."""
 
 
 class Index(Protocol):
@@ -116,7 +144,9 @@ class Index(Protocol):
 
         Every process that keeps rows drops this one (see ``get``). The
         index remembers that the id was deleted (``was_deleted``), so a
-        check can tell a delete's leftover object from an image to restore.
+        check can tell a delete's leftover object from an image to restore,
+        and lists its object for removal (``RemovalList``) in the same
+        write, so no crash can leave a deleted image's object unlisted.
         """
 
     def was_deleted(self, image_id: str) -> bool:
@@ -135,6 +165,11 @@ class Index(Protocol):
 class IndexUpkeep(Protocol):
     """What a check and repair needs of an index besides serving (``look check``)."""
 
+    # NOTE: a database keeps every committed row, so an object with no row is
+    #   a failed write's; a journal's damaged line can lose one, so an object
+    #   it does not list may be an image to restore.
+    keeps_every_row: ClassVar[bool]
+
     def rewrite(self) -> None:
         """Write the index again without its damaged records (where it can have any)."""
 
@@ -142,8 +177,36 @@ class IndexUpkeep(Protocol):
         """Hold back commits for a block where it can (a check compares index and images)."""
 
 
-class KeptIndex(Index, IndexUpkeep, Protocol):
-    """An index that serves and can be checked: both implementations are."""
+class RemovalList(Protocol):
+    """The durable list of objects to remove: deleted images' and what failed uploads left.
+
+    Each entry is due at a time; a host claims due entries for a while so
+    others leave them alone, removes each object, confirms it gone and drops
+    the entry (``look.core.removals``). An id that an index row lists is
+    never handed out: its entry is dropped, and the object stays.
+    """
+
+    def remove_later(self, image_id: str, *, reason: str, after: float) -> None:
+        """List the object of ``image_id``, due in ``after`` seconds; durable when this returns."""
+
+    def claim_removals(self, *, limit: int, hold: float) -> list[Removal]:
+        """Return up to ``limit`` due entries no row lists, left to the caller ``hold`` seconds."""
+
+    def postpone_removals(self, image_ids: list[str], *, after: float) -> None:
+        """Make these entries due again in ``after`` seconds (their removal failed, or waits)."""
+
+    def removal_done(self, image_id: str) -> None:
+        """Drop the entry of an object confirmed gone."""
+
+    def awaiting_removal(self) -> set[str]:
+        """Return the ids on the list (a check never restores one)."""
+
+    def removal_backlog(self) -> Backlog:
+        """Return how many objects wait to be removed and the oldest's age."""
+
+
+class KeptIndex(Index, IndexUpkeep, RemovalList, Protocol):
+    """An index that serves, can be checked, and keeps the list of objects to remove."""
 
 
 def every_image(index: Index, *, page_size: int = 1000) -> Iterator[StoredImage]:

@@ -3,8 +3,11 @@
 Files in ``root``::
 
     index.jsonl   one record a line: {"op": "add", ...} or {"op": "delete", ...},
-                  then a tab and the CRC-32 of the record (lines of older
-                  versions have no checksum and are read as they are)
+                  and the list of objects to remove: {"op": "remove", ...}
+                  (listed), {"op": "due", ...} (claimed or postponed) and
+                  {"op": "removed", ...}; then a tab and the CRC-32 of the
+                  record (lines of older versions have no checksum and are
+                  read as they are)
     index.lock    flock(2) target; serialises writers across processes
 
 Adding an image appends one fsync'd line, so it costs the same at 50 000
@@ -33,16 +36,19 @@ import os
 import pathlib
 import secrets
 import threading
+import time
 import weakref
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from look.core.files import fsync_directory
 from look.core.ids import is_valid_id
-from look.core.index import StoredImage
+from look.core.index import DELETED, Backlog, Removal, StoredImage
 from look.errors import ImageExists, ImageNotFound, StorageError, refused_writes
 
 log = logging.getLogger(__name__)
+
+Record = dict[str, object]
 
 # Damage reports kept for /health; the log has every one.
 MAX_PROBLEMS_KEPT = 20
@@ -91,6 +97,27 @@ def _deleted(image_id: str) -> dict[str, object]:
     return {'op': 'delete', 'id': image_id}
 
 
+def _to_remove(removal: Removal, due: float) -> dict[str, object]:
+    """Return the record that lists an object for removal, due at ``due`` (Unix seconds)."""
+    return {
+        'op': 'remove',
+        'id': removal.id,
+        'reason': removal.reason,
+        'listed': round(removal.listed, 3),
+        'due': round(due, 3),
+    }
+
+
+def _due(image_id: str, due: float) -> dict[str, object]:
+    """Return the record that makes an entry due at ``due`` (a claim, a postponement)."""
+    return {'op': 'due', 'id': image_id, 'due': round(due, 3)}
+
+
+def _removed(image_id: str) -> dict[str, object]:
+    """Return the record that drops an entry of the list."""
+    return {'op': 'removed', 'id': image_id}
+
+
 def encode_line(record: dict[str, object]) -> bytes:
     """Return ``record`` as one line of the journal, with its checksum."""
     payload = json.dumps(record, separators=(',', ':')).encode()
@@ -111,11 +138,23 @@ def decode_line(line: bytes) -> dict[str, object]:
     return record
 
 
-def _image_of(record: dict[str, object]) -> StoredImage:
+def _id_of(record: dict[str, object]) -> str:
     image_id = record['id']
     if not isinstance(image_id, str) or not is_valid_id(image_id):
         # Lookups trust the view: paths and keys are built from every id in it.
         raise ValueError(f'malformed id {image_id!r}')
+    return image_id
+
+
+def _seconds_of(record: dict[str, object], name: str) -> float:
+    value = record[name]
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise ValueError(f'malformed {name} {value!r}')
+    return float(value)
+
+
+def _image_of(record: dict[str, object]) -> StoredImage:
+    image_id = _id_of(record)
     width, height = record['size']  # type: ignore[misc]
     token = record.get('token', '')
     if not isinstance(token, str):
@@ -144,6 +183,10 @@ def _text(record: dict[str, object], key: str) -> str:
 class JournalIndex:
     """The index in ``root/index.jsonl``: add, get, page, delete."""
 
+    # NOTE: a damaged line can lose an add: an image file it does not list may
+    #   be an image to restore (look check), not a failed write.
+    keeps_every_row = False
+
     def __init__(self, root: pathlib.Path) -> None:
         self.root = pathlib.Path(root)
         self.path = self.root / 'index.jsonl'
@@ -159,6 +202,8 @@ class JournalIndex:
         #   id), so that a page cursor naming a deleted image still resumes
         #   where it was, in every worker.
         self._seq: dict[str, int] = {}
+        # The list of objects to remove: id -> (entry, when it is due, Unix seconds).
+        self._removals: dict[str, tuple[Removal, float]] = {}
         self._offset = 0  # bytes of the journal already applied to the view
         self._line_number = 0  # complete lines applied, for damage reports
         # NOTE: the journal the view is of, as (device, inode), and a descriptor
@@ -352,6 +397,7 @@ class JournalIndex:
         self._order.clear()
         self._order_seq.clear()
         self._seq.clear()
+        self._removals.clear()
         self._offset = 0
         self._line_number = 0
         self._file_key = file_key
@@ -372,12 +418,23 @@ class JournalIndex:
                 changes = {key: _text(record, key) for key in _AMENDABLE if key in record}
                 self._images[image.id] = dataclasses.replace(image, **changes)
             elif op == 'delete':
-                image_id = record['id']
-                if not isinstance(image_id, str) or not is_valid_id(image_id):
-                    raise ValueError(f'malformed id {image_id!r}')
+                image_id = _id_of(record)
                 if self._images.pop(image_id, None) is None and image_id not in self._seq:
                     # A deleted image's only trace after a rewrite: its number.
                     self._seq[image_id] = len(self._seq)
+            elif op == 'remove':
+                image_id, reason = _id_of(record), record['reason']
+                if not isinstance(reason, str):
+                    raise ValueError(f'malformed reason {reason!r}')
+                removal = Removal(image_id, reason, _seconds_of(record, 'listed'))
+                self._removals[image_id] = (removal, _seconds_of(record, 'due'))
+            elif op == 'due':
+                image_id, due = _id_of(record), _seconds_of(record, 'due')
+                entry = self._removals.get(image_id)
+                if entry is not None:
+                    self._removals[image_id] = (entry[0], due)
+            elif op == 'removed':
+                self._removals.pop(_id_of(record), None)
             else:
                 raise ValueError(f'unknown op {op!r}')
         except (ValueError, KeyError, TypeError, OverflowError) as ex:
@@ -429,7 +486,7 @@ class JournalIndex:
             self._refresh()
             if image.id in self._images:
                 raise ImageExists(f'An image with the id {image.id} already exists.')
-            self._catch_up(*self._append(_added(image), undo=_deleted(image.id)))
+            self._catch_up(*self._append([_added(image)], undo=_deleted(image.id)))
 
     def amend(
         self,
@@ -452,12 +509,17 @@ class JournalIndex:
             if changes:
                 before = {key: getattr(image, key) for key in changes}
                 self._catch_up(
-                    *self._append(_amended(image_id, changes), undo=_amended(image_id, before))
+                    *self._append([_amended(image_id, changes)], undo=_amended(image_id, before))
                 )
             return self._images.get(image_id, image)
 
     def delete(self, image_id: str) -> StoredImage:
-        """Append the line that deletes ``image_id``; return the image it deleted."""
+        """Append the lines that list its file for removal and delete ``image_id``; return it.
+
+        Both in one write, the listing first: a crash that cuts the write
+        short leaves, at most, an entry for an image still listed, which a
+        claim drops.
+        """
         if not is_valid_id(image_id):
             raise ImageNotFound(f'No image has the id {image_id!r}.')
         with self._exclusive():
@@ -465,8 +527,86 @@ class JournalIndex:
             image = self._images.get(image_id)
             if image is None:
                 raise ImageNotFound(f'No image has the id {image_id}.')
-            self._catch_up(*self._append(_deleted(image_id), undo=_added(image)))
+            now = time.time()
+            listing = _to_remove(Removal(image_id, DELETED, now), now)
+            self._catch_up(*self._append([listing, _deleted(image_id)], undo=_added(image)))
             return image
+
+    # -- the list of objects to remove ------------------------------------
+
+    def remove_later(self, image_id: str, *, reason: str, after: float) -> None:
+        """Append the line that lists the file of ``image_id``, due in ``after`` seconds."""
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f'No image can have the id {image_id!r}.')
+        with self._exclusive():
+            self._refresh()
+            now = time.time()
+            due = now + after
+            with self._view_lock:
+                listed = self._removals.get(image_id)
+            if listed is not None:
+                due = max(due, listed[1])
+            self._catch_up(
+                *self._append([_to_remove(Removal(image_id, reason, now), due)], undo=None)
+            )
+
+    def claim_removals(self, *, limit: int, hold: float) -> list[Removal]:
+        """Return due entries, made due again in ``hold`` seconds (one line each, under the lock).
+
+        An entry whose id the journal lists again (its delete was undone) is dropped.
+        """
+        self._refresh()
+        with self._view_lock:
+            now = time.time()
+            if not any(due <= now for _, due in self._removals.values()):
+                return []
+        with self._exclusive():
+            self._refresh()
+            now = time.time()
+            with self._view_lock:
+                due = sorted((at, image_id) for image_id, (_, at) in self._removals.items())
+                ready = [image_id for at, image_id in due if at <= now]
+                live = [image_id for image_id in ready if image_id in self._images]
+                claimed = [self._removals[i][0] for i in ready if i not in self._images][:limit]
+            if not live and not claimed:
+                return []
+            records = [_removed(image_id) for image_id in live]
+            records += [_due(removal.id, now + hold) for removal in claimed]
+            self._catch_up(*self._append(records, undo=None))
+        for image_id in live:
+            log.warning('image %s is listed again: its file stays, off the list', image_id)
+        return claimed
+
+    def postpone_removals(self, image_ids: list[str], *, after: float) -> None:
+        """Append lines that make these entries due in ``after`` seconds."""
+        self._change_removals(image_ids, lambda image_id: _due(image_id, time.time() + after))
+
+    def removal_done(self, image_id: str) -> None:
+        """Append the line that drops the entry of ``image_id`` (if it is on the list)."""
+        self._change_removals([image_id], _removed)
+
+    def _change_removals(self, image_ids: list[str], record: Callable[[str], Record]) -> None:
+        with self._exclusive():
+            self._refresh()
+            with self._view_lock:
+                listed = [image_id for image_id in image_ids if image_id in self._removals]
+            if listed:
+                self._catch_up(*self._append([record(image_id) for image_id in listed], undo=None))
+
+    def awaiting_removal(self) -> set[str]:
+        """Return the ids on the list of objects to remove."""
+        self._refresh()
+        with self._view_lock:
+            return set(self._removals)
+
+    def removal_backlog(self) -> Backlog:
+        """Return how many files wait to be removed, and how long the oldest has waited."""
+        self._refresh()
+        with self._view_lock:
+            if not self._removals:
+                return Backlog(0, None)
+            oldest = min(removal.listed for removal, _ in self._removals.values())
+            return Backlog(len(self._removals), max(0.0, time.time() - oldest))
 
     def rewrite(self) -> None:
         """Replace the journal with one line per id, in order, without its damaged lines.
@@ -479,10 +619,10 @@ class JournalIndex:
             self._refresh()
             self._write_view()
 
-    def _catch_up(self, file_key: tuple[int, int], start: int, line: bytes) -> None:
-        """Apply this worker's own durable line now, so its view (and a rebuild from it) has it.
+    def _catch_up(self, file_key: tuple[int, int], start: int, lines: bytes) -> None:
+        """Apply this worker's own durable lines now, so its view (and a rebuild from it) has them.
 
-        ``line`` was appended at ``start`` of the journal ``file_key`` under
+        ``lines`` were appended at ``start`` of the journal ``file_key`` under
         the writers' lock, just after the view was brought up to date.
         PERF: a view that ends where the line begins takes the line as it was
           written rather than reading it back: an add 42 → 38 µs of CPU (on
@@ -490,8 +630,9 @@ class JournalIndex:
         """
         with self._view_lock:
             if file_key == self._file_key and start == self._offset:
-                self._apply(line[:-1])
-                self._offset += len(line)
+                for line in lines.splitlines():
+                    self._apply(line)
+                self._offset += len(lines)
                 return
         with contextlib.suppress(OSError):
             self._refresh()
@@ -544,6 +685,7 @@ class JournalIndex:
             records = [
                 _added(self._images[i]) if i in self._images else _deleted(i) for i in by_seq
             ]
+            records += [_to_remove(removal, due) for removal, due in self._removals.values()]
         temporary = self.root / f'.index.{secrets.token_hex(8)}.tmp'
         try:
             with refused_writes(), open(temporary, 'wb') as journal:
@@ -579,19 +721,19 @@ class JournalIndex:
             os.close(fd)
 
     def _append(
-        self, record: dict[str, object], *, undo: dict[str, object] | None
+        self, records: list[Record], *, undo: Record | None
     ) -> tuple[tuple[int, int], int, bytes]:
-        """Append one line and fsync it; the caller holds the writers' lock.
+        """Append lines in one write and fsync them; the caller holds the writers' lock.
 
-        Returns the journal's (device, inode), where the line begins, and the
-        line. A line that cannot be made durable is taken back. While
-        incomplete it is cut off: no reader applies a line before its newline.
-        Once complete, other workers may have applied it already, so ``undo``
-        is appended instead (cutting it would leave them reading from the
-        middle of the next line), as far as the disk allows; with ``undo``
-        None it stays.
+        Returns the journal's (device, inode), where the lines begin, and the
+        lines. Lines that cannot be made durable are taken back. An
+        incomplete one is cut off: no reader applies a line before its
+        newline. Complete ones may have been applied by other workers
+        already, so they stay and, once all are complete, ``undo`` is
+        appended (cutting them would leave readers reading from the middle of
+        the next line), as far as the disk allows; with ``undo`` None they stay.
         """
-        line = encode_line(record)
+        line = b''.join(encode_line(record) for record in records)
         with refused_writes():
             fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
@@ -609,7 +751,7 @@ class JournalIndex:
             except BaseException:
                 if written < len(line):
                     with contextlib.suppress(OSError):
-                        os.ftruncate(fd, start)
+                        os.ftruncate(fd, start + line.rfind(b'\n', 0, written) + 1)
                 elif undo is not None:
                     self._append_undo(fd, start + len(line), undo)
                 raise

@@ -3,7 +3,11 @@
 One table, ``look_images``: a row per image ever added, numbered in commit
 order by ``seq``. A delete keeps the row as a tombstone (``deleted_at``
 set), so a page cursor naming a deleted image resumes where it was and a
-check can tell a delete's leftover object from an image to restore.
+check can tell a delete's leftover object from an image to restore. A
+second, ``look_removals``, is the list of objects to remove: a delete adds
+its image's in the statement that marks the row; every host claims due
+entries with ``FOR UPDATE SKIP LOCKED``, and times are the database's, so
+hosts whose clocks differ agree on what is due.
 
 Connections come from a pool made lazily in each process that uses it
 (never before gunicorn forks, never in an image process), ``pool_size``
@@ -35,7 +39,7 @@ import psycopg_pool
 
 from look.core.breaker import Breaker
 from look.core.ids import is_valid_id
-from look.core.index import StoredImage
+from look.core.index import DELETED, Backlog, CommitInDoubt, Removal, StoredImage
 from look.core.lazy import PerProcess
 from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
 
@@ -71,7 +75,18 @@ MIGRATIONS = (
         ADD COLUMN frames integer NOT NULL DEFAULT 0,
         ADD COLUMN duration_ms integer NOT NULL DEFAULT 0;
     """,
+    """
+    CREATE TABLE look_removals (
+        id uuid PRIMARY KEY,
+        reason text NOT NULL,
+        listed double precision NOT NULL,
+        due double precision NOT NULL
+    );
+    CREATE INDEX look_removals_due ON look_removals (due);
+    """,
 )
+# The database's clock, in Unix seconds: what every host's removal times are.
+_NOW = 'extract(epoch FROM clock_timestamp())::double precision'
 
 _COLUMNS = (
     'id::text, modified, width, height, length, token_hash, alt, thumbhash, color, frames, '
@@ -193,6 +208,10 @@ def _unavailable(ex: Exception, *, reached: bool = True) -> BackendUnavailable:
 
 class PostgresIndex:
     """The index in the table ``look_images`` of a PostgreSQL database."""
+
+    # NOTE: the database loses no committed row: an object with no row is a
+    #   failed write's leftover, never an image to restore.
+    keeps_every_row = True
 
     def __init__(
         self,
@@ -479,7 +498,7 @@ class PostgresIndex:
 
         A connection found dropped before the commit was sent committed
         nothing: that is BackendUnreachable, so the caller may take its JPEG
-        back. One dropped during the commit may have committed.
+        back. A commit that got no answer may have committed: CommitInDoubt.
         """
         committing = False
         try:
@@ -488,8 +507,12 @@ class PostgresIndex:
                 committing = True
         except _ConnectionLost as ex:
             if committing:
-                raise
+                raise CommitInDoubt(_UNAVAILABLE) from ex
             raise BackendUnreachable(_UNAVAILABLE) from ex
+        except BackendUnavailable as ex:
+            if committing and not isinstance(ex, CommitInDoubt):
+                raise CommitInDoubt(_UNAVAILABLE) from ex
+            raise
 
     def _insert(self, connection: psycopg.Connection[Any], image: StoredImage) -> None:
         # NOTE: numbers are taken under a transaction lock, so no row gets a
@@ -544,7 +567,8 @@ class PostgresIndex:
         """Mark the image's row deleted and return the image, or raise ImageNotFound.
 
         Every process listening on any host hears of it (DELETES_CHANNEL),
-        as the row is marked: one statement, one transaction.
+        and its object is listed for removal, as the row is marked: one
+        statement, one transaction.
         """
         if not is_valid_id(image_id):
             raise ImageNotFound(f'No image has the id {image_id!r}.')
@@ -552,15 +576,97 @@ class PostgresIndex:
             with self._connection() as connection:
                 row = connection.execute(
                     f'WITH deleted AS (UPDATE look_images SET deleted_at = %s '
-                    f'WHERE id = %s AND deleted_at IS NULL RETURNING {_COLUMNS}) '
+                    f'WHERE id = %s AND deleted_at IS NULL RETURNING {_COLUMNS}), '
+                    f'listed AS (INSERT INTO look_removals (id, reason, listed, due) '
+                    f'SELECT id::uuid, %s, {_NOW}, {_NOW} FROM deleted '
+                    f'ON CONFLICT (id) DO NOTHING) '
                     f'SELECT *, pg_notify(%s, id) FROM deleted',
-                    (int(time.time()), image_id, DELETES_CHANNEL),
+                    (int(time.time()), image_id, DELETED, DELETES_CHANNEL),
                 ).fetchone()
         finally:
             self._forget(image_id)
         if row is None:
             raise ImageNotFound(f'No image has the id {image_id}.')
         return _image(row)
+
+    # -- the list of objects to remove -------------------------------------
+    # NOTE: each of these writes may run twice when the connection is found
+    #   dropped (``_read``): run again, it does the same.
+
+    def remove_later(self, image_id: str, *, reason: str, after: float) -> None:
+        """List the object of ``image_id``, due ``after`` seconds from now (the database's)."""
+        if not is_valid_id(image_id):
+            raise ImageNotFound(f'No image can have the id {image_id!r}.')
+        self._read(
+            lambda connection: connection.execute(
+                f'INSERT INTO look_removals (id, reason, listed, due) '
+                f'VALUES (%s, %s, {_NOW}, {_NOW} + %s) '
+                f'ON CONFLICT (id) DO UPDATE SET due = GREATEST(look_removals.due, EXCLUDED.due)',
+                (image_id, reason, after),
+            )
+        )
+
+    def claim_removals(self, *, limit: int, hold: float) -> list[Removal]:
+        """Return due entries no row lists, due again in ``hold`` seconds; skip others' claims.
+
+        An entry whose id a row lists (an add that committed after all) is dropped.
+        """
+
+        def claim(connection: psycopg.Connection[Any]) -> tuple[list[Any], list[Any]]:
+            with connection.transaction():
+                live = connection.execute(
+                    f'DELETE FROM look_removals WHERE id IN (SELECT r.id FROM look_removals r '
+                    f'JOIN look_images i ON i.id = r.id AND i.deleted_at IS NULL '
+                    f'WHERE r.due <= {_NOW} FOR UPDATE OF r SKIP LOCKED) RETURNING id::text'
+                ).fetchall()
+                claimed = connection.execute(
+                    f'UPDATE look_removals r SET due = {_NOW} + %s FROM ('
+                    f'SELECT id FROM look_removals WHERE due <= {_NOW} AND NOT EXISTS ('
+                    f'SELECT 1 FROM look_images i WHERE i.id = look_removals.id '
+                    f'AND i.deleted_at IS NULL) ORDER BY due LIMIT %s FOR UPDATE SKIP LOCKED'
+                    f') claimed WHERE r.id = claimed.id RETURNING r.id::text, r.reason, r.listed',
+                    (hold, limit),
+                ).fetchall()
+            return live, claimed
+
+        live, claimed = self._read(claim)
+        for (image_id,) in live:
+            log.warning('image %s is listed: its object stays, off the list to remove', image_id)
+        return [Removal(image_id, reason, listed) for image_id, reason, listed in claimed]
+
+    def postpone_removals(self, image_ids: list[str], *, after: float) -> None:
+        """Make these entries due ``after`` seconds from now."""
+        if image_ids:
+            self._read(
+                lambda connection: connection.execute(
+                    f'UPDATE look_removals SET due = {_NOW} + %s WHERE id = ANY(%s::uuid[])',
+                    (after, image_ids),
+                )
+            )
+
+    def removal_done(self, image_id: str) -> None:
+        """Drop the entry of ``image_id``."""
+        self._read(
+            lambda connection: connection.execute(
+                'DELETE FROM look_removals WHERE id = %s', (image_id,)
+            )
+        )
+
+    def awaiting_removal(self) -> set[str]:
+        """Return the ids on the list."""
+        rows = self._read(
+            lambda connection: connection.execute('SELECT id::text FROM look_removals').fetchall()
+        )
+        return {row[0] for row in rows}
+
+    def removal_backlog(self) -> Backlog:
+        """Return how many objects wait to be removed, and the oldest's age."""
+        row = self._one(f'SELECT count(*), {_NOW} - min(listed) FROM look_removals', ())
+        if row is None or not row[0]:
+            return Backlog(0, None)
+        return Backlog(int(row[0]), max(0.0, float(row[1])))
+
+    # -- upkeep -----------------------------------------------------------
 
     def rewrite(self) -> None:
         """Do nothing: there are no damaged records to leave out."""

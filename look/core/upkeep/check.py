@@ -4,16 +4,23 @@ What can disagree, on any backend:
 
 - *missing*: an index entry whose JPEG is gone (someone removed the file or
   object); repair drops the entry.
-- *unlisted*: a JPEG the index has no record of, older than a grace time (an
-  upload that crashed before its entry, or an entry lost to a damaged
-  journal), and quarantined files (moved aside at start-up); repair restores
-  them into the index with their size and upload time, since nothing says
-  the user did not want them.
+- *unlisted*: on the local journal, a JPEG the index has no record of, older
+  than a grace time (an upload that crashed before its entry, or an entry
+  lost to a damaged journal), and quarantined files (moved aside at
+  start-up); repair restores them into the index with their size and upload
+  time, since nothing says the user did not want them.
+- *failed writes*: on PostgreSQL, which loses no committed row, an object
+  no row lists, older than the grace time and than the wait for a write
+  still on its way: an upload that failed or whose host died before its row;
+  repair removes it.
 - *leftovers*: the JPEG of an image the index recorded as deleted (a delete
-  whose file removal failed); repair removes it.
+  whose file removal failed) that is not on the list to remove; repair
+  removes it.
 
-Nothing here runs on its own except ``quarantine_unlisted`` at the start of
-a local store, and that moves files aside, never deletes them.
+An object on the index's list to remove is *waiting*: look removes it by
+itself (look.core.removals), and a repair never restores it. Nothing here
+runs on its own except ``quarantine_unlisted`` at the start of a local
+store, and that moves files aside, never deletes them.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from collections.abc import Callable
 
 from look.core.imagestore import KeptStore, StoredObject
 from look.core.index import KeptIndex, StoredImage, every_image
+from look.core.removals import DEFAULT_SETTLE
 from look.errors import ImageExists, ImageNotFound
 
 log = logging.getLogger(__name__)
@@ -46,14 +54,22 @@ class Findings:
     missing: list[StoredImage] = dataclasses.field(default_factory=list)
     unlisted: list[StoredObject] = dataclasses.field(default_factory=list)
     quarantined: list[StoredObject] = dataclasses.field(default_factory=list)
+    failed_writes: list[StoredObject] = dataclasses.field(default_factory=list)
     leftovers: list[StoredObject] = dataclasses.field(default_factory=list)
     damage: list[str] = dataclasses.field(default_factory=list)
+    # On the list to remove: look removes these by itself; nothing to repair.
+    waiting: list[StoredObject] = dataclasses.field(default_factory=list)
 
     @property
     def sound(self) -> bool:
         """Whether there is nothing to repair."""
         return not (
-            self.missing or self.unlisted or self.quarantined or self.leftovers or self.damage
+            self.missing
+            or self.unlisted
+            or self.quarantined
+            or self.failed_writes
+            or self.leftovers
+            or self.damage
         )
 
 
@@ -64,14 +80,24 @@ class Repairs:
     dropped: int = 0
     restored: int = 0
     removed: int = 0
+    failed_writes_removed: int = 0
     rewritten: bool = False
     failed: list[str] = dataclasses.field(default_factory=list)
 
 
 def inspect(
-    index: KeptIndex, images: KeptStore, *, grace: float = DEFAULT_GRACE_SECONDS
+    index: KeptIndex,
+    images: KeptStore,
+    *,
+    grace: float = DEFAULT_GRACE_SECONDS,
+    settle: float = DEFAULT_SETTLE,
 ) -> Findings:
-    """Compare index and image store; nothing is changed."""
+    """Compare index and image store; nothing is changed.
+
+    An object no row lists is taken for a failed write's only once it is
+    older than ``settle`` too, whatever the grace: until then a write or a
+    commit of its upload may still be on its way.
+    """
     findings = Findings(damage=index.problems())
     # NOTE: objects are listed before the index is read: an upload that
     #   commits in between is then in both, never counted as unlisted.
@@ -79,20 +105,32 @@ def inspect(
     listed = {}
     for image in every_image(index):
         listed[image.id] = image
+    awaiting = index.awaiting_removal()
     findings.images = len(listed)
     findings.objects = len(objects)
     on_store = {stored.id for stored in objects}
     findings.missing = [image for image_id, image in listed.items() if image_id not in on_store]
     now = time.time()
     for stored in sorted(objects, key=_upload_order):
+        age = now - stored.modified
         if stored.id in listed:
             continue
-        if index.was_deleted(stored.id):
+        if stored.id in awaiting:
+            findings.waiting.append(stored)
+        elif index.was_deleted(stored.id):
             findings.leftovers.append(stored)
-        elif now - stored.modified >= grace and not images.in_progress(stored.id):
+        elif age < grace or images.in_progress(stored.id):
+            continue
+        elif not index.keeps_every_row:
             findings.unlisted.append(stored)
+        elif age >= settle:
+            findings.failed_writes.append(stored)
     # NOTE: in upload order, so a repair lists restored images in the order they came.
-    findings.quarantined = sorted(images.quarantined(), key=_upload_order)
+    findings.quarantined = [
+        stored
+        for stored in sorted(images.quarantined(), key=_upload_order)
+        if stored.id not in awaiting
+    ]
     return findings
 
 
@@ -120,6 +158,13 @@ def repair(
             repairs.removed += 1
         except Exception as ex:
             repairs.failed.append(f'{stored.id}: {ex}')
+    for stored in findings.failed_writes:
+        try:
+            if _unlisted(index, stored.id):
+                images.delete(stored.id)
+                repairs.failed_writes_removed += 1
+        except Exception as ex:
+            repairs.failed.append(f'{stored.id}: {ex}')
     for stored in findings.unlisted:
         _restore(index, images, stored, read_size, repairs, from_quarantine=False)
     for stored in findings.quarantined:
@@ -131,6 +176,15 @@ def repair(
         except Exception as ex:
             repairs.failed.append(f'the index could not be written again: {ex}')
     return repairs
+
+
+def _unlisted(index: KeptIndex, image_id: str) -> bool:
+    """Whether, as the index says now, no row lists ``image_id`` and it is not on the list."""
+    try:
+        index.get(image_id)
+    except ImageNotFound:
+        return not index.was_deleted(image_id) and image_id not in index.awaiting_removal()
+    return False
 
 
 def _still_missing(images: KeptStore, image_id: str) -> None:
@@ -164,13 +218,21 @@ def quarantine_unlisted(index: KeptIndex, images: KeptStore) -> list[str]:
     """Move aside every JPEG the index does not list (a local store's start-up).
 
     Under the writers' lock, so no upload commits meanwhile; a file an
-    upload still holds locked is that upload's, and stays. Returns the ids moved.
+    upload still holds locked is that upload's, and stays, and so does one
+    a delete left (on the list to remove, or of a deleted id), for the
+    removal worker or a check to remove, never to be restored. Returns the
+    ids moved.
     """
     moved = []
     with index.writes_paused():
         listed = {image.id for image in every_image(index)}
+        listed |= index.awaiting_removal()
         for stored in images.objects():
-            if stored.id in listed or images.in_progress(stored.id):
+            if (
+                stored.id in listed
+                or images.in_progress(stored.id)
+                or index.was_deleted(stored.id)
+            ):
                 continue
             images.quarantine(stored.id)
             moved.append(stored.id)
