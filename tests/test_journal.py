@@ -470,6 +470,24 @@ def test_other_worker_sees_adds_and_deletes_on_its_next_call(root: pathlib.Path)
     assert first.was_deleted(image_id)
 
 
+def test_a_writers_view_after_its_own_commits_is_what_a_fresh_reader_sees(
+    root: pathlib.Path,
+) -> None:
+    """A writer takes its own lines as it wrote them; between them, another worker's too."""
+    writer, other = open_index(root), open_index(root)
+    kept = add(writer)
+    gone = add(writer)
+    writer.delete(gone)
+    add(other)  # in the journal before the writer's next line, not yet in its view
+    add(writer)
+    writer.delete(kept)
+
+    fresh = open_index(root)
+    assert listed(writer) == listed(fresh)
+    assert writer.history() == fresh.history()
+    assert writer.was_deleted(gone) and writer.was_deleted(kept)
+
+
 def test_journal_replaced_on_disk_is_read_afresh(index: JournalIndex, root: pathlib.Path) -> None:
     """A restored backup (a new inode) replaces the view instead of being appended to it."""
     old = add(index)
