@@ -634,7 +634,7 @@ def test_command_line_clients_with_keys_and_tokens(
         '-A',
         'bearer',
         # NOTE: with '=': a token may begin with '-', which would read as an option.
-        f"--auth={created['delete_token']}",
+        f'--auth={created["delete_token"]}',
         'DELETE',
         f'{exposed.url}{created["image"]}',
     )
