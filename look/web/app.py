@@ -18,6 +18,7 @@ from look.web.auth import Access
 from look.web.cache import CACHE_HEADER, RedisCache
 from look.web.errors import add_error_handlers
 from look.web.gallery import Gallery, StaticFiles
+from look.web.guards import Guard, Hosts
 from look.web.health import Health
 from look.web.images import Images
 from look.web.metrics import Metrics, MetricsMiddleware, MetricsResource
@@ -90,8 +91,13 @@ def create_app(config: Config | None = None) -> falcon.App:
         log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')
 
     access = Access(config.api_keys)
-    # NOTE: metrics first, so its process_response runs last and sees every answer.
-    middleware: list[object] = [MetricsMiddleware(metrics, CACHE_HEADER)]
+    hosts = Hosts(config.allowed_hosts, public_url=config.public_url, keys_set=not access.open)
+    # NOTE: metrics first, so its process_response runs last and sees every
+    #   answer; the guard next, so nothing else sees a request it refuses.
+    middleware: list[object] = [
+        MetricsMiddleware(metrics, CACHE_HEADER),
+        Guard(hosts, keys_set=not access.open, cors_origins=config.cors_origins),
+    ]
     if config.cors_origins:
         middleware.append(
             falcon.CORSMiddleware(
@@ -136,7 +142,12 @@ def create_app(config: Config | None = None) -> falcon.App:
     )
     static = StaticFiles.from_package()
     gallery = Gallery(
-        library, renditions, access, static, max_upload_bytes=config.max_upload_bytes
+        library,
+        renditions,
+        access,
+        static,
+        hosts=hosts,
+        max_upload_bytes=config.max_upload_bytes,
     )
     app.add_route('/', gallery)
     app.add_route('/view/{image_id:image_id}', gallery, suffix='image')

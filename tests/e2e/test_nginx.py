@@ -39,7 +39,7 @@ CLIENT_HEADER_TIMEOUT = 10.0
 PROMPT = 1.0
 BODY_SIZE = 100_000
 UPLOAD_HEAD = (
-    b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Type: image/jpeg\r\n'
+    b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n'
     b'Content-Length: %d\r\n\r\n' % BODY_SIZE
 )
 

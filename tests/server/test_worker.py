@@ -38,10 +38,12 @@ DEADLINE_SLACK = 1.5
 # A normal request is answered within this, whatever else is going on.
 PROMPT = 1.0
 TRICKLE_INTERVAL = 0.5
-UPLOAD_HEAD = b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Length: 1000\r\n\r\n'
+UPLOAD_HEAD = b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n'
 MAX_CONCURRENT_UPLOADS = 6  # look's default, per worker
 MAX_QUEUE_SECONDS = 2.0  # look's default: how long an upload waits for a body slot
-REQUEST_HEAD = b'GET /health HTTP/1.1\r\nHost: look\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
+REQUEST_HEAD = (
+    b'GET /health HTTP/1.1\r\nHost: localhost\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
+)
 
 
 @pytest.fixture(scope='module')
@@ -194,7 +196,7 @@ def test_a_head_in_pieces_within_the_deadline_is_served(server: Gunicorn) -> Non
 
 def test_pipelined_requests_are_answered_in_order(server: Gunicorn) -> None:
     """Requests sent back to back, the last one's head split across reads, all get answers."""
-    last = b'GET /openapi.json HTTP/1.1\r\nHost: look\r\nConnection: close\r\n\r\n'
+    last = b'GET /openapi.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
     received = exchange(server.port, REQUEST_HEAD + REQUEST_HEAD + last[:20], last[20:])
     assert statuses(received) == [b'HTTP/1.1 200 OK'] * 3, received[:300]
     assert received.rstrip().endswith(b'}')
@@ -206,7 +208,7 @@ def test_pipelined_requests_are_answered_in_order(server: Gunicorn) -> None:
         (b'GET /' + b'a' * 9000, b'414'),
         (b'GET /health HTTP/1.1\r\nX-Big: ' + b'b' * 9000 + b'\r\n\r\n', b'431'),
         (b'GET /health HTTP/1.1\r\n' + b'X-Many: c\r\n' * 101 + b'\r\n', b'431'),
-        (b'GET /health HTTP/1.1\nHost: look', b'400'),
+        (b'GET /health HTTP/1.1\nHost: localhost', b'400'),
     ],
     ids=['request line too long', 'field too large', 'too many fields', 'bare LF'],
 )
@@ -265,11 +267,11 @@ def gunicorn_config(**settings: object) -> Config:
 @pytest.mark.parametrize(
     ('head', 'has_body'),
     [
-        (b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Length: 1000\r\n\r\n', True),
+        (b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n', True),
         (b'POST /images HTTP/1.1\r\ncontent-length:7\r\n\r\n', True),
         (b'POST /images HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n', True),
         (b'POST /images HTTP/1.1\r\nContent-Length: 0\r\n\r\n', False),
-        (b'DELETE /images/x.jpeg HTTP/1.1\r\nHost: look\r\n\r\n', False),
+        (b'DELETE /images/x.jpeg HTTP/1.1\r\nHost: localhost\r\n\r\n', False),
         (b'GET /health HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n', False),
     ],
 )
