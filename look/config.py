@@ -602,6 +602,17 @@ class Config:
         'the largest thumbnail kept in Redis',
         shown='`1048576` (1 MiB)',
     )
+    # NOTE: the largest thumbnail of an 8192x8192 photo is about 4 MiB and
+    #   takes about a second to render: 512 MiB keeps over a hundred of them.
+    large_thumbnails_bytes: int = setting(
+        'LOOK_LARGE_THUMBNAILS_BYTES',
+        512 * MiB,
+        _bytes,
+        "room on this host's disk for thumbnails larger than `LOOK_CACHE_MAX_BYTES`, rendered "
+        'once and kept under `LOOK_STORAGE_PATH/renditions`, least recently used out first '
+        '(0: none)',
+        shown='`536870912` (512 MiB)',
+    )
     log_format: str = setting(
         'LOOK_LOG_FORMAT',
         'text',

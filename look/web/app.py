@@ -9,6 +9,7 @@ import falcon
 
 from look.config import Config, ConfigError, without_password
 from look.core.backends import is_local, open_library
+from look.core.diskcache import DiskCache
 from look.core.spool import Spool
 from look.core.upkeep import check
 from look.imaging.formats import THUMBNAIL_FORMATS, encoding_tag
@@ -24,7 +25,7 @@ from look.web.images import Images
 from look.web.metrics import Metrics, MetricsMiddleware, MetricsResource
 from look.web.openapi import OpenAPI, openapi_document
 from look.web.routes import CONVERTERS, near_miss
-from look.web.thumbnails import Thumbnails
+from look.web.thumbnails import LargeThumbnails, Thumbnails
 from look.web.uploads import Receiver
 
 log = logging.getLogger('look')
@@ -77,6 +78,12 @@ def create_app(config: Config | None = None) -> falcon.App:
         min_thumb_size=config.min_thumb_size,
     )
 
+    large = LargeThumbnails(
+        DiskCache(storage_path / 'renditions', config.large_thumbnails_bytes),
+        min_bytes=config.cache_max_bytes,
+    )
+    large.open()
+
     cache = None
     if config.redis_url:
         cache = RedisCache(
@@ -125,8 +132,9 @@ def create_app(config: Config | None = None) -> falcon.App:
         ),
         uuid_generator=config.uuid_generator,
         metrics=metrics,
+        large=large,
     )
-    thumbnails = Thumbnails(library, thumbnailer, renditions)
+    thumbnails = Thumbnails(library, thumbnailer, renditions, large)
     document = openapi_document(
         max_upload_bytes=config.max_upload_bytes,
         min_thumb_size=config.min_thumb_size,

@@ -23,6 +23,7 @@ from look.imaging.renditions import Renditions
 from look.web.auth import Access, new_delete_token
 from look.web.conditional import answer_not_modified, is_not_modified, set_immutable
 from look.web.metrics import Metrics
+from look.web.thumbnails import LargeThumbnails
 from look.web.uploads import Receiver
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,10 @@ class Images:
         receiver: Receiver,
         uuid_generator: Callable[[], uuid.UUID],
         metrics: Metrics,
+        large: LargeThumbnails,
     ) -> None:
         self._metrics = metrics
+        self._large = large
         self._library = library
         self._thumbnailer = thumbnailer
         self._renditions = renditions
@@ -176,6 +179,7 @@ class Images:
         except StorageError as ex:
             raise refused_delete(ex, listed=self._lists(image.id)) from ex
         log.info('deleted image %s: %dx%d, by %s', image.id, *image.size, who)
+        self._large.discard(image.id)
         # Cached thumbnails of this image are stale on every worker now.
         resp.context.stale_keys = [
             rendition.cache_key
