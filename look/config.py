@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import ipaddress
 import math
 import os
 import pathlib
@@ -40,7 +41,16 @@ MAX_JPEG_QUALITY = 95  # above it, JPEGs grow fast for detail no one sees
 
 Parser = Callable[[str, str], Any]
 
-__all__ = ['Config', 'ConfigError', 'Setting', 'read', 'settings_table', 'without_password']
+__all__ = [
+    'Config',
+    'ConfigError',
+    'Setting',
+    'host_name',
+    'is_loopback',
+    'read',
+    'settings_table',
+    'without_password',
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -231,6 +241,98 @@ def _origins(name: str, value: str) -> tuple[str, ...]:
     return origins
 
 
+# NOTE: as Django's ALLOWED_HOSTS: a name, `.example.org` for a domain and
+#   every name under it, an IP address, or `*` for any Host at all.
+_HOST_NAME = re.compile(r'[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\Z')
+
+
+def host_name(text: str) -> str | None:
+    """Return a host (a name or an IP address, no port) as look compares it, or None if bad.
+
+    Lowercase, without a trailing dot, an IPv6 address without brackets in
+    its short form: the spelling every Host header of that host matches.
+    """
+    text = text.strip().lower()
+    if text.startswith('[') and text.endswith(']'):
+        text = text[1:-1]
+        try:
+            return str(ipaddress.IPv6Address(text))
+        except ValueError:
+            return None
+    if ':' in text:
+        try:
+            return str(ipaddress.IPv6Address(text))
+        except ValueError:
+            return None
+    text = text.removesuffix('.')
+    return text if _HOST_NAME.match(text) else None
+
+
+def is_loopback(host: str) -> bool:
+    """Return whether a host (as ``host_name`` spells it) can only be this machine.
+
+    ``localhost`` and names under it (RFC 6761: browsers resolve them to
+    loopback themselves), and loopback addresses, IPv4-mapped ones too.
+    """
+    if host == 'localhost' or host.endswith('.localhost'):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+def _hosts(name: str, value: str) -> tuple[str, ...]:
+    hosts = []
+    for item in value.split(','):
+        item = item.strip().lower()
+        if not item:
+            continue
+        if item == '*':
+            hosts.append(item)
+            continue
+        domain = item.startswith('.')
+        host = host_name(item.removeprefix('.'))
+        if host is None or (domain and ':' in host):
+            raise ConfigError(
+                f'{name} must list host names (photos.example.org, without a port), '
+                f'.example.org for a domain and every name under it, IP addresses, or *; '
+                f'got {item!r}'
+            )
+        hosts.append(f'.{host}' if domain else host)
+    return tuple(dict.fromkeys(hosts))
+
+
+def _public_url(name: str, value: str) -> str:
+    value = value.strip().removesuffix('/')
+    if not value:
+        return value
+    parts = urlparse(value)
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if (
+        parts.scheme not in ('http', 'https')
+        or not parts.hostname
+        or host_name(parts.hostname) is None
+        or port == -1
+        or parts.username is not None
+        or parts.path
+        or parts.params
+        or parts.query
+        or parts.fragment
+    ):
+        raise ConfigError(
+            f'{name} must be the address people reach look at, such as '
+            f'https://photos.example.org (scheme, host, port; no path), got {value!r}'
+        )
+    return f'{parts.scheme}://{parts.netloc.lower()}'
+
+
 def _api_keys(name: str, value: str) -> list[ApiKey]:
     try:
         return parse_keys(value, source=name)
@@ -373,6 +475,27 @@ class Config:
         _origins,
         'origins (`https://example.com`, comma-separated, or `*`) whose pages may call the API',
     )
+    # NOTE: a browser sends the name it looked up as Host: a page whose
+    #   name resolves to 127.0.0.1 (DNS rebinding) reaches look under that
+    #   name, which no one listed.
+    allowed_hosts: tuple[str, ...] = setting(
+        'LOOK_ALLOWED_HOSTS',
+        (),
+        _hosts,
+        'the host names look answers to (`photos.example.org`, `.example.org` for a domain '
+        'and every name under it, IP addresses, or `*`), comma-separated; loopback names '
+        'always; any other `Host` gets `421`. Unset: with no keys, loopback only; with keys, '
+        'any',
+        shown='none',
+    )
+    public_url: str = setting(
+        'LOOK_PUBLIC_URL',
+        '',
+        _public_url,
+        'the address people reach look at (`https://photos.example.org`): the absolute links '
+        "of image pages, whose host is allowed too; unset, they come from the request's "
+        '`Host` when it is one of `LOOK_ALLOWED_HOSTS` or loopback',
+    )
     # -- images and thumbnails
     thumbnail_formats: tuple[str, ...] = setting(
         'LOOK_THUMBNAIL_FORMATS',
@@ -479,6 +602,17 @@ class Config:
         _whole,
         'the largest thumbnail kept in Redis',
         shown='`1048576` (1 MiB)',
+    )
+    # NOTE: the largest thumbnail of an 8192x8192 photo is about 4 MiB and
+    #   takes about a second to render: 512 MiB keeps over a hundred of them.
+    large_thumbnails_bytes: int = setting(
+        'LOOK_LARGE_THUMBNAILS_BYTES',
+        512 * MiB,
+        _bytes,
+        "room on this host's disk for thumbnails larger than `LOOK_CACHE_MAX_BYTES`, rendered "
+        'once and kept under `LOOK_STORAGE_PATH/renditions`, least recently used out first '
+        '(0: none)',
+        shown='`536870912` (512 MiB)',
     )
     log_format: str = setting(
         'LOOK_LOG_FORMAT',

@@ -145,6 +145,9 @@ def make_config(
             'redis_url': 'redis://fake:6379/0',
             'redis_from_url': lambda url: fakeredis.FakeRedis(server=fake_redis_server),
             'processes': 2,
+            # NOTE: the host a TestClient sends; with no keys, look answers
+            #   only to loopback and the hosts it is told of.
+            'allowed_hosts': (falcon.testing.helpers.DEFAULT_HOST,),
         }
         settings.update(overrides)
         if backend == 'shared':

@@ -293,7 +293,13 @@ def test_empty_redis_url_disables_the_cache(make_client: MakeClient) -> None:
 def test_empty_redis_url_from_environment_disables_the_cache(
     tmp_path: pathlib.Path, make_client: MakeClient
 ) -> None:
-    config = Config(environ={'LOOK_REDIS_URL': '', 'LOOK_STORAGE_PATH': str(tmp_path)})
+    config = Config(
+        environ={
+            'LOOK_REDIS_URL': '',
+            'LOOK_STORAGE_PATH': str(tmp_path),
+            'LOOK_ALLOWED_HOSTS': 'falconframework.org',  # the TestClient's
+        }
+    )
     config.processes = 1
 
     client = make_client(config)

@@ -26,9 +26,20 @@ from look.errors import ImageTooComplex, ImageTooLarge
 #   know (jpegtran and jpegrescan choose among the same kinds of scan). Each
 #   scan is a pass over all of its blocks even when it codes nothing: an
 #   empty refinement scan of 10000x10000 took 70 ms here, so 600 of them
-#   held a process for 40 s. 32 such scans of 8192x8192 take 2 s of CPU,
-#   a real 10-scan JPEG of that size 0.8 s.
+#   held a process for 40 s.
 JPEG_MAX_SCANS = 32
+# NOTE: what a scan that codes nothing costs follows its kind. A first scan
+#   of AC coefficients skips a run of empty blocks at once (2.7 ms for the
+#   million blocks of 8190x8190 here), a DC scan carries a bit a block at
+#   least; but a refinement scan of AC coefficients visits every coefficient
+#   of its band in every block of its components (40 ms a million blocks),
+#   whatever it codes. So those are counted, as passes over all the image's
+#   blocks: a refinement scan of the luma of a 4:2:0 JPEG is 2/3 of a pass.
+#   libjpeg-turbo's scripts make 2 passes (grey, CMYK), 1.67 (4:2:0) or 1.33
+#   (4:4:4); mozjpeg and jpegrescan refine luma up to three times. At 4
+#   passes, a JPEG of 8190x8190 coding nothing converts in 0.7 s of CPU, as
+#   a real photo of that size does (0.6 s); at 32 it took 1.6 s.
+JPEG_MAX_REFINEMENT_PASSES = 4
 # Marker segments (APPn, COM, DQT, DHT...): Pillow parses those before the
 # first scan in Python, ~4 us each. Real files have a dozen to a few dozen;
 # an ICC profile is split into at most 255 APP2 segments.
@@ -161,6 +172,9 @@ _PROGRESSIVE_FRAMES = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
 def _check_jpeg(view: mmap.mmap, max_pixels: int) -> None:
     segments = scans = 0
     progressive = False
+    # The blocks of each component, by its id; those all refinement scans visit.
+    blocks: dict[int, int] = {}
+    refined = 0
     position = 2
     while match := _MARKER.search(view, position):
         position = match.start()
@@ -176,8 +190,10 @@ def _check_jpeg(view: mmap.mmap, max_pixels: int) -> None:
                 f'The JPEG has more than {JPEG_MAX_SEGMENTS} marker segments; '
                 'real ones have a few dozen.'
             )
+        segment = position + 4
         if marker in _FRAMES:
             progressive = marker in _PROGRESSIVE_FRAMES
+            blocks = _component_blocks(view, segment)
         position += 2 + int.from_bytes(view[position + 2 : position + 4], 'big')
         if marker == _SOS:
             # NOTE: in a sequential JPEG each scan brings new components, and
@@ -191,6 +207,47 @@ def _check_jpeg(view: mmap.mmap, max_pixels: int) -> None:
                     f'The JPEG has more than {JPEG_MAX_SCANS} progressive scans; '
                     'encoders write at most 18. Save it again as a baseline JPEG.'
                 )
+            refined += _refined_blocks(view, segment, blocks)
+            total = sum(blocks.values())
+            if refined > JPEG_MAX_REFINEMENT_PASSES * total:
+                raise ImageTooComplex(
+                    f"The JPEG's progressive scans refine its coefficients over "
+                    f'{refined / total:.1f} passes of all its blocks; encoders make at most 3, '
+                    f'and look takes {JPEG_MAX_REFINEMENT_PASSES}. Save it again as a baseline '
+                    'JPEG.'
+                )
+
+
+def _component_blocks(view: mmap.mmap, frame: int) -> dict[int, int]:
+    """Return the 8x8 blocks of each component a frame header declares, by component id."""
+    height, width, count = struct.unpack_from('>HHB', view, frame + 1)
+    sampling = [
+        (view[entry], view[entry + 1] >> 4, view[entry + 1] & 15)
+        for entry in range(frame + 6, frame + 6 + 3 * count, 3)
+    ]
+    most_h = max((h for _, h, _ in sampling), default=1) or 1
+    most_v = max((v for _, _, v in sampling), default=1) or 1
+    # NOTE: as libjpeg sizes each component (jdinput.c): its share of the
+    #   image's width and height, rounded up, in blocks rounded up.
+    return {
+        component: _up(_up(width * h, most_h), 8) * _up(_up(height * v, most_v), 8)
+        for component, h, v in sampling
+    }
+
+
+def _up(dividend: int, divisor: int) -> int:
+    """Divide, rounding up."""
+    return -(-dividend // divisor)
+
+
+def _refined_blocks(view: mmap.mmap, scan: int, blocks: dict[int, int]) -> int:
+    """Return the blocks a scan visits if it refines AC coefficients (0 for another scan)."""
+    count = view[scan]
+    after = scan + 1 + 2 * count
+    first, approximation = view[after], view[after + 2]
+    if first == 0 or approximation >> 4 == 0:
+        return 0  # a DC scan, or a first scan of its band
+    return sum(blocks.get(view[entry], 0) for entry in range(scan + 1, after, 2))
 
 
 # -- PNG -----------------------------------------------------------------------

@@ -16,7 +16,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
-import json
 import math
 import re
 import selectors
@@ -28,6 +27,9 @@ from typing import Any
 from gunicorn.config import Config
 from gunicorn.http.message import DEFAULT_MAX_HEADERFIELD_SIZE, MAX_HEADERS, MAX_REQUEST_LINE
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
+
+from look.web.errors import ERROR_HEADERS, error_body
+from look.web.guards import EVERY_ANSWER
 
 # NOTE: gunicorn reads a request 8 KiB at a time too (SocketUnreader).
 HEAD_READ_SIZE = 8192
@@ -44,10 +46,6 @@ END_OF_HEAD = b'\r\n\r\n'
 # NOTE: gunicorn's fast parser takes 1 MiB for an unlimited request line.
 UNLIMITED_REQUEST_LINE = 1024 * 1024
 
-_TIMEOUT_BODY = (
-    b'{"title": "Request timeout", "description": "The request line and headers did not'
-    b' arrive in time; send them at once."}'
-)
 # NOTE: a head that announces a body: a Content-Length other than 0, or any
 #   Transfer-Encoding (chunked). Matched on raw bytes, as gunicorn will parse them.
 _DECLARES_BODY = re.compile(
@@ -64,40 +62,90 @@ def declares_body(head: bytes | bytearray) -> bool:
     return _DECLARES_BODY.search(head) is not None
 
 
+def error_response(
+    status: str, title: str, description: str, headers: dict[str, str] | None = None
+) -> bytes:
+    """Return a whole HTTP/1.1 error answer that closes the connection, in look's error shape."""
+    body = error_body(title, description)
+    fields = {**ERROR_HEADERS, **EVERY_ANSWER, **(headers or {})}
+    fields.update({'Connection': 'close', 'Content-Length': str(len(body))})
+    head = ''.join(f'{name}: {value}\r\n' for name, value in fields.items())
+    return f'HTTP/1.1 {status}\r\n{head}\r\n'.encode('latin-1') + body
+
+
 def busy_response(retry_after: int, max_bodies: int, body_wait: float) -> bytes:
     """Return the 503 for a request whose body waited its whole turn for a slot."""
-    body = json.dumps(
-        {
-            'title': 'Too many uploads',
-            'description': (
-                f'{max_bodies} uploads were being received here for all of the '
-                f'{body_wait:g}s an upload may wait for its turn; try again shortly.'
-            ),
-        }
-    ).encode()
-    return b''.join(
-        (
-            b'HTTP/1.1 503 Service Unavailable\r\n',
-            b'Content-Type: application/json\r\n',
-            b'Cache-Control: no-store\r\n',
-            b'Retry-After: %d\r\n' % retry_after,
-            b'Connection: close\r\n',
-            b'Content-Length: %d\r\n\r\n' % len(body),
-            body,
-        )
+    return error_response(
+        '503 Service Unavailable',
+        'Too many uploads',
+        f'{max_bodies} uploads were being received here for all of the {body_wait:g}s an '
+        'upload may wait for its turn; try again shortly.',
+        {'Retry-After': str(retry_after)},
     )
 
 
-TIMEOUT_RESPONSE = b''.join(
-    (
-        b'HTTP/1.1 408 Request Timeout\r\n',
-        b'Content-Type: application/json\r\n',
-        b'Cache-Control: no-store\r\n',
-        b'Connection: close\r\n',
-        b'Content-Length: %d\r\n\r\n' % len(_TIMEOUT_BODY),
-        _TIMEOUT_BODY,
-    )
+TIMEOUT_RESPONSE = error_response(
+    '408 Request Timeout',
+    'Request timeout',
+    'The request line and headers did not arrive in time; send them at once.',
 )
+
+# How look words the refusals of gunicorn's parser, by the status gunicorn gives each.
+_REFUSALS = {
+    400: ('Bad request', 'The request line or a header could not be parsed: {error}.'),
+    414: (
+        'Request line too long',
+        'The request line is longer than the {line} bytes this service reads; '
+        'shorten the address.',
+    ),
+    431: (
+        'Request header fields too large',
+        'The request has more than {fields} header fields, or one longer than {field_size} bytes.',
+    ),
+}
+# NOTE: the most of gunicorn's own words about a request an answer repeats.
+ERROR_SHOWN = 200
+_STATUS_LINE = re.compile(rb'HTTP/1\.[01] ([0-9]{3}) ([^\r\n]*)\r\n')
+
+
+class JsonRefusals:
+    """The client's socket, as gunicorn's ``handle_error`` writes its refusal to it.
+
+    gunicorn decides the status of a request it cannot parse (400, 414,
+    431, ...), logs it and writes a page of HTML. Through this socket the
+    page goes out as look's JSON error instead, with the same status, so
+    gunicorn stays the one judge of which status a broken request gets.
+    """
+
+    def __init__(self, sock: Any, error: BaseException, cfg: Config) -> None:
+        self._sock = sock
+        self._error = error
+        self._cfg = cfg
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+    def sendall(self, data: bytes) -> None:
+        match = _STATUS_LINE.match(data)
+        if match is None:
+            self._sock.sendall(data)
+            return
+        status, reason = int(match[1]), match[2].decode('latin-1')
+        self._sock.sendall(self.answer(status, reason))
+
+    def answer(self, status: int, reason: str) -> bytes:
+        """Return look's answer for gunicorn's ``status``."""
+        title, description = _REFUSALS.get(status, (reason, '{error}.'))
+        error = str(self._error).strip() or reason
+        if len(error) > ERROR_SHOWN:
+            error = f'{error[:ERROR_SHOWN]}...'
+        description = description.format(
+            error=error,
+            line=request_line_limit(self._cfg) or UNLIMITED_REQUEST_LINE,
+            fields=field_limits(self._cfg)[0],
+            field_size=field_limits(self._cfg)[1],
+        )
+        return error_response(f'{status} {reason}', title, description)
 
 
 def reads_heads(cfg: Config) -> bool:
@@ -119,16 +167,23 @@ def request_line_limit(cfg: Config) -> int:
     return limit
 
 
-def head_limit(cfg: Config) -> int:
-    """Return the most bytes a head that gunicorn accepts can have under ``cfg``."""
-    # NOTE: the bounds of gunicorn.http.message.Request, which answers a
-    #   longer head with 400 or 431 once it has read that much.
+def field_limits(cfg: Config) -> tuple[int, int]:
+    """Return the most header fields gunicorn accepts under ``cfg``, and their longest."""
+    # NOTE: as gunicorn.http.message.Request reads them.
     fields = cfg.limit_request_fields
     if fields <= 0 or fields > MAX_HEADERS:
         fields = MAX_HEADERS
     field_size = cfg.limit_request_field_size
     if field_size <= 0:
         field_size = DEFAULT_MAX_HEADERFIELD_SIZE
+    return fields, field_size
+
+
+def head_limit(cfg: Config) -> int:
+    """Return the most bytes a head that gunicorn accepts can have under ``cfg``."""
+    # NOTE: the bounds of gunicorn.http.message.Request, which answers a
+    #   longer head with 400 or 431 once it has read that much.
+    fields, field_size = field_limits(cfg)
     # An empty line may come first (RFC 9112, section 2.2), then the request
     # line and its CRLF, then the headers.
     request_line = request_line_limit(cfg) or UNLIMITED_REQUEST_LINE
@@ -316,6 +371,10 @@ class HeadFirstWorker(ThreadWorker):
         # NOTE: a line ending in a bare LF, which gunicorn refuses at once
         #   (400) rather than wait for a head that would never end.
         return head.count(b'\n', old_size) != head.count(b'\r\n', max(old_size - 1, 0))
+
+    def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
+        """Refuse what gunicorn refuses, as gunicorn does, but in look's JSON error shape."""
+        super().handle_error(req, JsonRefusals(client, exc, self.cfg), addr, exc)
 
     def _keepalive_after(self, conn: HeadConn, keepalive: bool) -> bool:
         """Keep the connection only if the rest of an unread body arrives at once (in a thread)."""

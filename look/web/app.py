@@ -9,6 +9,7 @@ import falcon
 
 from look.config import Config, ConfigError, without_password
 from look.core.backends import is_local, open_library
+from look.core.diskcache import DiskCache
 from look.core.spool import Spool
 from look.core.upkeep import check
 from look.imaging.formats import THUMBNAIL_FORMATS, encoding_tag
@@ -18,12 +19,13 @@ from look.web.auth import Access
 from look.web.cache import CACHE_HEADER, RedisCache
 from look.web.errors import add_error_handlers
 from look.web.gallery import Gallery, StaticFiles
+from look.web.guards import Guard, Hosts
 from look.web.health import Health
 from look.web.images import Images
 from look.web.metrics import Metrics, MetricsMiddleware, MetricsResource
 from look.web.openapi import OpenAPI, openapi_document
 from look.web.routes import CONVERTERS, near_miss
-from look.web.thumbnails import Thumbnails
+from look.web.thumbnails import LargeThumbnails, Thumbnails
 from look.web.uploads import Receiver
 
 log = logging.getLogger('look')
@@ -77,6 +79,12 @@ def create_app(config: Config | None = None) -> falcon.App:
         min_thumb_size=config.min_thumb_size,
     )
 
+    large = LargeThumbnails(
+        DiskCache(storage_path / 'renditions', config.large_thumbnails_bytes),
+        min_bytes=config.cache_max_bytes,
+    )
+    large.open()
+
     cache = None
     if config.redis_url:
         redis_url, redis_from_url = config.redis_url, config.redis_from_url
@@ -92,8 +100,13 @@ def create_app(config: Config | None = None) -> falcon.App:
         log.info('LOOK_REDIS_URL is empty: thumbnails are not cached')
 
     access = Access(config.api_keys)
-    # NOTE: metrics first, so its process_response runs last and sees every answer.
-    middleware: list[object] = [MetricsMiddleware(metrics, CACHE_HEADER)]
+    hosts = Hosts(config.allowed_hosts, public_url=config.public_url, keys_set=not access.open)
+    # NOTE: metrics first, so its process_response runs last and sees every
+    #   answer; the guard next, so nothing else sees a request it refuses.
+    middleware: list[object] = [
+        MetricsMiddleware(metrics, CACHE_HEADER),
+        Guard(hosts, keys_set=not access.open, cors_origins=config.cors_origins),
+    ]
     if config.cors_origins:
         middleware.append(
             falcon.CORSMiddleware(
@@ -121,8 +134,9 @@ def create_app(config: Config | None = None) -> falcon.App:
         ),
         uuid_generator=config.uuid_generator,
         metrics=metrics,
+        large=large,
     )
-    thumbnails = Thumbnails(library, thumbnailer, renditions)
+    thumbnails = Thumbnails(library, thumbnailer, renditions, large)
     document = openapi_document(
         max_upload_bytes=config.max_upload_bytes,
         min_thumb_size=config.min_thumb_size,
@@ -141,7 +155,12 @@ def create_app(config: Config | None = None) -> falcon.App:
     app.add_route('/thumbnails/{image_id:image_id}/{width:side}x{height:side}', thumbnails)
     static = StaticFiles.from_package()
     gallery = Gallery(
-        library, renditions, access, static, max_upload_bytes=config.max_upload_bytes
+        library,
+        renditions,
+        access,
+        static,
+        hosts=hosts,
+        max_upload_bytes=config.max_upload_bytes,
     )
     app.add_route('/', gallery)
     app.add_route('/view/{image_id:image_id}', gallery, suffix='image')

@@ -93,9 +93,17 @@ def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTP
     #   that failed; the error must not be kept for a year as that image.
     resp.delete_header('ETag')
     resp.delete_header('Last-Modified')
-    resp.cache_control = ['no-store']
-    resp.data = json.dumps({'title': title, 'description': description}).encode()
-    resp.content_type = falcon.MEDIA_JSON
+    resp.set_headers(ERROR_HEADERS)
+    resp.data = error_body(title, description)
+
+
+# The headers of every error answer, the app's and its gunicorn worker's.
+ERROR_HEADERS = {'Content-Type': falcon.MEDIA_JSON, 'Cache-Control': 'no-store'}
+
+
+def error_body(title: str, description: str) -> bytes:
+    """Return the body of an error: the one shape every error of look has."""
+    return json.dumps({'title': title, 'description': description}).encode()
 
 
 _DEFAULT_DESCRIPTIONS = {

@@ -34,6 +34,7 @@ from look.imaging.formats import ACCEPTED_FORMATS, FORMAT_MEDIA_TYPES, READABLE_
 from look.imaging.renditions import Renditions
 from look.web.auth import Access
 from look.web.conditional import IMMUTABLE, answer_not_modified, is_not_modified
+from look.web.guards import Hosts
 from look.web.images import describe
 
 DEFAULT_PAGE_SIZE = 30
@@ -139,7 +140,6 @@ class StaticFiles:
                 description=f'There is no static file {filename!r} here (any more).',
             )
         resp.content_type = file.media_type
-        resp.set_header('X-Content-Type-Options', 'nosniff')
         resp.etag = file.digest
         resp.cache_control = [IMMUTABLE]
         if is_not_modified(req, resp):
@@ -181,9 +181,11 @@ class Gallery:
         access: Access,
         static: StaticFiles,
         *,
+        hosts: Hosts,
         max_upload_bytes: int,
     ) -> None:
         self._library = library
+        self._hosts = hosts
         self._renditions = renditions
         self._access = access
         self._max_upload_bytes = max_upload_bytes
@@ -243,9 +245,12 @@ class Gallery:
         sizes = self._renditions.sizes(image.size)
         when = uploaded_at(description['modified'])
         alt = alt_text(description)
-        # NOTE: gunicorn takes the scheme from X-Forwarded-Proto of the
-        #   proxies it trusts (forwarded_allow_ips): previews behind TLS say https.
-        origin = req.prefix
+        # NOTE: LOOK_PUBLIC_URL, else the request's scheme and Host if its
+        #   Host is one look was told of; gunicorn takes the scheme from
+        #   X-Forwarded-Proto of the proxies it trusts (forwarded_allow_ips),
+        #   so previews behind TLS say https. Of any other Host, the page has
+        #   relative links only, and no preview.
+        origin = self._hosts.origin_of_pages(req) or ''
         page_url = origin + view_uri(image.id)
         preview, preview_size = _preview(description, sizes)
         preview_url = origin + preview
@@ -258,6 +263,7 @@ class Gallery:
             when=when,
             modified=email.utils.parsedate_to_datetime(description['modified']).isoformat(),
             alt=alt,
+            absolute=bool(origin),
             page_url=page_url,
             image_url=origin + description['image'],
             preview_url=preview_url,
@@ -294,7 +300,6 @@ class Gallery:
         resp.set_headers(
             {
                 'Content-Security-Policy': CONTENT_SECURITY_POLICY,
-                'X-Content-Type-Options': 'nosniff',
                 # NOTE: image pages are capabilities: their URLs go nowhere else.
                 'Referrer-Policy': 'same-origin',
                 'Vary': 'Authorization',

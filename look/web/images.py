@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import time
@@ -15,13 +16,14 @@ import falcon
 from look.core.index import StoredImage
 from look.core.library import Library
 from look.core.spool import Spool
-from look.errors import ImageNotFound, refused_writes
+from look.errors import ImageNotFound, StorageError, refused_writes
 from look.imaging.formats import FORMAT_MEDIA_TYPES
 from look.imaging.pool import Thumbnailer
 from look.imaging.renditions import Renditions
 from look.web.auth import Access, new_delete_token
 from look.web.conditional import answer_not_modified, is_not_modified, set_immutable
 from look.web.metrics import Metrics
+from look.web.thumbnails import LargeThumbnails
 from look.web.uploads import Receiver
 
 log = logging.getLogger(__name__)
@@ -83,8 +85,10 @@ class Images:
         receiver: Receiver,
         uuid_generator: Callable[[], uuid.UUID],
         metrics: Metrics,
+        large: LargeThumbnails,
     ) -> None:
         self._metrics = metrics
+        self._large = large
         self._library = library
         self._thumbnailer = thumbnailer
         self._renditions = renditions
@@ -182,14 +186,25 @@ class Images:
         self._access.require_credential(req, 'delete an image')
         image = self._library.get(image_id)
         who = self._access.may_delete(req, image)
-        self._library.delete(image.id)
+        try:
+            self._library.delete(image.id)
+        except StorageError as ex:
+            raise refused_delete(ex, listed=self._lists(image.id)) from ex
         log.info('deleted image %s: %dx%d, by %s', image.id, *image.size, who)
+        self._large.discard(image.id)
         # Cached thumbnails of this image are stale on every worker now.
         resp.context.stale_keys = [
             rendition.cache_key
             for rendition in self._renditions.every_cached(image.id, image.size)
         ]
         resp.status = falcon.HTTP_204
+
+    def _lists(self, image_id: str) -> bool:
+        try:
+            self._library.get(image_id)
+        except ImageNotFound:
+            return False
+        return True
 
     def _validated(
         self, req: falcon.Request, resp: falcon.Response, image_id: str
@@ -202,3 +217,19 @@ class Images:
             answer_not_modified(resp)
             return None
         return image
+
+
+def refused_delete(ex: StorageError, *, listed: bool) -> StorageError:
+    """Return the error of a delete the disk refused, saying what happened to the image."""
+    cause = ex.__cause__ if isinstance(ex.__cause__, OSError) else None
+    code = cause.errno if cause is not None else None
+    if code == errno.EROFS:
+        why = 'the storage is read-only'
+    elif code in (errno.ENOSPC, errno.EDQUOT):
+        why = 'the disk is full'
+    else:
+        why = f'the disk refused the write ({cause.strerror if cause is not None else ex})'
+    # NOTE: the index refuses first, so the image stays; only a line that
+    #   was written but could not be taken back leaves it deleted after all.
+    outcome = 'nothing changed' if listed else 'it is deleted all the same'
+    return StorageError(f'The image could not be deleted because {why}; {outcome}.')

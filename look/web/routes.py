@@ -52,10 +52,15 @@ CONVERTERS = {'image_id': ImageIdConverter, 'side': SideConverter, 'format': For
 
 def near_miss(path: str) -> str | None:
     """Return a hint at the address a request for ``path`` (no route) most likely meant."""
-    suggested = _suggested_address(path.strip('/').split('/'))
+    suggested = suggested_address(path)
     if suggested is None or suggested == path:
         return None
     return f'Did you mean {suggested}?'
+
+
+def suggested_address(path: str) -> str | None:
+    """Return the address of an image or thumbnail in look's spelling that ``path`` spells."""
+    return _suggested_address(path.strip('/').split('/'))
 
 
 def _suggested_address(parts: list[str]) -> str | None:

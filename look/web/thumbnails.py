@@ -1,30 +1,103 @@
-"""``/thumbnails/{id}/{w}x{h}.{format}``: one rendition of an image, rendered in the pool."""
+"""``/thumbnails/{id}/{w}x{h}.{format}``: one rendition of an image, rendered in the pool.
+
+Most thumbnails are kept in Redis by the cache middleware. Those larger
+than it keeps (LOOK_CACHE_MAX_BYTES: the largest sizes of a big photo,
+about a second of rendering each) are kept on this host's disk instead
+(``LargeThumbnails``), so each is rendered once per host, not once per request.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+from typing import IO
+
 import falcon
 
+from look.core.diskcache import DiskCache
 from look.core.index import StoredImage
 from look.core.library import Library
 from look.errors import ImageNotFound, NoSuchThumbnailSize
 from look.imaging.pool import Thumbnailer
 from look.imaging.renditions import Rendition, Renditions
-from look.web.cache import Cacheable
+from look.web.cache import CACHE_HEADER, Cacheable
 from look.web.conditional import answer_not_modified, is_not_modified, set_immutable
+
+log = logging.getLogger(__name__)
+
+
+class LargeThumbnails:
+    """Thumbnails over ``min_bytes``, kept on this host's disk once rendered.
+
+    A file is named by the rendition's ETag, which changes whenever its bytes
+    would, and its format; ``<id>-`` starts the names of all of an image's.
+    """
+
+    def __init__(self, files: DiskCache, *, min_bytes: int) -> None:
+        self._files = files
+        self.min_bytes = min_bytes
+
+    def open(self) -> None:
+        """Make the directory; where it cannot be made (a read-only disk), keep none."""
+        if not self._files.max_bytes:
+            return
+        try:
+            self._files.open()
+        except OSError as ex:
+            log.warning(
+                'large thumbnails cannot be kept in %s (%s): each is rendered when asked for',
+                self._files.directory,
+                ex,
+            )
+            self._files.max_bytes = 0
+
+    def has(self, rendition: Rendition) -> bool:
+        """Return whether this host keeps ``rendition`` (a stat, no more)."""
+        return bool(self._files.max_bytes) and os.path.exists(
+            self._files.path(_file_name(rendition))
+        )
+
+    def read(self, rendition: Rendition) -> IO[bytes] | None:
+        """Open the kept file of ``rendition``, or return None if this host has none."""
+        return self._files.open_file(_file_name(rendition))
+
+    def keep(self, rendition: Rendition, data: bytes) -> bool:
+        """Keep a rendered thumbnail if it is large; return whether it was kept."""
+        return len(data) > self.min_bytes and self._files.put(_file_name(rendition), data)
+
+    def discard(self, image_id: str) -> None:
+        """Remove every kept thumbnail of an image (deleted)."""
+        if self._files.max_bytes:
+            self._files.discard_starting(f'{image_id}-')
+
+
+def _file_name(rendition: Rendition) -> str:
+    return f'{rendition.etag}.{rendition.format}'
 
 
 class Thumbnails:
     """``/thumbnails/{id}/{w}x{h}.{format}``, and ``/thumbnails/{id}/{w}x{h}`` by Accept."""
 
-    def __init__(self, library: Library, thumbnailer: Thumbnailer, renditions: Renditions) -> None:
+    def __init__(
+        self,
+        library: Library,
+        thumbnailer: Thumbnailer,
+        renditions: Renditions,
+        large: LargeThumbnails,
+    ) -> None:
         self._library = library
         self._thumbnailer = thumbnailer
         self._renditions = renditions
+        self._large = large
 
     def cacheable(
         self, req: falcon.Request, image_id: str, width: int, height: int, format: str = ''
     ) -> Cacheable | None:
-        """Name the cache entry that answers this request (the cache middleware asks)."""
+        """Name the cache entry that answers this request (the cache middleware asks).
+
+        None for a thumbnail this host keeps on its disk: the resource
+        answers with it at once, without a trip to Redis or its fill lock.
+        """
         if not format:
             format = self._renditions.negotiate(req.get_header('Accept'))
             headers = self._negotiated_headers(image_id, width, height, format)
@@ -33,6 +106,8 @@ class Thumbnails:
         else:
             return None
         rendition = self._renditions.rendition(image_id, (width, height), format)
+        if self._large.has(rendition):
+            return None
         variant = f'{rendition.encoding}:m{self._renditions.min_thumb_size}'
         return Cacheable(rendition.cache_key, variant, headers)
 
@@ -74,6 +149,17 @@ class Thumbnails:
         if is_not_modified(req, resp):
             answer_not_modified(resp)
             return
+        # NOTE: only after the index said the image is there: another host
+        #   may have deleted it, and this host's copy is not deleted with it.
+        kept = self._large.read(rendition)
+        if kept is not None:
+            resp.set_header(CACHE_HEADER, 'Hit')  # not rendered for this request
+            resp.content_length = os.fstat(kept.fileno()).st_size
+            if req.method == 'HEAD':
+                kept.close()  # Falcon drops a HEAD body without closing it
+            else:
+                resp.stream = kept
+            return
         resp.data = self._render(image, rendition)
 
     on_head = on_get
@@ -85,6 +171,12 @@ class Thumbnails:
         except FileNotFoundError:
             raise ImageNotFound(f'No image has the id {image.id}.') from None
         self._library.get(image.id)  # deleted while this one rendered: don't serve it
+        if self._large.keep(rendition, data):
+            try:
+                self._library.get(image.id)
+            except ImageNotFound:
+                self._large.discard(image.id)  # deleted as it was being kept
+                raise
         return data
 
     def _negotiated_headers(

@@ -58,7 +58,13 @@ def new_id() -> str:
 
 
 def local_config(root: pathlib.Path) -> Config:
-    return Config(environ={}, storage_path=root, redis_url='', processes=1)
+    return Config(
+        environ={},
+        storage_path=root,
+        redis_url='',
+        processes=1,
+        allowed_hosts=(falcon.testing.helpers.DEFAULT_HOST,),
+    )
 
 
 def start_worker(root: pathlib.Path) -> falcon.testing.TestClient:

@@ -303,10 +303,12 @@ def stored(disk: pathlib.Path) -> Iterator[Stored]:
         yield Stored(server, disk, images)
 
 
-def check_error(response: Response, status: int) -> None:
+def check_error(response: Response, status: int) -> str:
     assert response.status == status, (response.status, response.body)
     assert response.header('Content-Type') == 'application/json'
     assert set(response.json()) == {'title', 'description'}, response.body
+    description: str = response.json()['description']
+    return description
 
 
 def check_serves_reads_and_refuses_writes(server: Gunicorn, stored: Stored) -> None:
@@ -322,7 +324,10 @@ def check_serves_reads_and_refuses_writes(server: Gunicorn, stored: Stored) -> N
         assert Image.open(io.BytesIO(rendered.body)).format == 'JPEG'
 
     victim = next(iter(stored.images))
-    check_error(request('DELETE', f'{server.url}/images/{victim}.jpeg'), 507)
+    refused = check_error(request('DELETE', f'{server.url}/images/{victim}.jpeg'), 507)
+    assert refused == (
+        'The image could not be deleted because the storage is read-only; nothing changed.'
+    )
     assert get(f'{server.url}/images/{victim}.jpeg').body == stored.images[victim][0]
     assert (server.storage_path / 'images' / f'{victim}.jpeg').exists()
     upload = request('POST', f'{server.url}/images', image_bytes('PNG', (64, 48), seed=9))

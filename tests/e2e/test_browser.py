@@ -521,3 +521,90 @@ def test_with_keys_set_the_page_asks_for_one(
     page.wait_for_function('() => document.querySelectorAll("#grid .tile").length === 0')
     page.wait_for_function('() => document.getElementById("list-status").textContent !== ""')
     assert 'needs an API key' in (page.text_content('#list-status') or '')
+
+
+# -- pages on other sites -------------------------------------------------------------------
+
+EVIL = 'http://evil.example'
+# A page on another site that uploads to look with a form: its script puts a
+# file of its own making into the form's file input and submits it. The
+# browser follows the answer there; the page never reads it, but before, the
+# upload was made. (A fetch() from such a page to loopback Chromium blocks by
+# itself, as Private Network Access; a navigation it lets through.)
+EVIL_PAGE = """<!doctype html><title>Free kittens</title>
+<form id="form" method="post" enctype="multipart/form-data" action="{look}/images">
+<input id="file" type="file" name="file"></form>
+<script>
+const bytes = Uint8Array.from(atob('{photo}'), (c) => c.charCodeAt(0));
+const transfer = new DataTransfer();
+transfer.items.add(new File([bytes], 'kitten.png', {{type: 'image/png'}}));
+document.getElementById('file').files = transfer.files;
+</script>"""
+
+
+def test_a_form_on_another_site_cannot_upload_and_the_gallery_still_can(
+    gunicorn: Gunicorn, open_tab: OpenTab
+) -> None:
+    """Chromium marks the form's post as cross-site; look, with no keys, refuses it."""
+    before = api_ids(gunicorn)
+    tab = open_tab()
+    page = tab.page
+    photo = base64.b64encode(image_bytes('PNG', size=(64, 48), seed=8)).decode()
+    page.route(
+        f'{EVIL}/**',
+        lambda route: route.fulfill(
+            content_type='text/html', body=EVIL_PAGE.format(look=gunicorn.url, photo=photo)
+        ),
+    )
+    tab.expect_error('status of 403')
+    page.goto(f'{EVIL}/kittens')
+
+    with page.expect_response(f'{gunicorn.url}/images') as posted:
+        page.evaluate('document.getElementById("form").submit()')
+
+    assert posted.value.status == 403
+    assert posted.value.request.all_headers().get('origin') == EVIL
+    assert json.loads(page.inner_text('body'))['title'] == 'Cross-site request refused'
+    assert api_ids(gunicorn) == before
+
+    # The same form on look's own origin is the gallery's own: it uploads.
+    page.goto(f'{gunicorn.url}/')
+    page.evaluate(
+        """([look, photo]) => {
+            document.body.insertAdjacentHTML('beforeend', `<form id="own" method="post"
+                enctype="multipart/form-data" action="${look}/images">
+                <input id="own-file" type="file" name="file"></form>`);
+            const bytes = Uint8Array.from(atob(photo), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], 'own.png', {type: 'image/png'}));
+            document.getElementById('own-file').files = transfer.files;
+        }""",
+        [gunicorn.url, photo],
+    )
+    with page.expect_response(f'{gunicorn.url}/images') as own:
+        page.evaluate('document.getElementById("own").submit()')
+    assert own.value.status == 201
+    assert own.value.request.all_headers().get('origin') == gunicorn.url
+    made = json.loads(page.inner_text('body'))['id']
+    assert api_ids(gunicorn) == [made, *before]
+
+
+def test_a_page_whose_name_is_rebound_to_loopback_reaches_nothing(
+    gunicorn: Gunicorn, browser: Browser
+) -> None:
+    """DNS rebinding: the page's own name resolves to 127.0.0.1, so it is the same origin."""
+    rebinding = browser.browser_type.launch(
+        executable_path=require_executable('chromium'),
+        args=[*CHROMIUM_ARGS, '--host-resolver-rules=MAP rebind.evil.example 127.0.0.1'],
+    )
+    try:
+        page = rebinding.new_page()
+        rebound = f'http://rebind.evil.example:{gunicorn.port}'
+        for path in ('/', '/images'):
+            answer = page.goto(f'{rebound}{path}')
+            assert answer is not None and answer.status == 421, path
+            assert json.loads(page.inner_text('body'))['title'] == 'Misdirected request'
+        answer = page.goto(f'http://localhost:{gunicorn.port}/images')
+        assert answer is not None and answer.status == 200
+    finally:
+        rebinding.close()

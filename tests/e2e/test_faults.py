@@ -931,13 +931,16 @@ class RenderSetup:
 
 # LOOK_MAX_QUEUE_SECONDS of the render server: short, so a queue past it is quick to build.
 RENDER_QUEUE_SECONDS = 0.5
+# NOTE: no thumbnail too large for Redis is kept on disk either, so each
+#   request for the slow one renders it again.
+RENDER_EVERY_TIME = {'LOOK_PROCESSES': '1', 'LOOK_LARGE_THUMBNAILS_BYTES': '0'}
 
 
 @pytest.fixture(scope='module')
 def renders(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RenderSetup]:
-    """One worker, LOOK_PROCESSES=1, no Redis: every thumbnail request is a render."""
+    """One worker, LOOK_PROCESSES=1, no Redis nor disk cache: every thumbnail request renders."""
     storage = tmp_path_factory.mktemp('renders')
-    environ = {'LOOK_PROCESSES': '1', 'LOOK_MAX_QUEUE_SECONDS': str(RENDER_QUEUE_SECONDS)}
+    environ = {**RENDER_EVERY_TIME, 'LOOK_MAX_QUEUE_SECONDS': str(RENDER_QUEUE_SECONDS)}
     with Gunicorn(storage, workers=1, environ=environ) as server:
         big = upload(server, noisy_jpeg((6000, 4500), seed=9))
         small = upload(server, image_bytes('JPEG', (640, 360), seed=10))
@@ -1067,7 +1070,7 @@ def test_uploads_beyond_the_body_slots_wait_without_a_thread_then_are_refused(
 
 def test_render_over_the_timeout_is_503_and_its_process_is_gone(renders: RenderSetup) -> None:
     """A render past LOOK_RENDER_TIMEOUT gets a 503 and the process that ran it is killed."""
-    environ = {'LOOK_PROCESSES': '1', 'LOOK_RENDER_TIMEOUT': '0.05'}
+    environ = {**RENDER_EVERY_TIME, 'LOOK_RENDER_TIMEOUT': '0.05'}
     with Gunicorn(renders.server.storage_path, workers=1, environ=environ) as server:
         (worker,) = server.worker_pids()
         # /health gives the pool its own, longer timeout: it starts the process.
@@ -1090,7 +1093,7 @@ def test_render_over_the_timeout_is_503_and_its_process_is_gone(renders: RenderS
 
 def test_graceful_stop_finishes_a_render_in_flight(renders: RenderSetup) -> None:
     """SIGTERM while a thumbnail renders: it is still answered, then nothing is left running."""
-    server = Gunicorn(renders.server.storage_path, workers=1, environ={'LOOK_PROCESSES': '1'})
+    server = Gunicorn(renders.server.storage_path, workers=1, environ=RENDER_EVERY_TIME)
     server.start()
     try:
         (worker,) = server.worker_pids()

@@ -17,6 +17,7 @@ import pytest
 
 from support.gunicorn import Gunicorn, MakeGunicorn
 from support.http import Response, get, post
+from support.http import request as send_request
 from support.imagegen import image_bytes
 from support.redis import RedisServer
 
@@ -117,3 +118,49 @@ def test_without_redis_every_request_still_gets_its_thumbnail(
 
     assert [answer.status for answer in answers] == [200] * 6
     assert len({answer.body for answer in answers}) == 1
+
+
+# -- thumbnails larger than Redis keeps ------------------------------------------------------
+
+# NOTE: the 2000x1500 JPEG of SOURCE is about 100 KB; over this, it is too
+#   large for Redis, as the largest thumbnails of a big photo are at 1 MiB.
+LARGE_OVER = 50_000
+LARGE_SIZE = '2000x1500'
+
+
+@pytest.mark.parametrize('cache', ['redis', 'no redis'])
+def test_a_loop_of_gets_of_a_large_thumbnail_renders_it_once_on_a_host(
+    make_gunicorn: MakeGunicorn, request: pytest.FixtureRequest, tmp_path: pathlib.Path, cache: str
+) -> None:
+    """Too large for Redis, it is kept on the host's disk: one render, then the kept file.
+
+    With Redis, a burst of requests waits for the one render (its fill lock);
+    without, one request after another finds the file the first one kept.
+    """
+    redis_url = request.getfixturevalue('redis_server').url if cache == 'redis' else ''
+    storage = tmp_path / 'storage'
+    server = make_gunicorn(
+        storage, workers=3, redis_url=redis_url, environ={'LOOK_CACHE_MAX_BYTES': str(LARGE_OVER)}
+    )
+    created = post(f'{server.url}/images', SOURCE, 'image/jpeg').json()
+    url = f'{server.url}/thumbnails/{created["id"]}/{LARGE_SIZE}.jpeg'
+    renders_before = metric(server, 'look_renders_total', format='jpeg')
+
+    answers = all_at_once(url, 10) if cache == 'redis' else []
+    answers += [get(url) for _ in range(30)]
+
+    assert [answer.status for answer in answers] == [200] * len(answers)
+    assert len({answer.body for answer in answers}) == 1
+    assert len(answers[0].body) > LARGE_OVER
+    assert metric(server, 'look_renders_total', format='jpeg') == renders_before + 1
+    assert answers[-1].header('X-Look-Cache') == 'Hit'
+    assert [path.name for path in (storage / 'renditions').iterdir()] == [
+        f'{answers[0].header("ETag").strip(chr(34))}.jpeg'
+    ]
+    head = send_request('HEAD', url)
+    assert head.status == 200 and head.header('Content-Length') == str(len(answers[0].body))
+
+    deleted = send_request('DELETE', f'{server.url}{created["image"]}')
+    assert deleted.status == 204
+    assert get(url).status == 404
+    assert list((storage / 'renditions').iterdir()) == []

@@ -332,7 +332,7 @@ def test_declared_body_over_the_limit_is_refused_before_it_is_sent(site: Site) -
     Had it waited, the upload deadline would have answered 408 instead.
     """
     head = (
-        b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Type: image/jpeg\r\n'
+        b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n'
         b'Content-Length: %d\r\nConnection: close\r\n\r\n' % (MAX_UPLOAD_BYTES + 1)
     )
     before = storage_state(site.storage)
@@ -364,7 +364,7 @@ def test_chunked_body_over_the_limit_is_refused_while_it_streams(site: Site, for
     sent = 0
     with socket.create_connection(('127.0.0.1', site.server.port), timeout=30) as sock:
         sock.sendall(
-            b'POST /images HTTP/1.1\r\nHost: look\r\nTransfer-Encoding: chunked\r\n'
+            b'POST /images HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n'
             b'Content-Type: %s\r\n\r\n' % content_type
         )
         if opening:
@@ -516,7 +516,8 @@ def trickle(port: int, chunked: bool) -> tuple[int, bytes, float, float]:
         framing = b'Content-Length: %d' % len(body)
         payload = body
     head = (
-        b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Type: image/png\r\n%s\r\n\r\n' % framing
+        b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n%s\r\n\r\n'
+        % framing
     )
     answer = b''
     started = time.monotonic()
@@ -732,7 +733,7 @@ def test_hostile_path_is_refused_and_nothing_outside_storage_is_touched(
     target = target.format(
         id=image_id, short=image_id[:-1], beside=site.beside, inside=site.inside
     )
-    head = f'{method} {target} HTTP/1.1\r\nHost: look\r\nConnection: close\r\n\r\n'
+    head = f'{method} {target} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
     before = storage_state(site.storage)
     watch.events()
 

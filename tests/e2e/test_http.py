@@ -111,7 +111,7 @@ def test_broken_chunked_framing_is_400_not_500(server: Gunicorn) -> None:
     """gunicorn's parser refuses the body only when look reads it; the client hears why."""
     with socket.create_connection(('127.0.0.1', server.port), timeout=10) as sock:
         sock.sendall(
-            b'POST /images HTTP/1.1\r\nHost: look\r\nTransfer-Encoding: chunked\r\n\r\n'
+            b'POST /images HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\n\r\n'
             b'zz\r\nnot a chunk size\r\n0\r\n\r\n'
         )
         answer = b''
@@ -139,7 +139,7 @@ def test_a_form_with_two_image_fields_stores_the_first_and_answers(server: Gunic
 
     with socket.create_connection(('127.0.0.1', server.port), timeout=30) as client:
         head = (
-            f'POST /images HTTP/1.1\r\nHost: look\r\nContent-Type: {content_type}\r\n'
+            f'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Type: {content_type}\r\n'
             f'Content-Length: {len(body)}\r\nConnection: close\r\n\r\n'
         )
         client.sendall(head.encode() + body)  # as curl does: all of it, then the answer

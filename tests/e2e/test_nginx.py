@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import pathlib
+import re
 import resource
 import time
 from collections.abc import Iterator
@@ -39,7 +40,7 @@ CLIENT_HEADER_TIMEOUT = 10.0
 PROMPT = 1.0
 BODY_SIZE = 100_000
 UPLOAD_HEAD = (
-    b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Type: image/jpeg\r\n'
+    b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n'
     b'Content-Length: %d\r\n\r\n' % BODY_SIZE
 )
 
@@ -47,6 +48,14 @@ UPLOAD_HEAD = (
 def recipe() -> str:
     """Return the ```nginx block of docs/operations.md's "Behind nginx" section."""
     return code_block(section(pathlib.Path('docs/operations.md'), 'Behind nginx'), 'nginx')
+
+
+def recipe_environment() -> dict[str, str]:
+    """Return the variables the section starts look with, in its ```console block."""
+    block = code_block(section(pathlib.Path('docs/operations.md'), 'Behind nginx'), 'console')
+    environ = dict(re.findall(r'\b(LOOK_[A-Z_]+)=(\S+)', block))
+    assert {'LOOK_ALLOWED_HOSTS', 'LOOK_PUBLIC_URL'} <= set(environ), block
+    return environ
 
 
 def with_ports(config: str, upstream_port: int, listen_port: int) -> str:
@@ -82,7 +91,7 @@ def test_a_thousand_slow_clients_wait_in_nginx_and_look_answers_the_rest_at_once
 ) -> None:
     """500 heads and 500 upload bodies trickle: GETs and an upload are answered within a second."""
     port = free_port()
-    with Gunicorn(tmp_path / 'storage', workers=2) as look:
+    with Gunicorn(tmp_path / 'storage', workers=2, environ=recipe_environment()) as look:
         config = with_ports(recipe(), look.port, port)
         with Nginx(config, port) as nginx:
             heads = open_slow_clients(port, SLOW_CLIENTS // 2, UPLOAD_HEAD)
@@ -107,6 +116,35 @@ def test_a_thousand_slow_clients_wait_in_nginx_and_look_answers_the_rest_at_once
     # the bodies for as long as they kept coming.
     check_held(heads, CLIENT_HEADER_TIMEOUT - 0.5, CLIENT_HEADER_TIMEOUT + 2.0)
     check_held(bodies, ATTACK, float('inf'))
+
+
+def test_through_the_recipe_look_answers_its_names_names_its_pages_and_knows_its_origin(
+    tmp_path: pathlib.Path,
+) -> None:
+    """Its name is answered and names the pages; others get 421; its own pages may write."""
+    environ = recipe_environment()
+    public = environ['LOOK_PUBLIC_URL']
+    name = environ['LOOK_ALLOWED_HOSTS']
+    port = free_port()
+    with (
+        Gunicorn(tmp_path / 'storage', workers=1, environ=environ) as look,
+        Nginx(with_ports(recipe(), look.port, port), port) as nginx,
+    ):
+        images = f'{nginx.url}/images'
+        photo = image_bytes('JPEG', (640, 360), seed=2)
+        own_page = {'Host': name, 'Origin': public, 'Sec-Fetch-Site': 'same-origin'}
+        created = request('POST', images, photo, own_page)
+        elsewhere = request(
+            'POST', images, photo, {'Host': name, 'Origin': 'https://evil.example'}
+        )
+        listed = request('GET', images, headers={'Host': name})
+        misdirected = request('GET', images, headers={'Host': 'rebind.evil.example'})
+        page = request('GET', f'{nginx.url}/view/{created.json()["id"]}', headers={'Host': name})
+
+    assert created.status == 201, created.body
+    assert (elsewhere.status, misdirected.status) == (403, 421)
+    assert [image['id'] for image in listed.json()] == [created.json()['id']]
+    assert f'<meta property="og:url" content="{public}/view/' in page.body.decode()
 
 
 def answer_times(url: str, until: float, look_port: int) -> tuple[list[tuple[str, float]], int]:

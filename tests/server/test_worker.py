@@ -10,6 +10,7 @@ at LOOK_HEADER_TIMEOUT (a 408 first, if it had begun a request).
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import os
 import pathlib
 import re
@@ -38,10 +39,12 @@ DEADLINE_SLACK = 1.5
 # A normal request is answered within this, whatever else is going on.
 PROMPT = 1.0
 TRICKLE_INTERVAL = 0.5
-UPLOAD_HEAD = b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Length: 1000\r\n\r\n'
+UPLOAD_HEAD = b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n'
 MAX_CONCURRENT_UPLOADS = 6  # look's default, per worker
 MAX_QUEUE_SECONDS = 2.0  # look's default: how long an upload waits for a body slot
-REQUEST_HEAD = b'GET /health HTTP/1.1\r\nHost: look\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
+REQUEST_HEAD = (
+    b'GET /health HTTP/1.1\r\nHost: localhost\r\nUser-Agent: slow\r\nAccept: */*\r\n\r\n'
+)
 
 
 @pytest.fixture(scope='module')
@@ -89,6 +92,26 @@ def under_attack(server: Gunicorn, clients: list[SlowClient]) -> list[float]:
     return took
 
 
+def check_json_error(received: bytes, status: bytes) -> dict[str, str]:
+    """Assert ``received`` is one look error answer of ``status``; return its body.
+
+    The worker's own answers have the app's shape: JSON ``{"title",
+    "description"}``, not to be kept by a cache, nor sniffed as anything else.
+    """
+    head, _, body = received.partition(b'\r\n\r\n')
+    status_line, *lines = head.decode('latin-1').split('\r\n')
+    assert status_line.split(' ', 2)[1] == status.decode(), received[:300]
+    headers = {name.lower(): value.strip() for name, _, value in (h.partition(':') for h in lines)}
+    assert headers['content-type'] == 'application/json', headers
+    assert headers['cache-control'] == 'no-store', headers
+    assert headers['x-content-type-options'] == 'nosniff', headers
+    assert int(headers['content-length']) == len(body), headers
+    document = json.loads(body)
+    assert set(document) == {'title', 'description'}, document
+    assert all(isinstance(value, str) and value for value in document.values()), document
+    return document
+
+
 def check_closed_at_the_deadline(clients: list[SlowClient], answer: bytes) -> None:
     """Assert every client was closed by HEADER_TIMEOUT (and slack), after ``answer``."""
     held = sorted(client.held for client in clients)
@@ -99,6 +122,8 @@ def check_closed_at_the_deadline(clients: list[SlowClient], answer: bytes) -> No
     assert held[0] >= HEADER_TIMEOUT - 0.1, f'a connection was closed after {held[0]:.2f}s'
     answers = {client.received.partition(b'\r\n')[0] for client in clients}
     assert answers == {answer}, answers
+    if answer:
+        check_json_error(clients[0].received, answer.split(b' ')[1])
 
 
 @pytest.mark.parametrize(
@@ -161,7 +186,7 @@ def test_trickled_upload_bodies_hold_a_few_threads_and_the_rest_are_told_to_retr
     ]
     for client in refused:
         assert b'\r\nretry-after: ' in client.received.lower(), client.received
-        assert b'Too many uploads' in client.received, client.received
+        assert check_json_error(client.received, b'503')['title'] == 'Too many uploads'
         assert MAX_QUEUE_SECONDS <= client.held <= MAX_QUEUE_SECONDS + DEADLINE_SLACK, client.held
 
 
@@ -194,30 +219,49 @@ def test_a_head_in_pieces_within_the_deadline_is_served(server: Gunicorn) -> Non
 
 def test_pipelined_requests_are_answered_in_order(server: Gunicorn) -> None:
     """Requests sent back to back, the last one's head split across reads, all get answers."""
-    last = b'GET /openapi.json HTTP/1.1\r\nHost: look\r\nConnection: close\r\n\r\n'
+    last = b'GET /openapi.json HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n'
     received = exchange(server.port, REQUEST_HEAD + REQUEST_HEAD + last[:20], last[20:])
     assert statuses(received) == [b'HTTP/1.1 200 OK'] * 3, received[:300]
     assert received.rstrip().endswith(b'}')
 
 
 @pytest.mark.parametrize(
-    ('head', 'status'),
+    ('head', 'status', 'title'),
     [
-        (b'GET /' + b'a' * 9000, b'414'),
-        (b'GET /health HTTP/1.1\r\nX-Big: ' + b'b' * 9000 + b'\r\n\r\n', b'431'),
-        (b'GET /health HTTP/1.1\r\n' + b'X-Many: c\r\n' * 101 + b'\r\n', b'431'),
-        (b'GET /health HTTP/1.1\nHost: look', b'400'),
+        (b'GET /' + b'a' * 9000, b'414', 'Request line too long'),
+        (
+            b'GET /health HTTP/1.1\r\nX-Big: ' + b'b' * 9000 + b'\r\n\r\n',
+            b'431',
+            'Request header fields too large',
+        ),
+        (
+            b'GET /health HTTP/1.1\r\n' + b'X-Many: c\r\n' * 101 + b'\r\n',
+            b'431',
+            'Request header fields too large',
+        ),
+        (b'GET /health HTTP/1.1\nHost: localhost', b'400', 'Bad request'),
+        (b'GET /health HTTP/1.1\r\nBad Header: x\r\n\r\n', b'400', 'Bad request'),
+        (b'GET /health HTTP/9.9\r\nHost: localhost\r\n\r\n', b'400', 'Bad request'),
+        (b'G\x00T /health HTTP/1.1\r\nHost: localhost\r\n\r\n', b'400', 'Bad request'),
     ],
-    ids=['request line too long', 'field too large', 'too many fields', 'bare LF'],
+    ids=[
+        'request line too long',
+        'field too large',
+        'too many fields',
+        'bare LF',
+        'bad header name',
+        'bad version',
+        'bad method',
+    ],
 )
-def test_a_head_gunicorn_refuses_is_refused_at_once(
-    server: Gunicorn, head: bytes, status: bytes
+def test_a_head_gunicorn_refuses_is_refused_at_once_in_looks_error_shape(
+    server: Gunicorn, head: bytes, status: bytes, title: str
 ) -> None:
-    """gunicorn's own 400 and 431 still come at once, before the head's deadline."""
+    """gunicorn's own 400, 414 and 431 come at once, as JSON like every other error of look."""
     started = time.monotonic()
     received = exchange(server.port, head, pause=0)
     assert time.monotonic() - started < PROMPT
-    assert received.split(b' ', 2)[1] == status, received[:300]
+    assert check_json_error(received, status)['title'] == title
 
 
 def test_graceful_stop_serves_a_head_under_way_and_closes_idle_connections(
@@ -265,11 +309,11 @@ def gunicorn_config(**settings: object) -> Config:
 @pytest.mark.parametrize(
     ('head', 'has_body'),
     [
-        (b'POST /images HTTP/1.1\r\nHost: look\r\nContent-Length: 1000\r\n\r\n', True),
+        (b'POST /images HTTP/1.1\r\nHost: localhost\r\nContent-Length: 1000\r\n\r\n', True),
         (b'POST /images HTTP/1.1\r\ncontent-length:7\r\n\r\n', True),
         (b'POST /images HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n', True),
         (b'POST /images HTTP/1.1\r\nContent-Length: 0\r\n\r\n', False),
-        (b'DELETE /images/x.jpeg HTTP/1.1\r\nHost: look\r\n\r\n', False),
+        (b'DELETE /images/x.jpeg HTTP/1.1\r\nHost: localhost\r\n\r\n', False),
         (b'GET /health HTTP/1.1\r\nX-Content-Length: 5\r\n\r\n', False),
     ],
 )

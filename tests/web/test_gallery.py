@@ -357,7 +357,7 @@ def test_what_a_tile_shows_is_escaped() -> None:
 
 
 def test_an_image_page_shows_the_image_its_sizes_and_links(make_client: MakeClient) -> None:
-    client = make_client()
+    client = make_client(allowed_hosts='falconframework.org,photos.example')
     description = upload(client, size=(3000, 2000))
     image_id = description['id']
     result = client.simulate_get(f'/view/{image_id}', host='photos.example', protocol='https')
@@ -431,13 +431,41 @@ def test_a_deleted_image_has_no_page(gallery_client: TestClient) -> None:
     assert f'/view/{image_id}' not in hrefs and len(hrefs) == 4
 
 
-def test_pages_escape_what_they_echo(gallery_client: TestClient) -> None:
-    hostile = 'x"><script>alert(1)</script>'
-    result = gallery_client.simulate_get(f'/view/{uuid.UUID(int=1)}', host=hostile)
-    assert '<script>alert' not in result.text
+def test_image_pages_name_themselves_by_the_public_url_whatever_host_was_asked(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(public_url='https://photos.example.org')
+    image_id = upload(client)['id']
+    for host in ('falconframework.org', 'localhost:8000'):
+        page = page_of(client.simulate_get(f'/view/{image_id}', host=host))
+        assert page.meta('og:url') == f'https://photos.example.org/view/{image_id}'
+        assert page.one('link', rel='canonical').attrs['href'] == page.meta('og:url')
+
+
+def test_a_host_nobody_listed_never_ends_up_in_a_page(make_client: MakeClient) -> None:
+    """With keys set, any Host is answered; a cache in front must not keep a page naming it."""
+    client = make_client(api_keys=KEY, allowed_hosts=())
+    image_id = upload(client)['id']
+
+    result = client.simulate_get(f'/view/{image_id}', host='poison.example')
+    assert 'poison.example' not in result.text
     page = page_of(result)
-    assert page.meta('og:url') == f'http://{hostile}/view/{uuid.UUID(int=1)}'
-    assert len(page.all('script')) == 1
+    assert page.meta('og:url') is None and page.meta('og:image') is None
+    assert page.meta('twitter:image') is None and not page.all('link', rel='canonical')
+    assert page.one('input', id='link-page').attrs['value'] == f'/view/{image_id}'
+
+    local = page_of(client.simulate_get(f'/view/{image_id}', host='localhost:8000'))
+    assert local.meta('og:url') == f'http://localhost:8000/view/{image_id}'
+
+
+def test_a_host_that_is_no_host_name_never_reaches_a_page(make_client: MakeClient) -> None:
+    """Pages name themselves by the Host; one that is not a host name is refused, unechoed."""
+    client = make_client(allowed_hosts='*')
+    hostile = 'x"><script>alert(1)</script>'
+    result = client.simulate_get(f'/view/{uuid.UUID(int=1)}', host=hostile)
+    assert result.status_code == 400
+    assert set(result.json) == {'title', 'description'}
+    assert '<script>alert' not in result.text
 
 
 # -- headers -----------------------------------------------------------------------------------

@@ -465,6 +465,48 @@ def test_disk_error_syncing_the_index_line_is_507_and_the_line_is_undone(
     assert len(client.simulate_get('/images').json) == 1
 
 
+@pytest.mark.backends('local')
+@pytest.mark.parametrize(
+    ('code', 'why'),
+    [
+        (errno.EROFS, 'the storage is read-only'),
+        (errno.ENOSPC, 'the disk is full'),
+        (errno.EIO, f'the disk refused the write ({os.strerror(errno.EIO)})'),
+    ],
+)
+def test_a_delete_the_disk_refuses_is_507_saying_what_happened(
+    make_client: MakeClient,
+    make_config: Callable[..., Config],
+    monkeypatch: pytest.MonkeyPatch,
+    code: int,
+    why: str,
+) -> None:
+    """Not "could not be stored": nothing was to be stored, and the image is still there."""
+    config = make_config()
+    client = make_client(config)
+    created = client.simulate_post('/images', body=UPLOAD).json
+    before = storage_state(config)
+    index = pathlib.Path(config.storage_path) / 'index.jsonl'
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if os.fstat(fd).st_ino == os.stat(index).st_ino:
+            raise OSError(code, os.strerror(code))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, 'write', write)
+    response = client.simulate_delete(created['image'])
+    monkeypatch.undo()
+
+    assert response.status_code == 507
+    assert response.json == {
+        'title': 'Storage unavailable',
+        'description': f'The image could not be deleted because {why}; nothing changed.',
+    }
+    assert storage_state(config) == before
+    assert client.simulate_get(created['image']).status_code == 200
+
+
 def test_side_no_jpeg_can_have_is_413_and_leaves_nothing(
     make_client: MakeClient, make_config: Callable[..., Config]
 ) -> None:

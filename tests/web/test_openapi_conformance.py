@@ -50,6 +50,7 @@ def make_app(storage_path: Any, **settings: Any) -> falcon.App:
         uuid_generator=lambda: uuid.UUID(int=ids.getrandbits(128), version=4),
         redis_from_url=lambda url: fakeredis.FakeRedis(server=server),
         processes=1,
+        allowed_hosts=(falcon.testing.helpers.DEFAULT_HOST,),
         max_upload_bytes=MAX_UPLOAD_BYTES,
         min_thumb_size=MIN_THUMB_SIZE,
         **settings,

@@ -61,6 +61,7 @@ def make_app(tmp_path: pathlib.Path) -> Iterator[MakeApp]:
             redis_url=redis_url,
             redis_from_url=redis_from_url,
             processes=1,
+            allowed_hosts=(falcon.testing.helpers.DEFAULT_HOST,),
             cache_ttl=TTL,
         )
         return falcon.testing.TestClient(create_app(config))
