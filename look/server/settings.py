@@ -92,6 +92,9 @@ def on_starting(server):
     else:
         addresses = server.cfg.address
     problem = startup.refusal(addresses)
+    warning = startup.notice(addresses) if problem is None else None
+    if warning is not None:
+        server.log.warning(warning)
     if problem is not None:
         server.log.error(problem)
         if server.pidfile is not None:

@@ -42,6 +42,31 @@ def refusal(addresses: Iterable[Address], environ: Mapping[str, str] | None = No
     )
 
 
+def notice(addresses: Iterable[Address], environ: Mapping[str, str] | None = None) -> str | None:
+    """Return a line to log at start where look listens beyond this machine with no keys.
+
+    Without keys, look answers only requests that name it by a loopback name
+    or address, or by one LOOK_ALLOWED_HOSTS lists (421 otherwise, against DNS
+    rebinding): an operator who opened it to a network with
+    LOOK_ALLOW_ANONYMOUS_WRITES=1 should hear which names work before clients
+    meet a 421.
+    """
+    try:
+        config = Config(environ)
+    except ConfigError:
+        return None  # refusal() says what is wrong
+    if config.api_keys or config.allowed_hosts or config.public_url:
+        return None
+    exposed = [address for address in addresses if not is_local(address)]
+    if not exposed:
+        return None
+    return (
+        f'look listens on {", ".join(map(describe, exposed))} with no API keys: it answers only '
+        'requests that name it by a loopback name or address (others get 421); list the names '
+        'and addresses clients use in LOOK_ALLOWED_HOSTS'
+    )
+
+
 def is_local(address: Address) -> bool:
     """Return whether only this machine can reach ``address``: loopback or a unix socket."""
     if isinstance(address, int):

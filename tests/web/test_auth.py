@@ -704,3 +704,7 @@ def test_anonymous_writes_start_where_meant(
     assert created.status == 201, created.body
     assert created.json()['delete_token']
     assert 'will not start' not in server.log()
+    # Open to a network with no keys: the log names the setting that lets its names in.
+    assert ('list the names and addresses clients use in LOOK_ALLOWED_HOSTS' in server.log()) is (
+        host == '0.0.0.0'
+    )
