@@ -144,7 +144,7 @@ def make_config(
             'storage_path': tmp_path / f'storage-{next(numbers)}',
             'redis_url': 'redis://fake:6379/0',
             'redis_from_url': lambda url: fakeredis.FakeRedis(server=fake_redis_server),
-            'processes': 2,
+            'processes': 1,
             # NOTE: the host a TestClient sends; with no keys, look answers
             #   only to loopback and the hosts it is told of.
             'allowed_hosts': (falcon.testing.helpers.DEFAULT_HOST,),
