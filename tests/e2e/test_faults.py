@@ -37,7 +37,7 @@ from look.core.spool import TEMP_GRACE_SECONDS
 from look.web.cache import RedisCache
 
 from support.gunicorn import Gunicorn, MakeGunicorn, list_ids, upload
-from support.http import Response, connect, get, request, send
+from support.http import ClientThreads, Response, connect, get, request, send
 from support.imagegen import encode, image_bytes
 from support.processes import STOP_TIMEOUT, live_processes, process_group, tmpfs, wait_until
 from support.redis import RedisServer
@@ -170,7 +170,7 @@ def discard(server: Gunicorn) -> None:
     shutil.rmtree(server.runtime_dir, ignore_errors=True)
 
 
-class Uploaders:
+class Uploaders(ClientThreads):
     """Client threads uploading without pause; they remember what the server acknowledged."""
 
     def __init__(self, server: Gunicorn, threads: int) -> None:
@@ -179,31 +179,12 @@ class Uploaders:
         self.refusals: list[str] = []  # answers other than 201 or busy: there should be none
         self.busy = 0  # 503s of a worker with more uploads waiting than it takes: sent again
         self.cut_off = 0  # connections refused or cut: expected once a process is killed
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(number,), daemon=True)
-            for number in range(threads)
-        ]
-
-    def __enter__(self) -> Uploaders:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
+        super().__init__([(number,) for number in range(threads)])
 
     def count(self) -> int:
         """Return how many uploads got a 201 so far."""
         with self._lock:
             return len(self.acknowledged)
-
-    def stop(self) -> None:
-        """Stop uploading and wait for the threads."""
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
 
     def _run(self, number: int) -> None:
         while not self._stop.is_set():

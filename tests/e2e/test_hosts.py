@@ -23,7 +23,7 @@ import pytest
 from look.core.imagestore.s3 import parse_images_url
 
 from support.gunicorn import Gunicorn, upload
-from support.http import get, request
+from support.http import ClientThreads, get, request
 from support.imagegen import image_bytes
 from support.postgres import PostgresDatabase
 from support.processes import STOP_TIMEOUT, process_group, wait_until
@@ -231,29 +231,14 @@ def connected_ports(pid: int) -> set[int]:
 # -- a host killed in an upload storm -----------------------------------------------------
 
 
-class Storm:
+class Storm(ClientThreads):
     """Client threads uploading without pause, each to the hosts in turn."""
 
     def __init__(self, hosts: list[Gunicorn], threads: int) -> None:
         self.hosts = hosts
         self.acknowledged: set[str] = set()
         self.unexpected: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads = [
-            threading.Thread(target=self._run, args=(number,), daemon=True)
-            for number in range(threads)
-        ]
-
-    def __enter__(self) -> Storm:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+        super().__init__([(number,) for number in range(threads)])
 
     def count(self) -> int:
         with self._lock:

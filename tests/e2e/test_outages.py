@@ -17,7 +17,6 @@ import os
 import pathlib
 import random
 import re
-import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from look.__main__ import main
 from look.core.imagestore.s3 import parse_images_url
 
 from support.gunicorn import Gunicorn, list_ids, upload
-from support.http import Response, get, request
+from support.http import ClientThreads, Response, get, request
 from support.imagegen import image_bytes
 from support.postgres import PostgresDatabase
 from support.processes import wait_until
@@ -204,7 +203,7 @@ def test_an_upload_held_at_the_store_is_never_listed_and_its_object_goes_after_t
 # -- the storm: two hosts, the store SIGKILLed mid-run ------------------------------------
 
 
-class Storm:
+class Storm(ClientThreads):
     """Clients uploading, deleting and reading on two hosts in turn, counting every answer."""
 
     def __init__(self, hosts: list[Gunicorn]) -> None:
@@ -218,23 +217,8 @@ class Storm:
         self.back_at: float | None = None
         self._to_delete: collections.deque[tuple[float, str]] = collections.deque()
         self._to_read: list[str] = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
         roles = ['upload'] * 4 + ['delete'] * 2 + ['read'] * 2
-        self._threads = [
-            threading.Thread(target=self._run, args=(role, number), daemon=True)
-            for number, role in enumerate(roles)
-        ]
-
-    def __enter__(self) -> Storm:
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(60)
+        super().__init__([(role, number) for number, role in enumerate(roles)])
 
     def count(self, answer: str) -> int:
         with self._lock:

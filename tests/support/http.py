@@ -9,10 +9,11 @@ import json
 import os
 import selectors
 import socket
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Self
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,3 +182,35 @@ def trickle(clients: list[SlowClient], interval: float, until: float) -> None:
                         client.to_send = client.to_send[1:]
     for client in clients:
         client.sock.close()
+
+
+class ClientThreads:
+    """Client threads that run ``_run(*args)`` until stopped; a context manager.
+
+    A load of a test (uploaders, a storm) subclasses it: ``_run`` works until
+    ``self._stop`` is set, and notes what came back under ``self._lock``.
+    """
+
+    def __init__(self, args: list[tuple[object, ...]]) -> None:
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=each, daemon=True) for each in args
+        ]
+
+    def _run(self, *args: object) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        """Stop the clients and wait for their threads."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(60)
