@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import logging
 import os
@@ -31,10 +32,25 @@ _srgb_profile: ImageCms.ImageCmsProfile | None = None
 JPEG_MAX_SIDE = 65500  # Pillow's JPEG writer refuses longer sides
 
 
-def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
+@dataclasses.dataclass(frozen=True)
+class Converted:
+    """What a conversion learnt of an upload, for its ``StoredImage``.
+
+    ``thumbhash`` and ``color`` are its placeholder ('' for none); ``frames``
+    and ``duration_ms`` describe an animation (0 for a still image).
+    """
+
+    size: tuple[int, int]
+    thumbhash: str = ''
+    color: str = ''
+    frames: int = 0
+    duration_ms: int = 0
+
+
+def convert_upload(path: str, max_pixels: int, quality: int) -> Converted:
     """Replace the uploaded image file at ``path`` with an upright sRGB JPEG.
 
-    Returns the stored size. Metadata (EXIF, GPS, comments) is not carried
+    Returns what the index keeps of it. Metadata (EXIF, GPS, comments) is not carried
     over. An upload that is refused is left as it was. The caller makes the
     JPEG durable (``Store.add``): an fsync here would hold this process,
     which renders and uploads queue for, idle while the disk catches up.
@@ -84,7 +100,7 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> tuple[int, int]:
     rgb.info.clear()
     with open(path, 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
-    return rgb.size
+    return Converted(rgb.size)
 
 
 # PNG raw modes that Pillow decodes into 8-bit pixels from other depths.

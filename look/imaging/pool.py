@@ -29,7 +29,7 @@ from look.errors import (
     ThumbnailerBusy,
     ThumbnailerUnavailable,
 )
-from look.imaging.convert import convert_upload
+from look.imaging.convert import Converted, convert_upload
 from look.imaging.formats import THUMBNAIL_FORMATS
 from look.imaging.render import render_thumbnail
 
@@ -222,13 +222,13 @@ class Thumbnailer:
         self._unfinished: dict[concurrent.futures.Future[object], None] = {}
         _thumbnailers.add(self)
 
-    def convert_upload(self, path: pathlib.Path) -> tuple[int, int]:
-        """Replace an uploaded file with the JPEG to store; return its size."""
+    def convert_upload(self, path: pathlib.Path) -> Converted:
+        """Replace an uploaded file with the JPEG to store; return what the index keeps of it."""
         units = upload_units(os.path.getsize(path))
-        width, height = self._run(
+        converted: Converted = self._run(
             convert_upload, str(path), self.max_pixels, self.quality, kind=('upload', units)
         )
-        return width, height
+        return converted
 
     def render(self, source: str, size: tuple[int, int], format: str) -> bytes:
         """Render a thumbnail of a stored JPEG as ``format`` (one of THUMBNAIL_FORMATS)."""

@@ -39,6 +39,11 @@ def image_uri(image_id: str) -> str:
     return f'/images/{image_id}.jpeg'
 
 
+def animation_uri(image_id: str) -> str:
+    """Return the URL of an animation's animated WebP (its ``.jpeg`` is the first frame)."""
+    return f'/images/{image_id}.webp'
+
+
 def describe(image: StoredImage, renditions: Renditions) -> dict[str, Any]:
     """Return the JSON description of an image: its URLs, size and thumbnails in every format."""
     sizes = renditions.sizes(image.size)
@@ -53,11 +58,12 @@ def describe(image: StoredImage, renditions: Renditions) -> dict[str, Any]:
     jpegs = paths.get('jpeg')
     if jpegs is None:
         jpegs = [renditions.rendition(image.id, size, 'jpeg').path for size in sizes]
-    return {
+    description: dict[str, Any] = {
         'id': image.id,
         'image': image_uri(image.id),
         'modified': image.modified_http,
         'size': list(image.size),
+        'alt': image.alt,
         'thumbnails': jpegs,
         'formats': {
             format: {
@@ -69,6 +75,15 @@ def describe(image: StoredImage, renditions: Renditions) -> dict[str, Any]:
             for format, in_format in paths.items()
         },
     }
+    if image.thumbhash:
+        description['placeholder'] = {'thumbhash': image.thumbhash, 'color': image.color}
+    if image.animated:
+        description['animation'] = {
+            'frames': image.frames,
+            'duration_ms': image.duration_ms,
+            'url': animation_uri(image.id),
+        }
+    return description
 
 
 class Images:
@@ -142,9 +157,19 @@ class Images:
             upload = self._spool.create()
             cleanup.callback(upload.close)
             received = self._receiver.receive(req, upload.file)
-            size = self._thumbnailer.convert_upload(upload.path)
+            converted = self._thumbnailer.convert_upload(upload.path)
             length = os.fstat(upload.file.fileno()).st_size
-            image = StoredImage(image_id, int(time.time()), size, length, token_hash)
+            image = StoredImage(
+                image_id,
+                int(time.time()),
+                converted.size,
+                length,
+                token_hash,
+                thumbhash=converted.thumbhash,
+                color=converted.color,
+                frames=converted.frames,
+                duration_ms=converted.duration_ms,
+            )
             self._library.add(image, upload)
         self._metrics.stored(received)
         log.info(

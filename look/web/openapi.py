@@ -494,7 +494,7 @@ def _schemas(served: _Served) -> Object:
         },
         'Image': {
             'type': 'object',
-            'required': ['id', 'image', 'modified', 'size', 'thumbnails', 'formats'],
+            'required': ['id', 'image', 'modified', 'size', 'alt', 'thumbnails', 'formats'],
             'properties': {
                 'id': _schema('ImageId'),
                 'image': {'type': 'string', 'description': 'URI of the JPEG.'},
@@ -505,6 +505,37 @@ def _schemas(served: _Served) -> Object:
                     'minItems': 2,
                     'maxItems': 2,
                     'description': '[width, height] in pixels.',
+                },
+                'alt': {
+                    'type': 'string',
+                    'description': 'What the image shows, in words; empty when nobody said.',
+                },
+                'placeholder': {
+                    'type': 'object',
+                    'description': (
+                        'What to paint while the image loads: a ThumbHash (standard '
+                        'base64) and its average colour. Absent until look has one.'
+                    ),
+                    'required': ['thumbhash', 'color'],
+                    'additionalProperties': False,
+                    'properties': {
+                        'thumbhash': {'type': 'string', 'format': 'byte'},
+                        'color': {'type': 'string', 'pattern': '^#[0-9a-f]{6}$'},
+                    },
+                },
+                'animation': {
+                    'type': 'object',
+                    'description': (
+                        'Present for an animation: its frames, total duration and the '
+                        'URI of the animated WebP (the JPEG is its first frame).'
+                    ),
+                    'required': ['frames', 'duration_ms', 'url'],
+                    'additionalProperties': False,
+                    'properties': {
+                        'frames': {'type': 'integer', 'minimum': 2},
+                        'duration_ms': {'type': 'integer', 'minimum': 0},
+                        'url': {'type': 'string'},
+                    },
                 },
                 'thumbnails': {
                     'type': 'array',

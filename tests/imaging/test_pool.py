@@ -55,7 +55,7 @@ def convert(tmp_path: pathlib.Path) -> Convert:
         path = tmp_path / 'upload'
         path.write_bytes(data)
         try:
-            size = convert_upload(str(path), max_pixels, QUALITY)
+            size = convert_upload(str(path), max_pixels, QUALITY).size
         except errors.LookError:
             assert path.read_bytes() == data, 'a refused upload was changed'
             raise
@@ -715,7 +715,7 @@ def test_pool_renders_and_converts(
     upload = tmp_path / 'u'
     upload.write_bytes(image_bytes('WEBP', size=(300, 200)))
 
-    assert worker.convert_upload(upload) == (300, 200)
+    assert worker.convert_upload(upload).size == (300, 200)
     with Image.open(upload) as stored:
         assert (stored.format, stored.size) == ('JPEG', (300, 200))
     with Image.open(io.BytesIO(worker.render(stored_jpeg, (160, 90), 'jpeg'))) as thumbnail:
@@ -978,7 +978,7 @@ def test_a_burst_of_small_tasks_queues_however_many_there_are(
             release.touch()
         first.result(timeout=10)
         assert all(len(future.result(timeout=10)) > 0 for future in renders)
-        assert [future.result(timeout=10) for future in converted] == [(64, 48)] * 8
+        assert [future.result(timeout=10).size for future in converted] == [(64, 48)] * 8
 
 
 def test_the_backlog_learns_what_each_kind_of_task_costs() -> None:

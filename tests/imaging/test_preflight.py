@@ -54,7 +54,7 @@ def convert(tmp_path: pathlib.Path) -> Convert:
     def run(data: bytes) -> tuple[int, int]:
         path = tmp_path / 'upload'
         path.write_bytes(data)
-        return convert_upload(str(path), MAX_PIXELS, QUALITY)
+        return convert_upload(str(path), MAX_PIXELS, QUALITY).size
 
     return run
 

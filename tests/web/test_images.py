@@ -109,6 +109,7 @@ def test_upload_raw_body(make_client: MakeClient, content_type: str | None) -> N
         'image': f'/images/{image_id}.jpeg',
         'modified': response.json['modified'],
         'size': [640, 360],
+        'alt': '',
         'thumbnails': [
             f'/thumbnails/{image_id}/320x180.jpeg',
             f'/thumbnails/{image_id}/160x90.jpeg',
