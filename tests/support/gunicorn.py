@@ -162,16 +162,7 @@ class Gunicorn(Server):
         argv, environ = self.command()
         self._stopped = False
         log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
-        with open(self.log_path, 'ab') as log:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=REPO_ROOT,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._spawn(argv, environ)
         ready = wait_until(self._ready, START_TIMEOUT, interval=0.1)
         running = self.process.poll() is None
         if ready and running:
@@ -184,6 +175,18 @@ class Gunicorn(Server):
                 return False
         state = 'did not become ready' if running else 'exited'
         pytest.fail(f'gunicorn {state}:\n{self.log_tail()}')
+
+    def _spawn(self, argv: list[str], environ: dict[str, str]) -> None:
+        with open(self.log_path, 'ab') as log:
+            self.process = subprocess.Popen(
+                argv,
+                cwd=REPO_ROOT,
+                env=environ,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
 
     def _ready(self) -> bool:
         if self.process is None or self.process.poll() is not None:
@@ -203,16 +206,7 @@ class Gunicorn(Server):
         """
         argv, environ = self.command()
         self._stopped = True
-        with open(self.log_path, 'ab') as log:
-            self.process = subprocess.Popen(
-                argv,
-                cwd=REPO_ROOT,
-                env=environ,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+        self._spawn(argv, environ)
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
