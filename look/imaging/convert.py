@@ -15,7 +15,7 @@ from look.errors import (
     ImageTooLarge,
     UnsupportedImage,
 )
-from look.imaging import preflight
+from look.imaging import plugins, preflight
 from look.imaging.formats import ACCEPTED_FORMATS, READABLE_FORMATS
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> Converted:
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
     Image.init()  # registers every plugin, so ACCEPTED_FORMATS can be looked up
+    plugins.register()
     # Before open(): Pillow parses some headers in Python, chunk by chunk.
     preflight.check_container(path, max_pixels)
     with warnings.catch_warnings():

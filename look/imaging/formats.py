@@ -8,14 +8,20 @@ FORMAT_MEDIA_TYPES = {'avif': 'image/avif', 'webp': 'image/webp', 'jpeg': 'image
 FALLBACK_FORMAT = 'jpeg'  # every client can show it, so nothing is ever a 406
 
 
-READABLE_FORMATS = 'JPEG, PNG, GIF, BMP, TIFF or WebP'
+READABLE_FORMATS = 'JPEG, PNG, GIF, BMP, TIFF, WebP, HEIC/HEIF, AVIF or JPEG XL'
 
 
 # NOTE: only these decoders see uploads. Pillow knows many more (EPS would
-#   hand the upload to Ghostscript). Phones' MPO files open as JPEG.
-ACCEPTED_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP')
-# The media types of those formats, for those who name what they send.
-ACCEPTED_MEDIA_TYPES = tuple(f'image/{name.lower()}' for name in ACCEPTED_FORMATS)
+#   hand the upload to Ghostscript). Phones' MPO files open as JPEG. HEIF
+#   (an iPhone's HEIC) is read by pillow-heif and JXL by pillow-jxl-plugin,
+#   registered in the pool process (look.imaging.plugins); AVIF by Pillow.
+ACCEPTED_FORMATS = ('JPEG', 'PNG', 'GIF', 'BMP', 'TIFF', 'WEBP', 'HEIF', 'AVIF', 'JXL')
+# The media types of those formats, for those who name what they send; a
+# HEIF whose pictures are HEVC is image/heic.
+ACCEPTED_MEDIA_TYPES = (
+    *(f'image/{name.lower()}' for name in ACCEPTED_FORMATS),
+    'image/heic',
+)
 
 
 THUMBNAIL_FORMATS = ('jpeg', 'webp', 'avif')

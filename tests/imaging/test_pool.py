@@ -337,6 +337,54 @@ def test_icc_profile_is_applied_then_dropped(
     assert b'ICC_PROFILE' not in (tmp_path / 'upload').read_bytes()
 
 
+@pytest.mark.parametrize(
+    ('orientation', 'size', 'red_corner'),
+    [
+        (3, (640, 360), (640 - 32, 360 - 32)),  # irot 180
+        (6, (360, 640), (360 - 32, 32)),  # irot: top-left goes top-right
+        (2, (640, 360), (640 - 32, 32)),  # imir: mirrored left to right
+    ],
+)
+def test_heic_rotation_and_mirroring_are_applied(
+    convert: Convert, orientation: int, size: tuple[int, int], red_corner: tuple[int, int]
+) -> None:
+    stored_size, stored = convert(imagegen.rotated_heic(orientation))
+
+    assert stored_size == size
+    corners = [(32, 32), (size[0] - 32, 32), (32, size[1] - 32), (size[0] - 32, size[1] - 32)]
+    assert [is_colour(stored.getpixel(corner), RED) for corner in corners] == [
+        corner == red_corner for corner in corners
+    ]
+
+
+# NOTE: pillow-jxl-plugin's writer embeds no ICC profile, so JPEG XL has no
+#   such test; its reader hands libjxl's profile to the same conversion.
+@pytest.mark.parametrize('fmt', ['HEIF', 'AVIF'])
+def test_modern_format_icc_profile_is_applied_then_dropped(
+    tmp_path: pathlib.Path, convert: Convert, fmt: str
+) -> None:
+    """A HEIC or AVIF in a profile whose red is sRGB's green is stored green."""
+    imagegen.register_plugins()
+    params = {'quality': 95} if fmt == 'HEIF' else {}
+    data = encode(solid(RED), fmt, icc_profile=imagegen.swapped_primaries_icc(), **params)
+
+    _, stored = convert(data)
+
+    assert is_colour(stored.getpixel((128, 128)), GREEN)
+    assert b'ICC_PROFILE' not in (tmp_path / 'upload').read_bytes()
+
+
+@pytest.mark.parametrize('fmt', ['HEIF', 'AVIF', 'JXL'])
+def test_modern_formats_are_stored_as_jpeg_with_their_pixels(convert: Convert, fmt: str) -> None:
+    imagegen.register_plugins()
+    original = picture((640, 360))
+
+    size, stored = convert(encode(original, fmt, quality=95))
+
+    assert size == (640, 360)
+    assert difference(stored, original) < 4
+
+
 def test_srgb_profile_changes_nothing(convert: Convert) -> None:
     srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile('sRGB')).tobytes()
 

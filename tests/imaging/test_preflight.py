@@ -95,6 +95,12 @@ REAL_FILES: dict[str, Callable[[], bytes]] = {
     'webp-animated': lambda: encode(
         picture(seed=1), 'WEBP', save_all=True, append_images=[picture(seed=2)] * 3
     ),
+    'heic': lambda: imagegen.modern('HEIF'),
+    'heic-rotated': lambda: imagegen.rotated_heic(6),
+    'avif': lambda: imagegen.modern('AVIF'),
+    'jxl': lambda: imagegen.modern('JXL'),
+    'jxl-container': lambda: imagegen.modern('JXL', use_container=True),
+    'jxl-odd-size': lambda: imagegen.modern('JXL', size=(1001, 7)),
 }
 
 
@@ -380,6 +386,51 @@ def test_a_truncated_png_within_the_pixel_limit_is_refused_before_decoding(
         convert(imagegen.png_bomb(8000, 8000))
 
     assert time.monotonic() - started < 1
+
+
+# -- HEIF, AVIF and JPEG XL: sizes read from the container ---------------------------------
+
+MODERN_BOMBS: dict[str, Callable[[int, int], bytes]] = {
+    'heic': lambda width, height: imagegen.isobmff_bomb('HEIF', width, height),
+    'avif': lambda width, height: imagegen.isobmff_bomb('AVIF', width, height),
+    'jxl': imagegen.jxl_bomb,
+}
+
+
+@pytest.mark.parametrize('bomb', MODERN_BOMBS.values(), ids=MODERN_BOMBS.keys())
+def test_a_modern_format_claiming_too_many_pixels_is_refused_by_its_container(
+    check: Check, bomb: Callable[[int, int], bytes]
+) -> None:
+    """libheif, libavif and libjxl decode whole images: their size is read first."""
+    with pytest.raises(ImageTooLarge, match=f'the limit is {MAX_PIXELS} pixels'):
+        check(bomb(60_000, 60_000))
+    with pytest.raises(ImageTooLarge, match='8193x8192'):
+        check(bomb(8193, 8192))
+    check(bomb(8192, 8192))  # at the limit: left to the decoder
+
+
+@pytest.mark.parametrize('bomb', MODERN_BOMBS.values(), ids=MODERN_BOMBS.keys())
+def test_a_modern_format_bomb_is_refused_by_convert_and_left_as_it_was(
+    tmp_path: pathlib.Path, bomb: Callable[[int, int], bytes]
+) -> None:
+    data = bomb(60_000, 60_000)
+    path = tmp_path / 'upload'
+    path.write_bytes(data)
+
+    with pytest.raises(ImageTooLarge):
+        convert_upload(str(path), MAX_PIXELS, QUALITY)
+
+    assert path.read_bytes() == data
+
+
+@pytest.mark.parametrize(
+    'size', [(1, 1), (8, 8), (256, 256), (257, 3), (640, 360), (1200, 1000), (123, 4567)]
+)
+def test_jpeg_xl_size_header_is_read_as_libjxl_writes_it(size: tuple[int, int]) -> None:
+    """Small sides in eighths, ratios (16:9, 12:10) or 9 to 30 bits each."""
+    data = imagegen.modern('JXL', size=size, effort=1)
+
+    assert preflight.jxl_size(data[2:14]) == size
 
 
 def test_pixels_per_byte_are_counted_on_the_whole_upload() -> None:

@@ -240,6 +240,70 @@ def cmyk_jpeg(size: tuple[int, int] = (256, 128)) -> bytes:
     return encode(image, 'JPEG', quality=95)
 
 
+# -- formats of phones and modern tools ------------------------------------------------
+
+
+def register_plugins() -> None:
+    """Let Pillow in the test process write and read HEIF and JPEG XL, as a pool process can."""
+    import pillow_heif
+    from pillow_jxl import JpegXLImagePlugin  # noqa: F401 (registers itself)
+
+    pillow_heif.register_heif_opener()
+
+
+def modern(fmt: str, size: tuple[int, int] = (640, 360), seed: int = 0, **params: object) -> bytes:
+    """Return a seeded photo-like picture as HEIF (pillow-heif), AVIF (Pillow) or JXL."""
+    register_plugins()
+    return encode(grainy_photo(size, seed), fmt, **params)
+
+
+def rotated_heic(orientation: int, size: tuple[int, int] = (640, 360)) -> bytes:
+    """Return a HEIC whose top-left 64x64 is red, turned by ``orientation`` as EXIF numbers them.
+
+    pillow-heif writes the turn as HEIF's own irot and imir boxes, as a phone does.
+    """
+    register_plugins()
+    image = picture(size)
+    image.paste((255, 0, 0), (0, 0, 64, 64))
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    return encode(image, 'HEIF', exif=exif.tobytes(), quality=90)
+
+
+def isobmff_bomb(fmt: str = 'HEIF', width: int = 60_000, height: int = 60_000) -> bytes:
+    """Return a small HEIF or AVIF whose every ``ispe`` box claims ``width`` x ``height``."""
+    register_plugins()
+    data = bytearray(image_bytes(fmt, size=(64, 64)))
+    position = data.find(b'ispe')
+    assert position > 0
+    while position > 0:
+        data[position + 8 : position + 16] = struct.pack('>II', width, height)
+        position = data.find(b'ispe', position + 4)
+    return bytes(data)
+
+
+def jxl_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
+    """Return a small JPEG XL codestream whose size header claims ``width`` x ``height``.
+
+    The header is bit-packed, least significant bit first: the original one
+    is replaced by one with 30-bit sides, the rest of the stream shifted after it.
+    """
+    register_plugins()
+    data = image_bytes('JXL', size=(8, 8))
+    assert data[:2] == b'\xff\x0a'
+    bits = int.from_bytes(data[2:], 'little')
+    # 8x8 is small (1 bit), one 8-pixel unit high (5 bits), ratio 1:1 (3 bits).
+    assert bits & 1 and (bits >> 1) & 31 == 0 and (bits >> 6) & 7 == 1
+    rest = bits >> 9
+    header = header_bits = 0
+    # small 0, selector 3, height - 1 (30 bits), ratio 0, selector 3, width - 1 (30 bits)
+    for value, count in ((0, 1), (3, 2), (height - 1, 30), (0, 3), (3, 2), (width - 1, 30)):
+        header |= value << header_bits
+        header_bits += count
+    body = header | (rest << header_bits)
+    return b'\xff\x0a' + body.to_bytes((body.bit_length() + 7) // 8, 'little')
+
+
 # -- hostile files ------------------------------------------------------------------
 
 

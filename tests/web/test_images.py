@@ -381,6 +381,9 @@ TOO_BIG = imagegen.random_bytes(LIMIT + 1)
             {'body': multipart(('image', 'a.bin', TOO_BIG))}, 413, id='multipart', marks=ONCE
         ),
         pytest.param({'body': imagegen.png_bomb()}, 413, id='bomb'),
+        pytest.param({'body': imagegen.isobmff_bomb('HEIF')}, 413, id='heic-bomb'),
+        pytest.param({'body': imagegen.isobmff_bomb('AVIF')}, 413, id='avif-bomb', marks=ONCE),
+        pytest.param({'body': imagegen.jxl_bomb()}, 413, id='jxl-bomb'),
         pytest.param({'body': image_bytes('PNG', size=(640, 360))}, 413, id='pixels', marks=ONCE),
         pytest.param({'body': b'{"image": "cat.jpg"}'}, 415, id='json', marks=ONCE),
         pytest.param({'body': imagegen.random_bytes(1000)}, 415, id='noise'),
