@@ -26,6 +26,7 @@ from look.config import Config
 from look.imaging import pool as thumbnailer
 from look.web.openapi import openapi_document
 
+from support import imagegen
 from support.imagegen import image_bytes
 
 MAX_UPLOAD_BYTES = 1024 * 1024
@@ -116,9 +117,10 @@ def send_images_as_uploads(document: dict[str, Any]) -> None:
       is told what an image/png body is (and an application/octet-stream one:
       a JPEG); a schema-valid upload is then an image, and must be stored.
     """
+    imagegen.register_plugins()  # image/heif, image/heic and image/jxl
     for media_type in document['paths']['/images']['post']['requestBody']['content']:
         if media_type.startswith('image/'):
-            fmt = media_type.removeprefix('image/').upper()
+            fmt = media_type.removeprefix('image/').upper().replace('HEIC', 'HEIF')
         elif media_type == 'application/octet-stream':
             fmt = 'JPEG'
         else:
