@@ -240,6 +240,62 @@ def cmyk_jpeg(size: tuple[int, int] = (256, 128)) -> bytes:
     return encode(image, 'JPEG', quality=95)
 
 
+# -- JPEGs with every kind of metadata ------------------------------------------------
+
+SECRET_XMP = b'look-test-xmp-4711'
+SECRET_IPTC = b'look-test-iptc-4711'
+
+
+def metadata_jpeg(
+    size: tuple[int, int] = (640, 360),
+    *,
+    icc_profile: bytes | None = None,
+    trailer: bytes = b'',
+    **params: object,
+) -> bytes:
+    """Return an upright JPEG carrying EXIF (with GPS), XMP, IPTC, a comment and an APP15.
+
+    Segments as cameras and editors write them, after Pillow's JFIF: APP1
+    EXIF and XMP, APP2 ICC (if given), APP13 Photoshop IPTC, APP15, COM;
+    ``trailer`` goes after the end of image, as phones append data there.
+    """
+    exif = Image.Exif()
+    exif[ORIENTATION] = 1
+    exif[0x0110] = SECRET_CAMERA
+    exif.get_ifd(GPS_IFD)[1] = 'N'
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + SECRET_XMP + b'</x:xmpmeta>'
+    data = encode(
+        grainy_photo(size),
+        'JPEG',
+        quality=90,
+        exif=exif.tobytes(),
+        xmp=xmp,
+        comment=SECRET_COMMENT,
+        **({'icc_profile': icc_profile} if icc_profile else {}),
+        **params,
+    )
+    iptc = b'Photoshop 3.0\x008BIM\x04\x04\x00\x00' + struct.pack('>I', 20) + SECRET_IPTC + b'\x00'
+    extra = _jpeg_segment(0xED, iptc) + _jpeg_segment(0xEF, b'look-test-app15')
+    sos = data.index(b'\xff\xda')
+    # before the tables: Pillow writes its APPn and COM first, as cameras do
+    first_table = data.index(b'\xff\xdb')
+    return data[:first_table] + extra + data[first_table:sos] + data[sos:] + trailer
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """Return the (marker, payload) of each segment of a JPEG before its first scan."""
+    segments = []
+    position = 2
+    while data[position] == 0xFF:
+        marker = data[position + 1]
+        (length,) = struct.unpack_from('>H', data, position + 2)
+        segments.append((marker, data[position + 4 : position + 2 + length]))
+        if marker == 0xDA:
+            return segments
+        position += 2 + length
+    raise AssertionError(f'no marker at byte {position}')
+
+
 # -- formats of phones and modern tools ------------------------------------------------
 
 
