@@ -6,6 +6,7 @@ import io
 
 from PIL import Image
 
+from look.imaging import thumbhash
 from look.imaging.formats import encoding
 
 
@@ -51,3 +52,12 @@ def stored_size(path: str) -> tuple[int, int]:
     with Image.open(path, formats=('JPEG',)) as image:
         width, height = image.size
     return width, height
+
+
+def stored_placeholder(path: str) -> tuple[str, str]:
+    """Return the placeholder (ThumbHash, colour) of a stored JPEG, from a draft at 1/8 scale."""
+    Image.MAX_IMAGE_PIXELS = None  # as render_thumbnail: it passed its day's limit
+    with Image.open(path, formats=('JPEG',)) as image:
+        width, height = image.size
+        image.draft('RGB', (max(1, width // 8), max(1, height // 8)))
+        return thumbhash.placeholder(image)

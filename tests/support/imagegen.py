@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import random
 import struct
@@ -294,6 +295,25 @@ def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
             return segments
         position += 2 + length
     raise AssertionError(f'no marker at byte {position}')
+
+
+def same_placeholder(first: dict[str, str], second: dict[str, str]) -> bool:
+    """Return whether two placeholders are of one picture, made from different decodes of it.
+
+    The same header (average, scales, aspect ratio, alpha), every other
+    nibble at most a step apart, and each colour channel within 2 levels:
+    a JPEG stored from a PNG, or drafted at 1/8, rounds a little otherwise.
+    """
+    ours, theirs = (base64.b64decode(p['thumbhash']) for p in (first, second))
+    if len(ours) != len(theirs) or ours[:5] != theirs[:5]:
+        return False
+    nibbles = [
+        abs(((a >> shift) & 15) - ((b >> shift) & 15))
+        for a, b in zip(ours[5:], theirs[5:], strict=True)
+        for shift in (0, 4)
+    ]
+    colours = zip(*(bytes.fromhex(p['color'][1:]) for p in (first, second)), strict=True)
+    return max(nibbles, default=0) <= 1 and all(abs(a - b) <= 2 for a, b in colours)
 
 
 # -- formats of phones and modern tools ------------------------------------------------
