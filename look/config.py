@@ -499,7 +499,8 @@ class Config:
     # -- images and thumbnails
     thumbnail_formats: tuple[str, ...] = setting(
         'LOOK_THUMBNAIL_FORMATS',
-        ('jpeg', 'webp', 'avif'),
+        # NOTE: JPEG XL costs no more to encode than AVIF (look.imaging.formats).
+        ('jpeg', 'webp', 'avif', 'jxl'),
         _thumbnail_formats,
         'the thumbnail formats served; must include `jpeg`',
     )

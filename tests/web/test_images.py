@@ -123,7 +123,7 @@ def test_upload_raw_body(make_client: MakeClient, content_type: str | None) -> N
                 'srcset': f'/thumbnails/{image_id}/320x180.{format} 320w, '
                 f'/thumbnails/{image_id}/160x90.{format} 160w',
             }
-            for format in ('avif', 'webp', 'jpeg')
+            for format in ('avif', 'jxl', 'webp', 'jpeg')
         },
         'placeholder': {'thumbhash': PLACEHOLDER[0], 'color': PLACEHOLDER[1]},
         'delete_token': response.json['delete_token'],

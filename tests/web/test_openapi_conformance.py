@@ -33,7 +33,7 @@ MAX_UPLOAD_BYTES = 1024 * 1024
 MIN_THUMB_SIZE = 16
 API_KEY = 'openapi-0123456789abcdef'
 # What the default LOOK_THUMBNAIL_FORMATS offers, best first.
-FORMATS = ('avif', 'webp', 'jpeg')
+FORMATS = ('avif', 'jxl', 'webp', 'jpeg')
 # Every image uploaded has one thumbnail, of the smallest side.
 UPLOAD_SIZE = (2 * MIN_THUMB_SIZE, 2 * MIN_THUMB_SIZE)
 THUMBNAIL_SIZE = (MIN_THUMB_SIZE, MIN_THUMB_SIZE)
