@@ -516,7 +516,8 @@ class Config:
         'LOOK_JPEG_QUALITY',
         85,
         _whole,
-        f'quality of stored JPEGs and JPEG thumbnails (1 to {MAX_JPEG_QUALITY})',
+        f'quality of the JPEGs look encodes, stored and thumbnails (1 to {MAX_JPEG_QUALITY}); '
+        'a JPEG kept as it was made keeps its own',
         most=MAX_JPEG_QUALITY,
     )
     max_upload_bytes: int = setting(
