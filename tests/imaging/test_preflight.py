@@ -426,6 +426,31 @@ def test_a_modern_format_bomb_is_refused_by_convert_and_left_as_it_was(
     assert path.read_bytes() == data
 
 
+def isobmff(boxes_before_meta: int, size: tuple[int, int]) -> bytes:
+    """Return a HEIF's boxes, its meta after ``boxes_before_meta`` free boxes: no pixels."""
+
+    def box(kind: bytes, body: bytes) -> bytes:
+        return struct.pack('>I', 8 + len(body)) + kind + body
+
+    ispe = box(b'ispe', bytes(4) + struct.pack('>II', *size))
+    meta = box(b'meta', bytes(4) + box(b'iprp', box(b'ipco', ispe)))
+    return (
+        box(b'ftyp', b'heic' + bytes(4) + b'mif1heic')
+        + box(b'free', b'') * boxes_before_meta
+        + meta
+    )
+
+
+def test_boxes_a_heif_container_may_have_before_its_sizes(check: Check) -> None:
+    """Each box is a step of a Python loop: a few dozen are real, 4096 is the bound."""
+    last = preflight.ISOBMFF_MAX_BOXES - 2  # ftyp and meta are boxes too
+
+    with pytest.raises(ImageTooLarge):
+        check(isobmff(last, (8193, 8192)))  # the sizes are still reached
+    with pytest.raises(ImageTooComplex, match='4096 boxes'):
+        check(isobmff(last + 1, (64, 64)))
+
+
 @pytest.mark.parametrize(
     'size', [(1, 1), (8, 8), (256, 256), (257, 3), (640, 360), (1200, 1000), (123, 4567)]
 )
