@@ -21,7 +21,7 @@ from PIL import Image, ImageOps
 
 from bench.rounds import Figure
 from look.config import DEFAULT_MAX_PIXELS
-from look.imaging import preflight
+from look.imaging import plugins, preflight
 from look.imaging.formats import ENCODINGS
 from look.imaging.pool import IMAGE_BLOCKS_CACHED
 
@@ -47,7 +47,10 @@ def render(
             thumbnail = image.crop((0, 0, *size))
         else:
             thumbnail = image.resize(size, Image.Resampling.LANCZOS)
-        thumbnail.save(out, format.upper(), **ENCODINGS.get(format, {'quality': quality}))
+        # exif=b'': pillow-jxl's writer would copy the JPEG's own (look's render does the same)
+        thumbnail.save(
+            out, format.upper(), exif=b'', **ENCODINGS.get(format, {'quality': quality})
+        )
     return out.getvalue()
 
 
@@ -98,6 +101,7 @@ def _init_process() -> None:
     # As fast as Pillow can: freed image blocks are kept for the next image
     # (PILLOW_BLOCKS_MAX), so renders do not fault in fresh memory each time.
     Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)
+    plugins.register()  # HEIC uploads and JPEG XL thumbnails, as in look's pool
 
 
 def start_pool(processes: int | None = None) -> concurrent.futures.ProcessPoolExecutor:

@@ -20,7 +20,7 @@ from look.core.backends import open_library
 from look.core.index.journal import JournalIndex
 from look.core.index.postgres import PostgresIndex
 from look.core.upkeep import check, migrate
-from look.imaging.render import stored_size
+from look.imaging.render import stored_placeholder, stored_size
 
 
 def _when(seconds: float) -> str:
@@ -53,6 +53,8 @@ def _print_findings(findings: check.Findings, *, keeps_every_row: bool) -> None:
     print(f'waiting to be removed by look itself: {len(findings.waiting)}')
     for stored in findings.waiting:
         print(f'  {stored.id} (written {_when(stored.modified)})')
+    # NOTE: a count, no list: every image of a store older than placeholders is one.
+    print(f'without a placeholder: {len(findings.without_placeholder)}')
 
 
 def _check(arguments: argparse.Namespace) -> int:
@@ -67,9 +69,15 @@ def _check(arguments: argparse.Namespace) -> int:
             settle=config.remove_failed_uploads_after,
         )
         _print_findings(findings, keeps_every_row=keeps_every_row)
-        if findings.sound:
+        if findings.sound and not findings.without_placeholder:
             print('index and images agree')
             return 0
+        if not arguments.repair and findings.sound:
+            print(
+                'index and images agree; run `python -m look check --repair` to give '
+                f'{len(findings.without_placeholder)} images their placeholder'
+            )
+            return 1
         if not arguments.repair:
             restore = (
                 'remove what failed writes left'
@@ -81,7 +89,13 @@ def _check(arguments: argparse.Namespace) -> int:
                 f'{restore}, remove what deletes left behind, and write a damaged index again'
             )
             return 1
-        repairs = check.repair(library.index, library.images, findings, read_size=stored_size)
+        repairs = check.repair(
+            library.index,
+            library.images,
+            findings,
+            read_size=stored_size,
+            read_placeholder=stored_placeholder,
+        )
         print(
             f'repaired: {repairs.dropped} entries dropped, {repairs.restored} images restored, '
             f'{repairs.removed} leftovers removed'
@@ -90,6 +104,7 @@ def _check(arguments: argparse.Namespace) -> int:
                 if keeps_every_row
                 else ''
             )
+            + (f', {repairs.placeholders} placeholders made' if repairs.placeholders else '')
             + (', index written again' if repairs.rewritten else '')
         )
         for failure in repairs.failed:

@@ -499,7 +499,8 @@ class Config:
     # -- images and thumbnails
     thumbnail_formats: tuple[str, ...] = setting(
         'LOOK_THUMBNAIL_FORMATS',
-        ('jpeg', 'webp', 'avif'),
+        # NOTE: JPEG XL costs no more to encode than AVIF (look.imaging.formats).
+        ('jpeg', 'webp', 'avif', 'jxl'),
         _thumbnail_formats,
         'the thumbnail formats served; must include `jpeg`',
     )
@@ -515,7 +516,8 @@ class Config:
         'LOOK_JPEG_QUALITY',
         85,
         _whole,
-        f'quality of stored JPEGs and JPEG thumbnails (1 to {MAX_JPEG_QUALITY})',
+        f'quality of the JPEGs look encodes, stored and thumbnails (1 to {MAX_JPEG_QUALITY}); '
+        'a JPEG kept as it was made keeps its own',
         most=MAX_JPEG_QUALITY,
     )
     max_upload_bytes: int = setting(

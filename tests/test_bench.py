@@ -5,6 +5,7 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from PIL import Image
 
 from bench import limits, report, rounds, scenarios
 from bench.rounds import Side
@@ -13,7 +14,7 @@ from look.imaging.formats import THUMBNAIL_FORMATS
 from look.imaging.render import render_thumbnail
 from look.imaging.renditions import thumbnail_sizes
 
-from support.imagegen import image_bytes
+from support.imagegen import image_bytes, modern
 
 
 @pytest.mark.parametrize('fmt', THUMBNAIL_FORMATS)
@@ -32,13 +33,15 @@ def test_the_pillow_limit_renders_looks_thumbnails_byte_for_byte(
         ), size
 
 
-@pytest.mark.parametrize(('kind', 'size'), [('JPEG', (1920, 1080)), ('PNG', (640, 360))])
+@pytest.mark.parametrize(('kind', 'size'), [('PNG', (640, 360)), ('HEIF', (1920, 1080))])
 def test_the_pillow_limit_converts_uploads_to_looks_bytes_and_leaves_the_fsync_to_its_caller(
     tmp_path: pathlib.Path, kind: str, size: tuple[int, int]
 ) -> None:
     """As look does: the pool writes the JPEG, and the process waiting for it makes it durable."""
     upload = tmp_path / 'upload'
-    upload.write_bytes(image_bytes(kind, size=size, seed=3))
+    upload.write_bytes(
+        modern(kind, size=size, seed=3) if kind == 'HEIF' else image_bytes(kind, size=size, seed=3)
+    )
     looks = tmp_path / 'looks'
     looks.write_bytes(upload.read_bytes())
     convert_upload(str(looks), 100_000_000, limits.QUALITY)
@@ -53,6 +56,25 @@ def test_the_pillow_limit_converts_uploads_to_looks_bytes_and_leaves_the_fsync_t
     assert in_place[0] == str(upload)
     for path, _size in (converted, in_place):
         assert pathlib.Path(path).read_bytes() == looks.read_bytes()
+
+
+def test_the_kept_jpeg_row_compares_looks_bytes_with_pillow_decoding_and_encoding_them(
+    tmp_path: pathlib.Path,
+) -> None:
+    """look keeps the camera's JPEG (its pixels exactly); Pillow alone does what look did."""
+    upload = tmp_path / 'upload'
+    upload.write_bytes(scenarios.KEPT_JPEG.body)
+    looks = tmp_path / 'looks'
+    looks.write_bytes(upload.read_bytes())
+    convert_upload(str(looks), 100_000_000, limits.QUALITY)
+
+    converted = limits.convert(str(upload), str(tmp_path))
+
+    with Image.open(upload) as original, Image.open(looks) as kept:
+        assert kept.tobytes() == original.tobytes()
+        with Image.open(converted[0]) as encoded_again:
+            assert encoded_again.size == original.size
+            assert encoded_again.tobytes() != original.tobytes()
 
 
 def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(

@@ -15,7 +15,7 @@ from look.errors import (
     ImageTooLarge,
     UnsupportedImage,
 )
-from look.imaging import preflight
+from look.imaging import jpeg, plugins, preflight, thumbhash
 from look.imaging.formats import ACCEPTED_FORMATS, READABLE_FORMATS
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,7 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> Converted:
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
     Image.init()  # registers every plugin, so ACCEPTED_FORMATS can be looked up
+    plugins.register()
     # Before open(): Pillow parses some headers in Python, chunk by chunk.
     preflight.check_container(path, max_pixels)
     with warnings.catch_warnings():
@@ -82,6 +83,10 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> Converted:
                     f'{JPEG_MAX_SIDE} pixels.'
                 )
             preflight.check_pixels_per_byte(image.format, image.size, os.path.getsize(path))
+            if jpeg.is_kept_as_made(image):
+                kept = _keep_jpeg(path, image)
+                if kept is not None:
+                    return kept
             _match_trns_to_decoded_depth(image)
             try:
                 image.load()  # the first frame of an animation
@@ -100,7 +105,49 @@ def convert_upload(path: str, max_pixels: int, quality: int) -> Converted:
     rgb.info.clear()
     with open(path, 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
-    return Converted(rgb.size)
+    # NOTE: from the decoded image scaled down, not decoded again: 0.9 ms
+    #   of CPU for a 640x360 upload, 22 ms for 24 megapixels.
+    hashed, color = thumbhash.placeholder(rgb)
+    return Converted(rgb.size, thumbhash=hashed, color=color)
+
+
+# The scale of the check that a kept JPEG decodes: libjpeg reads every
+# coefficient but makes only an 8th of each side's pixels (draft).
+_CHECK_SCALE = 8
+
+
+def _keep_jpeg(path: str, image: Image.Image) -> Converted | None:
+    """Store an upright sRGB JPEG as its own bytes less metadata; None if it must be converted.
+
+    It is still decoded completely, at an 8th of its size (a truncated or
+    corrupt one is refused as any other), and its placeholder made from that.
+    """
+    with open(path, 'rb') as upload:
+        data = upload.read()
+    try:
+        stripped = jpeg.strip_metadata(data)
+    except ValueError as ex:
+        # Decodable, maybe, yet not built as the walker expects (bytes
+        # between segments, say): converted as any other image.
+        log.info('converting a JPEG whose segments could not be walked: %s', ex)
+        return None
+    width, height = image.size
+    try:
+        image.draft('RGB', (_up(width, _CHECK_SCALE), _up(height, _CHECK_SCALE)))
+        image.load()
+    except MemoryError:
+        raise ImageTooLarge('The image is too large to decode.') from None
+    except Exception as ex:
+        raise CorruptImage(f'The image could not be decoded: {ex}') from None
+    hashed, color = thumbhash.placeholder(image)
+    with open(path, 'wb') as out:
+        out.write(stripped)
+    return Converted((width, height), thumbhash=hashed, color=color)
+
+
+def _up(dividend: int, divisor: int) -> int:
+    """Divide, rounding up."""
+    return -(-dividend // divisor)
 
 
 # PNG raw modes that Pillow decodes into 8-bit pixels from other depths.

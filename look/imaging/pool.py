@@ -49,8 +49,9 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024
 # pool has finished a task of that kind, measured here: a 960x540 render of
 # a photo takes 3 ms as JPEG, 16 ms as AVIF, 28 ms as WebP; the conversion of
 # a camera JPEG 25-40 ns a byte (0.2 s for 24 megapixels), of a small PNG
-# 3 ms. What tasks take here then replaces them.
-FIRST_COSTS = {'jpeg': 6e-9, 'webp': 50e-9, 'avif': 35e-9, 'upload': 40e-9}
+# 3 ms; a JPEG XL render 15 ms at 960x540. What tasks take here then
+# replaces them.
+FIRST_COSTS = {'jpeg': 6e-9, 'webp': 50e-9, 'avif': 35e-9, 'jxl': 30e-9, 'upload': 40e-9}
 # How much each finished task moves the estimate of its kind.
 COST_WEIGHT = 0.25
 

@@ -6,12 +6,14 @@ import io
 
 from PIL import Image
 
+from look.imaging import plugins, thumbhash
 from look.imaging.formats import encoding
 
 
 def render_thumbnail(source: str, size: tuple[int, int], format: str, jpeg_quality: int) -> bytes:
     """Return the stored image at ``source`` resized to exactly ``size``, encoded as ``format``."""
     pillow_format, params = encoding(format, jpeg_quality)
+    plugins.register()  # JPEG XL's writer
     # NOTE: stored JPEGs passed the pixel limit of their day when uploaded;
     #   a limit the process kept from its last conversion is not theirs.
     #   The address-space limit still bounds the decode.
@@ -21,9 +23,11 @@ def render_thumbnail(source: str, size: tuple[int, int], format: str, jpeg_quali
         thumbnail = scale_stored(image, size)
         # NOTE: stored JPEGs carry no metadata (convert_upload), and none may
         #   reach a thumbnail even so: Pillow's AVIF writer copies an ICC
-        #   profile from info unless told otherwise, its JPEG writer a comment.
+        #   profile from info unless told otherwise, its JPEG writer a comment,
+        #   and pillow-jxl's writer the EXIF of getexif(), which a JPEG opened
+        #   keeps after its info is cleared: exif=b'' says there is none.
         thumbnail.info.clear()
-        thumbnail.save(out, pillow_format, **params)
+        thumbnail.save(out, pillow_format, exif=b'', **params)
     return out.getvalue()
 
 
@@ -51,3 +55,12 @@ def stored_size(path: str) -> tuple[int, int]:
     with Image.open(path, formats=('JPEG',)) as image:
         width, height = image.size
     return width, height
+
+
+def stored_placeholder(path: str) -> tuple[str, str]:
+    """Return the placeholder (ThumbHash, colour) of a stored JPEG, from a draft at 1/8 scale."""
+    Image.MAX_IMAGE_PIXELS = None  # as render_thumbnail: it passed its day's limit
+    with Image.open(path, formats=('JPEG',)) as image:
+        width, height = image.size
+        image.draft('RGB', (max(1, width // 8), max(1, height // 8)))
+        return thumbhash.placeholder(image)

@@ -104,10 +104,10 @@ class Renditions:
     def negotiate(self, accept: str | None) -> str:
         """Return the format to serve for an Accept header (RFC 9110, section 12.5.1).
 
-        AVIF and WebP count only where the client names them: ``*/*`` or
-        ``image/*`` say nothing of which new formats a browser decodes. Among
-        those named, the highest q wins, then AVIF, WebP, JPEG; JPEG is the
-        fallback whatever the header says.
+        AVIF, JPEG XL and WebP count only where the client names them: ``*/*``
+        or ``image/*`` say nothing of which new formats a browser decodes.
+        Among those named, the highest q wins, then AVIF, JPEG XL, WebP, JPEG;
+        JPEG is the fallback whatever the header says.
         """
         if not accept or len(self.formats) == 1:
             return FALLBACK_FORMAT

@@ -79,7 +79,7 @@ MONTHS = (
     'November',
     'December',
 )
-FORMAT_NAMES = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF'}
+FORMAT_NAMES = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF', 'jxl': 'JPEG XL'}
 STATIC_MEDIA_TYPES = {
     '.css': 'text/css; charset=utf-8',
     '.js': 'text/javascript; charset=utf-8',

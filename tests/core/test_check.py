@@ -40,11 +40,12 @@ from look.core.library import Library
 from look.core.spool import Spool
 from look.core.upkeep import check
 from look.imaging import pool as thumbnailer
+from look.imaging import thumbhash
 from look.imaging.render import stored_size
 
 from support.gunicorn import Gunicorn
 from support.http import get, request
-from support.imagegen import image_bytes
+from support.imagegen import image_bytes, same_placeholder
 from support.processes import REPO_ROOT, wait_until
 
 MakeGunicorn = Callable[..., Gunicorn]
@@ -317,6 +318,7 @@ NO_FINDINGS = {
     'left behind by deletes': 0,
     'damaged index records': 0,
     'waiting to be removed by look itself': 0,
+    'without a placeholder': 0,
 }
 
 
@@ -384,8 +386,37 @@ def test_cli_unlisted_jpeg_past_the_grace_time_is_restored_with_its_size_and_tim
     listing = store.listing()
     assert [image['id'] for image in listing] == [*store.ids, crashed]
     assert listing[-1]['size'] == [96, 64]
+    assert listing[-1]['placeholder']['color'].startswith('#')
     assert email_time(listing[-1]['modified']) == written
     check_agrees(run_check, store)
+
+
+def test_cli_gives_an_image_from_before_placeholders_its_own(
+    root: pathlib.Path, library: Library, run_check: Callable[..., tuple[int, str]]
+) -> None:
+    """A journal line without a placeholder, as look wrote them before: described without one."""
+    old = commit(library, root)
+    (listed_before,) = start_worker(root).simulate_get('/images').json
+    assert listed_before['id'] == old
+    assert 'placeholder' not in listed_before
+
+    status, output = run_check(root)
+
+    assert status == 1, output
+    assert findings_counts(output)['without a placeholder'] == 1
+    assert 'give 1 images their placeholder' in output.splitlines()[-1]
+
+    status, output = run_check(root, '--repair')
+
+    assert status == 0, output
+    assert ', 1 placeholders made' in output
+    (listed_after,) = start_worker(root).simulate_get('/images').json
+    made = listed_after['placeholder']
+    with Image.open(io.BytesIO(JPEG)) as image:
+        exact = dict(zip(('thumbhash', 'color'), thumbhash.placeholder(image), strict=True))
+    assert same_placeholder(made, exact)  # from the JPEG's 1/8 draft
+    status, output = run_check(root)
+    assert status == 0, output
 
 
 def test_cli_leaves_an_unlisted_jpeg_younger_than_the_grace_time(

@@ -41,7 +41,7 @@ from look.core.upkeep import check
 from look.errors import BackendUnavailable, BackendUnreachable, ImageNotFound
 
 from support.client import upload
-from support.imagegen import encode, image_bytes
+from support.imagegen import encode, image_bytes, same_placeholder
 from support.postgres import PostgresDatabase
 from support.processes import wait_until
 from support.proxy import TcpProxy
@@ -657,6 +657,48 @@ def test_check_finds_and_repairs_what_the_backends_disagree_on(
     listed = {image['id'] for image in client.simulate_get('/images').json}
     assert listed == {kept['id']}
     assert stored_ids(config) == {kept['id'], waiting}  # for look to remove, in an hour
+
+
+def test_placeholders_are_kept_and_listed_on_postgresql_and_check_makes_missing_ones(
+    make_config: MakeConfig,
+    make_client: MakeClient,
+    seaweed: SeaweedServer,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An image from before placeholders (its row has none) gets its own from check --repair."""
+    config = make_config()
+    client = make_client(config)
+    new, old = (upload(client, image_bytes('PNG', seed=seed)) for seed in range(2))
+    placeholders = {image['id']: image['placeholder'] for image in (new, old)}
+    listing = client.simulate_get('/images').json
+    assert {image['id']: image['placeholder'] for image in listing} == placeholders
+    library = open_library(config)
+    with library.index._connection() as connection:  # type: ignore[attr-defined]
+        connection.execute(
+            "UPDATE look_images SET thumbhash = '', color = '' WHERE id = %s", (old['id'],)
+        )
+    for variable in [name for name in os.environ if name.startswith('LOOK_')]:
+        monkeypatch.delenv(variable)
+    monkeypatch.setenv('LOOK_STORAGE_PATH', str(config.storage_path))
+    monkeypatch.setenv('LOOK_INDEX_URL', config.index_url)
+    monkeypatch.setenv('LOOK_IMAGES_URL', config.images_url)
+    for variable, value in seaweed.environ.items():
+        monkeypatch.setenv(variable, value)
+    listing = client.simulate_get('/images').json
+    assert [('placeholder' in image) for image in listing] == [True, False]
+
+    assert main(['check']) == 1
+    assert 'without a placeholder: 1' in capsys.readouterr().out
+    assert main(['check', '--repair']) == 0
+    assert '1 placeholders made' in capsys.readouterr().out
+    assert main(['check']) == 0
+
+    listing = client.simulate_get('/images').json
+    made = {image['id']: image['placeholder'] for image in listing}
+    assert made[new['id']] == placeholders[new['id']]
+    # from the stored JPEG rather than the uploaded PNG: the same picture
+    assert same_placeholder(made[old['id']], placeholders[old['id']])
 
 
 def put_object(library: Library, config: Config) -> str:

@@ -193,6 +193,12 @@ BOMBS = {
     'webp': webp_bomb,
     'webp-canvas': webp_canvas_bomb,
     'webp-just-over': lambda: webp_bomb(*JUST_OVER),
+    'heic': imagegen.isobmff_bomb,
+    'heic-just-over': lambda: imagegen.isobmff_bomb('HEIF', *JUST_OVER),
+    'avif': lambda: imagegen.isobmff_bomb('AVIF'),
+    'avif-just-over': lambda: imagegen.isobmff_bomb('AVIF', *JUST_OVER),
+    'jxl': imagegen.jxl_bomb,
+    'jxl-just-over': lambda: imagegen.jxl_bomb(*JUST_OVER),
 }
 
 

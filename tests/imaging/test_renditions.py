@@ -7,7 +7,12 @@ import pytest
 from look.imaging.formats import FORMAT_MEDIA_TYPES
 from look.imaging.renditions import Rendition, Renditions, thumbnail_sizes
 
-ENCODINGS = {'jpeg': 'q85', 'webp': 'webp-q85-m4', 'avif': 'avif-q70-s9-420-t1'}
+ENCODINGS = {
+    'jpeg': 'q85',
+    'webp': 'webp-q85-m4',
+    'avif': 'avif-q70-s9-420-t1',
+    'jxl': 'jxl-q85-e3-t1',
+}
 
 
 def renditions(*formats: str) -> Renditions:
@@ -41,6 +46,12 @@ def renditions(*formats: str) -> Renditions:
         ('image/avif;q=0,image/webp', 'webp'),
         ('image/avif;q=0', 'jpeg'),
         ('image/webp;q=0.1,image/jpeg;q=0', 'webp'),
+        # JPEG XL: named or never; after AVIF, before WebP, at equal q.
+        ('image/jxl', 'jxl'),
+        ('image/jxl,image/webp,*/*', 'jxl'),
+        ('image/webp,image/avif,image/jxl', 'avif'),
+        ('image/jxl,image/avif;q=0.9', 'jxl'),
+        ('image/jxl;q=0,image/webp', 'webp'),
         # Spelling: case, spaces, malformed ranges and q-values.
         ('IMAGE/WEBP', 'webp'),
         (' image/webp ; q=0.7 , image/jpeg;q=0.6', 'webp'),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import random
 import struct
@@ -238,6 +239,145 @@ def cmyk_jpeg(size: tuple[int, int] = (256, 128)) -> bytes:
     image = Image.new('CMYK', size, (0, 255, 255, 0))
     image.paste((255, 0, 255, 0), (0, 0, size[0] // 2, size[1]))
     return encode(image, 'JPEG', quality=95)
+
+
+# -- JPEGs with every kind of metadata ------------------------------------------------
+
+SECRET_XMP = b'look-test-xmp-4711'
+SECRET_IPTC = b'look-test-iptc-4711'
+
+
+def metadata_jpeg(
+    size: tuple[int, int] = (640, 360),
+    *,
+    icc_profile: bytes | None = None,
+    trailer: bytes = b'',
+    **params: object,
+) -> bytes:
+    """Return an upright JPEG carrying EXIF (with GPS), XMP, IPTC, a comment and an APP15.
+
+    Segments as cameras and editors write them, after Pillow's JFIF: APP1
+    EXIF and XMP, APP2 ICC (if given), APP13 Photoshop IPTC, APP15, COM;
+    ``trailer`` goes after the end of image, as phones append data there.
+    """
+    exif = Image.Exif()
+    exif[ORIENTATION] = 1
+    exif[0x0110] = SECRET_CAMERA
+    exif.get_ifd(GPS_IFD)[1] = 'N'
+    xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + SECRET_XMP + b'</x:xmpmeta>'
+    data = encode(
+        grainy_photo(size),
+        'JPEG',
+        quality=90,
+        exif=exif.tobytes(),
+        xmp=xmp,
+        comment=SECRET_COMMENT,
+        **({'icc_profile': icc_profile} if icc_profile else {}),
+        **params,
+    )
+    iptc = b'Photoshop 3.0\x008BIM\x04\x04\x00\x00' + struct.pack('>I', 20) + SECRET_IPTC + b'\x00'
+    extra = _jpeg_segment(0xED, iptc) + _jpeg_segment(0xEF, b'look-test-app15')
+    sos = data.index(b'\xff\xda')
+    # before the tables: Pillow writes its APPn and COM first, as cameras do
+    first_table = data.index(b'\xff\xdb')
+    return data[:first_table] + extra + data[first_table:sos] + data[sos:] + trailer
+
+
+def jpeg_segments(data: bytes) -> list[tuple[int, bytes]]:
+    """Return the (marker, payload) of each segment of a JPEG before its first scan."""
+    segments = []
+    position = 2
+    while data[position] == 0xFF:
+        marker = data[position + 1]
+        (length,) = struct.unpack_from('>H', data, position + 2)
+        segments.append((marker, data[position + 4 : position + 2 + length]))
+        if marker == 0xDA:
+            return segments
+        position += 2 + length
+    raise AssertionError(f'no marker at byte {position}')
+
+
+def same_placeholder(first: dict[str, str], second: dict[str, str]) -> bool:
+    """Return whether two placeholders are of one picture, made from different decodes of it.
+
+    The same header (average, scales, aspect ratio, alpha), every other
+    nibble at most a step apart, and each colour channel within 2 levels:
+    a JPEG stored from a PNG, or drafted at 1/8, rounds a little otherwise.
+    """
+    ours, theirs = (base64.b64decode(p['thumbhash']) for p in (first, second))
+    if len(ours) != len(theirs) or ours[:5] != theirs[:5]:
+        return False
+    nibbles = [
+        abs(((a >> shift) & 15) - ((b >> shift) & 15))
+        for a, b in zip(ours[5:], theirs[5:], strict=True)
+        for shift in (0, 4)
+    ]
+    colours = zip(*(bytes.fromhex(p['color'][1:]) for p in (first, second)), strict=True)
+    return max(nibbles, default=0) <= 1 and all(abs(a - b) <= 2 for a, b in colours)
+
+
+# -- formats of phones and modern tools ------------------------------------------------
+
+
+def register_plugins() -> None:
+    """Let Pillow in the test process write and read HEIF and JPEG XL, as a pool process can."""
+    import pillow_heif
+    from pillow_jxl import JpegXLImagePlugin  # noqa: F401 (registers itself)
+
+    pillow_heif.register_heif_opener()
+
+
+def modern(fmt: str, size: tuple[int, int] = (640, 360), seed: int = 0, **params: object) -> bytes:
+    """Return a seeded photo-like picture as HEIF (pillow-heif), AVIF (Pillow) or JXL."""
+    register_plugins()
+    return encode(grainy_photo(size, seed), fmt, **params)
+
+
+def rotated_heic(orientation: int, size: tuple[int, int] = (640, 360)) -> bytes:
+    """Return a HEIC whose top-left 64x64 is red, turned by ``orientation`` as EXIF numbers them.
+
+    pillow-heif writes the turn as HEIF's own irot and imir boxes, as a phone does.
+    """
+    register_plugins()
+    image = picture(size)
+    image.paste((255, 0, 0), (0, 0, 64, 64))
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    return encode(image, 'HEIF', exif=exif.tobytes(), quality=90)
+
+
+def isobmff_bomb(fmt: str = 'HEIF', width: int = 60_000, height: int = 60_000) -> bytes:
+    """Return a small HEIF or AVIF whose every ``ispe`` box claims ``width`` x ``height``."""
+    register_plugins()
+    data = bytearray(image_bytes(fmt, size=(64, 64)))
+    position = data.find(b'ispe')
+    assert position > 0
+    while position > 0:
+        data[position + 8 : position + 16] = struct.pack('>II', width, height)
+        position = data.find(b'ispe', position + 4)
+    return bytes(data)
+
+
+def jxl_bomb(width: int = 60_000, height: int = 60_000) -> bytes:
+    """Return a small JPEG XL codestream whose size header claims ``width`` x ``height``.
+
+    The header is bit-packed, least significant bit first: the original one
+    is replaced by one with 30-bit sides, the rest of the stream shifted after it.
+    """
+    register_plugins()
+    data = image_bytes('JXL', size=(8, 8))
+    assert data[:2] == b'\xff\x0a'
+    bits = int.from_bytes(data[2:], 'little')
+    # 8x8 is small (1 bit), one 8-pixel unit high (5 bits), ratio 1:1 (3 bits).
+    assert bits & 1 and (bits >> 1) & 31 == 0 and (bits >> 6) & 7 == 1
+    rest = bits >> 9
+    header = header_bits = 0
+    # small 0, selector 3, height - 1 (30 bits), ratio 0, selector 3, width - 1 (30 bits)
+    for value, count in ((0, 1), (3, 2), (height - 1, 30), (0, 3), (3, 2), (width - 1, 30)):
+        header |= value << header_bits
+        header_bits += count
+    body = header | (rest << header_bits)
+    return b'\xff\x0a' + body.to_bytes((body.bit_length() + 7) // 8, 'little')
 
 
 # -- hostile files ------------------------------------------------------------------

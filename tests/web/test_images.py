@@ -21,9 +21,10 @@ from PIL import Image
 
 from look.config import Config
 from look.core.index.journal import decode_line
+from look.imaging import thumbhash
 
 from support import imagegen
-from support.imagegen import encode, image_bytes, solid
+from support.imagegen import encode, image_bytes, picture, solid
 from support.storage import storage_state, stored_jpeg
 
 pytestmark = pytest.mark.backends('local', 'shared')
@@ -32,6 +33,8 @@ ONCE = pytest.mark.backends('local')
 
 MakeClient = Callable[..., TestClient]
 UPLOAD = image_bytes('PNG', size=(640, 360))
+# What the description's placeholder is: the ThumbHash and mean colour of the pixels stored.
+PLACEHOLDER = thumbhash.placeholder(picture((640, 360)))
 
 
 def ids(*numbers: int) -> Callable[[], uuid.UUID]:
@@ -120,8 +123,9 @@ def test_upload_raw_body(make_client: MakeClient, content_type: str | None) -> N
                 'srcset': f'/thumbnails/{image_id}/320x180.{format} 320w, '
                 f'/thumbnails/{image_id}/160x90.{format} 160w',
             }
-            for format in ('avif', 'webp', 'jpeg')
+            for format in ('avif', 'jxl', 'webp', 'jpeg')
         },
+        'placeholder': {'thumbhash': PLACEHOLDER[0], 'color': PLACEHOLDER[1]},
         'delete_token': response.json['delete_token'],
     }
     assert len(response.json['delete_token']) >= 43  # 256 random bits
@@ -381,6 +385,9 @@ TOO_BIG = imagegen.random_bytes(LIMIT + 1)
             {'body': multipart(('image', 'a.bin', TOO_BIG))}, 413, id='multipart', marks=ONCE
         ),
         pytest.param({'body': imagegen.png_bomb()}, 413, id='bomb'),
+        pytest.param({'body': imagegen.isobmff_bomb('HEIF')}, 413, id='heic-bomb'),
+        pytest.param({'body': imagegen.isobmff_bomb('AVIF')}, 413, id='avif-bomb', marks=ONCE),
+        pytest.param({'body': imagegen.jxl_bomb()}, 413, id='jxl-bomb'),
         pytest.param({'body': image_bytes('PNG', size=(640, 360))}, 413, id='pixels', marks=ONCE),
         pytest.param({'body': b'{"image": "cat.jpg"}'}, 415, id='json', marks=ONCE),
         pytest.param({'body': imagegen.random_bytes(1000)}, 415, id='noise'),

@@ -26,13 +26,14 @@ from look.config import Config
 from look.imaging import pool as thumbnailer
 from look.web.openapi import openapi_document
 
+from support import imagegen
 from support.imagegen import image_bytes
 
 MAX_UPLOAD_BYTES = 1024 * 1024
 MIN_THUMB_SIZE = 16
 API_KEY = 'openapi-0123456789abcdef'
 # What the default LOOK_THUMBNAIL_FORMATS offers, best first.
-FORMATS = ('avif', 'webp', 'jpeg')
+FORMATS = ('avif', 'jxl', 'webp', 'jpeg')
 # Every image uploaded has one thumbnail, of the smallest side.
 UPLOAD_SIZE = (2 * MIN_THUMB_SIZE, 2 * MIN_THUMB_SIZE)
 THUMBNAIL_SIZE = (MIN_THUMB_SIZE, MIN_THUMB_SIZE)
@@ -116,9 +117,10 @@ def send_images_as_uploads(document: dict[str, Any]) -> None:
       is told what an image/png body is (and an application/octet-stream one:
       a JPEG); a schema-valid upload is then an image, and must be stored.
     """
+    imagegen.register_plugins()  # image/heif, image/heic and image/jxl
     for media_type in document['paths']['/images']['post']['requestBody']['content']:
         if media_type.startswith('image/'):
-            fmt = media_type.removeprefix('image/').upper()
+            fmt = media_type.removeprefix('image/').upper().replace('HEIC', 'HEIF')
         elif media_type == 'application/octet-stream':
             fmt = 'JPEG'
         else:

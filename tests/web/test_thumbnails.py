@@ -1,4 +1,4 @@
-"""Thumbnails in JPEG, WebP and AVIF: explicit URLs, the negotiated one, and formats turned off."""
+"""Thumbnails in JPEG, WebP, AVIF and JPEG XL: explicit URLs, the negotiated one, turned off."""
 
 from __future__ import annotations
 
@@ -16,20 +16,21 @@ from look.web.cache import CACHE_HEADER, PURGED_MARKER
 from look.web.conditional import IMMUTABLE
 
 from support.client import upload
-from support.imagegen import image_bytes
+from support.imagegen import image_bytes, register_plugins
 
 MakeClient = Callable[..., TestClient]
 UPLOAD = image_bytes('JPEG', size=(640, 360))
-PIL_FORMATS = {'jpeg': 'JPEG', 'webp': 'WEBP', 'avif': 'AVIF'}
+PIL_FORMATS = {'jpeg': 'JPEG', 'webp': 'WEBP', 'avif': 'AVIF', 'jxl': 'JXL'}
 
 
 def decoded(data: bytes) -> Image.Image:
+    register_plugins()  # JPEG XL
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
 
 
-@pytest.mark.parametrize('format', ['jpeg', 'webp', 'avif'])
+@pytest.mark.parametrize('format', ['jpeg', 'webp', 'avif', 'jxl'])
 def test_each_format_has_its_own_url_type_etag_and_caching(
     client: TestClient, format: str
 ) -> None:
@@ -67,10 +68,10 @@ def test_every_format_has_an_etag_of_its_own(client: TestClient) -> None:
         client.simulate_get(f'/thumbnails/{image["id"]}/160x90.{format}').headers['ETag']
         for format in FORMAT_MEDIA_TYPES
     }
-    assert len(etags) == 3
+    assert len(etags) == len(FORMAT_MEDIA_TYPES) == 4
 
 
-@pytest.mark.parametrize('format', ['webp', 'avif'])
+@pytest.mark.parametrize('format', ['webp', 'avif', 'jxl'])
 def test_sizes_the_image_lacks_are_404_in_every_format(client: TestClient, format: str) -> None:
     image = upload(client, UPLOAD)
     response = client.simulate_get(f'/thumbnails/{image["id"]}/300x300.{format}')
@@ -86,6 +87,8 @@ def test_sizes_the_image_lacks_are_404_in_every_format(client: TestClient, forma
         ('image/avif,image/webp,image/apng,image/*,*/*;q=0.8', 'avif'),
         ('image/webp,*/*', 'webp'),
         ('image/avif;q=0.4,image/webp;q=0.9', 'webp'),
+        ('image/jxl,image/webp,*/*', 'jxl'),
+        ('image/jxl,image/avif,image/webp,*/*', 'avif'),
     ],
 )
 def test_the_url_without_extension_serves_what_accept_asks_for(
@@ -115,7 +118,7 @@ def test_the_url_without_extension_serves_what_accept_asks_for(
 
 def test_the_description_lists_every_format_with_a_srcset(client: TestClient) -> None:
     image = upload(client, UPLOAD)
-    assert list(image['formats']) == ['avif', 'webp', 'jpeg']
+    assert list(image['formats']) == ['avif', 'jxl', 'webp', 'jpeg']
     for format, entry in image['formats'].items():
         assert entry['type'] == FORMAT_MEDIA_TYPES[format]
         candidates = [candidate.split() for candidate in entry['srcset'].split(', ')]
@@ -172,7 +175,7 @@ def test_a_delete_purges_every_format_of_every_size(
     client.simulate_get(f'/thumbnails/{image["id"]}/160x90', headers={'Accept': 'image/webp'})
     inspect = fakeredis.FakeRedis(server=fake_redis_server)
     cached = {key for key in inspect.keys('look:/thumbnails/*')}
-    assert len(cached) == 3 * len(image['thumbnails'])
+    assert len(cached) == len(FORMAT_MEDIA_TYPES) * len(image['thumbnails'])
 
     assert client.simulate_delete(image['image']).status_code == 204
 

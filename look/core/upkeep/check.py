@@ -16,6 +16,9 @@ What can disagree, on any backend:
 - *leftovers*: the JPEG of an image the index recorded as deleted (a delete
   whose file removal failed) that is not on the list to remove; repair
   removes it.
+- *without a placeholder*: an image stored before look made placeholders
+  (or restored by a check without one); repair makes its placeholder from
+  its JPEG. Nothing disagrees: it is described without one until then.
 
 An object on the index's list to remove is *waiting*: look removes it by
 itself (look.core.removals), and a repair never restores it. Nothing here
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE_SECONDS = 3600.0
 
 SizeReader = Callable[[str], tuple[int, int]]
+# The placeholder (ThumbHash, colour) of a stored JPEG at a path: Pillow's
+# work, which the imaging floor does and the command line hands in.
+PlaceholderReader = Callable[[str], tuple[str, str]]
 
 
 @dataclasses.dataclass
@@ -59,6 +65,8 @@ class Findings:
     damage: list[str] = dataclasses.field(default_factory=list)
     # On the list to remove: look removes these by itself; nothing to repair.
     waiting: list[StoredObject] = dataclasses.field(default_factory=list)
+    # Listed with their JPEG, but no placeholder yet: a repair makes theirs.
+    without_placeholder: list[StoredImage] = dataclasses.field(default_factory=list)
 
     @property
     def sound(self) -> bool:
@@ -81,6 +89,7 @@ class Repairs:
     restored: int = 0
     removed: int = 0
     failed_writes_removed: int = 0
+    placeholders: int = 0
     rewritten: bool = False
     failed: list[str] = dataclasses.field(default_factory=list)
 
@@ -110,6 +119,9 @@ def inspect(
     findings.objects = len(objects)
     on_store = {stored.id for stored in objects}
     findings.missing = [image for image_id, image in listed.items() if image_id not in on_store]
+    findings.without_placeholder = [
+        image for image in listed.values() if not image.thumbhash and image.id in on_store
+    ]
     now = time.time()
     for stored in sorted(objects, key=_upload_order):
         age = now - stored.modified
@@ -139,9 +151,18 @@ def _upload_order(stored: StoredObject) -> tuple[float, str]:
 
 
 def repair(
-    index: KeptIndex, images: KeptStore, findings: Findings, *, read_size: SizeReader
+    index: KeptIndex,
+    images: KeptStore,
+    findings: Findings,
+    *,
+    read_size: SizeReader,
+    read_placeholder: PlaceholderReader | None = None,
 ) -> Repairs:
-    """Settle what ``inspect`` found; never delete an image the index may still want."""
+    """Settle what ``inspect`` found; never delete an image the index may still want.
+
+    With ``read_placeholder``, images without a placeholder get theirs, and
+    restored images come back with one.
+    """
     repairs = Repairs()
     for image in findings.missing:
         try:
@@ -166,9 +187,14 @@ def repair(
         except Exception as ex:
             repairs.failed.append(f'{stored.id}: {ex}')
     for stored in findings.unlisted:
-        _restore(index, images, stored, read_size, repairs, from_quarantine=False)
+        _restore(
+            index, images, stored, read_size, read_placeholder, repairs, from_quarantine=False
+        )
     for stored in findings.quarantined:
-        _restore(index, images, stored, read_size, repairs, from_quarantine=True)
+        _restore(index, images, stored, read_size, read_placeholder, repairs, from_quarantine=True)
+    if read_placeholder is not None:
+        for image in findings.without_placeholder:
+            _give_placeholder(index, images, image.id, read_placeholder, repairs)
     if findings.damage:
         try:
             index.rewrite()
@@ -197,6 +223,7 @@ def _restore(
     images: KeptStore,
     stored: StoredObject,
     read_size: SizeReader,
+    read_placeholder: PlaceholderReader | None,
     repairs: Repairs,
     *,
     from_quarantine: bool,
@@ -206,12 +233,35 @@ def _restore(
             images.restore(stored.id)
         with images.local_path(stored.id) as path:
             size, length = read_size(path), os.stat(path).st_size
-        index.add(StoredImage(stored.id, int(stored.modified), size, length))
+            thumbhash, color = read_placeholder(path) if read_placeholder else ('', '')
+        index.add(
+            StoredImage(
+                stored.id, int(stored.modified), size, length, thumbhash=thumbhash, color=color
+            )
+        )
         repairs.restored += 1
     except ImageExists:
         pass  # listed meanwhile
     except Exception as ex:
         repairs.failed.append(f'{stored.id}: {ex}')
+
+
+def _give_placeholder(
+    index: KeptIndex,
+    images: KeptStore,
+    image_id: str,
+    read_placeholder: PlaceholderReader,
+    repairs: Repairs,
+) -> None:
+    try:
+        with images.local_path(image_id) as path:
+            thumbhash, color = read_placeholder(path)
+        index.amend(image_id, thumbhash=thumbhash, color=color)
+        repairs.placeholders += 1
+    except ImageNotFound:
+        pass  # deleted meanwhile
+    except Exception as ex:
+        repairs.failed.append(f'{image_id}: {ex}')
 
 
 def quarantine_unlisted(index: KeptIndex, images: KeptStore) -> list[str]:
