@@ -47,6 +47,9 @@ def _print_findings(findings: check.Findings, *, keeps_every_row: bool) -> None:
     print(f'left behind by deletes: {len(findings.leftovers)}')
     for stored in findings.leftovers:
         print(f'  {stored.id}')
+    print(f'animations whose WebP is gone: {len(findings.missing_animations)}')
+    for image in findings.missing_animations:
+        print(f'  {image.id} (uploaded {_when(image.modified)})')
     print(f'damaged index records: {len(findings.damage)}')
     for problem in findings.damage:
         print(f'  {problem}')

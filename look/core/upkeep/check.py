@@ -14,8 +14,12 @@ What can disagree, on any backend:
   still on its way: an upload that failed or whose host died before its row;
   repair removes it.
 - *leftovers*: the JPEG of an image the index recorded as deleted (a delete
-  whose file removal failed) that is not on the list to remove; repair
-  removes it.
+  whose file removal failed) that is not on the list to remove, and an
+  animation's WebP with no JPEG and no row beside it, older than the grace
+  time; repair removes them.
+- *missing animations*: an image listed as an animation whose WebP is gone;
+  reported (its ``.webp`` and animated thumbnails are 404), never repaired:
+  only a backup has its frames.
 
 An object on the index's list to remove is *waiting*: look removes it by
 itself (look.core.removals), and a repair never restores it. Nothing here
@@ -31,7 +35,7 @@ import os
 import time
 from collections.abc import Callable
 
-from look.core.imagestore import KeptStore, StoredObject
+from look.core.imagestore import ANIMATION, KeptStore, StoredObject
 from look.core.index import KeptIndex, StoredImage, every_image
 from look.core.removals import DEFAULT_SETTLE
 from look.errors import ImageExists, ImageNotFound
@@ -57,6 +61,7 @@ class Findings:
     failed_writes: list[StoredObject] = dataclasses.field(default_factory=list)
     leftovers: list[StoredObject] = dataclasses.field(default_factory=list)
     damage: list[str] = dataclasses.field(default_factory=list)
+    missing_animations: list[StoredImage] = dataclasses.field(default_factory=list)
     # On the list to remove: look removes these by itself; nothing to repair.
     waiting: list[StoredObject] = dataclasses.field(default_factory=list)
 
@@ -70,6 +75,7 @@ class Findings:
             or self.failed_writes
             or self.leftovers
             or self.damage
+            or self.missing_animations
         )
 
 
@@ -102,6 +108,7 @@ def inspect(
     # NOTE: objects are listed before the index is read: an upload that
     #   commits in between is then in both, never counted as unlisted.
     objects = list(images.objects())
+    animations = list(images.objects(ANIMATION))
     listed = {}
     for image in every_image(index):
         listed[image.id] = image
@@ -110,6 +117,12 @@ def inspect(
     findings.objects = len(objects)
     on_store = {stored.id for stored in objects}
     findings.missing = [image for image_id, image in listed.items() if image_id not in on_store]
+    animated = {stored.id for stored in animations}
+    findings.missing_animations = [
+        image
+        for image_id, image in listed.items()
+        if image.animated and image_id in on_store and image_id not in animated
+    ]
     now = time.time()
     for stored in sorted(objects, key=_upload_order):
         age = now - stored.modified
@@ -125,6 +138,16 @@ def inspect(
             findings.unlisted.append(stored)
         elif age >= settle:
             findings.failed_writes.append(stored)
+    # NOTE: an animation whose JPEG is stored goes with it (a delete or a
+    #   repair removes both); one without is a leftover once past the grace
+    #   time, the most an upload takes from its animation to its row.
+    for stored in sorted(animations, key=_upload_order):
+        if stored.id in listed or stored.id in on_store:
+            continue
+        if stored.id in awaiting:
+            findings.waiting.append(stored)
+        elif now - stored.modified >= grace:
+            findings.leftovers.append(stored)
     # NOTE: in upload order, so a repair lists restored images in the order they came.
     findings.quarantined = [
         stored
@@ -169,6 +192,11 @@ def repair(
         _restore(index, images, stored, read_size, repairs, from_quarantine=False)
     for stored in findings.quarantined:
         _restore(index, images, stored, read_size, repairs, from_quarantine=True)
+    for image in findings.missing_animations:
+        repairs.failed.append(
+            f'{image.id}: its animated WebP is gone, and only a backup has its frames '
+            '(its JPEG, the first frame, is served)'
+        )
     if findings.damage:
         try:
             index.rewrite()
