@@ -12,7 +12,7 @@ from look.errors import ImageTooComplex, ImageTooLarge
 from look.imaging import convert as convert_module
 from look.imaging.animation import render_animation
 from look.imaging.convert import Converted, convert_upload
-from look.imaging.pool import render_units
+from look.imaging.pool import Thumbnailer, render_units
 from look.imaging.preflight import (
     ANIMATION_MAX_FRAMES,
     DEFAULT_MAX_ANIMATION_PIXELS,
@@ -50,7 +50,7 @@ def frames_of(data: bytes) -> list[tuple[Image.Image, int]]:
     """Return every frame of an animated image (RGBA) with its duration."""
     with Image.open(io.BytesIO(data)) as image:
         result = []
-        for index in range(image.n_frames):
+        for index in range(getattr(image, 'n_frames', 1)):
             image.seek(index)
             result.append((image.convert('RGBA'), image.info.get('duration')))
     return result
@@ -322,3 +322,28 @@ def test_an_animated_render_weighs_its_frames_in_the_backlog() -> None:
     still = render_units((480, 270))
     assert render_units((480, 270), frames=60) - still == 59 * 480 * 270
     assert render_units((480, 270), frames=0) == still
+
+
+def test_the_pool_admits_an_animated_render_by_its_frames(tmp_path: pathlib.Path) -> None:
+    """The backlog is told what each render weighs: an animation's every frame."""
+    _, jpeg, kept = convert(tmp_path, animation('GIF', (128, 96), frames=4))
+    thumbnailer = Thumbnailer(
+        processes=1, max_pixels=MAX_PIXELS, quality=QUALITY, render_timeout=20
+    )
+    admitted: list[tuple[str, float]] = []
+    admit = thumbnailer.backlog.admit
+
+    def recording(kind: str, units: float) -> float:
+        admitted.append((kind, units))
+        return admit(kind, units)
+
+    thumbnailer.backlog.admit = recording  # type: ignore[method-assign]
+    try:
+        animated = thumbnailer.render(str(kept), (64, 48), 'webp', frames=4)
+        first = thumbnailer.render(str(jpeg), (64, 48), 'jpeg', frames=4)
+    finally:
+        thumbnailer.close()
+
+    assert len(frames_of(animated)) == 4 and len(frames_of(first)) == 1
+    assert admitted == [('webp', render_units((64, 48), 4)), ('jpeg', render_units((64, 48)))]
+    assert render_units((64, 48), 4) - render_units((64, 48)) == 3 * 64 * 48
