@@ -13,7 +13,7 @@ from look.imaging.formats import THUMBNAIL_FORMATS
 from look.imaging.render import render_thumbnail
 from look.imaging.renditions import thumbnail_sizes
 
-from support.imagegen import image_bytes
+from support.imagegen import image_bytes, moving_picture
 
 
 @pytest.mark.parametrize('fmt', THUMBNAIL_FORMATS)
@@ -53,6 +53,23 @@ def test_the_pillow_limit_converts_uploads_to_looks_bytes_and_leaves_the_fsync_t
     assert in_place[0] == str(upload)
     for path, _size in (converted, in_place):
         assert pathlib.Path(path).read_bytes() == looks.read_bytes()
+
+
+def test_the_pillow_limit_converts_an_animation_to_looks_bytes(tmp_path: pathlib.Path) -> None:
+    """Its first frame as look's JPEG, its frames as look's animated WebP, byte for byte."""
+    upload = tmp_path / 'upload'
+    upload.write_bytes(moving_picture((160, 90), frames=12))
+    looks = tmp_path / 'looks'
+    looks.write_bytes(upload.read_bytes())
+    convert_upload(str(looks), 100_000_000, limits.QUALITY, str(tmp_path / 'looks.webp'))
+    out = tmp_path / 'out'
+    out.mkdir()
+
+    path, size = limits.convert_animation(str(upload), str(out))
+
+    assert size == (160, 90)
+    assert pathlib.Path(path).read_bytes() == looks.read_bytes()
+    assert pathlib.Path(f'{path}.webp').read_bytes() == (tmp_path / 'looks.webp').read_bytes()
 
 
 def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(

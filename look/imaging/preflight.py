@@ -403,6 +403,19 @@ DEFAULT_MAX_ANIMATION_PIXELS = 100_000_000
 ANIMATION_MAX_FRAMES = WEBP_MAX_CHUNKS
 
 
+def may_be_animated(head: bytes) -> bool:
+    """Return whether an upload's first 64 bytes say it may be an animation.
+
+    A GIF, a PNG whose acTL comes before its image data (encoders put it
+    right after IHDR), a WebP whose header flags an animation.
+    """
+    if head.startswith((b'GIF87a', b'GIF89a')):
+        return True
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):
+        return b'acTL' in head
+    return head.startswith(b'RIFF') and head[8:16] == b'WEBPVP8X' and bool(head[20] & 0x02)
+
+
 def check_animation(path: str, max_animation_pixels: int) -> int:
     """Return how many frames the image at ``path`` has, from its container alone.
 

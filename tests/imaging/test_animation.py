@@ -347,3 +347,37 @@ def test_the_pool_admits_an_animated_render_by_its_frames(tmp_path: pathlib.Path
     assert len(frames_of(animated)) == 4 and len(frames_of(first)) == 1
     assert admitted == [('webp', render_units((64, 48), 4)), ('jpeg', render_units((64, 48)))]
     assert render_units((64, 48), 4) - render_units((64, 48)) == 3 * 64 * 48
+
+
+def test_the_pool_admits_an_upload_that_may_animate_at_the_cost_of_animations(
+    tmp_path: pathlib.Path,
+) -> None:
+    """An animated GIF costs 25 times a JPEG a byte: its uploads learn their own cost."""
+    thumbnailer = Thumbnailer(
+        processes=1, max_pixels=MAX_PIXELS, quality=QUALITY, render_timeout=20
+    )
+    admitted: list[str] = []
+    admit = thumbnailer.backlog.admit
+
+    def recording(kind: str, units: float) -> float:
+        admitted.append(kind)
+        return admit(kind, units)
+
+    thumbnailer.backlog.admit = recording  # type: ignore[method-assign]
+    uploads = {
+        'gif': animation('GIF', frames=3),
+        'apng': animation('PNG', frames=3),
+        'webp': animation('WEBP', frames=3),
+        'png': imagegen.image_bytes('PNG'),
+        'jpeg': imagegen.image_bytes('JPEG'),
+        'still-webp': imagegen.image_bytes('WEBP'),
+    }
+    try:
+        for name, data in uploads.items():
+            path = tmp_path / name
+            path.write_bytes(data)
+            thumbnailer.convert_upload(path, tmp_path / f'{name}.webp')
+    finally:
+        thumbnailer.close()
+
+    assert admitted == ['animation'] * 3 + ['upload'] * 3
