@@ -29,7 +29,7 @@ from look.core.index.journal import encode_line
 from look.core.index.postgres import PostgresIndex
 
 from support.gunicorn import Gunicorn
-from support.imagegen import image_bytes
+from support.imagegen import image_bytes, moving_picture
 from support.postgres import PostgresDatabase
 from support.redis import RedisServer
 from support.seaweed import SeaweedServer
@@ -95,6 +95,21 @@ UPLOADS = [
     Upload('1920x1080 JPEG', 'image/jpeg', lambda: _jpeg((1920, 1080), seed=100)),
     Upload('640x360 PNG', 'image/png', lambda: image_bytes('PNG', (640, 360), seed=101)),
 ]
+
+
+def _animation_uploads() -> list[Upload]:
+    """An animated GIF: look stores its first frame as a JPEG, its frames as an animated WebP."""
+    return [
+        Upload(
+            '480x270 animated GIF, 60 frames',
+            'image/gif',
+            lambda: moving_picture((480, 270), frames=60),
+            limit='animation',
+        )
+    ]
+
+
+UPLOADS += _animation_uploads()
 # Cache hits and original downloads: look vs the bare app.
 # NOTE: 0.85 for hits, not 0.9: metrics and strict routing cost what they are worth.
 HIT_TARGET, DOWNLOAD_TARGET = 0.85, 0.9
