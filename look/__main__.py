@@ -20,6 +20,7 @@ from look.core.backends import open_library
 from look.core.index.journal import JournalIndex
 from look.core.index.postgres import PostgresIndex
 from look.core.upkeep import check, migrate
+from look.imaging.animation import stored_animation
 from look.imaging.render import stored_size
 
 
@@ -84,7 +85,13 @@ def _check(arguments: argparse.Namespace) -> int:
                 f'{restore}, remove what deletes left behind, and write a damaged index again'
             )
             return 1
-        repairs = check.repair(library.index, library.images, findings, read_size=stored_size)
+        repairs = check.repair(
+            library.index,
+            library.images,
+            findings,
+            read_size=stored_size,
+            read_animation=stored_animation,
+        )
         print(
             f'repaired: {repairs.dropped} entries dropped, {repairs.restored} images restored, '
             f'{repairs.removed} leftovers removed'

@@ -212,3 +212,18 @@ def render_animation(source: str, size: tuple[int, int], format: str) -> bytes:
         if format == 'avif':
             return encode_avif(frames())
     raise ValueError(f'{format!r} thumbnails are not animated')
+
+
+def stored_animation(path: str) -> tuple[int, int]:
+    """Return the frames of a stored animated WebP and how long one play lasts, in ms.
+
+    For a check's restore of an animation the index no longer lists.
+    """
+    Image.MAX_IMAGE_PIXELS = None
+    with Image.open(path, formats=('WEBP',)) as image:
+        duration = 0
+        for index in range(image.n_frames):
+            image.seek(index)
+            image.load()  # a frame's duration is known once it is decoded
+            duration += round(image.info.get('duration') or 0)
+        return image.n_frames, duration

@@ -40,6 +40,7 @@ from look.core.library import Library
 from look.core.spool import Spool
 from look.core.upkeep import check
 from look.imaging import pool as thumbnailer
+from look.imaging.animation import stored_animation
 from look.imaging.render import stored_size
 
 from support.gunicorn import Gunicorn
@@ -504,7 +505,7 @@ def test_a_repair_restores_an_unlisted_animation_with_its_webp(
     image_id = new_id()
     jpeg_path(root, image_id).write_bytes(JPEG)
     webp = root / 'images' / f'{image_id}.webp'
-    webp.write_bytes(animation('WEBP', frames=2))
+    webp.write_bytes(animation('WEBP', frames=2, durations=100))
     age(jpeg_path(root, image_id), LONG_AGO)
     age(webp, LONG_AGO)
 
@@ -514,8 +515,19 @@ def test_a_repair_restores_an_unlisted_animation_with_its_webp(
     findings = check.inspect(library.index, library.images)
     assert [stored.id for stored in findings.quarantined] == [image_id]
     assert findings.leftovers == []
-    check.repair(library.index, library.images, findings, read_size=stored_size)
+    repairs = check.repair(
+        library.index,
+        library.images,
+        findings,
+        read_size=stored_size,
+        read_animation=stored_animation,
+    )
+
+    assert (repairs.restored, repairs.failed) == (1, [])
     assert webp.exists() and jpeg_path(root, image_id).exists()
+    restored = library.get(image_id)
+    assert (restored.frames, restored.duration_ms) == (2, 200)
+    assert restored.animated
 
 
 def test_cli_damaged_index_lines_are_reported_and_written_out(

@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 DEFAULT_GRACE_SECONDS = 3600.0
 
 SizeReader = Callable[[str], tuple[int, int]]
+# Reads a stored animated WebP: its frames and how long one play lasts (ms).
+AnimationReader = Callable[[str], tuple[int, int]]
 
 
 @dataclasses.dataclass
@@ -162,7 +164,12 @@ def _upload_order(stored: StoredObject) -> tuple[float, str]:
 
 
 def repair(
-    index: KeptIndex, images: KeptStore, findings: Findings, *, read_size: SizeReader
+    index: KeptIndex,
+    images: KeptStore,
+    findings: Findings,
+    *,
+    read_size: SizeReader,
+    read_animation: AnimationReader | None = None,
 ) -> Repairs:
     """Settle what ``inspect`` found; never delete an image the index may still want."""
     repairs = Repairs()
@@ -189,9 +196,9 @@ def repair(
         except Exception as ex:
             repairs.failed.append(f'{stored.id}: {ex}')
     for stored in findings.unlisted:
-        _restore(index, images, stored, read_size, repairs, from_quarantine=False)
+        _restore(index, images, stored, (read_size, read_animation), repairs, quarantined=False)
     for stored in findings.quarantined:
-        _restore(index, images, stored, read_size, repairs, from_quarantine=True)
+        _restore(index, images, stored, (read_size, read_animation), repairs, quarantined=True)
     for image in findings.missing_animations:
         repairs.failed.append(
             f'{image.id}: its animated WebP is gone, and only a backup has its frames '
@@ -224,17 +231,32 @@ def _restore(
     index: KeptIndex,
     images: KeptStore,
     stored: StoredObject,
-    read_size: SizeReader,
+    readers: tuple[SizeReader, AnimationReader | None],
     repairs: Repairs,
     *,
-    from_quarantine: bool,
+    quarantined: bool,
 ) -> None:
+    """Restore an unlisted JPEG into the index; a WebP beside it makes it an animation."""
+    read_size, read_animation = readers
     try:
-        if from_quarantine:
+        if quarantined:
             images.restore(stored.id)
         with images.local_path(stored.id) as path:
             size, length = read_size(path), os.stat(path).st_size
-        index.add(StoredImage(stored.id, int(stored.modified), size, length))
+        frames = duration_ms = 0
+        if read_animation is not None and images.exists(stored.id, ANIMATION):
+            with images.local_path(stored.id, ANIMATION) as path:
+                frames, duration_ms = read_animation(path)
+        index.add(
+            StoredImage(
+                stored.id,
+                int(stored.modified),
+                size,
+                length,
+                frames=frames,
+                duration_ms=duration_ms,
+            )
+        )
         repairs.restored += 1
     except ImageExists:
         pass  # listed meanwhile
