@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 from collections.abc import Callable, Iterator
 
 from PIL import Image
 
-from look.errors import ImageTooLarge
 from look.imaging.formats import ENCODINGS
+from look.imaging.preflight import ANIMATION_MAX_FRAMES
+
+log = logging.getLogger(__name__)
 
 # The formats whose files can hold more than one frame, as Pillow names them.
 ANIMATED_FORMATS = frozenset({'GIF', 'PNG', 'WEBP'})
@@ -51,29 +54,25 @@ class Animation:
     duration_ms: int
 
 
-def check_budget(frames: int, size: tuple[int, int], max_animation_pixels: int) -> None:
-    """Refuse an animation whose frames hold more than ``max_animation_pixels`` pixels in all."""
-    width, height = size
-    if frames > 1 and frames * width * height > max_animation_pixels:
-        raise ImageTooLarge(
-            f'The animation has {frames} frames of {width}x{height} '
-            f'({frames * width * height} pixels in all); the limit is '
-            f'{max_animation_pixels} pixels of frames.'
-        )
-
-
 def is_animation(image: Image.Image) -> bool:
     """Return whether an opened upload is an animation look keeps as one."""
-    return image.format in ANIMATED_FORMATS and getattr(image, 'n_frames', 1) > 1
+    if image.format not in ANIMATED_FORMATS:
+        return False
+    try:
+        return bool(getattr(image, 'is_animated', False))
+    except Exception:  # a second frame cut off in its header: a still image
+        return False
 
 
 def save_animation(
     image: Image.Image, path: str, to_srgb: Callable[[Image.Image], Image.Image]
-) -> Animation:
+) -> Animation | None:
     """Write every frame of the opened animation ``image`` to ``path`` as an animated WebP.
 
-    ``to_srgb`` turns a frame (RGBA) into sRGB. The file is removed if
-    anything fails, so a refused upload leaves nothing behind.
+    ``to_srgb`` turns a frame (RGBA) into sRGB. A file cut off mid-way keeps
+    the frames before the cut, as a browser shows them; with fewer than two,
+    it is no animation (None). The file is removed if anything fails, so a
+    refused upload leaves nothing behind.
     """
     orientation = image.getexif().get(0x0112, 1)
     transpose = _UPRIGHT.get(orientation)
@@ -81,15 +80,30 @@ def save_animation(
     loop = int(image.info.get('loop', 1)) if image.format == 'GIF' else image.info.get('loop', 0)
 
     def frames() -> Iterator[tuple[Image.Image, int]]:
-        for index in range(image.n_frames):
-            image.seek(index)
-            frame = to_srgb(image.convert('RGBA'))
+        # NOTE: frame by frame to the end, not up to n_frames: Pillow counts
+        #   a GIF's frames by reading them all, and a cut-off one stops it.
+        for index in range(ANIMATION_MAX_FRAMES):  # preflight refused more
+            try:
+                image.seek(index)
+                frame = to_srgb(image.convert('RGBA'))
+            except EOFError:
+                return
+            except MemoryError:
+                raise
+            except Exception as ex:  # whatever a decoder says of a cut-off frame
+                if index == 0:
+                    raise
+                log.info('an animation is cut off at frame %d: %s', index + 1, ex)
+                return
             if transpose is not None:
                 frame = frame.transpose(transpose)
             yield frame, round(image.info.get('duration') or 0)
 
     try:
         animation = _write_webp(frames(), path, loop)
+        if animation.frames < 2:
+            os.unlink(path)
+            return None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)

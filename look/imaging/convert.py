@@ -60,8 +60,8 @@ def convert_upload(
     Returns what the index keeps of it. Metadata (EXIF, GPS, comments) is not
     carried over. With an ``animation_path``, an animation of more than one
     frame is written there too, as an animated WebP (look.imaging.animation);
-    the JPEG is its first frame. An upload that is refused is left as it was. The caller makes the
-    JPEG durable (``Store.add``): an fsync here would hold this process,
+    the JPEG is its first frame. An upload that is refused is left as it
+    was. The caller makes the JPEG durable (``Store.add``): an fsync here would hold this process,
     which renders and uploads queue for, idle while the disk catches up.
     """
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
@@ -126,7 +126,7 @@ def convert_upload(
     return Converted(rgb.size, frames=kept.frames, duration_ms=kept.duration_ms)
 
 
-def _keep_animation(image: Image.Image, path: str) -> animation.Animation:
+def _keep_animation(image: Image.Image, path: str) -> animation.Animation | None:
     """Write the animation ``image`` to ``path``, its frames in sRGB as the JPEG's are."""
     icc_profile = image.info.get('icc_profile')
 

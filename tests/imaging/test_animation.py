@@ -381,3 +381,26 @@ def test_the_pool_admits_an_upload_that_may_animate_at_the_cost_of_animations(
         thumbnailer.close()
 
     assert admitted == ['animation'] * 3 + ['upload'] * 3
+
+
+def test_a_gif_cut_off_mid_way_keeps_the_frames_before_the_cut(tmp_path: pathlib.Path) -> None:
+    """As a browser shows a GIF whose download stopped: the frames that arrived."""
+    whole = imagegen.moving_picture((160, 90), frames=10)
+
+    converted, _, kept = convert(tmp_path, imagegen.truncated(whole, 0.7))
+
+    assert 2 <= converted.frames < 10
+    assert converted.duration_ms == 40 * converted.frames
+    with Image.open(kept) as webp:
+        assert webp.n_frames == converted.frames
+
+
+def test_a_gif_cut_off_in_its_second_frame_is_a_still_image(tmp_path: pathlib.Path) -> None:
+    whole = imagegen.moving_picture((160, 90), frames=2)
+    second = whole.rindex(b'\x2c\x00\x00\x00\x00')  # the second image descriptor
+
+    converted, jpeg, kept = convert(tmp_path, whole[: second + 40])
+
+    assert (converted.frames, converted.duration_ms) == (0, 0)
+    assert not kept.exists()
+    assert jpeg.read_bytes()[:3] == b'\xff\xd8\xff'
