@@ -75,15 +75,60 @@ def convert(source: str, target_dir: str | None, quality: int = QUALITY) -> Conv
     return path, rgb.size
 
 
+def convert_animation(source: str, target_dir: str | None, quality: int = QUALITY) -> Converted:
+    """Store an animated GIF as look does: its first frame as a JPEG, its frames as a WebP.
+
+    The WebP goes beside the JPEG (``<jpeg>.webp``), with every frame as
+    RGBA, its duration and the loop count, by Pillow's own save_all.
+    """
+    preflight.check_container(source, DEFAULT_MAX_PIXELS)
+    preflight.check_animation(source, preflight.DEFAULT_MAX_ANIMATION_PIXELS)
+    path = new_path(target_dir) if target_dir else source
+    with Image.open(source) as image:
+        frames, durations = [], []
+        for index in range(image.n_frames):
+            image.seek(index)
+            frames.append(image.convert('RGBA'))
+            durations.append(image.info.get('duration', 0))
+        loop = image.info.get('loop', 1)
+    out = io.BytesIO()
+    frames[0].save(
+        out,
+        'WEBP',
+        save_all=True,
+        append_images=frames[1:],
+        duration=durations,
+        loop=loop,
+        background=(0, 0, 0, 0),
+        **ENCODINGS['webp'],
+    )
+    rgb = frames[0].convert('RGB')
+    with open(path, 'xb' if target_dir else 'wb') as jpeg:
+        rgb.save(jpeg, 'JPEG', quality=quality)
+    with open(f'{path}.webp', 'wb') as webp:
+        webp.write(out.getvalue())
+    return path, rgb.size
+
+
 # The Pillow limit of each kind of upload, by name: Pillow alone runs it in
 # the benchmark's pool, the bare app in its worker's (POST /converted/{name}).
-UPLOADS: dict[str, Callable[[str, str | None], Converted]] = {'convert': convert}
+UPLOADS: dict[str, Callable[[str, str | None], Converted]] = {
+    'convert': convert,
+    'animation': convert_animation,
+}
 
 
 def fsync(converted: Converted) -> None:
-    """Make the JPEG ``convert`` wrote durable, as look does before it answers an upload."""
-    with open(converted[0], 'rb', buffering=0) as file:
-        os.fsync(file.fileno())
+    """Make the JPEG ``convert`` wrote durable, as look does before it answers an upload.
+
+    An animation's WebP beside it too, as look stores both.
+    """
+    for path in (converted[0], f'{converted[0]}.webp'):
+        try:
+            with open(path, 'rb', buffering=0) as file:
+                os.fsync(file.fileno())
+        except FileNotFoundError:
+            continue
 
 
 def new_path(directory: str) -> str:

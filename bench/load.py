@@ -161,7 +161,12 @@ def throughput(
     server: Gunicorn, calls: Sequence[Call], concurrency: int, seconds: float
 ) -> Figure:
     """Keep ``concurrency`` connections busy for ``seconds``, each cycling through ``calls``."""
-    connections, dealt = _open_spread(server, concurrency, calls[0])
+    # NOTE: connections are dealt to the workers by a cheap GET when the work
+    #   is an upload: dealt by uploads of a second or more each (an animated
+    #   GIF), the first ones would wait longer than gunicorn keeps an idle
+    #   connection (keepalive, 5 s) and be closed before their round.
+    first = calls[0] if calls[0].method == 'GET' else Call('GET', '/images')
+    connections, dealt = _open_spread(server, concurrency, first)
     requests = [call.encode(server.port) for call in calls]
 
     def load(n: int, start: float) -> int:

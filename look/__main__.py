@@ -20,6 +20,7 @@ from look.core.backends import open_library
 from look.core.index.journal import JournalIndex
 from look.core.index.postgres import PostgresIndex
 from look.core.upkeep import check, migrate
+from look.imaging.animation import stored_animation
 from look.imaging.render import stored_placeholder, stored_size
 
 
@@ -47,6 +48,9 @@ def _print_findings(findings: check.Findings, *, keeps_every_row: bool) -> None:
     print(f'left behind by deletes: {len(findings.leftovers)}')
     for stored in findings.leftovers:
         print(f'  {stored.id}')
+    print(f'animations whose WebP is gone: {len(findings.missing_animations)}')
+    for image in findings.missing_animations:
+        print(f'  {image.id} (uploaded {_when(image.modified)})')
     print(f'damaged index records: {len(findings.damage)}')
     for problem in findings.damage:
         print(f'  {problem}')
@@ -95,6 +99,7 @@ def _check(arguments: argparse.Namespace) -> int:
             findings,
             read_size=stored_size,
             read_placeholder=stored_placeholder,
+            read_animation=stored_animation,
         )
         print(
             f'repaired: {repairs.dropped} entries dropped, {repairs.restored} images restored, '

@@ -28,6 +28,7 @@ from look.core.backends import without_password
 from look.core.removals import DEFAULT_SETTLE
 from look.errors import ConfigError
 from look.imaging.formats import FALLBACK_FORMAT, FORMAT_MEDIA_TYPES
+from look.imaging.preflight import DEFAULT_MAX_ANIMATION_PIXELS
 
 MiB = 1024 * 1024
 MAX_PIXELS_LIMIT = 65500 * 65500  # no JPEG is larger: its sides stop at 65 500
@@ -534,6 +535,14 @@ class Config:
         'the largest image, in pixels (at most 65500², the largest JPEG)',
         shown='`67108864` (8192²)',
         most=MAX_PIXELS_LIMIT,
+    )
+    max_animation_pixels: int = setting(
+        'LOOK_MAX_ANIMATION_PIXELS',
+        DEFAULT_MAX_ANIMATION_PIXELS,
+        _whole,
+        'the largest animation, in pixels of all its frames (frames times width times height); a '
+        'larger one is refused (`413`) before its frames are decoded',
+        shown='`100000000` (100 frames of 1280x720)',
     )
     # -- how much work a worker takes on
     # NOTE: bodies a worker receives at once; the rest of its threads stay

@@ -14,7 +14,7 @@ from look.imaging.formats import THUMBNAIL_FORMATS
 from look.imaging.render import render_thumbnail
 from look.imaging.renditions import thumbnail_sizes
 
-from support.imagegen import image_bytes, modern
+from support.imagegen import image_bytes, modern, moving_picture
 
 
 @pytest.mark.parametrize('fmt', THUMBNAIL_FORMATS)
@@ -75,6 +75,23 @@ def test_the_kept_jpeg_row_compares_looks_bytes_with_pillow_decoding_and_encodin
         with Image.open(converted[0]) as encoded_again:
             assert encoded_again.size == original.size
             assert encoded_again.tobytes() != original.tobytes()
+
+
+def test_the_pillow_limit_converts_an_animation_to_looks_bytes(tmp_path: pathlib.Path) -> None:
+    """Its first frame as look's JPEG, its frames as look's animated WebP, byte for byte."""
+    upload = tmp_path / 'upload'
+    upload.write_bytes(moving_picture((160, 90), frames=12))
+    looks = tmp_path / 'looks'
+    looks.write_bytes(upload.read_bytes())
+    convert_upload(str(looks), 100_000_000, limits.QUALITY, str(tmp_path / 'looks.webp'))
+    out = tmp_path / 'out'
+    out.mkdir()
+
+    path, size = limits.convert_animation(str(upload), str(out))
+
+    assert size == (160, 90)
+    assert pathlib.Path(path).read_bytes() == looks.read_bytes()
+    assert pathlib.Path(f'{path}.webp').read_bytes() == (tmp_path / 'looks.webp').read_bytes()
 
 
 def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import os
 
-from look.core.imagestore import Finished, KeptStore, Original, PutInDoubt
+from look.core.imagestore import ANIMATION, Finished, KeptStore, Original, PutInDoubt
 from look.core.index import FAILED_UPLOAD, Backlog, CommitInDoubt, KeptIndex, StoredImage
 from look.core.lazy import PerProcess
 from look.core.removals import Remover, Timing
@@ -55,8 +55,8 @@ class Library:
     def _new_remover(self) -> Remover:
         return Remover(self.index, self.images, self.timing).start()
 
-    def add(self, image: StoredImage, jpeg: Finished) -> None:
-        """Store the finished JPEG, then its index entry; a failure leaves neither.
+    def add(self, image: StoredImage, jpeg: Finished, animation: Finished | None = None) -> None:
+        """Store the finished JPEG (and animation), then its index entry; a failure leaves neither.
 
         Whatever a failure may leave in the store is listed for removal
         before this raises, or removed at once when nothing of it can still
@@ -71,6 +71,8 @@ class Library:
         except PutInDoubt:
             self._remove_later(image.id, remover, self.timing.settle)
             raise
+        if animation is not None:
+            self._put_animation(image, animation, remover)
         try:
             self.index.add(image)
         except ImageExists:
@@ -98,6 +100,19 @@ class Library:
             with contextlib.suppress(Exception):
                 if not self._lists(image.id):
                     self._take_back(image.id, remover)
+            raise
+
+    def _put_animation(self, image: StoredImage, animation: Finished, remover: Remover) -> None:
+        """Store an animation's WebP beside its JPEG; a failure takes both back."""
+        try:
+            os.utime(animation.file.fileno(), (image.modified, image.modified))
+            self.images.put(image.id, animation, ANIMATION)
+        except PutInDoubt:
+            self._remove_later(image.id, remover, self.timing.settle)
+            raise
+        except BaseException:
+            # NOTE: nothing of the animation is on its way; the JPEG goes now.
+            self._take_back(image.id, remover)
             raise
 
     def _take_back(self, image_id: str, remover: Remover) -> None:
@@ -136,8 +151,20 @@ class Library:
         """Open the JPEG of an image, or raise ImageNotFound if it is gone."""
         return self.images.open_original(image.id)
 
-    def local_path(self, image: StoredImage) -> contextlib.AbstractContextManager[str]:
-        """Give a local file of the image's JPEG for the block, for the pool to read."""
+    def open_animation(self, image: StoredImage) -> Original:
+        """Open the animated WebP of an animation, or raise ImageNotFound if it has none."""
+        if not image.animated:
+            raise ImageNotFound(
+                f'Image {image.id} is not an animation: it has no .webp; its .jpeg is the image.'
+            )
+        return self.images.open_original(image.id, ANIMATION)
+
+    def local_path(
+        self, image: StoredImage, *, animation: bool = False
+    ) -> contextlib.AbstractContextManager[str]:
+        """Give a local file of the image's JPEG (or animation) for the block, for the pool."""
+        if animation:
+            return self.images.local_path(image.id, ANIMATION)
         return self.images.local_path(image.id)
 
     def delete(self, image_id: str) -> StoredImage:

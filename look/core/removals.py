@@ -24,7 +24,7 @@ import logging
 import threading
 import time
 
-from look.core.imagestore import ImageStore
+from look.core.imagestore import KINDS, ImageStore
 from look.core.index import DELETED, Removal, RemovalList
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ class Remover:
     def _remove(self, entry: Removal) -> None:
         self.images.delete(entry.id)
         # NOTE: confirmed by asking the store itself, so a write held on its
-        #   way that landed after the delete is not taken for gone.
-        if self.images.exists(entry.id):
+        #   way that landed after the delete is not taken for gone; an
+        #   animation's WebP is one of the image's objects too.
+        if any(self.images.exists(entry.id, kind) for kind in KINDS):
             raise _StillThere(entry.id)
         self.index.removal_done(entry.id)
         what = 'deleted image' if entry.reason == DELETED else entry.reason

@@ -32,9 +32,10 @@ TEMP_GRACE_SECONDS = 60.0
 class SpoolFile:
     """A locked temporary file; ``close()`` removes its name and lets go of it."""
 
-    def __init__(self, path: pathlib.Path) -> None:
+    def __init__(self, path: pathlib.Path, *, create: bool = True) -> None:
         self.path = path
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT | os.O_EXCL if create else 0)
+        fd = os.open(path, flags, 0o644)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self.file = os.fdopen(fd, 'r+b')
 
@@ -78,6 +79,17 @@ class Spool:
         except FileNotFoundError:
             self.directory.mkdir(parents=True, exist_ok=True)
             return SpoolFile(path)
+
+    def companion(self, upload: SpoolFile) -> pathlib.Path:
+        """Return where the pool may write a second file of an upload (an animation).
+
+        Named as spool files are, so a crash's leftover is removed as theirs are.
+        """
+        return upload.path.with_name(f'{upload.path.stem}-animation{TEMP_SUFFIX}')
+
+    def adopt(self, path: pathlib.Path) -> SpoolFile:
+        """Lock a file the pool wrote at a ``companion`` path, as a spool file of its own."""
+        return SpoolFile(path, create=False)
 
 
 def remove_abandoned(directory: pathlib.Path) -> None:

@@ -29,8 +29,10 @@ from look.errors import (
     ThumbnailerBusy,
     ThumbnailerUnavailable,
 )
+from look.imaging.animation import ANIMATED_THUMBNAIL_FORMATS, render_animation
 from look.imaging.convert import Converted, convert_upload
 from look.imaging.formats import THUMBNAIL_FORMATS
+from look.imaging.preflight import DEFAULT_MAX_ANIMATION_PIXELS, may_be_animated
 from look.imaging.render import render_thumbnail
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,17 @@ UPLOAD_OVERHEAD_BYTES = 64 * 1024
 # a camera JPEG 25-40 ns a byte (0.2 s for 24 megapixels), of a small PNG
 # 3 ms; a JPEG XL render 15 ms at 960x540. What tasks take here then
 # replaces them.
-FIRST_COSTS = {'jpeg': 6e-9, 'webp': 50e-9, 'avif': 35e-9, 'jxl': 30e-9, 'upload': 40e-9}
+# NOTE: an animation converts at 0.6-1 us a byte of GIF (a 480x270 GIF of
+#   60 frames, 761 KB, in 0.74 s), 5 us for flat colours: 25 times a JPEG's,
+#   so its uploads learn a cost of their own ('animation').
+FIRST_COSTS = {
+    'jpeg': 6e-9,
+    'webp': 50e-9,
+    'avif': 35e-9,
+    'jxl': 30e-9,
+    'upload': 40e-9,
+    'animation': 1e-6,
+}
 # How much each finished task moves the estimate of its kind.
 COST_WEIGHT = 0.25
 
@@ -175,9 +187,9 @@ def retry_after(seconds: float) -> int:
     return max(1, math.ceil(seconds))
 
 
-def render_units(size: tuple[int, int]) -> int:
-    """Return what a render of ``size`` weighs in the backlog."""
-    return size[0] * size[1] + RENDER_OVERHEAD_PIXELS
+def render_units(size: tuple[int, int], frames: int = 1) -> int:
+    """Return what a render of ``size`` weighs in the backlog (each frame of an animation)."""
+    return max(frames, 1) * size[0] * size[1] + RENDER_OVERHEAD_PIXELS
 
 
 def upload_units(length: int) -> int:
@@ -202,6 +214,7 @@ class Thumbnailer:
         max_pixels: int,
         quality: int,
         render_timeout: float,
+        max_animation_pixels: int = DEFAULT_MAX_ANIMATION_PIXELS,
         max_queue_seconds: float = 2.0,
         # NOTE: a process start costs ~0.2 s of CPU; recycling every 500 tasks
         #   added ~0.35 ms to every small render. 10 000 still bounds Pillow's
@@ -212,6 +225,7 @@ class Thumbnailer:
         self.processes = processes
         self.observer: Observer = observer if observer is not None else _Unobserved()
         self.max_pixels = max_pixels
+        self.max_animation_pixels = max_animation_pixels
         self.quality = quality
         self.render_timeout = render_timeout
         self.max_tasks_per_child = max_tasks_per_child
@@ -223,27 +237,43 @@ class Thumbnailer:
         self._unfinished: dict[concurrent.futures.Future[object], None] = {}
         _thumbnailers.add(self)
 
-    def convert_upload(self, path: pathlib.Path) -> Converted:
-        """Replace an uploaded file with the JPEG to store; return what the index keeps of it."""
+    def convert_upload(
+        self, path: pathlib.Path, animation_path: pathlib.Path | None = None
+    ) -> Converted:
+        """Replace an uploaded file with the JPEG to store; return what the index keeps of it.
+
+        With an ``animation_path``, an animation is written there too.
+        """
         units = upload_units(os.path.getsize(path))
+        kind = 'upload'
+        if animation_path is not None:
+            with open(path, 'rb') as upload:
+                kind = 'animation' if may_be_animated(upload.read(64)) else 'upload'
         converted: Converted = self._run(
-            convert_upload, str(path), self.max_pixels, self.quality, kind=('upload', units)
+            convert_upload,
+            str(path),
+            self.max_pixels,
+            self.quality,
+            None if animation_path is None else str(animation_path),
+            self.max_animation_pixels,
+            kind=(kind, units),
         )
         return converted
 
-    def render(self, source: str, size: tuple[int, int], format: str) -> bytes:
-        """Render a thumbnail of a stored JPEG as ``format`` (one of THUMBNAIL_FORMATS)."""
+    def render(self, source: str, size: tuple[int, int], format: str, frames: int = 0) -> bytes:
+        """Render a thumbnail of a stored image as ``format`` (one of THUMBNAIL_FORMATS).
+
+        ``source`` is the stored JPEG, or for ``frames`` > 1 in a format that
+        animates, the stored animated WebP.
+        """
         if format not in THUMBNAIL_FORMATS:
             raise ValueError(f'no encoder for {format!r} thumbnails')
         started = time.perf_counter()
-        data: bytes = self._run(
-            render_thumbnail,
-            str(source),
-            size,
-            format,
-            self.quality,
-            kind=(format, render_units(size)),
-        )
+        if frames > 1 and format in ANIMATED_THUMBNAIL_FORMATS:
+            task: tuple[object, ...] = (render_animation, str(source), size, format)
+        else:
+            task, frames = (render_thumbnail, str(source), size, format, self.quality), 1
+        data: bytes = self._run(*task, kind=(format, render_units(size, frames)))
         self.observer.render_done(format, time.perf_counter() - started)
         return data
 

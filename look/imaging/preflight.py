@@ -507,3 +507,147 @@ def jxl_size(header: bytes) -> tuple[int, int]:
         numerator, denominator = _JXL_RATIOS[ratio]
         return height * numerator // denominator, height
     return side(small), height
+
+
+# -- animations ----------------------------------------------------------------
+
+# NOTE: frames are counted from the container, before any is decoded: a GIF
+#   of 20 000 one-pixel frames on a 2000x2000 screen is 460 KB, and each of
+#   its frames is decoded onto the whole screen. The walk stops as soon as
+#   the frames are over the budget, and a GIF's walk at a count of blocks
+#   that grows with its frames and bytes: real encoders write image data in
+#   sub-blocks of 255 bytes, and a few blocks a frame besides.
+GIF_BLOCKS_PER_FRAME = 8
+GIF_BYTES_PER_BLOCK = 64
+# NOTE: 100 million pixels of frames: 100 frames of 1280x720 (a 10 s screen
+#   recording at 10 frames a second), 770 of 480x270 (a long reaction GIF),
+#   380 of a 512x512 sticker. Ordinary GIFs weigh 5-40 million. Converting
+#   one into its animated WebP took 25 ns a pixel of frames here for a
+#   screen recording and 95 for photographic noise at every pixel, so the
+#   largest admitted takes 2.5-10 s of a pool process: half of
+#   LOOK_RENDER_TIMEOUT at worst.
+DEFAULT_MAX_ANIMATION_PIXELS = 100_000_000
+# Frames, whatever their size: each costs Pillow tens of microseconds in
+# Python. As many as WebP's chunks: nine minutes at 30 frames a second.
+ANIMATION_MAX_FRAMES = WEBP_MAX_CHUNKS
+
+
+def may_be_animated(head: bytes) -> bool:
+    """Return whether an upload's first 64 bytes say it may be an animation.
+
+    A GIF, a PNG whose acTL comes before its image data (encoders put it
+    right after IHDR), a WebP whose header flags an animation.
+    """
+    if head.startswith((b'GIF87a', b'GIF89a')):
+        return True
+    if head.startswith(b'\x89PNG\r\n\x1a\n'):
+        return b'acTL' in head
+    return head.startswith(b'RIFF') and head[8:16] == b'WEBPVP8X' and bool(head[20] & 0x02)
+
+
+def check_animation(path: str, max_animation_pixels: int) -> int:
+    """Return how many frames the image at ``path`` has, from its container alone.
+
+    Refuse an animation whose frames hold more than ``max_animation_pixels``
+    pixels in all, or has more than ANIMATION_MAX_FRAMES frames. A still
+    image, or a format that does not animate, has one frame.
+    """
+    with open(path, 'rb') as file:
+        if os.fstat(file.fileno()).st_size < 16:
+            return 1
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as view:
+            head = view[:16]
+            if head.startswith((b'GIF87a', b'GIF89a')):
+                counter = _gif_frames
+            elif head.startswith(b'\x89PNG\r\n\x1a\n'):
+                counter = _apng_frames
+            elif head.startswith(b'RIFF') and head[8:12] == b'WEBP':
+                counter = _webp_frames
+            else:
+                return 1
+            try:
+                frames, (width, height) = counter(view, max_animation_pixels)
+            except (IndexError, struct.error):
+                return 1  # cut off mid-structure: Pillow says how it is broken
+    if frames > 1 and frames * width * height > max_animation_pixels:
+        raise ImageTooLarge(
+            f'The animation has {frames} or more frames of {width}x{height}: over '
+            f'{max_animation_pixels} pixels of frames in all, the limit.'
+        )
+    if frames > ANIMATION_MAX_FRAMES:
+        raise ImageTooLarge(
+            f'The animation has more than {ANIMATION_MAX_FRAMES} frames (the limit).'
+        )
+    return frames
+
+
+def _most_frames(budget: int, size: tuple[int, int]) -> int:
+    """Return the frames past which a count can stop: over the budget, or too many."""
+    return min(budget // max(size[0] * size[1], 1), ANIMATION_MAX_FRAMES)
+
+
+def _gif_frames(view: mmap.mmap, budget: int) -> tuple[int, tuple[int, int]]:
+    size = struct.unpack_from('<HH', view, 6)
+    most = _most_frames(budget, size)
+    flags = view[10]
+    position = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)  # past the palette
+    frames = blocks = 0
+    while position < len(view) and frames <= most:
+        introducer = view[position]
+        if introducer == 0x3B:  # the trailer
+            break
+        if introducer == 0x2C:  # an image descriptor, its palette, the LZW code size
+            frames += 1
+            packed = view[position + 9]
+            position += 11 + (3 << ((packed & 7) + 1) if packed & 0x80 else 0)
+        elif introducer == 0x21:  # an extension: introducer, label
+            position += 2
+        else:
+            position += 1  # Pillow skips a stray byte too
+            continue
+        while True:
+            blocks += 1
+            if blocks > (
+                GIF_MAX_BLOCKS + GIF_BLOCKS_PER_FRAME * frames + position // GIF_BYTES_PER_BLOCK
+            ):
+                raise ImageTooComplex(
+                    'The GIF is cut into far more blocks than encoders write '
+                    f'(a new one every {GIF_BYTES_PER_BLOCK} bytes or more).'
+                )
+            length = view[position]
+            position += 1 + length
+            if not length:
+                break
+    return frames, size
+
+
+def _apng_frames(view: mmap.mmap, budget: int) -> tuple[int, tuple[int, int]]:
+    size = struct.unpack_from('>II', view, 16)
+    position = 8
+    # Only the chunks before the image data, which _check_png has bounded.
+    while position + 8 <= len(view):
+        length, kind = struct.unpack_from('>I4s', view, position)
+        if kind == b'acTL':
+            (frames,) = struct.unpack_from('>I', view, position + 8)
+            return frames, size
+        if kind in (b'IDAT', b'IEND'):
+            break
+        position += 12 + length
+    return 1, size
+
+
+def _webp_frames(view: mmap.mmap, budget: int) -> tuple[int, tuple[int, int]]:
+    frames = 0
+    size = (0, 0)
+    most = ANIMATION_MAX_FRAMES
+    position = 12
+    # Top-level chunks, which _check_webp has bounded; the canvas comes first.
+    while position + 8 <= len(view) and frames <= most:
+        kind, length = struct.unpack_from('<4sI', view, position)
+        if kind == b'VP8X':
+            size = _webp_size(view, kind, position + 8) or size
+            most = _most_frames(budget, size)
+        elif kind == b'ANMF':
+            frames += 1
+        position += 8 + length + (length & 1)
+    return max(frames, 1), size

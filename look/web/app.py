@@ -66,6 +66,7 @@ def create_app(config: Config | None = None) -> falcon.App:
     thumbnailer = Thumbnailer(
         processes=config.processes,
         max_pixels=config.max_pixels,
+        max_animation_pixels=config.max_animation_pixels,
         quality=config.jpeg_quality,
         render_timeout=config.render_timeout,
         max_queue_seconds=config.max_queue_seconds,
@@ -146,6 +147,7 @@ def create_app(config: Config | None = None) -> falcon.App:
 
     app.add_route('/images', images)
     app.add_route('/images/{image_id:image_id}.jpeg', images, suffix='image')
+    app.add_route('/images/{image_id:image_id}.webp', images, suffix='animation')
     # PERF: the address with a format first: the router tries them in this
     #   order, so a request for it (every <img> and <picture> source) skips a
     #   pattern and two converters: 0.8 µs less, 0.2 µs more for one by Accept.

@@ -13,6 +13,7 @@ from typing import Any
 
 import falcon
 
+from look.core.imagestore import Original
 from look.core.index import StoredImage
 from look.core.library import Library
 from look.core.spool import Spool
@@ -156,8 +157,15 @@ class Images:
         with contextlib.ExitStack() as cleanup, refused_writes():
             upload = self._spool.create()
             cleanup.callback(upload.close)
+            animation_path = self._spool.companion(upload)
+            # Whatever the pool wrote there, the upload stored or refused.
+            cleanup.callback(_remove, animation_path)
             received = self._receiver.receive(req, upload.file)
-            converted = self._thumbnailer.convert_upload(upload.path)
+            converted = self._thumbnailer.convert_upload(upload.path, animation_path)
+            animation = None
+            if converted.frames:
+                animation = self._spool.adopt(animation_path)
+                cleanup.callback(animation.close)
             length = os.fstat(upload.file.fileno()).st_size
             image = StoredImage(
                 image_id,
@@ -170,7 +178,7 @@ class Images:
                 frames=converted.frames,
                 duration_ms=converted.duration_ms,
             )
-            self._library.add(image, upload)
+            self._library.add(image, upload, animation)
         self._metrics.stored(received)
         log.info(
             'stored image %s: %dx%d, %d bytes (%d received), by %s',
@@ -189,11 +197,7 @@ class Images:
     def on_get_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._validated(req, resp, image_id)
         if image is not None:
-            original = self._library.open_original(image)
-            resp.content_length = original.length
-            # NOTE: Falcon hands a stream with read() to the server's
-            #   wsgi.file_wrapper, so gunicorn sends a file with sendfile().
-            resp.stream = original.stream
+            _send(resp, self._library.open_original(image))
 
     def on_head_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._validated(req, resp, image_id)
@@ -203,6 +207,21 @@ class Images:
                 return
             # Falcon drops a HEAD body without closing it: don't leave one.
             original = self._library.open_original(image)
+            original.stream.close()
+            resp.content_length = original.length
+
+    # -- /images/{id}.webp --------------------------------------------------
+
+    def on_get_animation(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        image = self._validated(req, resp, image_id, animation=True)
+        if image is not None:
+            _send(resp, self._library.open_animation(image))
+
+    def on_head_animation(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        image = self._validated(req, resp, image_id, animation=True)
+        if image is not None:
+            # Falcon drops a HEAD body without closing it: don't leave one.
+            original = self._library.open_animation(image)
             original.stream.close()
             resp.content_length = original.length
 
@@ -232,16 +251,45 @@ class Images:
         return True
 
     def _validated(
-        self, req: falcon.Request, resp: falcon.Response, image_id: str
+        self,
+        req: falcon.Request,
+        resp: falcon.Response,
+        image_id: str,
+        *,
+        animation: bool = False,
     ) -> StoredImage | None:
-        """Set the headers of an original; return None if a 304 answers the request."""
+        """Set the headers of an original; return None if a 304 answers the request.
+
+        An animation's WebP has an ETag of its own: its bytes are not the JPEG's.
+        """
         image = self._library.get(image_id)
-        resp.content_type = 'image/jpeg'
-        set_immutable(resp, etag=image.id, last_modified=image.modified_http)
+        if animation:
+            if not image.animated:
+                self._library.open_animation(image)  # raises ImageNotFound, saying why
+            resp.content_type = 'image/webp'
+            etag = f'{image.id}-animation'
+        else:
+            resp.content_type = 'image/jpeg'
+            etag = image.id
+        set_immutable(resp, etag=etag, last_modified=image.modified_http)
         if is_not_modified(req, resp):
             answer_not_modified(resp)
             return None
         return image
+
+
+def _send(resp: falcon.Response, original: Original) -> None:
+    """Answer with a stored object's bytes."""
+    resp.content_length = original.length
+    # NOTE: Falcon hands a stream with read() to the server's
+    #   wsgi.file_wrapper, so gunicorn sends a file with sendfile().
+    resp.stream = original.stream
+
+
+def _remove(path: os.PathLike[str]) -> None:
+    """Remove a file the pool may have written for an upload."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def refused_delete(ex: StorageError, *, listed: bool) -> StorageError:

@@ -63,6 +63,7 @@ def openapi_document(
         'paths': {
             '/images': _images_path(served),
             '/images/{image_id}.jpeg': _image_path(served),
+            '/images/{image_id}.webp': _with_head(_animation(served)),
             '/thumbnails/{image_id}/{width}x{height}.{format}': _with_head(_thumbnail(served)),
             '/thumbnails/{image_id}/{width}x{height}': _with_head(_negotiated_thumbnail(served)),
             '/health': _with_head(_health()),
@@ -194,7 +195,8 @@ def _upload(served: _Served) -> Object:
             '409': _error('An image with the id drawn for this one is stored already.'),
             '413': _error(
                 f'The body is over {served.max_upload_bytes} bytes, or the image has more '
-                'pixels than look takes (or than its bytes can hold).'
+                'pixels than look takes (or than its bytes can hold), or an animation more '
+                'pixels of frames.'
             ),
             '415': _error(f'The body is not an image look reads ({READABLE_FORMATS}).'),
             '422': _error('The image is built as no encoder builds one.'),
@@ -255,6 +257,20 @@ def _download(served: _Served) -> Object:
         ('image_id',),
         content={'image/jpeg': _binary_content('image/jpeg')},
         errors={'404': _error('No image has this id.'), '503': _backend_down()},
+    )
+
+
+def _animation(served: _Served) -> Object:
+    return _immutable(
+        served,
+        'downloadAnimation',
+        'Download the animated WebP of an animation (its "animation" url)',
+        ('image_id',),
+        content={'image/webp': _binary_content('image/webp')},
+        errors={
+            '404': _error('No image has this id, or the image is not an animation.'),
+            '503': _backend_down(),
+        },
     )
 
 

@@ -67,8 +67,11 @@ def _suggested_address(parts: list[str]) -> str | None:
     if parts == ['images']:
         return '/images'
     if len(parts) == 2 and parts[0] == 'images':
-        image_id = _canonical_id(parts[1].partition('.')[0])
-        return f'/images/{image_id}.jpeg' if image_id else None
+        name, _, extension = parts[1].partition('.')
+        image_id = _canonical_id(name)
+        # An animation's WebP (look.web.images.animation_uri), else the JPEG.
+        extension = 'webp' if extension.lower() == 'webp' else 'jpeg'
+        return f'/images/{image_id}.{extension}' if image_id else None
     if len(parts) in (2, 3) and parts[0] == 'thumbnails':
         image_id = _canonical_id(parts[1])
         if image_id is None:

@@ -18,6 +18,7 @@ from look.core.diskcache import DiskCache
 from look.core.index import StoredImage
 from look.core.library import Library
 from look.errors import ImageNotFound, NoSuchThumbnailSize
+from look.imaging.animation import ANIMATED_THUMBNAIL_FORMATS
 from look.imaging.pool import Thumbnailer
 from look.imaging.renditions import Rendition, Renditions
 from look.web.cache import CACHE_HEADER, Cacheable
@@ -165,9 +166,14 @@ class Thumbnails:
     on_head = on_get
 
     def _render(self, image: StoredImage, rendition: Rendition) -> bytes:
+        # An animation's WebP and AVIF thumbnails are animated, rendered from its
+        # animated WebP; its JPEG ones are the first frame, from its JPEG.
+        animated = image.animated and rendition.format in ANIMATED_THUMBNAIL_FORMATS
         try:
-            with self._library.local_path(image) as source:
-                data = self._thumbnailer.render(source, rendition.size, rendition.format)
+            with self._library.local_path(image, animation=animated) as source:
+                data = self._thumbnailer.render(
+                    source, rendition.size, rendition.format, image.frames if animated else 0
+                )
         except FileNotFoundError:
             raise ImageNotFound(f'No image has the id {image.id}.') from None
         self._library.get(image.id)  # deleted while this one rendered: don't serve it

@@ -17,18 +17,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from look.core.imagestore import ImageStore
+from look.core.imagestore import ANIMATION, ImageStore
 from look.core.imagestore.disk import DiskImageStore
 from look.core.imagestore.originals import OriginalsCache
 from look.core.imagestore.s3 import S3ImageStore
 from look.core.spool import Spool, SpoolFile
 from look.errors import ImageExists, ImageNotFound
 
-from support.imagegen import image_bytes
+from support.imagegen import animation, image_bytes
 from support.seaweed import SeaweedServer
 from support.storage import MALFORMED_IDS
 
 JPEG = image_bytes('JPEG', (64, 48))
+WEBP = animation('WEBP', (64, 48), frames=3)
 BUCKET = 'look-contracts'
 
 
@@ -75,8 +76,19 @@ def put(store: ImageStore, spool: Spool, data: bytes = JPEG) -> str:
     return image_id
 
 
-def read_original(store: ImageStore, image_id: str) -> bytes:
-    original = store.open_original(image_id)
+def put_animation(store: ImageStore, spool: Spool) -> str:
+    """Store a JPEG and its animation under a new id, as an upload of an animation does."""
+    image_id = put(store, spool)
+    upload = finished(spool, WEBP)
+    try:
+        store.put(image_id, upload, ANIMATION)
+    finally:
+        upload.close()
+    return image_id
+
+
+def read_original(store: ImageStore, image_id: str, kind: str = 'jpeg') -> bytes:
+    original = store.open_original(image_id, kind)
     try:
         data = original.stream.read()
     finally:
@@ -174,3 +186,72 @@ def test_a_restore_never_replaces_a_jpeg_in_place(store: ImageStore, spool: Spoo
     with pytest.raises(ImageExists):
         store.restore(image_id)
     assert read_original(store, image_id) == image_bytes('JPEG', (32, 24), seed=2)
+
+
+# -- the animation beside a JPEG ---------------------------------------------------------
+
+
+def test_an_animation_reads_back_byte_for_byte_beside_its_jpeg(
+    store: ImageStore, spool: Spool
+) -> None:
+    image_id = put_animation(store, spool)
+
+    assert store.exists(image_id) and store.exists(image_id, ANIMATION)
+    assert read_original(store, image_id) == JPEG
+    assert read_original(store, image_id, ANIMATION) == WEBP
+    with store.local_path(image_id, ANIMATION) as path:
+        assert pathlib.Path(path).read_bytes() == WEBP
+    with store.local_path(image_id) as path:
+        assert pathlib.Path(path).read_bytes() == JPEG
+
+
+def test_a_still_image_has_no_animation(store: ImageStore, spool: Spool) -> None:
+    image_id = put(store, spool)
+
+    assert not store.exists(image_id, ANIMATION)
+    with pytest.raises(ImageNotFound):
+        store.open_original(image_id, ANIMATION)
+    with pytest.raises(ImageNotFound), store.local_path(image_id, ANIMATION):
+        pass
+
+
+def test_an_animation_is_stored_once(store: ImageStore, spool: Spool) -> None:
+    image_id = put_animation(store, spool)
+    other = finished(spool, animation('WEBP', (32, 24), frames=2))
+    try:
+        with pytest.raises(ImageExists):
+            store.put(image_id, other, ANIMATION)
+    finally:
+        other.close()
+    assert read_original(store, image_id, ANIMATION) == WEBP
+
+
+def test_a_delete_removes_the_animation_too(store: ImageStore, spool: Spool) -> None:
+    kept, deleted = put_animation(store, spool), put_animation(store, spool)
+
+    store.delete(deleted)
+    store.delete(deleted)
+
+    assert not store.exists(deleted) and not store.exists(deleted, ANIMATION)
+    with pytest.raises(ImageNotFound):
+        store.open_original(deleted, ANIMATION)
+    assert read_original(store, kept, ANIMATION) == WEBP
+
+
+def test_objects_lists_jpegs_and_animations_apart(store: ImageStore, spool: Spool) -> None:
+    still, moving = put(store, spool), put_animation(store, spool)
+
+    assert {stored.id for stored in store.objects()} == {still, moving}
+    assert [stored.id for stored in store.objects(ANIMATION)] == [moving]
+
+
+def test_a_quarantined_jpeg_takes_its_animation_along(store: ImageStore, spool: Spool) -> None:
+    image_id = put_animation(store, spool)
+
+    store.quarantine(image_id)
+
+    assert not store.exists(image_id, ANIMATION)
+    assert list(store.objects(ANIMATION)) == []
+    store.restore(image_id)
+    assert read_original(store, image_id, ANIMATION) == WEBP
+    assert read_original(store, image_id) == JPEG

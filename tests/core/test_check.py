@@ -41,11 +41,12 @@ from look.core.spool import Spool
 from look.core.upkeep import check
 from look.imaging import pool as thumbnailer
 from look.imaging import thumbhash
+from look.imaging.animation import stored_animation
 from look.imaging.render import stored_size
 
 from support.gunicorn import Gunicorn
 from support.http import get, request
-from support.imagegen import image_bytes, same_placeholder
+from support.imagegen import animation, image_bytes, same_placeholder
 from support.processes import REPO_ROOT, wait_until
 
 MakeGunicorn = Callable[..., Gunicorn]
@@ -316,6 +317,7 @@ NO_FINDINGS = {
     'JPEGs the index does not list': 0,
     'in quarantine': 0,
     'left behind by deletes': 0,
+    'animations whose WebP is gone': 0,
     'damaged index records': 0,
     'waiting to be removed by look itself': 0,
     'without a placeholder': 0,
@@ -479,6 +481,84 @@ def test_cli_jpeg_left_behind_by_a_delete_is_removed(
     assert not jpeg_path(store.root, deleted).exists()
     assert [image['id'] for image in store.listing()] == store.ids[1:]
     check_agrees(run_check, store)
+
+
+def test_cli_animation_left_without_its_image_is_removed(
+    store: Store, run_check: Callable[..., tuple[int, str]]
+) -> None:
+    """A delete that removed the JPEG and failed before the animation: its WebP is left."""
+    client = store.client()
+    created = client.simulate_post('/images', body=animation('GIF', frames=3)).json
+    webp = store.root / 'images' / f'{created["id"]}.webp'
+    data = webp.read_bytes()
+    assert client.simulate_delete(created['image']).status_code == 204
+    webp.write_bytes(data)
+    age(webp, 30)
+
+    # Younger than the grace time, it may be an upload's: no finding yet.
+    check_agrees(run_check, store)
+    age(webp, LONG_AGO)
+    status, output = run_check(store.root)
+
+    assert status == 1, output
+    assert findings_counts(output) == {**NO_FINDINGS, 'left behind by deletes': 1}
+    assert f'  {created["id"]}' in output.splitlines()
+    status, output = run_check(store.root, '--repair')
+    assert status == 0, output
+    assert '1 leftovers removed' in output
+    assert not webp.exists()
+    check_agrees(run_check, store)
+
+
+def test_cli_listed_animation_whose_webp_is_gone_is_reported(
+    store: Store, run_check: Callable[..., tuple[int, str]]
+) -> None:
+    client = store.client()
+    created = client.simulate_post('/images', body=animation('GIF', frames=3)).json
+    check_agrees(run_check, store)
+    (store.root / 'images' / f'{created["id"]}.webp').unlink()
+
+    status, output = run_check(store.root)
+
+    assert status == 1, output
+    assert findings_counts(output) == {**NO_FINDINGS, 'animations whose WebP is gone': 1}
+    assert any(line.startswith(f'  {created["id"]} (uploaded ') for line in output.splitlines())
+    status, output = run_check(store.root, '--repair')
+    assert status == 2, output
+    assert f'could not repair {created["id"]}: its animated WebP is gone' in output
+    assert client.simulate_get(created['image']).status_code == 200
+
+
+def test_a_repair_restores_an_unlisted_animation_with_its_webp(
+    library: Library, root: pathlib.Path
+) -> None:
+    """Quarantined at start with its JPEG, the WebP comes back with it."""
+    image_id = new_id()
+    jpeg_path(root, image_id).write_bytes(JPEG)
+    webp = root / 'images' / f'{image_id}.webp'
+    webp.write_bytes(animation('WEBP', frames=2, durations=100))
+    age(jpeg_path(root, image_id), LONG_AGO)
+    age(webp, LONG_AGO)
+
+    start_worker(root)
+
+    assert sorted(os.listdir(root / 'quarantine')) == [f'{image_id}.jpeg', f'{image_id}.webp']
+    findings = check.inspect(library.index, library.images)
+    assert [stored.id for stored in findings.quarantined] == [image_id]
+    assert findings.leftovers == []
+    repairs = check.repair(
+        library.index,
+        library.images,
+        findings,
+        read_size=stored_size,
+        read_animation=stored_animation,
+    )
+
+    assert (repairs.restored, repairs.failed) == (1, [])
+    assert webp.exists() and jpeg_path(root, image_id).exists()
+    restored = library.get(image_id)
+    assert (restored.frames, restored.duration_ms) == (2, 200)
+    assert restored.animated
 
 
 def test_cli_damaged_index_lines_are_reported_and_written_out(

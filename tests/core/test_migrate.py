@@ -14,7 +14,7 @@ from falcon.testing import TestClient
 from look.__main__ import main
 from look.config import Config
 
-from support.imagegen import image_bytes
+from support.imagegen import animation, image_bytes
 from support.postgres import PostgresDatabase
 from support.seaweed import SeaweedServer
 from support.storage import stored_ids, stored_jpeg
@@ -161,3 +161,36 @@ def test_moving_only_the_index_leaves_the_jpegs_where_they_are(
     assert listing(same_disk) == listing(make_client(local))
     for image in listing(same_disk):
         assert same_disk.simulate_get(str(image['image'])).status_code == 200
+
+
+def test_an_animation_moves_with_its_animated_webp(
+    move: Move, make_client: MakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = make_client(move.local)
+    created = local.simulate_post('/images', body=animation('GIF', frames=3)).json
+    webp = local.simulate_get(created['animation']['url']).content
+
+    assert move.run() == 0
+
+    shared = make_client(move.target)
+    moved = shared.simulate_get(f'/images?after={move.uploads[-1]["id"]}').json
+    assert [image['animation'] for image in moved] == [created['animation']]
+    served = shared.simulate_get(created['animation']['url'])
+    assert served.status_code == 200
+    assert served.content == webp
+    assert shared.simulate_delete(created['image']).status_code == 204
+    assert shared.simulate_get(created['animation']['url']).status_code == 404
+
+
+def test_an_animation_whose_webp_is_missing_is_not_moved(
+    move: Move, make_client: MakeClient, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local = make_client(move.local)
+    created = local.simulate_post('/images', body=animation('GIF', frames=3)).json
+    (move.local.storage_path / 'images' / f'{created["id"]}.webp').unlink()
+
+    assert move.run() != 0
+
+    assert 'its animated WebP is missing from the local store' in capsys.readouterr().out
+    shared = make_client(move.target)
+    assert shared.simulate_get(created['image']).status_code == 404

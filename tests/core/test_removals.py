@@ -8,6 +8,7 @@ the stalls and the outages themselves are in tests/e2e/test_outages.py.
 
 from __future__ import annotations
 
+import os
 import pathlib
 import threading
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from look.config import Config, settings_table
-from look.core.imagestore import Finished, PutInDoubt
+from look.core.imagestore import ANIMATION, Finished, PutInDoubt
 from look.core.imagestore.disk import DiskImageStore
 from look.core.imagestore.originals import OriginalsCache
 from look.core.imagestore.s3 import S3ImageStore
@@ -29,19 +30,38 @@ from look.core.removals import DEFAULT_SETTLE, THREAD_NAME, Timing
 from look.core.spool import Spool
 from look.core.upkeep import check
 
-from support.imagegen import image_bytes
+from support.imagegen import animation, image_bytes
 from support.processes import wait_until
 
 JPEG = image_bytes('JPEG', size=(8, 6))
+WEBP = animation('WEBP', (8, 6), frames=3)
 QUICK = Timing(settle=0.5, poll=0.05, first_pause=0.02, most_pause=0.1)
 
 
 class LandingLate(DiskImageStore):
     """A store whose puts are stored but never answered, as behind a network that stalled."""
 
-    def put(self, image_id: str, jpeg: Finished) -> None:
-        super().put(image_id, jpeg)
+    def put(self, image_id: str, jpeg: Finished, kind: str = 'jpeg') -> None:
+        super().put(image_id, jpeg, kind)
         raise PutInDoubt('The image store does not answer now; try again shortly.')
+
+
+class AnimationLandingLate(DiskImageStore):
+    """A store whose puts of animations are stored but never answered."""
+
+    def put(self, image_id: str, jpeg: Finished, kind: str = 'jpeg') -> None:
+        super().put(image_id, jpeg, kind)
+        if kind == ANIMATION:
+            raise PutInDoubt('The image store does not answer now; try again shortly.')
+
+
+class RefusingAnimations(DiskImageStore):
+    """A store that refuses to put animations: a full disk, say."""
+
+    def put(self, image_id: str, jpeg: Finished, kind: str = 'jpeg') -> None:
+        if kind == ANIMATION:
+            raise OSError(28, 'No space left on device')
+        super().put(image_id, jpeg, kind)
 
 
 class LosingAnswers(JournalIndex):
@@ -98,6 +118,25 @@ def upload(library: Library, spool: Spool) -> str:
         library.add(StoredImage(image_id, int(time.time()), (8, 6), len(JPEG)), jpeg)
     finally:
         jpeg.close()
+    return image_id
+
+
+def upload_animation(library: Library, spool: Spool) -> str:
+    """Add an animation as an upload does, its WebP beside its JPEG; return its id."""
+    image_id = str(uuid.uuid4())
+    first, frames = spool.create(), spool.create()
+    try:
+        first.file.write(JPEG)
+        first.file.flush()
+        frames.file.write(WEBP)
+        frames.file.flush()
+        image = StoredImage(
+            image_id, int(time.time()), (8, 6), len(JPEG), frames=3, duration_ms=300
+        )
+        library.add(image, first, frames)
+    finally:
+        first.close()
+        frames.close()
     return image_id
 
 
@@ -235,3 +274,44 @@ def test_a_delete_on_a_read_only_disk_stays_listed_and_health_counts_it(
     assert backlog.waiting == 1
     assert backlog.oldest_seconds is not None and backlog.oldest_seconds >= 4 * QUICK.most_pause
     assert jpeg(root, image_id).exists()
+
+
+def test_an_animation_answered_503_loses_both_objects_after_the_wait(
+    libraries: list[Library], root: pathlib.Path, spool: Spool
+) -> None:
+    library = open_library(libraries, root, images=AnimationLandingLate)
+
+    with pytest.raises(PutInDoubt):
+        upload_animation(library, spool)
+    (image_id,) = library.index.awaiting_removal()
+
+    assert jpeg(root, image_id).exists() and (root / 'images' / f'{image_id}.webp').exists()
+    assert library.page(limit=10) == []
+    assert wait_until(lambda: os.listdir(root / 'images') == [], 5, 0.01)
+    assert wait_until(lambda: library.removal_backlog() == Backlog(0, None), 1)
+
+
+def test_an_animation_the_store_refuses_takes_its_jpeg_back_at_once(
+    libraries: list[Library], root: pathlib.Path, spool: Spool
+) -> None:
+    library = open_library(libraries, root, images=RefusingAnimations)
+
+    with pytest.raises(OSError):
+        upload_animation(library, spool)
+
+    assert os.listdir(root / 'images') == []
+    assert library.page(limit=10) == []
+    assert library.index.awaiting_removal() == set()
+
+
+def test_a_deleted_animation_loses_both_objects(
+    libraries: list[Library], root: pathlib.Path, spool: Spool
+) -> None:
+    library = open_library(libraries, root)
+    image_id = upload_animation(library, spool)
+    assert sorted(os.listdir(root / 'images')) == [f'{image_id}.jpeg', f'{image_id}.webp']
+
+    library.delete(image_id)
+
+    assert os.listdir(root / 'images') == []
+    assert library.removal_backlog() == Backlog(0, None)

@@ -118,3 +118,31 @@ def test_a_spool_directory_removed_while_running_is_made_again(spool: Spool) -> 
 
     assert upload.path.parent == spool.directory and is_locked(upload.path)
     upload.close()
+
+
+def test_an_animation_the_pool_wrote_is_a_spool_file_locked_while_adopted(spool: Spool) -> None:
+    upload = spool.create()
+    companion = spool.companion(upload)
+    companion.write_bytes(b'an animated WebP')  # as the pool writes it
+
+    adopted = spool.adopt(companion)
+
+    assert companion.parent == spool.directory
+    assert is_locked(companion)
+    another_worker_starts(spool.directory)
+    assert companion.read_bytes() == b'an animated WebP'
+    adopted.close()
+    upload.close()
+    assert os.listdir(spool.directory) == []
+
+
+def test_an_animation_a_crash_left_in_the_spool_is_removed_at_start(spool: Spool) -> None:
+    upload = spool.create()
+    companion = spool.companion(upload)
+    companion.write_bytes(b'an animated WebP of a crashed upload')
+    age(companion, TEMP_GRACE_SECONDS + 5)
+    upload.close()
+
+    another_worker_starts(spool.directory)
+
+    assert os.listdir(spool.directory) == []

@@ -234,6 +234,79 @@ def animated_gif(size: tuple[int, int] = (128, 96), frames: int = 3) -> bytes:
     return encode(images[0], 'GIF', save_all=True, append_images=images[1:], duration=100, loop=0)
 
 
+# The colours of the frames of ``animation_frames``, in turn.
+FRAME_COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]
+
+
+def animation_frames(
+    size: tuple[int, int] = (128, 96), frames: int = 3, mode: str = 'RGB'
+) -> list[Image.Image]:
+    """Return frames of flat colours in turn (red, green, blue), a white square moving across."""
+    images = []
+    for n in range(frames):
+        image = solid(FRAME_COLOURS[n % 3], size).convert(mode)
+        left = n * 7 % max(size[0] - 8, 1)
+        image.paste((255, 255, 255) + (() if mode == 'RGB' else (255,)), (left, 0, left + 8, 8))
+        images.append(image)
+    return images
+
+
+def animation(
+    fmt: str,
+    size: tuple[int, int] = (128, 96),
+    frames: int = 3,
+    durations: Sequence[int] | int = 100,
+    loop: int = 0,
+) -> bytes:
+    """Return an animated GIF, WebP or PNG (APNG) of ``animation_frames``.
+
+    ``durations`` in milliseconds, one for all frames or one each.
+    """
+    images = animation_frames(size, frames)
+    if fmt == 'GIF':
+        images = [image.convert('P') for image in images]
+    params: dict[str, object] = {'lossless': True} if fmt == 'WEBP' else {}
+    return encode(
+        images[0],
+        fmt,
+        save_all=True,
+        append_images=images[1:],
+        duration=list(durations) if not isinstance(durations, int) else durations,
+        loop=loop,
+        **params,
+    )
+
+
+def moving_picture(size: tuple[int, int] = (480, 270), frames: int = 60) -> bytes:
+    """Return an ordinary animated GIF: a seeded picture panning by, 25 frames a second."""
+    base = picture(size)
+    images = []
+    for n in range(frames):
+        image = Image.new('RGB', size)
+        shift = n * 4 % size[0]
+        image.paste(base, (shift - size[0], 0))
+        image.paste(base, (shift, 0))
+        images.append(image.quantize(256))
+    return encode(images[0], 'GIF', save_all=True, append_images=images[1:], duration=40, loop=0)
+
+
+def frame_bomb_gif(screen: tuple[int, int] = (2000, 2000), frames: int = 20_000) -> bytes:
+    """Return a GIF of ``frames`` one-pixel frames on a large screen: 460 KB by default.
+
+    Each frame is decoded onto the whole screen: 80 billion pixels of frames.
+    """
+    header = b'GIF89a' + struct.pack('<HHBBB', *screen, 0x80, 0, 0) + b'\x00\x00\x00\xff\xff\xff'
+    looping = b'\x21\xff\x0bNETSCAPE2.0\x03\x01\x00\x00\x00'
+    # A frame: its timing, a 1x1 image descriptor, then LZW codes clear, 0, end (3 bits each).
+    frame = (
+        b'\x21\xf9\x04\x00\x02\x00\x00\x00'
+        + b'\x2c'
+        + struct.pack('<HHHHB', 0, 0, 1, 1, 0)
+        + b'\x02\x02\x44\x01\x00'
+    )
+    return header + looping + frame * frames + b'\x3b'
+
+
 def cmyk_jpeg(size: tuple[int, int] = (256, 128)) -> bytes:
     """Return a CMYK JPEG: left half cyan+yellow (green), right half magenta+yellow (red)."""
     image = Image.new('CMYK', size, (0, 255, 255, 0))

@@ -272,6 +272,7 @@ def test_document_is_openapi_3_1_and_lists_every_route(client: TestClient) -> No
     assert set(document['paths']) == {
         '/images',
         '/images/{image_id}.jpeg',
+        '/images/{image_id}.webp',
         '/thumbnails/{image_id}/{width}x{height}.{format}',
         '/thumbnails/{image_id}/{width}x{height}',
         '/health',

@@ -2,7 +2,8 @@
 
 A render reads its original from a local file (the pool is given a path);
 with images in an object store, that file is fetched once and kept here
-(a ``DiskCache`` of ``<id>.jpeg`` files), so the other sizes and formats of
+(a ``DiskCache`` of ``<id>.jpeg`` files, and ``<id>.webp`` of animations),
+so the other sizes and formats of
 the same image, on any worker of this host, read it without fetching it
 again; a download read to its end is kept too.
 """
@@ -17,21 +18,27 @@ from typing import Protocol
 
 from look.core.diskcache import DiskCache
 from look.core.ids import is_valid_id
+from look.core.imagestore import JPEG, KINDS
 from look.core.spool import SpoolFile
 
 log = logging.getLogger(__name__)
 
-_SUFFIX = '.jpeg'
+
+def cache_key(image_id: str, kind: str = JPEG) -> str:
+    """Return the key of an image's object in the cache: its id, with the kind if not a JPEG."""
+    return image_id if kind == JPEG else f'{image_id}.{kind}'
 
 
 class OriginalsCache(DiskCache):
-    """Originals kept on local disk by image id, up to ``max_bytes`` (0 keeps none)."""
+    """Originals kept on local disk by ``cache_key``, up to ``max_bytes`` (0 keeps none)."""
 
-    def path(self, image_id: str) -> str:
-        """Return where the original of ``image_id`` is kept; the id must be valid."""
-        if not is_valid_id(image_id):
-            raise ValueError(f'not an image id: {image_id!r}')
-        return os.path.join(self.directory, f'{image_id}{_SUFFIX}')
+    def path(self, key: str) -> str:
+        """Return where the original named by ``key`` is kept; its id must be valid."""
+        image_id, _, kind = key.partition('.')
+        kind = kind or JPEG
+        if not is_valid_id(image_id) or kind not in KINDS:
+            raise ValueError(f'not an image id: {key!r}')
+        return os.path.join(self.directory, f'{image_id}.{kind}')
 
     def keeping(self, image_id: str, stream: Readable, length: int) -> Readable:
         """Return ``stream`` as it is read, keeping a copy once it has been read to its end.
@@ -58,7 +65,10 @@ class OriginalsCache(DiskCache):
         self._kept(size)
 
     def add(self, image_id: str, source: str | os.PathLike[str]) -> None:
-        """Keep a copy of an original that is on this disk already (a new upload): a link."""
+        """Keep a copy of an original that is on this disk already (a new upload): a link.
+
+        ``image_id`` is a ``cache_key``.
+        """
         if not self.max_bytes:
             return
         temporary = self.directory / f'.{os.urandom(12).hex()}.tmp'

@@ -3,6 +3,7 @@
 Keys under ``s3://BUCKET/PREFIX``::
 
     PREFIX/images/<id>.jpeg       stored images
+    PREFIX/images/<id>.webp       the animated WebP of an animation
     PREFIX/quarantine/<id>.jpeg   objects moved aside by hand or by an older check
 
 A put never replaces an object (``If-None-Match: *``), so an id is stored
@@ -38,14 +39,22 @@ from botocore.exceptions import (
 
 from look.core.breaker import Breaker
 from look.core.ids import is_valid_id
-from look.core.imagestore import Finished, Original, PutInDoubt, StoredObject
-from look.core.imagestore.originals import OriginalsCache
+from look.core.imagestore import (
+    ANIMATION,
+    JPEG,
+    KINDS,
+    MEDIA_TYPES,
+    Finished,
+    Original,
+    PutInDoubt,
+    StoredObject,
+)
+from look.core.imagestore.originals import OriginalsCache, cache_key
 from look.core.lazy import PerProcess
 from look.errors import BackendUnavailable, BackendUnreachable, ImageExists, ImageNotFound
 
 log = logging.getLogger(__name__)
 
-_SUFFIX = '.jpeg'
 _COPY_CHUNK = 1024 * 1024
 _NOT_FOUND = frozenset({'NoSuchKey', 'NotFound', '404'})
 # Codes of a put refused because the key exists (or is being written by another put).
@@ -229,25 +238,25 @@ class S3ImageStore:
         """Return this process's client, made on first use (after any fork)."""
         return self._client.get()
 
-    def key(self, image_id: str) -> str:
-        """Return the key of the JPEG of ``image_id``; the id must be valid."""
-        if not is_valid_id(image_id):
+    def key(self, image_id: str, kind: str = JPEG) -> str:
+        """Return the key of the JPEG (or other ``kind``) of ``image_id``; the id must be valid."""
+        if not is_valid_id(image_id) or kind not in KINDS:
             raise ImageNotFound(f'No image has the id {image_id!r}.')
-        return f'{self.prefix}images/{image_id}{_SUFFIX}'
+        return f'{self.prefix}images/{image_id}.{kind}'
 
-    def _quarantine_key(self, image_id: str) -> str:
-        return f'{self.prefix}quarantine/{image_id}{_SUFFIX}'
+    def _quarantine_key(self, image_id: str, kind: str = JPEG) -> str:
+        return f'{self.prefix}quarantine/{image_id}.{kind}'
 
     # -- images -----------------------------------------------------------
 
-    def put(self, image_id: str, jpeg: Finished) -> None:
-        """Upload the finished JPEG under its id, never over an existing object.
+    def put(self, image_id: str, jpeg: Finished, kind: str = JPEG) -> None:
+        """Upload the finished JPEG (or other ``kind``) under its id, never over another object.
 
         Once a request is sent, a failure is PutInDoubt: a write the store
         received may land after look gave up on it, so the object is not
         removed here (a removal now could come before it); see look.core.removals.
         """
-        key = self.key(image_id)
+        key = self.key(image_id, kind)
         self._outage.check()
         try:
             with open(jpeg.path, 'rb') as data:
@@ -255,7 +264,7 @@ class S3ImageStore:
                     Bucket=self.bucket,
                     Key=key,
                     Body=data,
-                    ContentType='image/jpeg',
+                    ContentType=MEDIA_TYPES[kind],
                     IfNoneMatch='*',
                 )
         except ClientError as ex:
@@ -267,37 +276,39 @@ class S3ImageStore:
         except BotoCoreError as ex:
             raise self._outage.record(ex, PutInDoubt) from ex
         self._outage.answered()
-        self.originals.add(image_id, jpeg.path)
+        self.originals.add(cache_key(image_id, kind), jpeg.path)
 
-    def open_original(self, image_id: str) -> Original:
+    def open_original(self, image_id: str, kind: str = JPEG) -> Original:
         """Open the JPEG of an image: the cached file, else a stream from the store.
 
         A stream read to its end is kept in the cache, for the next download
         or render on this host.
         """
-        key = self.key(image_id)
-        cached = self.originals.open_file(image_id)
+        key = self.key(image_id, kind)
+        cached = self.originals.open_file(cache_key(image_id, kind))
         if cached is not None:
             return Original(cached, os.fstat(cached.fileno()).st_size)
         with self._outage.answers(image_id):
             response = self.client.get_object(Bucket=self.bucket, Key=key)
         length = int(response['ContentLength'])
         try:
-            body = self.originals.keeping(image_id, _Body(response['Body']), length)
+            body = self.originals.keeping(
+                cache_key(image_id, kind), _Body(response['Body']), length
+            )
         except BaseException:
             response['Body'].close()
             raise
         return Original(body, length)  # type: ignore[arg-type]
 
     @contextlib.contextmanager
-    def local_path(self, image_id: str) -> Iterator[str]:
-        """Give a local file of the JPEG: from the originals cache, else fetched into it once."""
-        key = self.key(image_id)
-        with self.originals.lease(image_id) as cached:
+    def local_path(self, image_id: str, kind: str = JPEG) -> Iterator[str]:
+        """Give a local file of the object: from the originals cache, else fetched into it once."""
+        key = self.key(image_id, kind)
+        with self.originals.lease(cache_key(image_id, kind)) as cached:
             if cached is not None:
                 yield cached
                 return
-        with self.originals.fill(image_id, self._fetcher(image_id, key)) as path:
+        with self.originals.fill(cache_key(image_id, kind), self._fetcher(image_id, key)) as path:
             yield path
 
     def _fetcher(self, image_id: str, key: str) -> Callable[[IO[bytes]], None]:
@@ -314,52 +325,63 @@ class S3ImageStore:
 
         return fetch
 
-    def exists(self, image_id: str) -> bool:
-        """Return whether the store holds the JPEG now (asking the store, not the cache)."""
+    def exists(self, image_id: str, kind: str = JPEG) -> bool:
+        """Return whether the store holds the object now (asking the store, not the cache)."""
+        return self._has(self.key(image_id, kind))
+
+    def _has(self, key: str) -> bool:
         try:
-            with self._outage.answers(image_id):
-                self.client.head_object(Bucket=self.bucket, Key=self.key(image_id))
+            with self._outage.answers(key):
+                self.client.head_object(Bucket=self.bucket, Key=key)
         except ImageNotFound:
             return False
         return True
 
     def delete(self, image_id: str) -> None:
-        """Remove the object (one already gone is not an error) and this host's copy."""
-        key = self.key(image_id)
-        self.originals.discard(image_id)
+        """Remove the image's objects (one already gone is not an error) and this host's copies."""
+        keys = [self.key(image_id, kind) for kind in KINDS]
+        for kind in KINDS:
+            self.originals.discard(cache_key(image_id, kind))
+        # NOTE: the animation first: a JPEG left by a failure keeps its animation.
         with self._outage.answers(image_id):
-            self.client.delete_object(Bucket=self.bucket, Key=key)
+            for key in reversed(keys):
+                self.client.delete_object(Bucket=self.bucket, Key=key)
 
-    def objects(self) -> Iterator[StoredObject]:
-        """Yield every image object, with the time it was written."""
-        yield from self._listed(f'{self.prefix}images/')
+    def objects(self, kind: str = JPEG) -> Iterator[StoredObject]:
+        """Yield every image object (or animation), with the time it was written."""
+        yield from self._listed(f'{self.prefix}images/', kind)
 
     def in_progress(self, image_id: str) -> bool:
         """Return False: an object waits for its row a moment only; a check's grace covers it."""
         return False
 
-    def _listed(self, prefix: str) -> Iterator[StoredObject]:
+    def _listed(self, prefix: str, kind: str = JPEG) -> Iterator[StoredObject]:
+        suffix = f'.{kind}'
         paginator = self.client.get_paginator('list_objects_v2')
         with self._outage.answers(prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix):
                 for item in page.get('Contents', ()):
                     name = item['Key'][len(prefix) :]
-                    image_id = name.removesuffix(_SUFFIX)
-                    if name.endswith(_SUFFIX) and is_valid_id(image_id):
+                    image_id = name.removesuffix(suffix)
+                    if name.endswith(suffix) and is_valid_id(image_id):
                         yield StoredObject(image_id, item['LastModified'].timestamp())
 
     # -- quarantine -------------------------------------------------------
 
     def quarantine(self, image_id: str) -> None:
-        """Move an object aside, under quarantine/."""
-        with self._outage.answers(image_id):
+        """Move an object (and its animation) aside, under quarantine/."""
+        if self._has(self.key(image_id, ANIMATION)):
+            self._move(self.key(image_id, ANIMATION), self._quarantine_key(image_id, ANIMATION))
+        self._move(self.key(image_id), self._quarantine_key(image_id))
+        for kind in KINDS:
+            self.originals.discard(cache_key(image_id, kind))
+
+    def _move(self, source: str, target: str) -> None:
+        with self._outage.answers(source):
             self.client.copy_object(
-                Bucket=self.bucket,
-                Key=self._quarantine_key(image_id),
-                CopySource={'Bucket': self.bucket, 'Key': self.key(image_id)},
+                Bucket=self.bucket, Key=target, CopySource={'Bucket': self.bucket, 'Key': source}
             )
-            self.client.delete_object(Bucket=self.bucket, Key=self.key(image_id))
-        self.originals.discard(image_id)
+            self.client.delete_object(Bucket=self.bucket, Key=source)
 
     def quarantined(self) -> Iterator[StoredObject]:
         """Yield the objects under quarantine/."""
@@ -369,13 +391,9 @@ class S3ImageStore:
         """Move a quarantined object back into place (never over another)."""
         if self.exists(image_id):
             raise ImageExists(f'An image with the id {image_id} already exists.')
-        with self._outage.answers(image_id):
-            self.client.copy_object(
-                Bucket=self.bucket,
-                Key=self.key(image_id),
-                CopySource={'Bucket': self.bucket, 'Key': self._quarantine_key(image_id)},
-            )
-            self.client.delete_object(Bucket=self.bucket, Key=self._quarantine_key(image_id))
+        if self._has(self._quarantine_key(image_id, ANIMATION)):
+            self._move(self._quarantine_key(image_id, ANIMATION), self.key(image_id, ANIMATION))
+        self._move(self._quarantine_key(image_id), self.key(image_id))
 
     # -- health -----------------------------------------------------------
 

@@ -14,8 +14,12 @@ What can disagree, on any backend:
   still on its way: an upload that failed or whose host died before its row;
   repair removes it.
 - *leftovers*: the JPEG of an image the index recorded as deleted (a delete
-  whose file removal failed) that is not on the list to remove; repair
-  removes it.
+  whose file removal failed) that is not on the list to remove, and an
+  animation's WebP with no JPEG and no row beside it, older than the grace
+  time; repair removes them.
+- *missing animations*: an image listed as an animation whose WebP is gone;
+  reported (its ``.webp`` and animated thumbnails are 404), never repaired:
+  only a backup has its frames.
 - *without a placeholder*: an image stored before look made placeholders
   (or restored by a check without one); repair makes its placeholder from
   its JPEG. Nothing disagrees: it is described without one until then.
@@ -34,7 +38,7 @@ import os
 import time
 from collections.abc import Callable
 
-from look.core.imagestore import KeptStore, StoredObject
+from look.core.imagestore import ANIMATION, KeptStore, StoredObject
 from look.core.index import KeptIndex, StoredImage, every_image
 from look.core.removals import DEFAULT_SETTLE
 from look.errors import ImageExists, ImageNotFound
@@ -49,6 +53,17 @@ SizeReader = Callable[[str], tuple[int, int]]
 # The placeholder (ThumbHash, colour) of a stored JPEG at a path: Pillow's
 # work, which the imaging floor does and the command line hands in.
 PlaceholderReader = Callable[[str], tuple[str, str]]
+# Reads a stored animated WebP: its frames and how long one play lasts (ms).
+AnimationReader = Callable[[str], tuple[int, int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Readers:
+    """What a restore reads of a stored object: Pillow's work, handed in."""
+
+    size: SizeReader
+    placeholder: PlaceholderReader | None
+    animation: AnimationReader | None
 
 
 @dataclasses.dataclass
@@ -63,6 +78,7 @@ class Findings:
     failed_writes: list[StoredObject] = dataclasses.field(default_factory=list)
     leftovers: list[StoredObject] = dataclasses.field(default_factory=list)
     damage: list[str] = dataclasses.field(default_factory=list)
+    missing_animations: list[StoredImage] = dataclasses.field(default_factory=list)
     # On the list to remove: look removes these by itself; nothing to repair.
     waiting: list[StoredObject] = dataclasses.field(default_factory=list)
     # Listed with their JPEG, but no placeholder yet: a repair makes theirs.
@@ -78,6 +94,7 @@ class Findings:
             or self.failed_writes
             or self.leftovers
             or self.damage
+            or self.missing_animations
         )
 
 
@@ -111,6 +128,7 @@ def inspect(
     # NOTE: objects are listed before the index is read: an upload that
     #   commits in between is then in both, never counted as unlisted.
     objects = list(images.objects())
+    animations = list(images.objects(ANIMATION))
     listed = {}
     for image in every_image(index):
         listed[image.id] = image
@@ -121,6 +139,12 @@ def inspect(
     findings.missing = [image for image_id, image in listed.items() if image_id not in on_store]
     findings.without_placeholder = [
         image for image in listed.values() if not image.thumbhash and image.id in on_store
+    ]
+    animated = {stored.id for stored in animations}
+    findings.missing_animations = [
+        image
+        for image_id, image in listed.items()
+        if image.animated and image_id in on_store and image_id not in animated
     ]
     now = time.time()
     for stored in sorted(objects, key=_upload_order):
@@ -137,6 +161,16 @@ def inspect(
             findings.unlisted.append(stored)
         elif age >= settle:
             findings.failed_writes.append(stored)
+    # NOTE: an animation whose JPEG is stored goes with it (a delete or a
+    #   repair removes both); one without is a leftover once past the grace
+    #   time, the most an upload takes from its animation to its row.
+    for stored in sorted(animations, key=_upload_order):
+        if stored.id in listed or stored.id in on_store:
+            continue
+        if stored.id in awaiting:
+            findings.waiting.append(stored)
+        elif now - stored.modified >= grace:
+            findings.leftovers.append(stored)
     # NOTE: in upload order, so a repair lists restored images in the order they came.
     findings.quarantined = [
         stored
@@ -157,6 +191,7 @@ def repair(
     *,
     read_size: SizeReader,
     read_placeholder: PlaceholderReader | None = None,
+    read_animation: AnimationReader | None = None,
 ) -> Repairs:
     """Settle what ``inspect`` found; never delete an image the index may still want.
 
@@ -164,6 +199,7 @@ def repair(
     restored images come back with one.
     """
     repairs = Repairs()
+    readers = _Readers(read_size, read_placeholder, read_animation)
     for image in findings.missing:
         try:
             _still_missing(images, image.id)
@@ -187,14 +223,17 @@ def repair(
         except Exception as ex:
             repairs.failed.append(f'{stored.id}: {ex}')
     for stored in findings.unlisted:
-        _restore(
-            index, images, stored, read_size, read_placeholder, repairs, from_quarantine=False
-        )
+        _restore(index, images, stored, readers, repairs, quarantined=False)
     for stored in findings.quarantined:
-        _restore(index, images, stored, read_size, read_placeholder, repairs, from_quarantine=True)
+        _restore(index, images, stored, readers, repairs, quarantined=True)
     if read_placeholder is not None:
         for image in findings.without_placeholder:
             _give_placeholder(index, images, image.id, read_placeholder, repairs)
+    for image in findings.missing_animations:
+        repairs.failed.append(
+            f'{image.id}: its animated WebP is gone, and only a backup has its frames '
+            '(its JPEG, the first frame, is served)'
+        )
     if findings.damage:
         try:
             index.rewrite()
@@ -222,21 +261,32 @@ def _restore(
     index: KeptIndex,
     images: KeptStore,
     stored: StoredObject,
-    read_size: SizeReader,
-    read_placeholder: PlaceholderReader | None,
+    readers: _Readers,
     repairs: Repairs,
     *,
-    from_quarantine: bool,
+    quarantined: bool,
 ) -> None:
+    """Restore an unlisted JPEG into the index; a WebP beside it makes it an animation."""
     try:
-        if from_quarantine:
+        if quarantined:
             images.restore(stored.id)
         with images.local_path(stored.id) as path:
-            size, length = read_size(path), os.stat(path).st_size
-            thumbhash, color = read_placeholder(path) if read_placeholder else ('', '')
+            size, length = readers.size(path), os.stat(path).st_size
+            thumbhash, color = readers.placeholder(path) if readers.placeholder else ('', '')
+        frames = duration_ms = 0
+        if readers.animation is not None and images.exists(stored.id, ANIMATION):
+            with images.local_path(stored.id, ANIMATION) as path:
+                frames, duration_ms = readers.animation(path)
         index.add(
             StoredImage(
-                stored.id, int(stored.modified), size, length, thumbhash=thumbhash, color=color
+                stored.id,
+                int(stored.modified),
+                size,
+                length,
+                thumbhash=thumbhash,
+                color=color,
+                frames=frames,
+                duration_ms=duration_ms,
             )
         )
         repairs.restored += 1

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO
 
-from look.core.imagestore import ImageStore
+from look.core.imagestore import ANIMATION, JPEG, ImageStore
 from look.core.index import StoredImage
 from look.core.index.journal import JournalIndex
 from look.core.index.postgres import PostgresIndex
@@ -105,15 +105,24 @@ def _batches(history: Sequence[Entry]) -> Iterator[tuple[int, Sequence[Entry]]]:
 
 
 def _copy(images: ImageStore, to_images: ImageStore, image: StoredImage) -> bool | str:
-    """Put one JPEG into the target; return True if copied, False if there, or what failed."""
-    try:
-        with images.local_path(image.id) as path, open(path, 'rb') as file:
-            try:
-                to_images.put(image.id, _Local(path, file))
-            except ImageExists:
-                return False  # put by an interrupted run: an object is whole or absent
-            return True
-    except (FileNotFoundError, ImageNotFound):
-        return 'its JPEG is missing from the local store; run `python -m look check`'
-    except Exception as ex:
-        return str(ex)
+    """Put one JPEG (and animation) into the target; True if copied, False if there, or why not.
+
+    The animation first, as an upload stores it before its row: a JPEG in
+    the target always has its animation beside it.
+    """
+    copied = False
+    kinds = (ANIMATION, JPEG) if image.animated else (JPEG,)
+    for kind in kinds:
+        try:
+            with images.local_path(image.id, kind) as path, open(path, 'rb') as file:
+                try:
+                    to_images.put(image.id, _Local(path, file), kind)
+                except ImageExists:
+                    continue  # put by an interrupted run: an object is whole or absent
+                copied = True
+        except (FileNotFoundError, ImageNotFound):
+            what = 'animated WebP' if kind == ANIMATION else 'JPEG'
+            return f'its {what} is missing from the local store; run `python -m look check`'
+        except Exception as ex:
+            return str(ex)
+    return copied
