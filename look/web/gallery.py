@@ -32,6 +32,7 @@ from look.core.ids import is_valid_id
 from look.core.library import Library
 from look.errors import ImageNotFound
 from look.imaging.formats import ACCEPTED_FORMATS, FORMAT_MEDIA_TYPES, READABLE_FORMATS
+from look.imaging.preflight import megapixels
 from look.imaging.renditions import Renditions
 from look.web.auth import Access
 from look.web.conditional import IMMUTABLE, answer_not_modified, is_not_modified
@@ -587,12 +588,6 @@ def _size_slots(sizes: str) -> list[tuple[str, str]]:
         condition, _, slot = item.rpartition(') ')
         slots.append((condition + ')' if condition else '', slot))
     return slots
-
-
-def megapixels(pixels: int) -> str:
-    """Return a number of pixels in megapixels, as the pixel limit is stated to people."""
-    value = pixels / 1_000_000
-    return f'{value:.0f}' if value >= 10 else f'{value:.1f}'.removesuffix('.0')
 
 
 def _shortened(text: str, limit: int) -> str:
