@@ -517,13 +517,13 @@ def picture(
     jpeg_srcset = ''
     for format, rendered in description['formats'].items():
         srcset = rendered['srcset']
-        # NOTE: the original is a JPEG in every source: any browser shows
-        #   one, and no other format of it exists.
-        srcset = f'{srcset}, {original}' if srcset else original
         if format == 'jpeg':
-            jpeg_srcset = srcset
+            jpeg_srcset = f'{srcset}, {original}' if srcset else original
         elif srcset:
-            sources.append(Source(rendered['type'], srcset))
+            # NOTE: the original is a JPEG in every source: any browser shows
+            #   one, and no other format of it exists. A format with no
+            #   thumbnails has no source: the <img> offers the original.
+            sources.append(Source(rendered['type'], f'{srcset}, {original}'))
     placeholder = description.get('placeholder')
     animation = description.get('animation')
     return Picture(

@@ -17,7 +17,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
 
-from look.imaging.formats import THUMBNAIL_FORMATS
+from look.imaging.formats import READABLE_FORMATS, THUMBNAIL_FORMATS
 
 from support.gunicorn import MAX_UPLOAD_BYTES, Gunicorn
 from support.http import get, post, request
@@ -254,7 +254,9 @@ def test_uploads_through_the_page_appear_without_a_reload(
     )
     assert page.evaluate('window.lookDragging') is True
     assert 'dragging' not in (page.get_attribute('#upload', 'class') or '')
-    wait_for_uploads(page, 5)
+    # A new batch: the rows of the one before go.
+    page.wait_for_function('() => document.querySelectorAll("#uploads li").length === 1')
+    wait_for_uploads(page, 1)
     dropped = page.eval_on_selector('#uploads li:last-child', 'li => li.dataset.id')
     assert tile_hrefs(page)[0] == f'/view/{dropped}'
     assert tile_hrefs(page)[3:] == before
@@ -296,7 +298,7 @@ def test_an_upload_answered_503_is_tried_once_more(gunicorn: Gunicorn, open_tab:
     wait_for_uploads(page, 1)
     assert page.locator('#uploads .done').count() == 1
     page.set_input_files('#files', [upload_file('b.png', image_bytes('PNG', seed=5), 'image/png')])
-    wait_for_uploads(page, 2)
+    page.wait_for_selector('#uploads .error')
     assert page.locator('#uploads .error').text_content() == 'Busy here; try again.'
     assert seen == ['POST'] * 4 and not answers
 
@@ -315,10 +317,12 @@ def test_the_script_fills_in_the_tile_the_server_renders(
     page.set_input_files('#files', [upload_file('tiny.png', tiny, 'image/png')])
     wait_for_uploads(page, 1)
     page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
-    wait_for_uploads(page, 2)
+    page.wait_for_function('() => document.querySelector("#uploads li .done, #uploads li .error")')
+    wait_for_uploads(page, 1)
     made = {href: tile_attributes(page, href) for href in tile_hrefs(page)[:2]}
     large, small = made.values()  # newest first
-    assert 'srcset' not in small['img'] and 'sizes' not in small['img'] and not small['sources']
+    # The small one's only candidate is its original; no source of any other format.
+    assert small['img']['srcset'].endswith('.jpeg 100w') and not small['sources']
     assert large['img']['srcset'] and len(large['sources']) == len(THUMBNAIL_FORMATS) - 1
 
     page.reload()
@@ -408,6 +412,9 @@ def test_an_image_page_copies_links_and_deletes(gunicorn: Gunicorn, open_tab: Op
     page.wait_for_function('() => document.getElementById("delete-status").textContent !== ""')
     assert page.text_content('#delete-status') == 'The image was deleted.'
     assert page.locator('#image').count() == 0
+    # Focus moves to a heading that says so: the page keeps an h1.
+    assert page.evaluate('document.activeElement.id') == 'deleted-heading'
+    assert page.text_content('h1:not([hidden])') == 'The image was deleted'
     assert get(f'{gunicorn.url}/images/{image_id}.jpeg').status == 404
     tokens = json.loads(page.evaluate('localStorage.getItem("look:delete-tokens")'))
     assert image_id not in tokens
@@ -433,15 +440,39 @@ def test_without_javascript_the_gallery_is_a_plain_list(
     assert page.input_value('#link-page') == f'{gunicorn.url}/view/{everything[2]}'
     assert not page.is_visible('#delete') and not page.is_visible('button[data-copy]')
 
-    # The form posts the file to the API, whose answer (with the delete token) is shown;
-    # a JSON answer names no icon, so the browser asks for /favicon.ico, which is none.
-    tab.expect_error('/favicon.ico')
+    # The form posts every file it carries, and look answers with a page that shows them.
     page.goto(f'{gunicorn.url}/')
-    page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
+    page.set_input_files(
+        '#files',
+        [
+            upload_file('photo.jpg', PHOTO, 'image/jpeg'),
+            upload_file('notes.txt', b'not an image', 'text/plain'),
+            upload_file('drawing.png', image_bytes('PNG', size=(300, 200), seed=9), 'image/png'),
+        ],
+    )
+    page.fill('#alt', 'A test photo of coloured rectangles')
     with page.expect_navigation():
         page.click('#upload button[type="submit"]')
-    answer = json.loads(page.text_content('body') or '')
-    assert answer['id'] == api_ids(gunicorn)[0] and answer['delete_token']
+    assert page.url.startswith(f'{gunicorn.url}/uploaded?')
+    assert page.text_content('h1') == '2 uploaded, 1 refused'
+    assert page.text_content('.refused li') == (
+        f'notes.txt: it is not an image look reads ({READABLE_FORMATS}).'
+    )
+    newest = api_ids(gunicorn)[:2]
+    assert sorted(tile_hrefs(page)) == sorted(f'/view/{i}' for i in newest)
+    alts = page.eval_on_selector_all('#grid img', 'imgs => imgs.map(img => img.alt)')
+    assert 'A test photo of coloured rectangles' in alts
+    assert 'token' not in (page.content() + page.url)
+
+    # A tile deleted in another tab is a page with a way back, not JSON.
+    gone = request('DELETE', f'{gunicorn.url}/images/{newest[0]}.jpeg', b'', {})
+    assert gone.status == 204
+    tab.expect_error('status of 404')
+    answer = page.goto(f'{gunicorn.url}/view/{newest[0]}')
+    assert answer is not None and answer.status == 404
+    assert page.text_content('h1') == 'Image not found'
+    page.click('text=Back to all images')
+    page.wait_for_url(f'{gunicorn.url}/')
 
 
 # -- accessibility ------------------------------------------------------------------------------
@@ -504,7 +535,7 @@ def test_with_keys_set_the_page_asks_for_one(
     assert tile_hrefs(page) == [f'/view/{listed["id"]}']
     assert page.text_content('#key-status') == 'A key is kept in this browser.'
     page.set_input_files('#files', [upload_file('b.jpg', PHOTO, 'image/jpeg')])
-    wait_for_uploads(page, 2)
+    page.wait_for_function('() => document.querySelector("#uploads .done")')
     assert tile_hrefs(page) == [f'/view/{i}' for i in api_ids(server, KEY)]
 
     # Another browser, with neither key nor token, sees the image but cannot delete it.
@@ -583,9 +614,11 @@ def test_a_form_on_another_site_cannot_upload_and_the_gallery_still_can(
     )
     with page.expect_response(f'{gunicorn.url}/images') as own:
         page.evaluate('document.getElementById("own").submit()')
-    assert own.value.status == 201
+    assert own.value.status == 303
     assert own.value.request.all_headers().get('origin') == gunicorn.url
-    made = json.loads(page.inner_text('body'))['id']
+    page.wait_for_url(f'{gunicorn.url}/uploaded?**')
+    made = api_ids(gunicorn)[0]
+    assert tile_hrefs(page) == [f'/view/{made}']
     assert api_ids(gunicorn) == [made, *before]
 
 
