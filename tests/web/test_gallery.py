@@ -768,3 +768,90 @@ def test_other_errors_stay_json_for_a_browser_too(gallery_client: TestClient) ->
     )
     assert result.status_code == 400
     assert result.headers['Content-Type'] == 'application/json'
+
+
+def test_an_animation_is_the_first_source_of_its_tile_and_its_page(
+    make_client: MakeClient,
+) -> None:
+    client = make_client()
+    description = upload(client, size=(640, 480))
+    animated = dict(
+        description,
+        animation={'frames': 12, 'duration_ms': 1200, 'url': f'/images/{description["id"]}.webp'},
+    )
+    for value in (
+        gallery.tile(animated),
+        gallery.picture(animated, sizes='100vw', lazy=False, with_original=True),
+    ):
+        page = render('tile' if isinstance(value, gallery.Tile) else 'picture', value)
+        first, *others = page.all('source')
+        assert (first.attrs['type'], first.attrs['srcset']) == (
+            'image/webp',
+            f'/images/{description["id"]}.webp',
+        )
+        assert 'sizes' not in first.attrs
+        assert [s.attrs['type'] for s in others] == [
+            d['type'] for f, d in description['formats'].items() if f != 'jpeg'
+        ]
+        assert page.one('img').attrs['src']  # the still, for a browser without WebP
+    # A still image has no such source.
+    assert not render('tile', gallery.tile(description)).all('source', class_='animation')
+
+
+def test_the_placeholder_is_painted_within_the_content_security_policy(
+    make_client: MakeClient,
+) -> None:
+    """The colour is an SVG's fill attribute, not a style: the policy stays as strict."""
+    client = make_client()
+    description = upload(client, size=(640, 480))
+    # The description carries a placeholder once the index has one (the converter's, later).
+    placeholder = {'thumbhash': THUMBHASH, 'color': THUMBHASH_COLOR}
+    for value in (
+        gallery.tile(dict(description, placeholder=placeholder)),
+        gallery.picture(
+            dict(description, placeholder=placeholder), sizes='1px', lazy=False, with_original=True
+        ),
+    ):
+        text = render_text('tile' if isinstance(value, gallery.Tile) else 'picture', value)
+        assert 'style' not in text
+        page = Page(text)
+        svg = page.one('svg', class_='placeholder')
+        assert svg.attrs['viewbox'] == '0 0 640 480'
+        assert svg.attrs['data-thumbhash'] == THUMBHASH
+        assert svg.attrs['aria-hidden'] == 'true'
+        assert page.one('rect').attrs['fill'] == THUMBHASH_COLOR
+    assert not render('tile', gallery.tile(description)).all('svg')
+    result = client.simulate_get(f'/view/{description["id"]}')
+    assert result.headers['Content-Security-Policy'] == STRICT_POLICY
+
+
+def test_the_image_page_is_never_drawn_wider_than_the_image(make_client: MakeClient) -> None:
+    client = make_client()
+    description = upload(client, size=(448, 172))
+    page = page_of(client.simulate_get(f'/view/{description["id"]}'))
+    img = page.one('img', width='448')
+    assert img.attrs['sizes'] == (
+        '(min-width: 80em) min(448px, 78rem), min(448px, calc(100vw - 2rem))'
+    )
+    assert page.one('a', id='download').attrs == {
+        'id': 'download',
+        'class': 'button-link',
+        'href': description['image'],
+        'download': f'look-{description["id"]}.jpeg',
+    }
+
+
+def test_the_image_page_links_its_neighbours_where_the_list_may_be_seen(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(api_keys=KEY)
+    first, middle, last = (upload(client, seed=seed)['id'] for seed in range(3))
+    key = {'Authorization': f'Bearer {KEY}'}
+    page = page_of(client.simulate_get(f'/view/{middle}', headers=key))
+    assert page.one('a', id='newer').attrs['href'] == f'/view/{last}'
+    assert page.one('a', id='older').attrs['href'] == f'/view/{first}'
+    # Without a key, an image's page names no other image: each id is a capability.
+    page = page_of(client.simulate_get(f'/view/{middle}'))
+    assert not page.all('a', id='newer') and not page.all('a', id='older')
+    ends = page_of(client.simulate_get(f'/view/{last}', headers=key))
+    assert not ends.all('a', id='newer') and ends.all('a', id='older')
