@@ -69,6 +69,12 @@ VIEW_SIZES = '(min-width: 80em) 78rem, calc(100vw - 2rem)'
 TITLE_CHARS = 80
 # Tiles use the smallest thumbnail at least this wide where srcset is not read.
 FALLBACK_WIDTH = 320
+# NOTE: a tile is at most 19rem (304 CSS pixels) wide, 608 pixels on a screen
+#   of twice the density: an original up to this wide is a tile's candidate
+#   too, so a small image is not shown from its half-size thumbnail doubled.
+#   A wider original's thumbnails are enough; measured on a phone (390x844 at
+#   3x), offering every original took the first screen from 1 MiB to 3 MiB.
+TILE_ORIGINAL_MAX_WIDTH = 608
 # Chat previews show at most about this width; OpenGraph asks for an image no wider.
 PREVIEW_WIDTH = 1200
 MONTHS = (
@@ -242,6 +248,7 @@ class Gallery:
             tile_sizes=TILE_SIZES,
             blank_tile=blank_tile(self._renditions.formats),
             fallback_width=FALLBACK_WIDTH,
+            tile_original_max_width=TILE_ORIGINAL_MAX_WIDTH,
             accept=','.join(f'image/{name.lower()}' for name in ACCEPTED_FORMATS),
             readable_formats=READABLE_FORMATS,
             upload_limit=_format_bytes(self._max_upload_bytes),
@@ -506,24 +513,27 @@ def picture(
 ) -> Picture:
     """Return the picture of an image: a source per format the description lists but JPEG.
 
-    The original is a candidate of every source, for a slot wider than the
-    largest thumbnail: a browser picks it only where no thumbnail is wide
-    enough, as for a small image's tile on a dense screen. ``with_original``
-    makes it the ``src`` too, where srcset is not read.
+    With ``with_original`` (an image's own page), and for a tile of an image
+    at most TILE_ORIGINAL_MAX_WIDTH wide, the original is the last candidate
+    of every source: a browser picks it only where no thumbnail is wide
+    enough. ``with_original`` makes it the ``src`` too, where srcset is not read.
     """
     width, height = description['size']
     original = f'{description["image"]} {width}w'
+    offer_original = with_original or width <= TILE_ORIGINAL_MAX_WIDTH
     sources = []
     jpeg_srcset = ''
     for format, rendered in description['formats'].items():
         srcset = rendered['srcset']
-        if format == 'jpeg':
-            jpeg_srcset = f'{srcset}, {original}' if srcset else original
-        elif srcset:
+        if offer_original:
             # NOTE: the original is a JPEG in every source: any browser shows
             #   one, and no other format of it exists. A format with no
             #   thumbnails has no source: the <img> offers the original.
-            sources.append(Source(rendered['type'], f'{srcset}, {original}'))
+            srcset = f'{srcset}, {original}' if srcset else original
+        if format == 'jpeg':
+            jpeg_srcset = srcset
+        elif rendered['srcset']:
+            sources.append(Source(rendered['type'], srcset))
     placeholder = description.get('placeholder')
     animation = description.get('animation')
     return Picture(

@@ -163,9 +163,14 @@ def default_renditions() -> Renditions:
     )
 
 
-def with_original(rendered: dict[str, Any], description: dict[str, Any]) -> str:
-    """Return a format's srcset with the original last, as every picture offers it."""
-    original = f'{description["image"]} {description["size"][0]}w'
+def with_original(
+    rendered: dict[str, Any], description: dict[str, Any], *, page: bool = False
+) -> str:
+    """Return a format's srcset as a picture offers it: with the original last, where it is."""
+    width = description['size'][0]
+    if not page and width > gallery.TILE_ORIGINAL_MAX_WIDTH:
+        return str(rendered['srcset'])
+    original = f'{description["image"]} {width}w'
     return f'{rendered["srcset"]}, {original}' if rendered['srcset'] else original
 
 
@@ -286,8 +291,8 @@ def test_a_picture_has_a_source_for_each_format_the_description_lists() -> None:
         assert source.attrs['srcset'] == with_original(description['formats'][format], description)
         assert source.attrs['sizes'] == gallery.TILE_SIZES
     img = page.one('img')
-    # The original comes last: a browser picks it only where no thumbnail is wide enough.
-    assert img.attrs['srcset'] == with_original(description['formats']['jpeg'], description)
+    # A tile of a large image: its thumbnails are enough, the original is no candidate.
+    assert img.attrs['srcset'] == description['formats']['jpeg']['srcset']
     assert img.attrs['src'] == f'/thumbnails/{image.id}/400x300.jpeg'
     assert img.attrs['alt'] == (
         'Image uploaded 21 September 2026 at 14:13 UTC, 1600 by 1200 pixels'
@@ -321,6 +326,15 @@ def test_a_small_images_tile_offers_its_original_for_dense_screens(
     widths = [w for _, w in gallery.srcset_candidates(img.attrs['srcset'] or '')]
     assert widths == [256, 128, 64, 512]
     assert f'{description["image"]} 512w' in (img.attrs['srcset'] or '')
+    # At the bound it is offered; past it, thumbnails are enough.
+    for width, offered in (
+        (gallery.TILE_ORIGINAL_MAX_WIDTH, True),
+        (gallery.TILE_ORIGINAL_MAX_WIDTH + 2, False),
+    ):
+        described = upload(client, size=(width, width // 2))
+        tiles = dict(page_of(client.simulate_get('/')).tiles())
+        srcset = tiles[f'/view/{described["id"]}'].attrs['srcset'] or ''
+        assert srcset.endswith(f'{described["image"]} {width}w') is offered, width
 
 
 def tile_elements(elements: list[Element]) -> list[Element]:
@@ -339,6 +353,7 @@ def test_the_pages_tile_template_is_the_servers_tile_left_blank(
     page = page_of(result)
     template = page.one('template', id='tile-template')
     assert template.attrs['data-fallback-width'] == str(gallery.FALLBACK_WIDTH)
+    assert template.attrs['data-original-max-width'] == str(gallery.TILE_ORIGINAL_MAX_WIDTH)
     # An image with thumbnails in every format, a placeholder and an animation.
     (href, _), *_ = page.tiles()
     image = dataclasses.replace(

@@ -266,9 +266,13 @@ function tile(description, sizes) {
   const item = tileTemplate.content.cloneNode(true).firstElementChild;
   item.querySelector('a').href = `/view/${description.id}`;
   const [width, height] = description.size;
-  // The original is the last candidate of every source, as gallery.py's picture() has it.
+  // A small image's original is the last candidate of every source, as in gallery.py.
   const original = `${description.image} ${width}w`;
-  const withOriginal = (srcset) => (srcset ? `${srcset}, ${original}` : original);
+  const offerOriginal = width <= Number(tileTemplate.dataset.originalMaxWidth);
+  const withOriginal = (srcset) => {
+    if (!offerOriginal) return srcset;
+    return srcset ? `${srcset}, ${original}` : original;
+  };
   const svg = item.querySelector('svg.placeholder');
   if (description.placeholder) {
     svg.setAttribute('viewBox', `0 0 ${width} ${height}`);
@@ -296,8 +300,14 @@ function tile(description, sizes) {
     }
   }
   const img = item.querySelector('img');
-  img.srcset = withOriginal(description.formats.jpeg.srcset);
-  img.sizes = sizes;
+  const jpeg = withOriginal(description.formats.jpeg.srcset);
+  if (jpeg) {
+    img.srcset = jpeg;
+    img.sizes = sizes;
+  } else {
+    img.removeAttribute('srcset');
+    img.removeAttribute('sizes');
+  }
   img.width = width;
   img.height = height;
   img.alt = altText(description);
