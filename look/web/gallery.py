@@ -280,6 +280,8 @@ class Gallery:
             keys_required=not self._access.open,
             tiles=[tile(description) for description in descriptions],
             refused=refused,
+            more=req.get_param_as_int('more', min_value=0, default=0),
+            max_form_files=MAX_FORM_FILES,
             gone=len(ids) - len(descriptions),
         )
         self._respond(req, resp, page)

@@ -43,6 +43,7 @@ from look.web.metrics import Metrics
 from look.web.thumbnails import LargeThumbnails
 from look.web.uploads import (
     MAX_ALT_CHARS,
+    MAX_FORM_FILES,
     AltTooLong,
     Receiver,
     TooManyFiles,
@@ -217,8 +218,12 @@ class Images:
                 refused.append((file.filename, refusal_reason(file.error)))
         query = [('image', image_id) for image_id in stored]
         query += [
-            pair for name, reason in refused for pair in (('refused', name), ('why', reason))
+            pair
+            for name, reason in refused[:MAX_FORM_FILES]
+            for pair in (('refused', _shortened_name(name)), ('why', reason))
         ]
+        if len(refused) > MAX_FORM_FILES:
+            query.append(('more', str(len(refused) - MAX_FORM_FILES)))
         resp.status = falcon.HTTP_303
         resp.location = '/uploaded?' + urllib.parse.urlencode(query)
         resp.content_type = falcon.MEDIA_TEXT
@@ -368,6 +373,21 @@ def _alt_from_patch(req: falcon.Request) -> str:
             title='Malformed alt text', description='"alt" must be a string ("" removes it).'
         )
     return checked_alt(change['alt'])
+
+
+# NOTE: the most bytes a refused file's name takes in the address of the page
+#   that names it: 20 ids and 20 such names stay within the 4 094 bytes of a
+#   request line that gunicorn (and most proxies) take.
+MAX_NAME_IN_ADDRESS = 90
+
+
+def _shortened_name(name: str) -> str:
+    """Return a file name short enough for an address (MAX_NAME_IN_ADDRESS), ending in … if cut."""
+    if len(urllib.parse.quote_plus(name)) <= MAX_NAME_IN_ADDRESS:
+        return name
+    while len(urllib.parse.quote_plus(name + '…')) > MAX_NAME_IN_ADDRESS:
+        name = name[:-1]
+    return name + '…'
 
 
 def refusal_reason(error: LookError) -> str:

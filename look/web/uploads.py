@@ -214,7 +214,8 @@ def receive_files(
                     else:
                         _discard(part.stream, max_bytes)
                     continue
-                files.append(_receive_file(part, create, max_bytes, len(files) < max_files))
+                wanted = len(files) < max_files
+                files.append(_receive_file(part, create, max_bytes, form_limit, wanted))
     except BaseException:
         for file in files:
             if file.spooled is not None:
@@ -237,11 +238,12 @@ def _receive_file(
     part: falcon.media.multipart.BodyPart,
     create: Callable[[], SpoolFile],
     max_bytes: int,
+    form_limit: int,
     wanted: bool,
 ) -> FormFile:
     file = FormFile(filename=_file_name(part.filename))
     if not wanted:
-        _discard(part.stream, max_bytes * (MAX_FORM_FILES + 1))
+        _discard(part.stream, form_limit)  # the form as a whole is within it
         file.error = TooManyFiles(f'A form may carry at most {MAX_FORM_FILES} files.')
         return file
     spooled = create()
@@ -251,7 +253,7 @@ def _receive_file(
             spooled.file.flush()
     except UploadTooLarge as ex:
         spooled.close()
-        _discard(part.stream, max_bytes * (MAX_FORM_FILES + 1))
+        _discard(part.stream, form_limit)  # the form as a whole is within it
         file.error = ex
         return file
     except BaseException:

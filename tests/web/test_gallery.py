@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html.parser
+import pathlib
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -92,6 +93,10 @@ class Page(html.parser.HTMLParser):
         found = self.all(tag, **attrs)
         assert len(found) == 1, f'{len(found)} <{tag}> elements match {attrs}'
         return found[0]
+
+    def text_of(self, tag: str) -> str:
+        """Return the text of every element with this tag, one a line."""
+        return '\n'.join(element.text for element in self.all(tag))
 
     def meta(self, name: str) -> str | None:
         """Return the content of a <meta> by its property or name."""
@@ -652,9 +657,10 @@ def post_form(client: TestClient, *parts: tuple[str, str | None, bytes]) -> Resu
 
 
 def test_a_form_post_stores_every_file_and_names_each_refused_one(
-    make_client: MakeClient,
+    make_client: MakeClient, make_config: Callable[..., Config]
 ) -> None:
-    client = make_client(max_upload_bytes=200_000)
+    config = make_config(max_upload_bytes=200_000)
+    client = make_client(config)
     posted = post_form(
         client,
         ('image', 'heron.png', image_bytes('PNG', size=(320, 240), seed=1)),
@@ -671,6 +677,8 @@ def test_a_form_post_stores_every_file_and_names_each_refused_one(
     assert location.startswith('/uploaded?')
     stored, _ = api_list(client, 'order=oldest')
     assert [d['alt'] for d in stored] == ['A heron', 'Dunes at noon', '']
+    # Nothing of the refused files is left in the spool.
+    assert list((pathlib.Path(config.storage_path) / 'spool').iterdir()) == []
     assert [d['size'] for d in stored] == [[320, 240], [480, 320], [200, 300]]
     # Nothing of a refused file is left behind.
     assert client.simulate_get('/health').status_code == 200
@@ -870,3 +878,44 @@ def test_the_image_page_links_its_neighbours_where_the_list_may_be_seen(
     assert not page.all('a', id='newer') and not page.all('a', id='older')
     ends = page_of(client.simulate_get(f'/view/{last}', headers=key))
     assert not ends.all('a', id='newer') and ends.all('a', id='older')
+
+
+def test_the_page_of_a_form_post_fits_in_an_address_however_many_files_it_refused(
+    make_client: MakeClient,
+) -> None:
+    """Long names, in a script of three bytes a letter, past the limit of files."""
+    config_client = make_client()
+    small = image_bytes('PNG', size=(32, 24), seed=6)
+    count = uploads.MAX_FORM_FILES + 5
+    files = [('image', f'{n:02d}-' + '写真' * 150 + '.txt', b'not an image') for n in range(count)]
+    posted = post_form(config_client, ('image', 'kept.png', small), *files)
+    assert posted.status_code == 303
+    location = posted.headers['Location']
+    # gunicorn takes a request line of up to 4 094 bytes: the browser's GET of this address.
+    assert len(f'GET {location} HTTP/1.1') < 4094
+    path, _, query = location.partition('?')
+    page = page_of(config_client.simulate_get(path, query_string=query))
+    assert page.one('h1').text == f'1 uploaded, {count} refused'
+    names = [li.text.partition(':')[0] for li in page.all('li', class_=None)]
+    assert len(names) == uploads.MAX_FORM_FILES
+    assert names[0].startswith('00-写真写真') and names[0].endswith('…')
+    assert 'And 5 more files: a form may carry at most 20.' in page.text_of('p')
+
+
+def test_a_form_over_the_limit_of_every_file_together_is_refused_unread(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(max_upload_bytes=1000)
+    limit = uploads.MAX_FORM_FILES * 1000 + 1024 * 1024
+    # At the limit, a form is read (each file refused on its own); past it, a 413 page.
+    for size, status in ((limit, 303), (limit + 1, 413)):
+        head, content_type = form_body(('image', 'big.bin', b''))
+        body = head.replace(b'\r\n\r\n\r\n', b'\r\n\r\n' + b'x' * (size - len(head)) + b'\r\n', 1)
+        assert len(body) == size
+        result = client.simulate_post(
+            '/images',
+            body=body,
+            headers={'Content-Type': content_type, 'Accept': BROWSER_ACCEPT},
+        )
+        assert result.status_code == status, result.text[:200]
+    assert 'larger than the limit of 20 files' in Page(result.text).text_of('p')
