@@ -91,7 +91,8 @@ def _info(served: _Served) -> Object:
             'Self-hosted image sharing. Upload any common image format; look '
             'stores an upright sRGB JPEG and renders thumbnails in halving sizes '
             f'down to {served.min_thumb_size} pixels a side, as {", ".join(served.formats)}. '
-            'Every error is JSON with "title" and "description". Image and thumbnail URLs '
+            'Every error is JSON with "title" and "description" (a browser navigating to a '
+            '404, 413 or 415 gets a page with the same words). Image and thumbnail URLs '
             'are public; uploading and listing take an API key where keys are set, '
             "deleting takes an API key or the image's delete token."
         ),
