@@ -592,6 +592,10 @@ def test_a_batch_of_uploads_lands_in_view_in_the_order_picked(
     # The rows fold into one line; the new tiles are first, in the order the files were picked,
     # and a whole first row of them is in view.
     assert page.is_hidden('#uploads') and page.is_visible('#batch-clear')
+    assert (
+        page.inner_text('.batch-line').split('\n')[0].replace('\t', ' ').startswith('12 uploaded')
+    )
+    assert page.is_visible('#batch-sep')
     assert page.eval_on_selector_all('#uploads li .name', 'n => n.map(e => e.textContent)') == [
         f'photo-{n:02d}.jpg' for n in range(12)
     ]
@@ -614,6 +618,11 @@ def test_words_given_beside_a_file_become_its_alt_text(
     page.set_input_files(
         '#files', [upload_file('heron.png', image_bytes('PNG', seed=21), 'image/png')]
     )
+    # The batch of one folds as soon as it is stored; its row opens again to be described.
+    page.wait_for_function(
+        '() => document.getElementById("batch-count").textContent === "1 uploaded"'
+    )
+    page.click('#batch-toggle')
     page.fill('#uploads input.alt', 'A heron on one leg')
     page.keyboard.press('Enter')
     page.locator('#uploads input.alt').blur()

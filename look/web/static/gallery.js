@@ -761,6 +761,7 @@ function setUpUploads(list) {
       ? `${uploaded} uploaded${refused}`
       : `${uploaded} of ${items.length} uploaded${refused}`;
     clear.hidden = !finished;
+    document.getElementById('batch-sep').hidden = !finished;
     toggle.hidden = !finished;
   }
 
