@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 
 
 class Library:
-    """Images as resources see them: add, get, page, open and delete."""
+    """Images as resources see them: add, get, page, amend, open and delete."""
 
     def __init__(
         self, index: KeptIndex, images: KeptStore, *, timing: Timing | None = None
@@ -146,6 +146,22 @@ class Library:
         """Return a page of images in upload order (see Index.page)."""
         self._remover.get()
         return self.index.page(after=after, limit=limit, newest_first=newest_first)
+
+    def amend(
+        self,
+        image_id: str,
+        *,
+        alt: str | None = None,
+        thumbhash: str | None = None,
+        color: str | None = None,
+    ) -> StoredImage:
+        """Change an image's alt text or placeholder (None leaves it); return it as it is now.
+
+        Only the index changes: the JPEG and its thumbnails stay as they are,
+        so no cached rendition goes stale. Every worker and host sees the
+        change as it sees a delete (``Index.amend``); ImageNotFound if none.
+        """
+        return self.index.amend(image_id, alt=alt, thumbhash=thumbhash, color=color)
 
     def open_original(self, image: StoredImage) -> Original:
         """Open the JPEG of an image, or raise ImageNotFound if it is gone."""

@@ -81,8 +81,11 @@ def convert_upload(
             raise UnsupportedImage(
                 f'The upload is not an image look can read ({READABLE_FORMATS}).'
             ) from None
-        except Image.DecompressionBombError as ex:
-            raise ImageTooLarge(f'The image has too many pixels: {ex}') from None
+        except Image.DecompressionBombError:
+            raise ImageTooLarge(
+                'The image has more pixels than the limit of '
+                f'{preflight.megapixels(max_pixels)} megapixels.'
+            ) from None
         except Exception as ex:
             raise CorruptImage(f'The image could not be read: {ex}') from None
 

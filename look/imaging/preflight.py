@@ -117,9 +117,15 @@ def check_pixel_count(width: int, height: int, max_pixels: int) -> None:
     """Refuse an image of more than ``max_pixels`` pixels."""
     if width * height > max_pixels:
         raise ImageTooLarge(
-            f'The image is {width}x{height} ({width * height} pixels); '
-            f'the limit is {max_pixels} pixels.'
+            f'The image is {width}x{height}, {megapixels(width * height)} megapixels; '
+            f'the limit is {megapixels(max_pixels)} megapixels.'
         )
+
+
+def megapixels(pixels: int) -> str:
+    """Return a number of pixels as people read a pixel limit: in megapixels (67, 1.5)."""
+    value = pixels / 1_000_000
+    return f'{value:.0f}' if value >= 10 else f'{value:.2g}'
 
 
 def check_container(path: str, max_pixels: int) -> None:

@@ -163,14 +163,16 @@ def create_app(config: Config | None = None) -> falcon.App:
         static,
         hosts=hosts,
         max_upload_bytes=config.max_upload_bytes,
+        max_pixels=config.max_pixels,
     )
     app.add_route('/', gallery)
+    app.add_route('/uploaded', gallery, suffix='uploaded')
     app.add_route('/view/{image_id:image_id}', gallery, suffix='image')
     app.add_route('/static/{filename}', static)
     app.add_route('/health', Health(library, thumbnailer, cache))
     app.add_route('/openapi.json', OpenAPI(document))
     app.add_route('/metrics', MetricsResource(metrics, access, public=config.metrics_public))
-    add_error_handlers(app)
+    add_error_handlers(app, gallery.error_page())
     app.add_error_handler(falcon.HTTPRouteNotFound, _route_not_found)
     return app
 

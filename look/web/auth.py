@@ -77,8 +77,8 @@ class Access:
         if not self.open and _bearer(req) is None:
             raise _unauthorized(action, presented=False)
 
-    def may_delete(self, req: falcon.Request, image: StoredImage) -> str:
-        """Return who deletes the image: a key's name, ``delete token`` or ``anonymous``.
+    def may_delete(self, req: falcon.Request, image: StoredImage, action: str = 'delete') -> str:
+        """Return who deletes or changes the image: a key name, ``delete token``, ``anonymous``.
 
         Raise 401 when credentials are needed and none came, 403 when the
         one that came may not delete this image (with no keys set too: a
@@ -88,7 +88,7 @@ class Access:
         if credential is None:
             if self.open:
                 return ANONYMOUS
-            raise _unauthorized('delete an image', presented=False)
+            raise _unauthorized(f'{action} an image', presented=False)
         name = self._key_named(credential)
         if name is not None:
             return name
@@ -100,7 +100,7 @@ class Access:
         raise falcon.HTTPForbidden(
             title='Not allowed',
             description=(
-                f'This credential may not delete image {image.id}: send the delete_token '
+                f'This credential may not {action} image {image.id}: send the delete_token '
                 'its upload answered with, or an API key.'
             ),
         )

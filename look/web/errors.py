@@ -1,13 +1,17 @@
 """The one table from domain errors to HTTP, and the one JSON shape of every error.
 
-Every error look answers is ``{"title": ..., "description": ...}``, whatever
-the client accepts, so a script can always read ``description``.
+Every error look answers is ``{"title": ..., "description": ...}``, so a
+script can always read ``description``; only a browser's navigation (a
+request that prefers ``text/html``) to an address that is none, with a body
+too large or of a kind look does not read, gets a page in the gallery's look
+instead, with the same words and a way back to the gallery.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import falcon
@@ -72,8 +76,47 @@ def _handle_look_error(
     )
 
 
+# The errors a person meets in a browser: a link to an image deleted since, a
+# typed address, a form's file too large or of the wrong kind.
+HTML_ERROR_STATUSES = frozenset({404, 413, 415})
+
+
+class ErrorPage:
+    """What a page of an error is: its HTML and the headers a gallery page goes out with."""
+
+    def __init__(
+        self, render: Callable[[int, str, str], bytes], headers: Mapping[str, str]
+    ) -> None:
+        self.render = render
+        self.headers = dict(headers)
+
+
+def prefers_html(req: falcon.Request) -> bool:
+    """Return whether a request is a browser's navigation: it prefers a page to JSON."""
+    return (
+        'text/html' in req.accept
+        and req.client_prefers((falcon.MEDIA_JSON, falcon.MEDIA_HTML)) == falcon.MEDIA_HTML
+    )
+
+
+def _serializer(
+    page: ErrorPage | None,
+) -> Callable[[falcon.Request, falcon.Response, falcon.HTTPError], None]:
+    def serialize(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
+        _serialize_error(req, resp, ex)
+        if page is not None and ex.status_code in HTML_ERROR_STATUSES and prefers_html(req):
+            title, description = json.loads(resp.data).values()
+            resp.set_headers({**page.headers, 'Content-Type': falcon.MEDIA_HTML})
+            resp.append_header('Vary', 'Accept')
+            resp.data = page.render(ex.status_code, title, description)
+        elif ex.status_code in HTML_ERROR_STATUSES:
+            resp.append_header('Vary', 'Accept')
+
+    return serialize
+
+
 def _serialize_error(req: falcon.Request, resp: falcon.Response, ex: falcon.HTTPError) -> None:
-    # NOTE: every error is JSON with both keys, whatever the client accepts,
+    # NOTE: every error is JSON with both keys, whatever a script accepts,
     #   so scripts can always read `description`.
     title = ex.title or resp.status
     description = ex.description or _DEFAULT_DESCRIPTIONS.get(ex.status_code, title)
@@ -116,7 +159,7 @@ _DEFAULT_DESCRIPTIONS = {
 }
 
 
-def add_error_handlers(app: falcon.App) -> None:
-    """Map domain exceptions to HTTP and give every error one JSON shape."""
+def add_error_handlers(app: falcon.App, page: ErrorPage | None = None) -> None:
+    """Map domain exceptions to HTTP; give every error one JSON shape (``page`` for people)."""
     app.add_error_handler(LookError, _handle_look_error)
-    app.set_error_serializer(_serialize_error)
+    app.set_error_serializer(_serializer(page))

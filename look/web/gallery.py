@@ -1,6 +1,7 @@
 """The gallery: HTML pages of the images, and the static files those pages use.
 
-``/`` lists the images newest first, ``/view/{id}`` shows one. Both are
+``/`` lists the images newest first, ``/view/{id}`` shows one, and
+``/uploaded`` what came of a form post made without a script. All are
 rendered by the templates in look/web/templates (Jinja2, autoescaped) from
 the same descriptions the JSON API gives (``describe``), read through the
 library here, never over HTTP; the values they show are computed here.
@@ -31,11 +32,14 @@ from look.core.ids import is_valid_id
 from look.core.library import Library
 from look.errors import ImageNotFound
 from look.imaging.formats import ACCEPTED_FORMATS, FORMAT_MEDIA_TYPES, READABLE_FORMATS
+from look.imaging.preflight import megapixels
 from look.imaging.renditions import Renditions
 from look.web.auth import Access
 from look.web.conditional import IMMUTABLE, answer_not_modified, is_not_modified
+from look.web.errors import ErrorPage
 from look.web.guards import Hosts
 from look.web.images import describe
+from look.web.uploads import MAX_ALT_CHARS, MAX_FORM_FILES
 
 DEFAULT_PAGE_SIZE = 30
 MAX_PAGE_SIZE = 100
@@ -59,10 +63,18 @@ TILE_SIZES = (
     '(min-width: 80em) 19rem, (min-width: 64em) calc((100vw - 4.25rem) / 4), '
     '(min-width: 40em) calc((100vw - 3.5rem) / 3), calc((100vw - 2.75rem) / 2)'
 )
-# The width of the image on its own page.
+# The width of the image on its own page (never wider than the image: see ``view_sizes``).
 VIEW_SIZES = '(min-width: 80em) 78rem, calc(100vw - 2rem)'
+# The most characters of an alt text a page's title and a chat preview's title show.
+TITLE_CHARS = 80
 # Tiles use the smallest thumbnail at least this wide where srcset is not read.
 FALLBACK_WIDTH = 320
+# NOTE: a tile is at most 19rem (304 CSS pixels) wide, 608 pixels on a screen
+#   of twice the density: an original up to this wide is a tile's candidate
+#   too, so a small image is not shown from its half-size thumbnail doubled.
+#   A wider original's thumbnails are enough; measured on a phone (390x844 at
+#   3x), offering every original took the first screen from 1 MiB to 3 MiB.
+TILE_ORIGINAL_MAX_WIDTH = 608
 # Chat previews show at most about this width; OpenGraph asks for an image no wider.
 PREVIEW_WIDTH = 1200
 MONTHS = (
@@ -80,6 +92,11 @@ MONTHS = (
     'December',
 )
 FORMAT_NAMES = {'jpeg': 'JPEG', 'webp': 'WebP', 'avif': 'AVIF', 'jxl': 'JPEG XL'}
+PAGE_HEADERS = {
+    'Content-Security-Policy': CONTENT_SECURITY_POLICY,
+    # NOTE: image pages are capabilities: their URLs go nowhere else.
+    'Referrer-Policy': 'same-origin',
+}
 STATIC_MEDIA_TYPES = {
     '.css': 'text/css; charset=utf-8',
     '.js': 'text/javascript; charset=utf-8',
@@ -183,7 +200,9 @@ class Gallery:
         *,
         hosts: Hosts,
         max_upload_bytes: int,
+        max_pixels: int,
     ) -> None:
+        self._max_pixels = max_pixels
         self._library = library
         self._hosts = hosts
         self._renditions = renditions
@@ -229,14 +248,82 @@ class Gallery:
             tile_sizes=TILE_SIZES,
             blank_tile=blank_tile(self._renditions.formats),
             fallback_width=FALLBACK_WIDTH,
+            tile_original_max_width=TILE_ORIGINAL_MAX_WIDTH,
             accept=','.join(f'image/{name.lower()}' for name in ACCEPTED_FORMATS),
             readable_formats=READABLE_FORMATS,
             upload_limit=_format_bytes(self._max_upload_bytes),
             max_upload_bytes=self._max_upload_bytes,
+            max_alt_chars=MAX_ALT_CHARS,
+            max_form_files=MAX_FORM_FILES,
         )
         self._respond(req, resp, page)
 
     on_head = on_get
+
+    def on_get_uploaded(self, req: falcon.Request, resp: falcon.Response) -> None:
+        """``/uploaded``: the images a form post stored, and each file it refused, and why."""
+        ids = [i for i in req.get_param_as_list('image', default=[]) if is_valid_id(i)]
+        names = req.get_param_as_list('refused', default=[])
+        reasons = req.get_param_as_list('why', default=[])
+        descriptions = []
+        for image_id in ids[:MAX_FORM_FILES]:
+            try:
+                descriptions.append(describe(self._library.get(image_id), self._renditions))
+            except ImageNotFound:
+                continue  # deleted since
+        refusals = self._refusal_texts()
+        refused = [
+            (name, refusals.get(reason, refusals['failed']))
+            for name, reason in zip(names, reasons, strict=False)
+        ][: MAX_FORM_FILES * 2]
+        page = self._templates.get_template('uploaded.html').render(
+            keys_required=not self._access.open,
+            tiles=[tile(description) for description in descriptions],
+            refused=refused,
+            more=req.get_param_as_int('more', min_value=0, default=0),
+            max_form_files=MAX_FORM_FILES,
+            gone=len(ids) - len(descriptions),
+        )
+        self._respond(req, resp, page)
+
+    on_head_uploaded = on_get_uploaded
+
+    def _refusal_texts(self) -> dict[str, str]:
+        """Return what the page says of a refused file, for each reason images.py names."""
+        return {
+            'alt': f'its alt text is longer than {MAX_ALT_CHARS} characters.',
+            'too-many': f'a form may carry at most {MAX_FORM_FILES} files.',
+            'too-large': (
+                f'it is larger than the limit of {_format_bytes(self._max_upload_bytes)}.'
+            ),
+            'too-many-pixels': (
+                f'it has more pixels than look takes: the limit is '
+                f'{megapixels(self._max_pixels)} megapixels.'
+            ),
+            'unsupported': f'it is not an image look reads ({READABLE_FORMATS}).',
+            'corrupt': 'it is corrupt, truncated or empty.',
+            'complex': 'it is built as no image encoder builds one.',
+            'busy': 'look was too busy to store it just now; try it again.',
+            'storage': 'the disk refused it; nothing of it was kept.',
+            'failed': 'it could not be stored.',
+        }
+
+    def error_page(self) -> ErrorPage:
+        """Return the HTML page a browser's navigation gets for an error (see web/errors.py)."""
+
+        def render(status: int, title: str, description: str) -> bytes:
+            return (
+                self._templates.get_template('error.html')
+                .render(
+                    keys_required=not self._access.open,
+                    status=status,
+                    title=title,
+                    description=description,
+                )
+                .encode()
+            )
+
+        return ErrorPage(render, PAGE_HEADERS)
 
     def on_get_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
         image = self._library.get(image_id)
@@ -245,6 +332,14 @@ class Gallery:
         sizes = self._renditions.sizes(image.size)
         when = uploaded_at(description['modified'])
         alt = alt_text(description)
+        title = _shortened(image.alt, TITLE_CHARS) if image.alt else f'Image uploaded {when}'
+        newer = older = None
+        if self._may_list(req):
+            # NOTE: the images either side in the gallery's order (newest
+            #   first); only for a request that may list them, as ids are
+            #   capabilities: a key-holder's, or anyone's with no keys set.
+            newer = _first_id(self._library.page(after=image.id, limit=1))
+            older = _first_id(self._library.page(after=image.id, limit=1, newest_first=True))
         # NOTE: LOOK_PUBLIC_URL, else the request's scheme and Host if its
         #   Host is one look was told of; gunicorn takes the scheme from
         #   X-Forwarded-Proto of the proxies it trusts (forwarded_allow_ips),
@@ -257,7 +352,16 @@ class Gallery:
         page = self._templates.get_template('image.html').render(
             keys_required=not self._access.open,
             image_id=image.id,
-            image=picture(description, sizes=VIEW_SIZES, lazy=False, with_original=True),
+            image=picture(
+                description, sizes=view_sizes(image.size[0]), lazy=False, with_original=True
+            ),
+            title=title,
+            description=image.alt,
+            newer=view_uri(newer) if newer else None,
+            older=view_uri(older) if older else None,
+            download_url=description['image'],
+            download_name=f'look-{image.id}.jpeg',
+            max_alt_chars=MAX_ALT_CHARS,
             width=image.size[0],
             height=image.size[1],
             when=when,
@@ -297,14 +401,7 @@ class Gallery:
     def _respond(self, req: falcon.Request, resp: falcon.Response, page: str) -> None:
         data = page.encode()
         resp.content_type = falcon.MEDIA_HTML
-        resp.set_headers(
-            {
-                'Content-Security-Policy': CONTENT_SECURITY_POLICY,
-                # NOTE: image pages are capabilities: their URLs go nowhere else.
-                'Referrer-Policy': 'same-origin',
-                'Vary': 'Authorization',
-            }
-        )
+        resp.set_headers({**PAGE_HEADERS, 'Vary': 'Authorization'})
         resp.cache_control = ['no-cache']
         resp.etag = hashlib.sha256(data).hexdigest()[:32]
         if is_not_modified(req, resp):
@@ -325,9 +422,36 @@ class Source:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class Picture:
-    """What templates/tile.html's ``picture`` shows: sources, then a JPEG ``<img>``."""
+class Placeholder:
+    """What a picture shows while its image loads: its colour, and its ThumbHash to decode.
 
+    NOTE: the colour is an inline SVG's ``fill``, a presentation attribute,
+    which a Content-Security-Policy without inline styles still allows; the
+    script paints the ThumbHash into a <canvas> on top of it, which no
+    policy governs. So the policy needs no ``data:`` images nor inline styles.
+    """
+
+    thumbhash: str
+    color: str
+    width: int | str
+    height: int | str
+
+    @property
+    def viewbox(self) -> str:
+        """The SVG's viewBox: the image's size, so the colour takes the image's shape."""
+        return f'0 0 {self.width} {self.height}' if self.width != '' else ''
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Picture:
+    """What templates/tile.html's ``picture`` shows: sources, then a JPEG ``<img>``.
+
+    An animation's WebP is the first source (``animation``), ahead of the
+    thumbnails: a browser that shows WebP plays it, any other shows the still.
+    """
+
+    animation: str | None
+    placeholder: Placeholder | None
     sources: tuple[Source, ...]
     src: str
     srcset: str | None  # None: the <img> has neither srcset nor sizes
@@ -356,7 +480,9 @@ def uploaded_at(modified: str) -> str:
 
 
 def alt_text(description: Mapping[str, Any]) -> str:
-    """Return the alt text of an image: there are no captions, so when and how large."""
+    """Return the alt text of an image: its own, else when it was uploaded and how large."""
+    if description.get('alt'):
+        return str(description['alt'])
     width, height = description['size']
     return f'Image uploaded {uploaded_at(description["modified"])}, {width} by {height} pixels'
 
@@ -389,24 +515,34 @@ def picture(
 ) -> Picture:
     """Return the picture of an image: a source per format the description lists but JPEG.
 
-    With ``with_original``, the original is a candidate of every source, for
-    displays wider than the largest thumbnail.
+    With ``with_original`` (an image's own page), and for a tile of an image
+    at most TILE_ORIGINAL_MAX_WIDTH wide, the original is the last candidate
+    of every source: a browser picks it only where no thumbnail is wide
+    enough. ``with_original`` makes it the ``src`` too, where srcset is not read.
     """
     width, height = description['size']
     original = f'{description["image"]} {width}w'
+    offer_original = with_original or width <= TILE_ORIGINAL_MAX_WIDTH
     sources = []
     jpeg_srcset = ''
     for format, rendered in description['formats'].items():
         srcset = rendered['srcset']
-        if with_original:
+        if offer_original:
             # NOTE: the original is a JPEG in every source: any browser shows
-            #   one, and no other format of it exists.
+            #   one, and no other format of it exists. A format with no
+            #   thumbnails has no source: the <img> offers the original.
             srcset = f'{srcset}, {original}' if srcset else original
         if format == 'jpeg':
             jpeg_srcset = srcset
-        elif srcset:
+        elif rendered['srcset']:
             sources.append(Source(rendered['type'], srcset))
+    placeholder = description.get('placeholder')
+    animation = description.get('animation')
     return Picture(
+        animation=animation['url'] if animation else None,
+        placeholder=Placeholder(placeholder['thumbhash'], placeholder['color'], width, height)
+        if placeholder
+        else None,
         sources=tuple(sources),
         src=description['image'] if with_original else fallback_src(description),
         srcset=jpeg_srcset or None,
@@ -426,14 +562,53 @@ def tile(description: Mapping[str, Any]) -> Tile:
 def blank_tile(formats: Iterable[str]) -> Tile:
     """Return the tile gallery.js fills in: empty fields, and a source for each format but JPEG.
 
-    The script removes what an image has none of (a source, the srcset of a
-    small image), as ``picture`` leaves it out.
+    The script removes what an image has none of (a source, an animation, a
+    placeholder), as ``picture`` leaves it out.
     """
     sources = tuple(Source(FORMAT_MEDIA_TYPES[f], '') for f in formats if f != 'jpeg')
     blank = Picture(
-        sources=sources, src='', srcset='', sizes='', width='', height='', alt='', lazy=True
+        animation='',
+        placeholder=Placeholder('', '', '', ''),
+        sources=sources,
+        src='',
+        srcset='',
+        sizes='',
+        width='',
+        height='',
+        alt='',
+        lazy=True,
     )
     return Tile('', blank)
+
+
+def view_sizes(width: int) -> str:
+    """Return the sizes of an image on its page: its slot, but never wider than the image.
+
+    NOTE: a browser draws an image at the width ``sizes`` names (the width
+    of the candidate it picked, over its density); without the cap a
+    448 pixel image was drawn 1 248 pixels wide, blurred.
+    """
+    return ', '.join(
+        f'{condition} min({width}px, {slot})' if condition else f'min({width}px, {slot})'
+        for condition, slot in _size_slots(VIEW_SIZES)
+    )
+
+
+def _size_slots(sizes: str) -> list[tuple[str, str]]:
+    slots = []
+    for item in sizes.split(', '):
+        condition, _, slot = item.rpartition(') ')
+        slots.append((condition + ')' if condition else '', slot))
+    return slots
+
+
+def _shortened(text: str, limit: int) -> str:
+    text = ' '.join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + '…'
+
+
+def _first_id(images: list[Any]) -> str | None:
+    return images[0].id if images else None
 
 
 def view_uri(image_id: str) -> str:

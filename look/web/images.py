@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -16,16 +18,39 @@ import falcon
 from look.core.imagestore import Original
 from look.core.index import StoredImage
 from look.core.library import Library
-from look.core.spool import Spool
-from look.errors import ImageNotFound, StorageError, refused_writes
+from look.core.spool import Spool, SpoolFile
+from look.errors import (
+    BackendUnavailable,
+    CorruptImage,
+    EmptyUpload,
+    ImageNotFound,
+    ImageTooComplex,
+    ImageTooLarge,
+    LookError,
+    StorageError,
+    ThumbnailerUnavailable,
+    TooManyUploads,
+    UnsupportedImage,
+    UploadTooLarge,
+    refused_writes,
+)
 from look.imaging.formats import FORMAT_MEDIA_TYPES
 from look.imaging.pool import Thumbnailer
 from look.imaging.renditions import Renditions
 from look.web.auth import Access, new_delete_token
 from look.web.conditional import answer_not_modified, is_not_modified, set_immutable
+from look.web.errors import prefers_html
 from look.web.metrics import Metrics
 from look.web.thumbnails import LargeThumbnails
-from look.web.uploads import Receiver
+from look.web.uploads import (
+    MAX_ALT_CHARS,
+    MAX_FORM_FILES,
+    AltTooLong,
+    Receiver,
+    TooManyFiles,
+    checked_alt,
+    is_form,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +113,7 @@ def describe(image: StoredImage, renditions: Renditions) -> dict[str, Any]:
 
 
 class Images:
-    """``/images`` (list, upload) and ``/images/{id}.jpeg`` (download, delete)."""
+    """``/images`` (list, upload) and ``/images/{id}.jpeg`` (download, describe, delete)."""
 
     def __init__(
         self,
@@ -152,15 +177,69 @@ class Images:
         #   body and closes. With the read side shut, its drain could see an
         #   early end, keep the connection and read the whole body after all.
         who = self._access.require_key(req, 'upload images')
-        image_id = str(self._uuid_generator())
-        token, token_hash = new_delete_token()
+        if is_form(req) and prefers_html(req):
+            self._post_form(req, resp, who)
+            return
         with contextlib.ExitStack() as cleanup, refused_writes():
             upload = self._spool.create()
             cleanup.callback(upload.close)
+            received = self._receiver.receive(req, upload.file)
+            image, token = self._store(upload, received.alt, received.length, who)
+        resp.status = falcon.HTTP_201
+        resp.location = image_uri(image.id)
+        resp.media = {**describe(image, self._renditions), 'delete_token': token}
+
+    def _post_form(self, req: falcon.Request, resp: falcon.Response, who: str) -> None:
+        """Store every file of a browser's form post; 303 to the page that shows what came of each.
+
+        NOTE: a page without a script posts the form itself, and a person
+        reads the answer: the JSON of one image (with its delete token in
+        it) is no page for them, and a form of several files is several
+        images. Each file is stored or refused on its own.
+        """
+        stored: list[str] = []
+        refused: list[tuple[str, str]] = []
+        with contextlib.ExitStack() as cleanup:
+            files = self._receiver.receive_files(req, self._spool.create)
+            for file in files:
+                if file.spooled is not None:
+                    cleanup.callback(file.spooled.close)
+            for file in files:
+                if file.error is None and file.spooled is not None:
+                    try:
+                        with refused_writes():
+                            image, _token = self._store(file.spooled, file.alt, file.length, who)
+                    except LookError as ex:
+                        file.error = ex
+                    else:
+                        stored.append(image.id)
+                        continue
+                assert file.error is not None
+                log.info('refused %r of a form post: %s', file.filename, file.error)
+                refused.append((file.filename, refusal_reason(file.error)))
+        query = [('image', image_id) for image_id in stored]
+        query += [
+            pair
+            for name, reason in refused[:MAX_FORM_FILES]
+            for pair in (('refused', _shortened_name(name)), ('why', reason))
+        ]
+        if len(refused) > MAX_FORM_FILES:
+            query.append(('more', str(len(refused) - MAX_FORM_FILES)))
+        resp.status = falcon.HTTP_303
+        resp.location = '/uploaded?' + urllib.parse.urlencode(query)
+        resp.content_type = falcon.MEDIA_TEXT
+        resp.text = f'{len(stored)} of {len(files)} files stored; see {resp.location}\n'
+
+    def _store(
+        self, upload: SpoolFile, alt: str, received: int, who: str
+    ) -> tuple[StoredImage, str]:
+        """Convert a received upload and add it to the library; return it and its delete token."""
+        image_id = str(self._uuid_generator())
+        token, token_hash = new_delete_token()
+        with contextlib.ExitStack() as cleanup:
             animation_path = self._spool.companion(upload)
             # Whatever the pool wrote there, the upload stored or refused.
             cleanup.callback(_remove, animation_path)
-            received = self._receiver.receive(req, upload.file)
             converted = self._thumbnailer.convert_upload(upload.path, animation_path)
             animation = None
             if converted.frames:
@@ -173,6 +252,7 @@ class Images:
                 converted.size,
                 length,
                 token_hash,
+                alt=alt,
                 thumbhash=converted.thumbhash,
                 color=converted.color,
                 frames=converted.frames,
@@ -188,9 +268,7 @@ class Images:
             received,
             who,
         )
-        resp.status = falcon.HTTP_201
-        resp.location = image_uri(image.id)
-        resp.media = {**describe(image, self._renditions), 'delete_token': token}
+        return image, token
 
     # -- /images/{id}.jpeg --------------------------------------------------
 
@@ -243,6 +321,18 @@ class Images:
         ]
         resp.status = falcon.HTTP_204
 
+    def on_patch_image(self, req: falcon.Request, resp: falcon.Response, image_id: str) -> None:
+        """Change an image's alt text: whoever may delete the image may describe it."""
+        self._access.require_credential(req, 'change an image')
+        image = self._library.get(image_id)
+        who = self._access.may_delete(req, image, 'change')
+        alt = _alt_from_patch(req)
+        image = self._library.amend(image.id, alt=alt)
+        log.info(
+            'changed the alt text of image %s (%d characters), by %s', image.id, len(alt), who
+        )
+        resp.media = describe(image, self._renditions)
+
     def _lists(self, image_id: str) -> bool:
         try:
             self._library.get(image_id)
@@ -290,6 +380,89 @@ def _remove(path: os.PathLike[str]) -> None:
     """Remove a file the pool may have written for an upload."""
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+# The most bytes of a PATCH body: {"alt": ...} of MAX_ALT_CHARS characters, each
+# at its longest in JSON (\\uXXXX\\uXXXX, 12 bytes), and room for spaces.
+MAX_PATCH_BYTES = 12 * MAX_ALT_CHARS + 1024
+
+
+def _alt_from_patch(req: falcon.Request) -> str:
+    """Return the alt text a PATCH body asks for, or raise 400, 413 or 415 saying why."""
+    if req.content_length is not None and req.content_length > MAX_PATCH_BYTES:
+        raise falcon.HTTPContentTooLarge(
+            title='Request too large',
+            description=f'A change is a JSON object of at most {MAX_PATCH_BYTES} bytes.',
+        )
+    media_type = (req.content_type or '').partition(';')[0].strip().lower()
+    if media_type not in ('application/json', 'application/merge-patch+json'):
+        raise falcon.HTTPUnsupportedMediaType(
+            title='Unsupported media type',
+            description='Send the change as JSON: {"alt": "what the image shows"}.',
+        )
+    data = req.bounded_stream.read(MAX_PATCH_BYTES + 1)
+    if len(data) > MAX_PATCH_BYTES:
+        raise falcon.HTTPContentTooLarge(
+            title='Request too large',
+            description=f'A change is a JSON object of at most {MAX_PATCH_BYTES} bytes.',
+        )
+    try:
+        change = json.loads(data)
+    except ValueError:
+        raise falcon.HTTPBadRequest(
+            title='Malformed JSON', description='The body is not JSON: send {"alt": "..."}.'
+        ) from None
+    if not isinstance(change, dict) or set(change) != {'alt'}:
+        raise falcon.HTTPBadRequest(
+            title='Nothing to change',
+            description='Send a JSON object with one member, "alt", the only thing that changes.',
+        )
+    if not isinstance(change['alt'], str):
+        raise falcon.HTTPBadRequest(
+            title='Malformed alt text', description='"alt" must be a string ("" removes it).'
+        )
+    return checked_alt(change['alt'])
+
+
+# NOTE: the most bytes a refused file's name takes in the address of the page
+#   that names it: 20 ids and 20 such names stay within the 4 094 bytes of a
+#   request line that gunicorn (and most proxies) take.
+MAX_NAME_IN_ADDRESS = 90
+
+
+def _shortened_name(name: str) -> str:
+    """Return a file name short enough for an address (MAX_NAME_IN_ADDRESS), ending in … if cut."""
+    if len(urllib.parse.quote_plus(name)) <= MAX_NAME_IN_ADDRESS:
+        return name
+    while len(urllib.parse.quote_plus(name + '…')) > MAX_NAME_IN_ADDRESS:
+        name = name[:-1]
+    return name + '…'
+
+
+def refusal_reason(error: LookError) -> str:
+    """Return the word a form's page reads why a file was refused by (``REFUSAL_REASONS``)."""
+    for kind in type(error).__mro__:
+        if kind in REFUSAL_REASONS:
+            return REFUSAL_REASONS[kind]
+    return 'failed'
+
+
+# Why a file of a form post was refused, in a word the page that shows it reads;
+# the page gives its own words for each, never text from its address.
+REFUSAL_REASONS: dict[type[LookError], str] = {
+    AltTooLong: 'alt',
+    TooManyFiles: 'too-many',
+    UploadTooLarge: 'too-large',
+    ImageTooLarge: 'too-many-pixels',
+    UnsupportedImage: 'unsupported',
+    EmptyUpload: 'corrupt',
+    CorruptImage: 'corrupt',
+    ImageTooComplex: 'complex',
+    TooManyUploads: 'busy',
+    ThumbnailerUnavailable: 'busy',
+    BackendUnavailable: 'busy',
+    StorageError: 'storage',
+}
 
 
 def refused_delete(ex: StorageError, *, listed: bool) -> StorageError:

@@ -27,8 +27,15 @@ from look.imaging.formats import (
 )
 from look.web.cache import CACHE_HEADER
 from look.web.conditional import IMMUTABLE
-from look.web.images import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MIN_PAGE_SIZE, ORDERS
+from look.web.images import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    MAX_PATCH_BYTES,
+    MIN_PAGE_SIZE,
+    ORDERS,
+)
 from look.web.routes import MAX_SIDE_DIGITS
+from look.web.uploads import MAX_ALT_CHARS
 
 Object = dict[str, Any]
 Security = list[dict[str, list[str]]]
@@ -85,7 +92,8 @@ def _info(served: _Served) -> Object:
             'Self-hosted image sharing. Upload any common image format; look '
             'stores an upright sRGB JPEG and renders thumbnails in halving sizes '
             f'down to {served.min_thumb_size} pixels a side, as {", ".join(served.formats)}. '
-            'Every error is JSON with "title" and "description". Image and thumbnail URLs '
+            'Every error is JSON with "title" and "description" (a browser navigating to a '
+            '404, 413 or 415 gets a page with the same words). Image and thumbnail URLs '
             'are public; uploading and listing take an API key where keys are set, '
             "deleting takes an API key or the image's delete token."
         ),
@@ -102,9 +110,14 @@ def _images_path(served: _Served) -> Object:
 
 
 def _image_path(served: _Served) -> Object:
-    """``/images/{id}.jpeg``: the stored JPEG (GET, HEAD) and its deletion."""
+    """``/images/{id}.jpeg``: the stored JPEG (GET, HEAD), its alt text (PATCH), its deletion."""
     download = _download(served)
-    return {'get': download, 'head': _head_of(download), 'delete': _delete(served)}
+    return {
+        'get': download,
+        'head': _head_of(download),
+        'patch': _describe(served),
+        'delete': _delete(served),
+    }
 
 
 def _with_head(operation: Object) -> Object:
@@ -151,7 +164,10 @@ def _upload(served: _Served) -> Object:
         'description': (
             f'The body is the image itself ({READABLE_FORMATS}; look reads the bytes, '
             'whatever the Content-Type), or a multipart/form-data form with the image in the '
-            f'field "image" (else the first file). At most {served.max_upload_bytes} bytes.'
+            f'field "image" (else the first file) and its alt text in "alt" (at most '
+            f'{MAX_ALT_CHARS} characters). At most {served.max_upload_bytes} bytes. A browser '
+            'posting the form itself (preferring text/html) has every file stored and is sent '
+            '(303) to a page that shows them.'
         ),
         'requestBody': {
             'required': True,
@@ -166,7 +182,9 @@ def _upload(served: _Served) -> Object:
                         'properties': {'image': image},
                         'required': ['image'],
                         # NOTE: other fields are read and dropped, but a client
-                        #   need send none: the schema names only what look reads.
+                        #   need send none. "alt" is named in the description only:
+                        #   a form's field is text whatever type a schema gave it,
+                        #   so the schema could promise nothing of it a form keeps.
                         'additionalProperties': False,
                     },
                     'encoding': {'image': {'contentType': ', '.join(ACCEPTED_MEDIA_TYPES)}},
@@ -186,9 +204,16 @@ def _upload(served: _Served) -> Object:
                 'content': _json(_schema('CreatedImage')),
                 'links': _links_from_upload(),
             },
+            '303': {
+                'description': (
+                    'For a browser posting the form itself: every file stored or refused; '
+                    'Location is the page that shows which.'
+                ),
+                'headers': {'Location': {'required': True, 'schema': {'type': 'string'}}},
+            },
             '400': _error(
-                'The body is empty, the image is corrupt or truncated, or the form is '
-                'malformed or has no file.'
+                'The body is empty, the image is corrupt or truncated, the form is '
+                f'malformed or has no file, or its alt text is over {MAX_ALT_CHARS} characters.'
             ),
             **_refused(served),
             '408': _error('The body did not arrive in time.'),
@@ -288,6 +313,47 @@ def _delete(served: _Served) -> Object:
             **_refused(served),
             '403': _error('This credential may not delete this image.'),
             '404': _error('No image has this id.'),
+            '503': _backend_down(),
+            '507': _error('The disk is full or refuses writes.'),
+        },
+    }
+
+
+def _describe(served: _Served) -> Object:
+    alt = {
+        'type': 'string',
+        'maxLength': MAX_ALT_CHARS,
+        'description': 'What the image shows, for people who cannot see it; "" removes it.',
+    }
+    change = {'type': 'object', 'required': ['alt'], 'additionalProperties': False}
+    change['properties'] = {'alt': alt}
+    return {
+        'operationId': 'describeImage',
+        'summary': "Change an image's alt text",
+        'description': (
+            'Allowed to whoever may delete the image: the delete_token of its upload, or an '
+            "API key (with no keys set, anyone; a token that is not the image's is refused)."
+        ),
+        'security': _needs_key(served, 'deleteToken'),
+        'parameters': _parameters(served, 'image_id'),
+        'requestBody': {
+            'required': True,
+            'content': {
+                'application/json': {'schema': change},
+                'application/merge-patch+json': {'schema': change},
+            },
+        },
+        'responses': {
+            '200': {'description': 'Changed.', 'content': _json(_schema('Image'))},
+            '400': _error(
+                f'The body is not a JSON object with one member "alt", a string of at most '
+                f'{MAX_ALT_CHARS} characters.'
+            ),
+            **_refused(served),
+            '403': _error('This credential may not change this image.'),
+            '404': _error('No image has this id.'),
+            '413': _error(f'The body is over {MAX_PATCH_BYTES} bytes.'),
+            '415': _error('The body is not JSON.'),
             '503': _backend_down(),
             '507': _error('The disk is full or refuses writes.'),
         },
@@ -524,6 +590,7 @@ def _schemas(served: _Served) -> Object:
                 },
                 'alt': {
                     'type': 'string',
+                    'maxLength': MAX_ALT_CHARS,
                     'description': 'What the image shows, in words; empty when nobody said.',
                 },
                 'placeholder': {

@@ -153,6 +153,31 @@ def test_add_stores_the_jpeg_then_lists_it(
     assert os.stat(jpeg_path(root, image.id)).st_mtime == image.modified
 
 
+def test_amend_changes_the_alt_text_for_every_worker_and_leaves_the_jpeg(
+    library: Library, spool: Spool, root: pathlib.Path
+) -> None:
+    image_id = commit(library, spool)
+    other = worker_library(root)
+    assert other.get(image_id).alt == ''
+    jpeg_before = jpeg_path(root, image_id).read_bytes()
+
+    amended = library.amend(image_id, alt='A heron on one leg')
+
+    assert amended.alt == 'A heron on one leg' and amended.size == SIZE
+    assert other.get(image_id).alt == 'A heron on one leg'
+    assert worker_library(root).page(limit=10)[0].alt == 'A heron on one leg'
+    # None leaves what is there; an empty text clears it.
+    assert library.amend(image_id, thumbhash='3OcRJYB4d3h/iIeHeEh3eIhw+j3A').alt == amended.alt
+    assert other.get(image_id).thumbhash == '3OcRJYB4d3h/iIeHeEh3eIhw+j3A'
+    assert library.amend(image_id, alt='').alt == ''
+    assert jpeg_path(root, image_id).read_bytes() == jpeg_before
+    with pytest.raises(ImageNotFound):
+        library.amend(new_id(), alt='nobody')
+    library.delete(image_id)
+    with pytest.raises(ImageNotFound):
+        other.amend(image_id, alt='too late')
+
+
 def test_add_syncs_the_jpeg_then_its_name_then_its_index_line(
     library: Library, spool: Spool, root: pathlib.Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import json
 import pathlib
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,8 +18,11 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import Browser, ConsoleMessage, Page, Route, sync_playwright
 
-from look.imaging.formats import THUMBNAIL_FORMATS
+from look.config import Config
+from look.core.backends import open_library
+from look.imaging.formats import READABLE_FORMATS, THUMBNAIL_FORMATS
 
+from support import thumbhashes
 from support.gunicorn import MAX_UPLOAD_BYTES, Gunicorn
 from support.http import get, post, request
 from support.imagegen import image_bytes
@@ -40,6 +44,11 @@ CHROMIUM_ARGS = [
 ]
 WIDE = {'width': 1280, 'height': 800}
 NARROW = {'width': 360, 'height': 640}
+# The two people the gallery is tried as: at a laptop and at a phone.
+LAPTOP = {'width': 1366, 'height': 768}
+PHONE = {'viewport': {'width': 390, 'height': 844}, 'is_mobile': True, 'has_touch': True}
+SIZES = pytest.mark.parametrize('device', [{'viewport': LAPTOP}, PHONE], ids=['laptop', 'phone'])
+TOUCH = 44  # CSS pixels: the smallest target a finger hits (WCAG 2.5.5)
 KEY = 'browser-test-key-0123456789'
 # Halving 1600x1200 gives thumbnails 800, 400, 200 and 100 pixels wide.
 PHOTO = image_bytes('JPEG', size=(1600, 1200), seed=1)
@@ -55,6 +64,12 @@ def gallery_gunicorn(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gunic
     }
     with Gunicorn(tmp_path_factory.mktemp('storage'), workers=2, environ=environ) as server:
         yield server
+
+
+@pytest.fixture(scope='module')
+def thumbhash_reference(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
+    """The published ThumbHash implementation, installed by npm, to compare the gallery's with."""
+    return thumbhashes.install_reference(tmp_path_factory.mktemp('thumbhash'))
 
 
 @pytest.fixture(scope='module')
@@ -254,7 +269,9 @@ def test_uploads_through_the_page_appear_without_a_reload(
     )
     assert page.evaluate('window.lookDragging') is True
     assert 'dragging' not in (page.get_attribute('#upload', 'class') or '')
-    wait_for_uploads(page, 5)
+    # A new batch: the rows of the one before go.
+    page.wait_for_function('() => document.querySelectorAll("#uploads li").length === 1')
+    wait_for_uploads(page, 1)
     dropped = page.eval_on_selector('#uploads li:last-child', 'li => li.dataset.id')
     assert tile_hrefs(page)[0] == f'/view/{dropped}'
     assert tile_hrefs(page)[3:] == before
@@ -296,7 +313,7 @@ def test_an_upload_answered_503_is_tried_once_more(gunicorn: Gunicorn, open_tab:
     wait_for_uploads(page, 1)
     assert page.locator('#uploads .done').count() == 1
     page.set_input_files('#files', [upload_file('b.png', image_bytes('PNG', seed=5), 'image/png')])
-    wait_for_uploads(page, 2)
+    page.wait_for_selector('#uploads .error')
     assert page.locator('#uploads .error').text_content() == 'Busy here; try again.'
     assert seen == ['POST'] * 4 and not answers
 
@@ -315,10 +332,12 @@ def test_the_script_fills_in_the_tile_the_server_renders(
     page.set_input_files('#files', [upload_file('tiny.png', tiny, 'image/png')])
     wait_for_uploads(page, 1)
     page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
-    wait_for_uploads(page, 2)
+    page.wait_for_function('() => document.querySelector("#uploads li .done, #uploads li .error")')
+    wait_for_uploads(page, 1)
     made = {href: tile_attributes(page, href) for href in tile_hrefs(page)[:2]}
     large, small = made.values()  # newest first
-    assert 'srcset' not in small['img'] and 'sizes' not in small['img'] and not small['sources']
+    # The small one's only candidate is its original; no source of any other format.
+    assert small['img']['srcset'].endswith('.jpeg 100w') and not small['sources']
     assert large['img']['srcset'] and len(large['sources']) == len(THUMBNAIL_FORMATS) - 1
 
     page.reload()
@@ -408,6 +427,9 @@ def test_an_image_page_copies_links_and_deletes(gunicorn: Gunicorn, open_tab: Op
     page.wait_for_function('() => document.getElementById("delete-status").textContent !== ""')
     assert page.text_content('#delete-status') == 'The image was deleted.'
     assert page.locator('#image').count() == 0
+    # Focus moves to a heading that says so: the page keeps an h1.
+    assert page.evaluate('document.activeElement.id') == 'deleted-heading'
+    assert page.text_content('h1:not([hidden])') == 'The image was deleted'
     assert get(f'{gunicorn.url}/images/{image_id}.jpeg').status == 404
     tokens = json.loads(page.evaluate('localStorage.getItem("look:delete-tokens")'))
     assert image_id not in tokens
@@ -433,29 +455,69 @@ def test_without_javascript_the_gallery_is_a_plain_list(
     assert page.input_value('#link-page') == f'{gunicorn.url}/view/{everything[2]}'
     assert not page.is_visible('#delete') and not page.is_visible('button[data-copy]')
 
-    # The form posts the file to the API, whose answer (with the delete token) is shown;
-    # a JSON answer names no icon, so the browser asks for /favicon.ico, which is none.
-    tab.expect_error('/favicon.ico')
+    # The form posts every file it carries, and look answers with a page that shows them.
     page.goto(f'{gunicorn.url}/')
-    page.set_input_files('#files', [upload_file('photo.jpg', PHOTO, 'image/jpeg')])
+    page.set_input_files(
+        '#files',
+        [
+            upload_file('photo.jpg', PHOTO, 'image/jpeg'),
+            upload_file('notes.txt', b'not an image', 'text/plain'),
+            upload_file('drawing.png', image_bytes('PNG', size=(300, 200), seed=9), 'image/png'),
+        ],
+    )
+    page.fill('#alt', 'A test photo of coloured rectangles')
     with page.expect_navigation():
         page.click('#upload button[type="submit"]')
-    answer = json.loads(page.text_content('body') or '')
-    assert answer['id'] == api_ids(gunicorn)[0] and answer['delete_token']
+    assert page.url.startswith(f'{gunicorn.url}/uploaded?')
+    assert page.text_content('h1') == '2 uploaded, 1 refused'
+    assert page.text_content('.refused li') == (
+        f'notes.txt: it is not an image look reads ({READABLE_FORMATS}).'
+    )
+    newest = api_ids(gunicorn)[:2]
+    assert sorted(tile_hrefs(page)) == sorted(f'/view/{i}' for i in newest)
+    alts = page.eval_on_selector_all('#grid img', 'imgs => imgs.map(img => img.alt)')
+    assert 'A test photo of coloured rectangles' in alts
+    assert 'token' not in (page.content() + page.url)
+
+    # A tile deleted in another tab is a page with a way back, not JSON.
+    gone = request('DELETE', f'{gunicorn.url}/images/{newest[0]}.jpeg', b'', {})
+    assert gone.status == 204
+    tab.expect_error('status of 404')
+    answer = page.goto(f'{gunicorn.url}/view/{newest[0]}')
+    assert answer is not None and answer.status == 404
+    assert page.text_content('h1') == 'Image not found'
+    page.click('text=Back to all images')
+    page.wait_for_url(f'{gunicorn.url}/')
 
 
 # -- accessibility ------------------------------------------------------------------------------
 
 
-def test_the_pages_pass_an_accessibility_check(gunicorn: Gunicorn, open_tab: OpenTab) -> None:
+@SIZES
+def test_the_pages_pass_an_accessibility_check(
+    gunicorn: Gunicorn, open_tab: OpenTab, device: dict[str, Any]
+) -> None:
     description = api_upload(gunicorn)
-    tab = open_tab(f'{gunicorn.url}/?limit=6')
+    described = api_upload(gunicorn, image_bytes('PNG', size=(320, 200), seed=12))
+    tab = open_tab(f'{gunicorn.url}/?limit=6', **device)
     page = tab.page
     tab.expect_error('status of 415')
-    page.set_input_files('#files', [upload_file('notes.txt', b'text', 'text/plain')])
-    wait_for_uploads(page, 1)  # an upload that failed shows its words too
+    tab.expect_error('status of 404')
+    page.set_input_files(
+        '#files',
+        [
+            upload_file('notes.txt', b'text', 'text/plain'),
+            upload_file('one.png', image_bytes('PNG', size=(200, 150), seed=13), 'image/png'),
+        ],
+    )
+    wait_for_uploads(page, 2)  # an upload that failed shows its words too, and rows their alt
     axe = Axe()
-    for path in ('/?limit=6', f'/view/{description["id"]}'):
+    for path in (
+        '/?limit=6',
+        f'/view/{description["id"]}',
+        f'/uploaded?image={described["id"]}&refused=notes.txt&why=unsupported',
+        '/view/00000000-0000-4000-8000-000000000000',
+    ):
         if path != '/?limit=6':
             page.goto(f'{gunicorn.url}{path}')
         page.wait_for_load_state('networkidle')
@@ -474,6 +536,285 @@ def test_the_pages_pass_an_accessibility_check(gunicorn: Gunicorn, open_tab: Ope
         }"""
     )
     assert outline == ['A', 'solid', '3px']
+
+
+# -- what people expect (issue: uploads in view, words, a viewer, Back, touch) --------------------
+
+
+def visible_tiles(page: Page, hrefs: list[str]) -> list[str]:
+    """Return those of these tiles that are wholly inside the viewport."""
+    shown: list[str] = page.evaluate(
+        """hrefs => hrefs.filter((href) => {
+            const box = document.querySelector(`#grid a[href="${href}"]`).getBoundingClientRect();
+            return box.top >= 0 && box.left >= 0 && box.bottom <= window.innerHeight
+                && box.right <= window.innerWidth;
+        })""",
+        hrefs,
+    )
+    return shown
+
+
+@SIZES
+def test_a_batch_of_uploads_lands_in_view_in_the_order_picked(
+    gunicorn: Gunicorn, open_tab: OpenTab, device: dict[str, Any]
+) -> None:
+    while len(api_ids(gunicorn)) < 12:  # a gallery that fills more than the screen already
+        api_upload(gunicorn, image_bytes('PNG', size=(256, 192), seed=20))
+    tab = open_tab(f'{gunicorn.url}/', **device)
+    page = tab.page
+    files = [
+        upload_file(
+            f'photo-{n:02d}.jpg', image_bytes('JPEG', size=(800, 600), seed=100 + n), 'image/jpeg'
+        )
+        for n in range(12)
+    ]
+    started = time.monotonic()
+    page.set_input_files('#files', files)
+    # While it runs, a line says how far it is.
+    page.wait_for_function(
+        '() => / of 12 uploaded$/.test(document.getElementById("batch-count").textContent)'
+    )
+    page.wait_for_function(
+        '() => document.getElementById("batch-count").textContent === "12 uploaded"'
+    )
+    ids = page.eval_on_selector_all('#uploads li', 'items => items.map(li => li.dataset.id)')
+    new = [f'/view/{i}' for i in ids]
+    page.wait_for_function(
+        """hrefs => {
+            const box = document.querySelector(`#grid a[href="${hrefs[0]}"]`)
+                .getBoundingClientRect();
+            return box.top >= 0 && box.bottom <= window.innerHeight;
+        }""",
+        arg=new,
+    )
+    seen_after = time.monotonic() - started
+    print(f'\n{device["viewport"]}: 12 uploads, new tiles in view after {seen_after:.2f} s')
+    # The rows fold into one line; the new tiles are first, in the order the files were picked,
+    # and a whole first row of them is in view.
+    assert page.is_hidden('#uploads') and page.is_visible('#batch-clear')
+    assert (
+        page.inner_text('.batch-line').split('\n')[0].replace('\t', ' ').startswith('12 uploaded')
+    )
+    assert page.is_visible('#batch-sep')
+    assert page.eval_on_selector_all('#uploads li .name', 'n => n.map(e => e.textContent)') == [
+        f'photo-{n:02d}.jpg' for n in range(12)
+    ]
+    assert tile_hrefs(page)[:12] == new
+    columns = 4 if device['viewport']['width'] > 1024 else 2
+    assert visible_tiles(page, new)[:columns] == new[:columns]
+    # Every row shows its thumbnail; the list opens again on asking.
+    page.click('#batch-toggle')
+    assert page.locator('#uploads .thumb img').count() == 12
+    page.click('#batch-clear')
+    assert page.is_hidden('#batch') and page.evaluate('document.activeElement.id') == 'files'
+
+
+@SIZES
+def test_words_given_beside_a_file_become_its_alt_text(
+    gunicorn: Gunicorn, open_tab: OpenTab, device: dict[str, Any]
+) -> None:
+    tab = open_tab(f'{gunicorn.url}/', **device)
+    page = tab.page
+    page.set_input_files(
+        '#files', [upload_file('heron.png', image_bytes('PNG', seed=21), 'image/png')]
+    )
+    # The batch of one folds as soon as it is stored; its row opens again to be described.
+    page.wait_for_function(
+        '() => document.getElementById("batch-count").textContent === "1 uploaded"'
+    )
+    page.click('#batch-toggle')
+    page.fill('#uploads input.alt', 'A heron on one leg')
+    page.keyboard.press('Enter')
+    page.locator('#uploads input.alt').blur()
+    page.wait_for_function(
+        '() => document.querySelector("#uploads .state").textContent === "Alt text saved."'
+    )
+    image_id = page.eval_on_selector('#uploads li', 'li => li.dataset.id')
+    assert get(f'{gunicorn.url}/images/{image_id}.jpeg').status == 200
+    described = [
+        d for d in get(f'{gunicorn.url}/images?order=newest&limit=5').json() if d['id'] == image_id
+    ]
+    assert described[0]['alt'] == 'A heron on one leg'
+    assert (
+        page.get_attribute(f'#grid a[href="/view/{image_id}"] img', 'alt') == 'A heron on one leg'
+    )
+
+    # Its page says it, and changes it.
+    page.goto(f'{gunicorn.url}/view/{image_id}')
+    assert page.title() == 'A heron on one leg · look'
+    assert page.get_attribute('#image img', 'alt') == 'A heron on one leg'
+    page.fill('#alt-text', 'A grey heron on one leg')
+    page.click('#alt-form button[type="submit"]')
+    page.wait_for_function('() => document.getElementById("alt-status").textContent === "Saved."')
+    assert page.text_content('#alt-current') == 'A grey heron on one leg'
+    assert page.get_attribute('#image img', 'alt') == 'A grey heron on one leg'
+
+
+@SIZES
+def test_the_viewer_steps_through_the_gallery_and_shares(
+    gunicorn: Gunicorn, open_tab: OpenTab, device: dict[str, Any]
+) -> None:
+    older = api_upload(gunicorn, image_bytes('PNG', size=(300, 300), seed=22))['id']
+    small = api_upload(gunicorn, image_bytes('PNG', size=(448, 172), seed=23))['id']
+    newer = api_upload(gunicorn, image_bytes('PNG', size=(640, 480), seed=24))['id']
+    tab = open_tab(**device)
+    page = tab.page
+    page.context.grant_permissions(['clipboard-read', 'clipboard-write'])
+    page.goto(f'{gunicorn.url}/view/{small}')
+    img = page.locator('#image img')
+    img.evaluate('img => img.decode()')
+    # Never drawn larger than it is.
+    slot = min(448, device['viewport']['width'] - 32)  # the page's width less its margins
+    drawn = img.evaluate('img => img.getBoundingClientRect().width')
+    assert slot - 1 <= drawn <= slot
+
+    # Newer and Older, by the links and by the arrow keys, in the gallery's order.
+    page.keyboard.press('ArrowRight')
+    page.wait_for_url(f'**/view/{older}')
+    page.keyboard.press('ArrowLeft')
+    page.wait_for_url(f'**/view/{small}')
+    page.click('#newer')
+    page.wait_for_url(f'**/view/{newer}')
+    page.click('#older')
+    page.wait_for_url(f'**/view/{small}')
+
+    # Download gives the original, under a name of its own.
+    with page.expect_download() as download:
+        page.click('#download')
+    assert download.value.suggested_filename == f'look-{small}.jpeg'
+
+    # Share: the Web Share API where the browser has it, else the link is copied.
+    page.click('#share')
+    page.wait_for_function('() => document.getElementById("share-status").textContent !== ""')
+    assert page.text_content('#share-status') == 'Link to this page copied.'
+    assert page.evaluate('navigator.clipboard.readText()') == f'{gunicorn.url}/view/{small}'
+    page.evaluate(
+        """() => { window.shared = null;
+            navigator.share = (data) => { window.shared = data; return Promise.resolve(); }; }"""
+    )
+    page.click('#share')
+    page.wait_for_function('() => window.shared !== null')
+    assert page.evaluate('window.shared.url') == f'{gunicorn.url}/view/{small}'
+
+
+@SIZES
+def test_back_returns_to_the_same_place_without_deleted_tiles(
+    gunicorn: Gunicorn, open_tab: OpenTab, device: dict[str, Any]
+) -> None:
+    filler = image_bytes('PNG', size=(256, 192), seed=25)
+    while len(api_ids(gunicorn)) < 100:
+        api_upload(gunicorn, filler)
+    tab = open_tab(f'{gunicorn.url}/', **device)
+    page = tab.page
+    while len(tile_hrefs(page)) < 90:
+        shown = len(tile_hrefs(page))
+        page.mouse.wheel(0, 5000)
+        page.wait_for_function(
+            'n => document.querySelectorAll("#grid .tile").length > n', arg=shown
+        )
+    hrefs = tile_hrefs(page)
+    target = hrefs[75]
+    page.locator(f'#grid a[href="{target}"]').scroll_into_view_if_needed()
+    page.wait_for_timeout(300)  # the place is kept a moment after scrolling stops
+    place = page.evaluate('window.scrollY')
+    assert place > 2 * device['viewport']['height']
+    page.click(f'#grid a[href="{target}"]')
+    page.wait_for_url(f'**{target}')
+
+    # Meanwhile, the last tile shown is deleted (in another tab, say).
+    gone = hrefs[-1]
+    assert (
+        request(
+            'DELETE', f'{gunicorn.url}/images/{gone.removeprefix("/view/")}.jpeg', b'', {}
+        ).status
+        == 204
+    )
+
+    page.go_back()
+    page.wait_for_function(
+        'n => document.querySelectorAll("#grid .tile").length >= n', arg=len(hrefs) - 1
+    )
+    page.wait_for_function(f'() => Math.abs(window.scrollY - {place}) <= 4')
+    assert tile_hrefs(page)[: len(hrefs) - 1] == hrefs[:-1]
+    assert gone not in tile_hrefs(page)
+    assert target in visible_tiles(page, [target])
+
+
+@SIZES
+def test_every_control_is_a_touch_target(
+    gunicorn: Gunicorn, open_tab: OpenTab, device: dict[str, Any]
+) -> None:
+    image_id = api_upload(gunicorn)['id']
+    tab = open_tab(f'{gunicorn.url}/', **device)
+    page = tab.page
+    page.set_input_files(
+        '#files', [upload_file('a.png', image_bytes('PNG', seed=26), 'image/png')]
+    )
+    wait_for_uploads(page, 1)
+    page.click('#batch-toggle')
+    small = []
+    for path in ('/', f'/view/{image_id}'):
+        if path != '/':
+            page.goto(f'{gunicorn.url}{path}')
+        small += page.evaluate(
+            """min => [...document.querySelectorAll('a, button, input, textarea, select')]
+                .filter((e) => e.getClientRects().length && !e.closest('.visually-hidden'))
+                .map((e) => [e.outerHTML.slice(0, 80), e.getBoundingClientRect()])
+                .filter(([, box]) => box.height < min || box.width < min)
+                .map(([html, box]) => `${html}: ${box.width}x${box.height}`)""",
+            TOUCH,
+        )
+    assert small == []
+
+
+@SIZES
+def test_a_placeholder_shows_while_the_image_loads(
+    gunicorn: Gunicorn,
+    open_tab: OpenTab,
+    device: dict[str, Any],
+    thumbhash_reference: pathlib.Path,
+) -> None:
+    # The reference's ThumbHash of PHOTO is the one pinned for the tests.
+    assert thumbhashes.encode(thumbhash_reference, thumbhashes.photo_picture()) == (
+        thumbhashes.PHOTO_THUMBHASH,
+        thumbhashes.PHOTO_COLOR,
+    )
+    image_id = api_upload(gunicorn)['id']
+    library = open_library(Config(environ={}, storage_path=gunicorn.storage_path, redis_url=''))
+    library.amend(image_id, thumbhash=thumbhashes.PHOTO_THUMBHASH, color=thumbhashes.PHOTO_COLOR)
+    width, height, reference = thumbhashes.decode(thumbhash_reference, thumbhashes.PHOTO_THUMBHASH)
+
+    tab = open_tab(**device)
+    page = tab.page
+    # The image never arrives: what shows is the placeholder.
+    tab.expect_error('net::ERR_FAILED')
+    for pattern in (f'**/thumbnails/{image_id}/**', f'**/images/{image_id}.*'):
+        page.route(pattern, lambda route: route.abort())
+    for path, box in (
+        ('/?limit=6', f'#grid a[href="/view/{image_id}"]'),
+        (f'/view/{image_id}', '#image'),
+    ):
+        page.goto(f'{gunicorn.url}{path}')
+        rect = page.locator(f'{box} svg.placeholder rect')
+        assert rect.get_attribute('fill') == thumbhashes.PHOTO_COLOR
+        assert page.get_attribute(f'{box} svg.placeholder', 'viewBox') == '0 0 1600 1200'
+        canvas = page.locator(f'{box} canvas.placeholder')
+        assert canvas.evaluate('c => [c.width, c.height]') == [width, height]
+        painted = canvas.evaluate(
+            'c => Array.from(c.getContext("2d").getImageData(0, 0, c.width, c.height).data)'
+        )
+        assert bytes(painted) == reference
+        shown = canvas.evaluate('c => c.getBoundingClientRect().width')
+        assert shown > 100  # drawn at the size of the image's box, not 32 pixels
+
+
+def test_an_animation_plays_ahead_of_its_still(gunicorn: Gunicorn, open_tab: OpenTab) -> None:
+    """The markup an animated image gets, from the description the API gives (see test_gallery)."""
+    tab = open_tab(f'{gunicorn.url}/')
+    template = tab.page.eval_on_selector(
+        '#tile-template', 't => t.content.querySelector("picture").firstElementChild.outerHTML'
+    )
+    assert template == '<source class="animation" type="image/webp" srcset="">'
 
 
 # -- API keys -----------------------------------------------------------------------------------
@@ -504,7 +845,7 @@ def test_with_keys_set_the_page_asks_for_one(
     assert tile_hrefs(page) == [f'/view/{listed["id"]}']
     assert page.text_content('#key-status') == 'A key is kept in this browser.'
     page.set_input_files('#files', [upload_file('b.jpg', PHOTO, 'image/jpeg')])
-    wait_for_uploads(page, 2)
+    page.wait_for_function('() => document.querySelector("#uploads .done")')
     assert tile_hrefs(page) == [f'/view/{i}' for i in api_ids(server, KEY)]
 
     # Another browser, with neither key nor token, sees the image but cannot delete it.
@@ -583,9 +924,11 @@ def test_a_form_on_another_site_cannot_upload_and_the_gallery_still_can(
     )
     with page.expect_response(f'{gunicorn.url}/images') as own:
         page.evaluate('document.getElementById("own").submit()')
-    assert own.value.status == 201
+    assert own.value.status == 303
     assert own.value.request.all_headers().get('origin') == gunicorn.url
-    made = json.loads(page.inner_text('body'))['id']
+    page.wait_for_url(f'{gunicorn.url}/uploaded?**')
+    made = api_ids(gunicorn)[0]
+    assert tile_hrefs(page) == [f'/view/{made}']
     assert api_ids(gunicorn) == [made, *before]
 
 

@@ -420,7 +420,15 @@ BAD_REQUESTS = {
     'traversal-index': BadRequest('GET', '/images/../index.jsonl', 404),
     'traversal-dots-encoded': BadRequest('GET', '/images/%2e%2e/index.jsonl', 404),
     'traversal-thumbnail': BadRequest('GET', '/thumbnails/{id}/..%2f..%2findex.jsonl', 404),
-    'patch-image': BadRequest('PATCH', '/images/{id}.jpeg', 405, lambda: b'{}', 'text/plain'),
+    'patch-image-not-json': BadRequest(
+        'PATCH', '/images/{id}.jpeg', 415, lambda: b'{}', 'text/plain'
+    ),
+    'patch-image-not-alt': BadRequest(
+        'PATCH', '/images/{id}.jpeg', 400, lambda: b'{"size": [1, 1]}', 'application/json'
+    ),
+    'patch-thumbnail': BadRequest(
+        'PATCH', '/thumbnails/{id}/320x180.jpeg', 405, lambda: b'{}', 'application/json'
+    ),
     'delete-thumbnail': BadRequest('DELETE', '/thumbnails/{id}/320x180.jpeg', 405),
     'delete-list': BadRequest('DELETE', '/images', 405),
     'put-images': BadRequest('PUT', '/images', 405, lambda: image_bytes('JPEG'), 'image/jpeg'),

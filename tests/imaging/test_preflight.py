@@ -501,3 +501,27 @@ def test_broken_containers_pass_or_are_refused_never_crash(check: Check, data: b
     """Whatever the check cannot parse it leaves to Pillow; it raises only look's errors."""
     with contextlib.suppress(LookError):
         check(data)
+
+
+@pytest.mark.parametrize(
+    ('size', 'limit', 'message'),
+    [
+        (
+            (9000, 9000),
+            67_108_864,
+            'The image is 9000x9000, 81 megapixels; the limit is 67 megapixels.',
+        ),
+        (
+            (2000, 1000),
+            1_500_000,
+            'The image is 2000x1000, 2 megapixels; the limit is 1.5 megapixels.',
+        ),
+    ],
+)
+def test_the_pixel_limit_is_stated_in_megapixels(
+    size: tuple[int, int], limit: int, message: str
+) -> None:
+    with pytest.raises(ImageTooLarge) as refused:
+        preflight.check_pixel_count(*size, limit)
+    assert str(refused.value) == message
+    preflight.check_pixel_count(*size, size[0] * size[1])  # at the limit: taken

@@ -111,6 +111,25 @@ def multipart(
     return body, f'multipart/form-data; boundary={boundary}'
 
 
+def form_body(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
+    """Return a multipart/form-data body and its Content-Type; parts are (name, filename, data).
+
+    A part with a filename is a file, as a browser sends one; one without is a text field.
+    """
+    boundary = 'look-test-7f3a'
+    body = b''
+    for name, filename, data in parts:
+        disposition = f'form-data; name="{name}"'
+        if filename is not None:
+            disposition += f'; filename="{filename}"'
+        body += f'--{boundary}\r\nContent-Disposition: {disposition}\r\n'.encode()
+        if filename is not None:
+            body += b'Content-Type: application/octet-stream\r\n'
+        body += b'\r\n' + data + b'\r\n'
+    body += f'--{boundary}--\r\n'.encode()
+    return body, f'multipart/form-data; boundary={boundary}'
+
+
 @dataclasses.dataclass
 class SlowClient:
     """One connection that sends its bytes slowly, and what the server did with it."""

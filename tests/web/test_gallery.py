@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import html.parser
+import pathlib
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,12 +19,17 @@ from typing import Any
 import pytest
 from falcon.testing import Result, TestClient
 
+from look.config import Config
 from look.core.index import StoredImage
+from look.imaging.formats import READABLE_FORMATS, THUMBNAIL_FORMATS, encoding_tag
 from look.imaging.renditions import Renditions
-from look.web import gallery
+from look.web import gallery, uploads
 from look.web.images import describe
 
+from support.http import form_body
 from support.imagegen import image_bytes
+from support.thumbhashes import PHOTO_COLOR as THUMBHASH_COLOR
+from support.thumbhashes import PHOTO_THUMBHASH as THUMBHASH
 
 MakeClient = Callable[..., TestClient]
 KEY = 'gallery-test-key-0123456789'
@@ -88,6 +94,10 @@ class Page(html.parser.HTMLParser):
         assert len(found) == 1, f'{len(found)} <{tag}> elements match {attrs}'
         return found[0]
 
+    def text_of(self, tag: str) -> str:
+        """Return the text of every element with this tag, one a line."""
+        return '\n'.join(element.text for element in self.all(tag))
+
     def meta(self, name: str) -> str | None:
         """Return the content of a <meta> by its property or name."""
         for element in self.all('meta'):
@@ -148,6 +158,27 @@ def upload(
     return description
 
 
+def default_renditions() -> Renditions:
+    """Return the renditions of an app of the default Config, as its pages have them."""
+    config = Config(environ={})
+    return Renditions(
+        formats=config.thumbnail_formats,
+        encodings={f: encoding_tag(f, config.jpeg_quality) for f in THUMBNAIL_FORMATS},
+        min_thumb_size=config.min_thumb_size,
+    )
+
+
+def with_original(
+    rendered: dict[str, Any], description: dict[str, Any], *, page: bool = False
+) -> str:
+    """Return a format's srcset as a picture offers it: with the original last, where it is."""
+    width = description['size'][0]
+    if not page and width > gallery.TILE_ORIGINAL_MAX_WIDTH:
+        return str(rendered['srcset'])
+    original = f'{description["image"]} {width}w'
+    return f'{rendered["srcset"]}, {original}' if rendered['srcset'] else original
+
+
 def api_list(client: TestClient, query: str) -> tuple[list[dict[str, Any]], str | None]:
     result = client.simulate_get(
         '/images', query_string=query, headers={'Authorization': f'Bearer {KEY}'}
@@ -178,7 +209,7 @@ def test_the_gallery_shows_what_the_api_lists_newest_first(gallery_client: TestC
     assert listed[0]['id'].endswith('5')  # the last upload comes first
     for (_, img), description in zip(tiles, listed, strict=True):
         width, height = description['size']
-        assert img.attrs['srcset'] == description['formats']['jpeg']['srcset']
+        assert img.attrs['srcset'] == with_original(description['formats']['jpeg'], description)
         assert img.attrs['sizes'] == gallery.TILE_SIZES
         assert img.attrs['loading'] == 'lazy'
         assert (img.attrs['width'], img.attrs['height']) == (str(width), str(height))
@@ -262,9 +293,10 @@ def test_a_picture_has_a_source_for_each_format_the_description_lists() -> None:
     sources = page.all('source')
     assert [s.attrs['type'] for s in sources] == ['image/avif', 'image/webp']
     for source, format in zip(sources, ('avif', 'webp'), strict=True):
-        assert source.attrs['srcset'] == description['formats'][format]['srcset']
+        assert source.attrs['srcset'] == with_original(description['formats'][format], description)
         assert source.attrs['sizes'] == gallery.TILE_SIZES
     img = page.one('img')
+    # A tile of a large image: its thumbnails are enough, the original is no candidate.
     assert img.attrs['srcset'] == description['formats']['jpeg']['srcset']
     assert img.attrs['src'] == f'/thumbnails/{image.id}/400x300.jpeg'
     assert img.attrs['alt'] == (
@@ -286,7 +318,28 @@ def test_an_image_without_thumbnails_is_shown_as_it_is(make_client: MakeClient) 
     assert description['thumbnails'] == []
     (_, img), *_ = page_of(client.simulate_get('/')).tiles()
     assert img.attrs['src'] == description['image']
-    assert 'srcset' not in img.attrs and 'sizes' not in img.attrs
+    assert img.attrs['srcset'] == f'{description["image"]} 100w'
+
+
+def test_a_small_images_tile_offers_its_original_for_dense_screens(
+    make_client: MakeClient,
+) -> None:
+    """A 512 pixel image: its largest thumbnail is 256 wide, half what a tile may need."""
+    client = make_client()
+    description = upload(client, size=(512, 512))
+    (_, img), *_ = page_of(client.simulate_get('/')).tiles()
+    widths = [w for _, w in gallery.srcset_candidates(img.attrs['srcset'] or '')]
+    assert widths == [256, 128, 64, 512]
+    assert f'{description["image"]} 512w' in (img.attrs['srcset'] or '')
+    # At the bound it is offered; past it, thumbnails are enough.
+    for width, offered in (
+        (gallery.TILE_ORIGINAL_MAX_WIDTH, True),
+        (gallery.TILE_ORIGINAL_MAX_WIDTH + 2, False),
+    ):
+        described = upload(client, size=(width, width // 2))
+        tiles = dict(page_of(client.simulate_get('/')).tiles())
+        srcset = tiles[f'/view/{described["id"]}'].attrs['srcset'] or ''
+        assert srcset.endswith(f'{described["image"]} {width}w') is offered, width
 
 
 def tile_elements(elements: list[Element]) -> list[Element]:
@@ -305,7 +358,18 @@ def test_the_pages_tile_template_is_the_servers_tile_left_blank(
     page = page_of(result)
     template = page.one('template', id='tile-template')
     assert template.attrs['data-fallback-width'] == str(gallery.FALLBACK_WIDTH)
-    served = tile_elements(page.elements)  # an image with thumbnails in every format
+    assert template.attrs['data-original-max-width'] == str(gallery.TILE_ORIGINAL_MAX_WIDTH)
+    # An image with thumbnails in every format, a placeholder and an animation.
+    (href, _), *_ = page.tiles()
+    image = dataclasses.replace(
+        StoredImage(href.removeprefix('/view/'), 1_790_000_000, (640, 480)),
+        thumbhash=THUMBHASH,
+        color=THUMBHASH_COLOR,
+        frames=3,
+        duration_ms=300,
+    )
+    description = describe(image, default_renditions())
+    served = tile_elements(render('tile', gallery.tile(description)).elements)
     blank = tile_elements(Page(match[1]).elements)
 
     # The same elements with the same attributes in the same order; the script fills in
@@ -319,7 +383,18 @@ def test_the_pages_tile_template_is_the_servers_tile_left_blank(
                 filled.add(name)
             else:
                 assert value == right.attrs[name], (left.tag, name)
-    assert filled == {'href', 'srcset', 'sizes', 'src', 'width', 'height', 'alt'}
+    assert filled == {
+        'href',
+        'srcset',
+        'sizes',
+        'src',
+        'width',
+        'height',
+        'alt',
+        'viewbox',
+        'fill',
+        'data-thumbhash',
+    }
     # A blank tile links nowhere: it is not counted among the images shown.
     assert len(page.tiles()) == 5
 
@@ -390,7 +465,9 @@ def test_an_image_page_shows_the_image_its_sizes_and_links(make_client: MakeClie
 
     # Every size is listed, and every link in the table is served.
     table_links = [
-        a.attrs['href'] for a in page.all('a') if (a.attrs['href'] or '').startswith(('/i', '/t'))
+        a.attrs['href']
+        for a in page.all('a')
+        if (a.attrs['href'] or '').startswith(('/i', '/t')) and a.attrs.get('id') != 'download'
     ]
     assert table_links == [
         description['image'],
@@ -564,3 +641,281 @@ def test_without_keys_there_is_no_key_form(client: TestClient) -> None:
     page = page_of(client.simulate_get('/'))
     assert page.one('body').attrs['data-keys-required'] == 'false'
     assert not page.all('form', id='key-form')
+
+
+# -- without a script: the form post and the error pages --------------------------------------
+
+BROWSER_ACCEPT = 'text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8'
+
+
+def post_form(client: TestClient, *parts: tuple[str, str | None, bytes]) -> Result:
+    """Post the upload form as a browser without a script does: it prefers a page."""
+    body, content_type = form_body(*parts)
+    return client.simulate_post(
+        '/images', body=body, headers={'Content-Type': content_type, 'Accept': BROWSER_ACCEPT}
+    )
+
+
+def test_a_form_post_stores_every_file_and_names_each_refused_one(
+    make_client: MakeClient, make_config: Callable[..., Config]
+) -> None:
+    config = make_config(max_upload_bytes=200_000)
+    client = make_client(config)
+    posted = post_form(
+        client,
+        ('image', 'heron.png', image_bytes('PNG', size=(320, 240), seed=1)),
+        ('image', 'notes.txt', b'not an image'),
+        ('image', 'dunes.jpg', image_bytes('JPEG', size=(480, 320), seed=2)),
+        ('image', 'huge.bmp', bytes(200_001)),
+        ('image', 'kite.png', image_bytes('PNG', size=(200, 300), seed=3)),
+        ('alt', None, b'A heron'),
+        ('alt', None, b''),
+        ('alt', None, b'Dunes at noon'),
+    )
+    assert posted.status_code == 303, posted.text
+    location = posted.headers['Location']
+    assert location.startswith('/uploaded?')
+    stored, _ = api_list(client, 'order=oldest')
+    assert [d['alt'] for d in stored] == ['A heron', 'Dunes at noon', '']
+    # Nothing of the refused files is left in the spool.
+    assert list((pathlib.Path(config.storage_path) / 'spool').iterdir()) == []
+    assert [d['size'] for d in stored] == [[320, 240], [480, 320], [200, 300]]
+    # Nothing of a refused file is left behind.
+    assert client.simulate_get('/health').status_code == 200
+
+    path, _, query = location.partition('?')
+    page = page_of(client.simulate_get(path, query_string=query))
+    assert page.one('h1').text == '3 uploaded, 2 refused'
+    assert [href for href, _ in page.tiles()] == [f'/view/{d["id"]}' for d in stored]
+    assert [img.attrs['alt'] for _, img in page.tiles()][:2] == ['A heron', 'Dunes at noon']
+    refused = [li.text for li in page.all('li') if li.attrs.get('class') != 'tile']
+    assert refused == [
+        f'notes.txt: it is not an image look reads ({READABLE_FORMATS}).',
+        'huge.bmp: it is larger than the limit of 195.3 KiB.',
+    ]
+    assert page.one('a', href='/', class_='button-link').text == 'Back to all images'
+    # No delete token goes to a page a person may share.
+    assert 'token' not in posted.text and 'token' not in location
+
+
+def test_a_form_post_of_one_file_over_the_limit_of_files_refuses_only_the_extra(
+    make_client: MakeClient,
+) -> None:
+    small = image_bytes('PNG', size=(64, 48), seed=4)
+    files = [('image', f'{n}.png', small) for n in range(uploads.MAX_FORM_FILES + 1)]
+    client = make_client()
+    posted = post_form(client, *files)
+    assert posted.status_code == 303
+    assert len(api_list(client, 'limit=100')[0]) == uploads.MAX_FORM_FILES
+    path, _, query = posted.headers['Location'].partition('?')
+    page = page_of(client.simulate_get(path, query_string=query))
+    assert page.one('h1').text == f'{uploads.MAX_FORM_FILES} uploaded, 1 refused'
+    (refused,) = page.all('li', class_=None)
+    assert refused.text == (
+        f'{uploads.MAX_FORM_FILES}.png: a form may carry at most {uploads.MAX_FORM_FILES} files.'
+    )
+
+
+def test_a_form_post_with_no_file_chosen_says_so_in_a_page(client: TestClient) -> None:
+    # A file input left empty sends a part with no name and no bytes.
+    posted = post_form(client, ('image', '', b''), ('alt', None, b''))
+    assert posted.status_code == 400
+    assert posted.json['title'] == 'Empty upload'
+
+
+def test_an_api_client_still_gets_json_for_a_form(client: TestClient) -> None:
+    body, content_type = form_body(
+        ('image', 'a.png', image_bytes('PNG', seed=5)), ('image', 'b.png', image_bytes('PNG'))
+    )
+    for accept in ('application/json', '*/*', None):
+        headers = {'Content-Type': content_type, **({'Accept': accept} if accept else {})}
+        result = client.simulate_post('/images', body=body, headers=headers)
+        assert result.status_code == 201, accept
+        assert result.json['delete_token']
+
+
+def test_the_uploaded_page_ignores_what_is_not_an_image_of_its_own(
+    gallery_client: TestClient,
+) -> None:
+    listed, _ = api_list(gallery_client, 'limit=1')
+    page = page_of(
+        gallery_client.simulate_get(
+            '/uploaded',
+            query_string=f'image={listed[0]["id"]}&image=nonsense&image={uuid.UUID(int=77)}'
+            '&refused=%3Cb%3Ex.png&why=Your+account+is+closed',
+        )
+    )
+    assert [href for href, _ in page.tiles()] == [f'/view/{listed[0]["id"]}']
+    (refused,) = page.all('li', class_=None)
+    # Words from the address are never shown: an unknown reason reads as look's own.
+    assert refused.text == '<b>x.png: it could not be stored.'
+    assert page.one('p', class_='note').text == '1 of them was deleted since.'
+
+
+@pytest.mark.parametrize(
+    ('method', 'path', 'body', 'status'),
+    [
+        ('GET', '/view/00000000-0000-4000-8000-000000000000', b'', 404),
+        ('GET', '/no/such/page', b'', 404),
+        ('POST', '/images', b'x' * 2048, 413),
+        ('POST', '/images', b'not an image at all', 415),
+    ],
+)
+def test_a_browser_meets_errors_as_pages_and_a_script_as_json(
+    make_client: MakeClient, method: str, path: str, body: bytes, status: int
+) -> None:
+    client = make_client(max_upload_bytes=1024)
+    page = client.simulate_request(method, path, body=body, headers={'Accept': BROWSER_ACCEPT})
+    assert page.status_code == status
+    assert page.headers['Content-Type'].startswith('text/html')
+    assert page.headers['Content-Security-Policy'] == STRICT_POLICY
+    assert 'Accept' in page.headers['Vary']
+    assert page.headers['Cache-Control'] == 'no-store'
+    parsed = Page(page.text)
+    api = client.simulate_request(method, path, body=body, headers={'Accept': 'application/json'})
+    assert api.status_code == status
+    assert api.headers['Content-Type'] == 'application/json'
+    assert parsed.one('h1').text == api.json['title']
+    assert api.json['description'] in page.text.replace('&#39;', "'").replace('&#34;', '"')
+    assert parsed.one('a', href='/', class_='button-link').text == 'Back to all images'
+    assert parsed.all('link', rel='stylesheet')
+    for accept in ('*/*', None):
+        headers = {'Accept': accept} if accept else {}
+        other = client.simulate_request(method, path, body=body, headers=headers)
+        assert other.headers['Content-Type'] == 'application/json', accept
+
+
+def test_other_errors_stay_json_for_a_browser_too(gallery_client: TestClient) -> None:
+    result = gallery_client.simulate_get(
+        '/', query_string='limit=0', headers={'Accept': BROWSER_ACCEPT}
+    )
+    assert result.status_code == 400
+    assert result.headers['Content-Type'] == 'application/json'
+
+
+def test_an_animation_is_the_first_source_of_its_tile_and_its_page(
+    make_client: MakeClient,
+) -> None:
+    client = make_client()
+    description = upload(client, size=(640, 480))
+    animated = dict(
+        description,
+        animation={'frames': 12, 'duration_ms': 1200, 'url': f'/images/{description["id"]}.webp'},
+    )
+    for value in (
+        gallery.tile(animated),
+        gallery.picture(animated, sizes='100vw', lazy=False, with_original=True),
+    ):
+        page = render('tile' if isinstance(value, gallery.Tile) else 'picture', value)
+        first, *others = page.all('source')
+        assert (first.attrs['type'], first.attrs['srcset']) == (
+            'image/webp',
+            f'/images/{description["id"]}.webp',
+        )
+        assert 'sizes' not in first.attrs
+        assert [s.attrs['type'] for s in others] == [
+            d['type'] for f, d in description['formats'].items() if f != 'jpeg'
+        ]
+        assert page.one('img').attrs['src']  # the still, for a browser without WebP
+    # A still image has no such source.
+    assert not render('tile', gallery.tile(description)).all('source', class_='animation')
+
+
+def test_the_placeholder_is_painted_within_the_content_security_policy(
+    make_client: MakeClient,
+) -> None:
+    """The colour is an SVG's fill attribute, not a style: the policy stays as strict."""
+    client = make_client()
+    description = upload(client, size=(640, 480))
+    # The description carries a placeholder once the index has one (the converter's, later).
+    placeholder = {'thumbhash': THUMBHASH, 'color': THUMBHASH_COLOR}
+    for value in (
+        gallery.tile(dict(description, placeholder=placeholder)),
+        gallery.picture(
+            dict(description, placeholder=placeholder), sizes='1px', lazy=False, with_original=True
+        ),
+    ):
+        text = render_text('tile' if isinstance(value, gallery.Tile) else 'picture', value)
+        assert 'style' not in text
+        page = Page(text)
+        svg = page.one('svg', class_='placeholder')
+        assert svg.attrs['viewbox'] == '0 0 640 480'
+        assert svg.attrs['data-thumbhash'] == THUMBHASH
+        assert svg.attrs['aria-hidden'] == 'true'
+        assert page.one('rect').attrs['fill'] == THUMBHASH_COLOR
+    assert not render('tile', gallery.tile(description)).all('svg')
+    result = client.simulate_get(f'/view/{description["id"]}')
+    assert result.headers['Content-Security-Policy'] == STRICT_POLICY
+
+
+def test_the_image_page_is_never_drawn_wider_than_the_image(make_client: MakeClient) -> None:
+    client = make_client()
+    description = upload(client, size=(448, 172))
+    page = page_of(client.simulate_get(f'/view/{description["id"]}'))
+    img = page.one('img', width='448')
+    assert img.attrs['sizes'] == (
+        '(min-width: 80em) min(448px, 78rem), min(448px, calc(100vw - 2rem))'
+    )
+    assert page.one('a', id='download').attrs == {
+        'id': 'download',
+        'class': 'button-link',
+        'href': description['image'],
+        'download': f'look-{description["id"]}.jpeg',
+    }
+
+
+def test_the_image_page_links_its_neighbours_where_the_list_may_be_seen(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(api_keys=KEY)
+    first, middle, last = (upload(client, seed=seed)['id'] for seed in range(3))
+    key = {'Authorization': f'Bearer {KEY}'}
+    page = page_of(client.simulate_get(f'/view/{middle}', headers=key))
+    assert page.one('a', id='newer').attrs['href'] == f'/view/{last}'
+    assert page.one('a', id='older').attrs['href'] == f'/view/{first}'
+    # Without a key, an image's page names no other image: each id is a capability.
+    page = page_of(client.simulate_get(f'/view/{middle}'))
+    assert not page.all('a', id='newer') and not page.all('a', id='older')
+    ends = page_of(client.simulate_get(f'/view/{last}', headers=key))
+    assert not ends.all('a', id='newer') and ends.all('a', id='older')
+
+
+def test_the_page_of_a_form_post_fits_in_an_address_however_many_files_it_refused(
+    make_client: MakeClient,
+) -> None:
+    """Long names, in a script of three bytes a letter, past the limit of files."""
+    config_client = make_client()
+    small = image_bytes('PNG', size=(32, 24), seed=6)
+    count = uploads.MAX_FORM_FILES + 5
+    files = [('image', f'{n:02d}-' + '写真' * 150 + '.txt', b'not an image') for n in range(count)]
+    posted = post_form(config_client, ('image', 'kept.png', small), *files)
+    assert posted.status_code == 303
+    location = posted.headers['Location']
+    # gunicorn takes a request line of up to 4 094 bytes: the browser's GET of this address.
+    assert len(f'GET {location} HTTP/1.1') < 4094
+    path, _, query = location.partition('?')
+    page = page_of(config_client.simulate_get(path, query_string=query))
+    assert page.one('h1').text == f'1 uploaded, {count} refused'
+    names = [li.text.partition(':')[0] for li in page.all('li', class_=None)]
+    assert len(names) == uploads.MAX_FORM_FILES
+    assert names[0].startswith('00-写真写真') and names[0].endswith('…')
+    assert 'And 5 more files: a form may carry at most 20.' in page.text_of('p')
+
+
+def test_a_form_over_the_limit_of_every_file_together_is_refused_unread(
+    make_client: MakeClient,
+) -> None:
+    client = make_client(max_upload_bytes=1000)
+    limit = uploads.MAX_FORM_FILES * 1000 + 1024 * 1024
+    # At the limit, a form is read (each file refused on its own); past it, a 413 page.
+    for size, status in ((limit, 303), (limit + 1, 413)):
+        head, content_type = form_body(('image', 'big.bin', b''))
+        body = head.replace(b'\r\n\r\n\r\n', b'\r\n\r\n' + b'x' * (size - len(head)) + b'\r\n', 1)
+        assert len(body) == size
+        result = client.simulate_post(
+            '/images',
+            body=body,
+            headers={'Content-Type': content_type, 'Accept': BROWSER_ACCEPT},
+        )
+        assert result.status_code == status, result.text[:200]
+    assert 'larger than the limit of 20 files' in Page(result.text).text_of('p')

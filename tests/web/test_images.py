@@ -24,6 +24,7 @@ from look.core.index.journal import decode_line
 from look.imaging import thumbhash
 
 from support import imagegen
+from support.http import form_body as multipart
 from support.imagegen import encode, image_bytes, picture, solid
 from support.storage import storage_state, stored_jpeg
 
@@ -41,22 +42,6 @@ def ids(*numbers: int) -> Callable[[], uuid.UUID]:
     """Return a uuid_generator seam that hands out the given ids in turn."""
     pending: Iterator[uuid.UUID] = (uuid.UUID(int=n) for n in numbers)
     return lambda: next(pending)
-
-
-def multipart(*parts: tuple[str, str | None, bytes]) -> tuple[bytes, str]:
-    """Return a multipart/form-data body and its Content-Type; parts are (name, filename, data)."""
-    boundary = 'look-test-7f3a'
-    body = b''
-    for name, filename, data in parts:
-        disposition = f'form-data; name="{name}"'
-        if filename is not None:
-            disposition += f'; filename="{filename}"'
-        body += f'--{boundary}\r\nContent-Disposition: {disposition}\r\n'.encode()
-        if filename is not None:
-            body += b'Content-Type: application/octet-stream\r\n'
-        body += b'\r\n' + data + b'\r\n'
-    body += f'--{boundary}--\r\n'.encode()
-    return body, f'multipart/form-data; boundary={boundary}'
 
 
 def post_chunked(client: TestClient, data: bytes, **kwargs: Any) -> Result:

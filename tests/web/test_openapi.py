@@ -225,7 +225,7 @@ def test_after_naming_a_deleted_image_still_pages(client: TestClient) -> None:
 
 
 def test_each_operation_declares_its_security() -> None:
-    """With keys: listing and uploading take a key, deleting a key or the token, the rest none."""
+    """With keys: listing and uploading take a key, deleting or describing a key or the token."""
     limits = {'max_upload_bytes': 1024, 'min_thumb_size': MIN_THUMB_SIZE}
     keyed = openapi_document(**limits, keys_required=True)
     open_ = openapi_document(**limits)
@@ -242,11 +242,12 @@ def test_each_operation_declares_its_security() -> None:
         assert security.pop('GET /images') == key
         assert security.pop('HEAD /images') == key
         assert security.pop('POST /images') == key
-        assert security.pop('DELETE /images/{image_id}.jpeg') == [
-            *anyone,
-            {'apiKey': []},
-            {'deleteToken': []},
-        ]
+        for method in ('DELETE', 'PATCH'):
+            assert security.pop(f'{method} /images/{{image_id}}.jpeg') == [
+                *anyone,
+                {'apiKey': []},
+                {'deleteToken': []},
+            ]
         assert all(value == public for value in security.values()), security
         for scheme in document['components']['securitySchemes'].values():
             assert (scheme['type'], scheme['scheme']) == ('http', 'bearer')
@@ -257,7 +258,7 @@ def test_each_operation_declares_its_security() -> None:
             for status in operation['responses']
             if status == '401'
         ]
-        assert len(refusals) == (4 if document is keyed else 0)
+        assert len(refusals) == (5 if document is keyed else 0)
 
 
 def test_served_document_says_whether_keys_are_needed(make_client: MakeClient) -> None:
@@ -279,7 +280,7 @@ def test_document_is_openapi_3_1_and_lists_every_route(client: TestClient) -> No
         '/openapi.json',
     }
     assert set(document['paths']['/images']) == {'get', 'head', 'post'}
-    assert set(document['paths']['/images/{image_id}.jpeg']) == {'get', 'head', 'delete'}
+    assert set(document['paths']['/images/{image_id}.jpeg']) == {'get', 'head', 'patch', 'delete'}
 
 
 def test_an_upload_links_to_every_operation_on_its_image(client: TestClient) -> None:

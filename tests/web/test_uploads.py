@@ -62,8 +62,8 @@ def test_an_upload_that_finds_every_slot_taken_waits_for_one() -> None:
         time.sleep(0.3)
         assert not third.done()  # waiting, not refused
         arrived.set()
-        assert [future.result(timeout=10) for future in held] == [10, 10]
-        assert third.result(timeout=10) == 20
+        assert [future.result(timeout=10).length for future in held] == [10, 10]
+        assert third.result(timeout=10).length == 20
 
 
 def test_an_upload_is_refused_once_its_wait_for_a_slot_runs_out() -> None:
@@ -82,7 +82,7 @@ def test_an_upload_is_refused_once_its_wait_for_a_slot_runs_out() -> None:
             receiver.receive(upload_request(b'y' * 20), out)
         waited = time.monotonic() - started
         arrived.set()
-        assert [future.result(timeout=10) for future in held] == [10, 10]
+        assert [future.result(timeout=10).length for future in held] == [10, 10]
     assert 0.3 <= waited < 1.0
     assert refused.value.retry_after >= 1
     assert out.getvalue() == b''  # not a byte of it was read
