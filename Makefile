@@ -19,12 +19,15 @@ $(BIN)/.test: $(BIN)/.look
 run: $(BIN)/.look
 	$(BIN)/look serve
 
+# Two test processes (pytest-xdist); each starts the servers it needs.
+TEST_PROCESSES ?= 2
+
 test: $(BIN)/.test
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) $(PYTEST_ARGS)
 
 # No real servers (gunicorn, redis-server, PostgreSQL, SeaweedFS, nginx, a browser).
 test-fast: $(BIN)/.test
-	$(BIN)/python -m pytest -m 'not servers' $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_PROCESSES) -m 'not servers' $(PYTEST_ARGS)
 
 lint: $(BIN)/.test
 	$(BIN)/ruff check look tests bench gunicorn.conf.py
