@@ -25,7 +25,7 @@ from look.imaging.formats import READABLE_FORMATS, THUMBNAIL_FORMATS
 from support import thumbhashes
 from support.gunicorn import MAX_UPLOAD_BYTES, Gunicorn
 from support.http import get, post, request
-from support.imagegen import image_bytes
+from support.imagegen import image_bytes, moving_picture
 from support.processes import require_executable
 
 pytestmark = pytest.mark.e2e
@@ -808,10 +808,29 @@ def test_a_placeholder_shows_while_the_image_loads(
         assert shown > 100  # drawn at the size of the image's box, not 32 pixels
 
 
-def test_an_animation_plays_ahead_of_its_still(gunicorn: Gunicorn, open_tab: OpenTab) -> None:
-    """The markup an animated image gets, from the description the API gives (see test_gallery)."""
-    tab = open_tab(f'{gunicorn.url}/')
-    template = tab.page.eval_on_selector(
+@SIZES
+def test_an_animation_plays_ahead_of_its_still(
+    gunicorn: Gunicorn, open_tab: OpenTab, device: dict[str, Any]
+) -> None:
+    """The tile and the image page show the animated WebP; the tile the script clones can too."""
+    described = api_upload(gunicorn, moving_picture((320, 180), frames=8))
+    image_id, animation = described['id'], described['animation']
+    assert animation['frames'] == 8
+
+    tab = open_tab(**device)
+    page = tab.page
+    for path, box in (
+        ('/?limit=6', f'#grid a[href="/view/{image_id}"]'),
+        (f'/view/{image_id}', '#image'),
+    ):
+        page.goto(f'{gunicorn.url}{path}')
+        image = page.locator(f'{box} img')
+        image.scroll_into_view_if_needed()
+        page.wait_for_function('i => i.complete && i.naturalWidth > 0', arg=image.element_handle())
+        assert image.evaluate('i => new URL(i.currentSrc).pathname') == animation['url']
+        assert image.evaluate('i => [i.naturalWidth, i.naturalHeight]') == [320, 180]
+    page.goto(f'{gunicorn.url}/')
+    template = page.eval_on_selector(
         '#tile-template', 't => t.content.querySelector("picture").firstElementChild.outerHTML'
     )
     assert template == '<source class="animation" type="image/webp" srcset="">'
