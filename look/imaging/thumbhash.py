@@ -10,6 +10,8 @@ decodes into a blurred image while the real one loads.
 from __future__ import annotations
 
 import base64
+import functools
+import itertools
 import math
 import operator
 
@@ -33,8 +35,9 @@ def placeholder(image: Image.Image) -> tuple[str, str]:
     """
     small = _fit(image, PLACEHOLDER_SIDE)
     rgba = small.convert('RGBA') if small.mode != 'RGBA' else small
-    hash_bytes = encode(small.width, small.height, rgba.tobytes())
-    red, green, blue = _average(rgba)
+    pixels = rgba.tobytes()
+    hash_bytes = encode(small.width, small.height, pixels)
+    red, green, blue = _average(pixels)
     return base64.b64encode(hash_bytes).decode('ascii'), f'#{red:02x}{green:02x}{blue:02x}'
 
 
@@ -50,13 +53,20 @@ def _fit(image: Image.Image, side: int) -> Image.Image:
     return image.resize(size, Image.Resampling.BOX, reducing_gap=2.0)
 
 
-def _average(rgba: Image.Image) -> tuple[int, int, int]:
-    """Return the alpha-weighted mean colour of an RGBA image, each channel 0-255."""
-    pixels = rgba.tobytes()
+def _average(pixels: bytes) -> tuple[int, int, int]:
+    """Return the alpha-weighted mean colour of RGBA pixels, each channel 0-255."""
     alphas = pixels[3::4]
     weight = sum(alphas)
     if not weight:
         return 0, 0, 0
+    if weight == 255 * len(alphas):
+        # PERF: opaque, each weighted sum is 255 times the plain one, and an
+        #   int by int division is correctly rounded: the same quotient
+        #   without a product per pixel.
+        weight = len(alphas)
+        return tuple(  # type: ignore[return-value]
+            _js_round(sum(pixels[band::4]) / weight) for band in range(3)
+        )
     return tuple(  # type: ignore[return-value]
         _js_round(sum(map(operator.mul, pixels[band::4], alphas)) / weight) for band in range(3)
     )
@@ -78,10 +88,6 @@ def encode(width: int, height: int, rgba: bytes) -> bytes:
     count = width * height
     reds, greens, blues, alphas = (rgba[band::4] for band in range(4))
     total_alpha = sum(alphas) / 255
-    average = [0.0, 0.0, 0.0]
-    if total_alpha:
-        for band, values in enumerate((reds, greens, blues)):
-            average[band] = sum(map(operator.mul, values, alphas)) / 65025 / total_alpha
     has_alpha = total_alpha < count
     l_limit = 5 if has_alpha else 7  # fewer luminance terms when alpha needs the room
     longest = max(width, height)
@@ -90,6 +96,11 @@ def encode(width: int, height: int, rgba: bytes) -> bytes:
 
     # Each pixel composited atop the average colour, then as L, P (yellow-blue), Q (red-green).
     if has_alpha:
+        # The average colour is what transparent pixels are composited on.
+        average = [0.0, 0.0, 0.0]
+        if total_alpha:
+            for band, values in enumerate((reds, greens, blues)):
+                average[band] = sum(map(operator.mul, values, alphas)) / 65025 / total_alpha
         opacity = [alpha / 255 for alpha in alphas]
         r, g, b = (
             [avg * (1 - a) + a / 255 * value for value, a in zip(values, opacity, strict=True)]
@@ -169,22 +180,36 @@ def _terms(channel: list[float] | bytes, width: int, height: int, nx: int, ny: i
 
     Only the terms of the triangle cx * ny < nx * (ny - cy) are made, row by row.
     """
-    columns = [
-        [math.cos(math.pi / width * cx * (x + 0.5)) for x in range(width)] for cx in range(nx)
-    ]
     unit = 1 / 255 if isinstance(channel, bytes) else 1.0
     rows = [channel[y * width : (y + 1) * width] for y in range(height)]
     # Each row's sum against each column's cosine, then those against each row's cosine.
-    row_sums = [[sum(map(operator.mul, row, column)) for row in rows] for column in columns]
+    # PERF: map within map, so that no Python runs per row (the sums are as before).
+    mul = itertools.repeat(operator.mul)
+    row_sums = [
+        list(map(sum, map(map, mul, rows, itertools.repeat(column))))
+        for column in _cosines(width, nx)
+    ]
+    area = width * height
     terms = []
-    for cy in range(ny):
-        fy = [math.cos(math.pi / height * cy * (y + 0.5)) for y in range(height)]
+    for cy, fy in enumerate(_cosines(height, ny)):
         cx = 0
         while cx * ny < nx * (ny - cy):
-            term = sum(map(operator.mul, row_sums[cx], fy)) * unit / (width * height)
-            terms.append(term)
+            terms.append(sum(map(operator.mul, row_sums[cx], fy)) * unit / area)
             cx += 1
     return terms
+
+
+@functools.cache
+def _cosines(length: int, count: int) -> tuple[tuple[float, ...], ...]:
+    """Return the first ``count`` cosines of a side of ``length`` samples, one tuple each.
+
+    NOTE: kept, as the sides of a placeholder are few (at most 100 lengths
+      by 7 counts); a 32x18 hash made 888 cosines each time.
+    """
+    return tuple(
+        tuple([math.cos(math.pi / length * k * (i + 0.5)) for i in range(length)])
+        for k in range(count)
+    )
 
 
 def _scaled(terms: list[float]) -> tuple[float, list[float], float]:
