@@ -180,7 +180,11 @@ def _terms(channel: list[float] | bytes, width: int, height: int, nx: int, ny: i
 
     Only the terms of the triangle cx * ny < nx * (ny - cy) are made, row by row.
     """
-    unit = 1 / 255 if isinstance(channel, bytes) else 1.0
+    unit = 1.0
+    if isinstance(channel, bytes):
+        # PERF: as floats, each product is a float's by a float's, without
+        #   int's multiply tried first (the same products: bytes are exact).
+        channel, unit = list(map(float, channel)), 1 / 255
     rows = [channel[y * width : (y + 1) * width] for y in range(height)]
     # Each row's sum against each column's cosine, then those against each row's cosine.
     # PERF: map within map, so that no Python runs per row (the sums are as before).
