@@ -238,12 +238,19 @@ class Images:
         token, token_hash = new_delete_token()
         with contextlib.ExitStack() as cleanup:
             animation_path = self._spool.companion(upload)
-            # Whatever the pool wrote there, the upload stored or refused.
-            cleanup.callback(_remove, animation_path)
-            converted = self._thumbnailer.convert_upload(upload.path, animation_path)
-            animation = None
-            if converted.frames:
-                animation = self._spool.adopt(animation_path)
+            # NOTE: a conversion that returns has left an animation there only
+            #   if it has frames (the pool removes one it refuses), and the
+            #   adopted file is removed on close: no unlink per upload, only
+            #   for one that failed or was given up on mid-way.
+            try:
+                converted = self._thumbnailer.convert_upload(upload.path, animation_path)
+                animation = None
+                if converted.frames:
+                    animation = self._spool.adopt(animation_path)
+            except BaseException:
+                _remove(animation_path)
+                raise
+            if animation is not None:
                 cleanup.callback(animation.close)
             length = os.fstat(upload.file.fileno()).st_size
             image = StoredImage(
