@@ -244,11 +244,15 @@ class Thumbnailer:
 
         With an ``animation_path``, an animation is written there too.
         """
-        units = upload_units(os.path.getsize(path))
-        kind = 'upload'
-        if animation_path is not None:
-            with open(path, 'rb') as upload:
-                kind = 'animation' if may_be_animated(upload.read(64)) else 'upload'
+        # PERF: its size and head through one descriptor, without a file
+        #   object: a stat and the objects of open() fewer per upload.
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            units = upload_units(os.fstat(fd).st_size)
+            head = os.pread(fd, 64, 0) if animation_path is not None else b''
+        finally:
+            os.close(fd)
+        kind = 'animation' if head and may_be_animated(head) else 'upload'
         converted: Converted = self._run(
             convert_upload,
             str(path),
