@@ -6,6 +6,7 @@ PostgreSQL, whose bucket is read behind look's back.
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import os
 import pathlib
@@ -217,6 +218,16 @@ def test_a_frame_bomb_is_413_and_an_ordinary_gif_beside_it_is_stored(
     assert not [name for name in os.listdir(server.storage_path / 'spool') if 'animation' in name]
     stored = upload(server, moving_picture((480, 270), frames=60))
     assert stored['animation']['frames'] == 60
+
+
+def test_four_people_uploading_ordinary_gifs_at_once_are_all_stored(server: Gunicorn) -> None:
+    """Each GIF costs most of a second of an image process: four at once still fit the queue."""
+    gif = moving_picture((480, 270), frames=60)
+    with concurrent.futures.ThreadPoolExecutor(4) as clients:
+        created = list(clients.map(lambda _: upload(server, gif), range(4)))
+
+    assert [image['animation']['frames'] for image in created] == [60] * 4
+    assert {image['id'] for image in created} <= set(list_ids(server))
 
 
 def test_the_budget_setting_is_honoured_on_both_sides(
