@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import falcon
 
@@ -56,12 +56,22 @@ STATUSES: dict[type[LookError], str] = {
 }
 
 
+_Value = TypeVar('_Value')
+
+
+def nearest(
+    table: Mapping[type[LookError], _Value], error: type[LookError], default: _Value
+) -> _Value:
+    """Return what ``table`` says of ``error``, or of its nearest listed base class."""
+    for kind in error.__mro__:
+        if kind in table:
+            return table[kind]
+    return default
+
+
 def status_of(error: type[LookError]) -> str:
     """Return the HTTP status a domain error answers with (500 for one not in the table)."""
-    for kind in error.__mro__:
-        if kind in STATUSES:
-            return STATUSES[kind]
-    return falcon.HTTP_500
+    return nearest(STATUSES, error, falcon.HTTP_500)
 
 
 def _handle_look_error(

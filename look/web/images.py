@@ -39,7 +39,7 @@ from look.imaging.pool import Thumbnailer
 from look.imaging.renditions import Renditions
 from look.web.auth import Access, new_delete_token
 from look.web.conditional import answer_not_modified, is_not_modified, set_immutable
-from look.web.errors import prefers_html
+from look.web.errors import nearest, prefers_html
 from look.web.metrics import Metrics
 from look.web.thumbnails import LargeThumbnails
 from look.web.uploads import (
@@ -448,10 +448,7 @@ def _shortened_name(name: str) -> str:
 
 def refusal_reason(error: LookError) -> str:
     """Return the word a form's page reads why a file was refused by (``REFUSAL_REASONS``)."""
-    for kind in type(error).__mro__:
-        if kind in REFUSAL_REASONS:
-            return REFUSAL_REASONS[kind]
-    return 'failed'
+    return nearest(REFUSAL_REASONS, type(error), 'failed')
 
 
 # Why a file of a form post was refused, in a word the page that shows it reads;
