@@ -90,6 +90,9 @@ def _init_pool_process(parent_pid: int, address_space: int) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (address_space, hard))
     if 'PILLOW_BLOCKS_MAX' not in os.environ:  # Pillow applied it at import
         Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)
+    # NOTE: before numpy loads (on the first placeholder): a pool process has
+    #   a core's share, and a placeholder's products are too small to split.
+    os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
     threading.Thread(target=_exit_with_parent, args=(parent_pid,), daemon=True).start()
 
 

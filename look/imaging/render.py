@@ -6,7 +6,8 @@ import io
 
 from PIL import Image
 
-from look.imaging import plugins, thumbhash
+from look.imaging import plugins
+from look.imaging.convert import placeholder
 from look.imaging.formats import encoding
 
 
@@ -63,4 +64,4 @@ def stored_placeholder(path: str) -> tuple[str, str]:
     with Image.open(path, formats=('JPEG',)) as image:
         width, height = image.size
         image.draft('RGB', (max(1, width // 8), max(1, height // 8)))
-        return thumbhash.placeholder(image)
+        return placeholder(image)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
+import textwrap
 from collections.abc import Callable
 
 import pytest
@@ -145,3 +148,22 @@ def test_a_larger_image_is_scaled_to_fit_first() -> None:
 
     small = large.resize((32, 18), Image.Resampling.BOX)
     assert encoded == base64.b64encode(thumbhash.encode(32, 18, small.tobytes())).decode()
+
+
+def test_numpy_loads_where_a_placeholder_is_made_not_where_look_is_imported() -> None:
+    """A web worker imports every floor and the pool's functions; numpy loads in the pool."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import look.app, look.imaging.pool, look.imaging.convert, look.imaging.render
+        from PIL import Image
+        before = 'numpy' in sys.modules
+        look.imaging.convert.placeholder(Image.new('RGB', (64, 36), (200, 40, 90)))
+        print(before, 'numpy' in sys.modules)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, check=True
+    )
+
+    assert result.stdout.split()[:2] == ['False', 'True']
