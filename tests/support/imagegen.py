@@ -325,6 +325,7 @@ def metadata_jpeg(
     *,
     icc_profile: bytes | None = None,
     trailer: bytes = b'',
+    image: Image.Image | None = None,
     **params: object,
 ) -> bytes:
     """Return an upright JPEG carrying EXIF (with GPS), XMP, IPTC, a comment and an APP15.
@@ -332,6 +333,7 @@ def metadata_jpeg(
     Segments as cameras and editors write them, after Pillow's JFIF: APP1
     EXIF and XMP, APP2 ICC (if given), APP13 Photoshop IPTC, APP15, COM;
     ``trailer`` goes after the end of image, as phones append data there.
+    The pixels are ``image``'s, or a grainy photo's of ``size``.
     """
     exif = Image.Exif()
     exif[ORIENTATION] = 1
@@ -339,7 +341,7 @@ def metadata_jpeg(
     exif.get_ifd(GPS_IFD)[1] = 'N'
     xmp = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + SECRET_XMP + b'</x:xmpmeta>'
     data = encode(
-        grainy_photo(size),
+        image if image is not None else grainy_photo(size),
         'JPEG',
         quality=90,
         exif=exif.tobytes(),
