@@ -135,6 +135,26 @@ def test_format_is_stored_as_rgb_jpeg_of_the_same_picture(
     assert difference(stored, original) < tolerance
 
 
+@pytest.mark.parametrize(
+    'make',
+    [
+        pytest.param(lambda: imagegen.grainy_photo((320, 200)), id='upload-larger-than-its-jpeg'),
+        pytest.param(lambda: solid(RED, (320, 200)), id='upload-smaller-than-its-jpeg'),
+    ],
+)
+def test_the_stored_file_is_the_jpeg_alone(
+    tmp_path: pathlib.Path, make: Callable[[], Image.Image]
+) -> None:
+    """The JPEG is written over the upload's own file: none of the upload is left after it."""
+    original = make()
+    path = tmp_path / 'upload'
+    path.write_bytes(encode(original, 'PNG'))
+
+    convert_upload(str(path), MAX_PIXELS, QUALITY)
+
+    assert path.read_bytes() == encode(original, 'JPEG', quality=QUALITY)
+
+
 def test_camera_multi_picture_jpeg_keeps_the_first_picture(convert: Convert) -> None:
     """Phones write MPO (JPEG with extra pictures); Pillow reports it as its own format."""
     first, second = picture((320, 200), seed=1), picture((320, 200), seed=2)
