@@ -220,6 +220,12 @@ class S3ImageStore:
         return ATTEMPTS * attempt + (ATTEMPTS - 1) * RETRY_PAUSE
 
     def _new_client(self) -> Any:
+        # PERF: botocore's checks of a put's body stay on: a CRC32 (a header)
+        #   and, on an http:// endpoint only, a SHA-256 in the signature. For
+        #   a 90 KB JPEG they cost about 70 µs of the put's 1.3 ms of CPU; the
+        #   rest is botocore's work per request (signing, endpoint rules,
+        #   events, parsing), whatever these options say. Sending the body
+        #   as bytes (no "Expect: 100-continue") measured the same.
         settings: dict[str, Any] = {
             'connect_timeout': min(CONNECT_TIMEOUT, self.timeout),
             'read_timeout': self.timeout,

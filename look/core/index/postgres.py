@@ -500,6 +500,9 @@ class PostgresIndex:
         nothing: that is BackendUnreachable, so the caller may take its JPEG
         back. A commit that got no answer may have committed: CommitInDoubt.
         """
+        # PERF: four round trips (BEGIN, the lock, the INSERT, COMMIT): about
+        #   0.24 ms of CPU here and 0.23 ms in the database. The first three
+        #   sent as one pipeline cost the database the same and look more.
         committing = False
         try:
             with self._connection() as connection, connection.transaction():
