@@ -517,13 +517,28 @@ def test_getter_lets_go_of_a_connection_that_failed() -> None:
     assert not client.connection_pool._in_use_connections
 
 
+def test_getter_keeps_its_connection_for_the_next_get() -> None:
+    client = fakeredis.FakeRedis()
+    client.set('entry', b'bytes')
+    get = getter(client)
+
+    for _ in range(3):
+        assert get('entry') == b'bytes'
+
+    assert len(client.connection_pool._in_use_connections) == 1  # kept, lent once
+
+
 def test_getter_keeps_other_clients_own_get() -> None:
-    """A stand-in without a pool, or a client on one connection, keeps its own get."""
+    """A stand-in without a pool, a client on one connection, or on a small pool, keeps its get."""
     stand_in = Redis()
     single = fakeredis.FakeRedis(single_connection_client=True)
+    small = redis.Redis.from_url('redis://localhost:1/0?max_connections=20')
+    resp3 = redis.Redis.from_url('redis://localhost:1/0?protocol=3')
 
     assert getter(stand_in) == stand_in.get
     assert getter(single) == single.get
+    assert getter(small) == small.get
+    assert getter(resp3) == resp3.get
 
 
 def test_unreachable_redis_answers_ping_false_at_once_and_pauses_the_cache() -> None:
