@@ -96,8 +96,8 @@ class Thumbnails:
     ) -> Cacheable | None:
         """Name the cache entry that answers this request (the cache middleware asks).
 
-        None for a thumbnail this host keeps on its disk: the resource
-        answers with it at once, without a trip to Redis or its fill lock.
+        A thumbnail this host keeps on its disk is kept elsewhere: without an
+        entry, the resource answers with it at once, without the fill lock.
         """
         if not format:
             format = self._renditions.negotiate(req.get_header('Accept'))
@@ -107,10 +107,13 @@ class Thumbnails:
         else:
             return None
         rendition = self._renditions.rendition(image_id, (width, height), format)
-        if self._large.has(rendition):
-            return None
         variant = f'{rendition.encoding}:m{self._renditions.min_thumb_size}'
-        return Cacheable(rendition.cache_key, variant, headers)
+        return Cacheable(
+            rendition.cache_key,
+            variant,
+            headers,
+            kept_elsewhere=lambda: self._large.has(rendition),
+        )
 
     def on_get(
         self,
