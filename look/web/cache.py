@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import threading
 import time
+import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -54,7 +55,13 @@ HANDOFF_SECONDS = 5
 PURGED_MARKER = b'look:purged'
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+# What a Cacheable without headers to add may share.
+NO_HEADERS: Mapping[str, str] = types.MappingProxyType({})
+
+
+# PERF: not frozen: a frozen dataclass sets each field through
+#   object.__setattr__, 0.4 µs more for every cacheable request.
+@dataclasses.dataclass(slots=True)
 class Cacheable:
     """How a response may be cached: its key, the variant it must match, headers to add.
 
