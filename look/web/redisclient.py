@@ -184,16 +184,32 @@ def limit_waits(client: Any, timeout: float) -> None:
         client.set_retry(Retry(NoBackoff(), 0))
 
 
+# The fewest connections a pool must be free to make for a GET to keep some of
+# them: up to one per thread of a worker (gunicorn.conf.py's 12), on top of as
+# many lent for the other commands.
+KEEPING_POOL_SIZE = 100
+
+
 def getter(client: Any) -> Callable[[str], Any]:
-    """Return a GET of ``client``'s: on its connection pool where that is the same, else its own.
+    """Return a GET of ``client``'s: on connections it keeps from the pool where that is the same.
 
     PERF: redis-py's command machinery (retries, events, observability,
       response callbacks) costs a GET about 37 000 instructions, 7 µs of CPU,
       besides sending it and reading the answer, and a cache hit is one GET.
-      The pool's own connections answer it here, with the same errors and the
-      same disconnects, for a plain client whose GET has no callback and no
-      client-side cache; any other client (a cluster, a single connection, a
-      stand-in in a test) keeps its own ``get``.
+      Lending a connection from the pool and taking it back costs another
+      60 000 and three system calls (the pool polls each connection it lends
+      for unread bytes). Here GETs keep the connections they used, as many as
+      ran at once, and send on them again directly, for a plain
+      client whose GET has no callback, no client-side cache and no pushed
+      messages (RESP2); any other client (a cluster, a single connection, a
+      stand-in in a test) keeps its own ``get``. So does one whose pool may
+      not make KEEPING_POOL_SIZE connections (``max_connections`` in its
+      URL): kept connections come on top of those the pool lends.
+    NOTE: a kept connection never holds unread bytes: any failure but a
+      refusal (WRONGTYPE, read whole) disconnects it and gives it back to the
+      pool. One the server closed while it waited here (a restart, its client
+      timeout) is replaced once, as the pool's poll would have found it closed
+      and connected again.
     """
     pool = getattr(client, 'connection_pool', None)
     if not (
@@ -203,19 +219,36 @@ def getter(client: Any) -> Callable[[str], Any]:
         and client.connection is None
         and getattr(pool, 'cache', None) is None
         and 'GET' not in client.response_callbacks
+        and pool.connection_kwargs.get('protocol') in (None, 2, '2')
+        and pool.max_connections >= KEEPING_POOL_SIZE
     ):
         get: Callable[[str], Any] = client.get
         return get
 
-    def pooled_get(key: str) -> Any:
-        connection = pool.get_connection()
+    kept: list[Any] = []  # connections between GETs, lent by the pool and not given back
+
+    def get_on(connection: Any, key: str) -> Any:
         try:
             connection.send_command('GET', key)
-            return connection.read_response()
-        except (redis.ConnectionError, redis.TimeoutError, TimeoutError):
-            connection.disconnect()  # as redis-py does before it retries (here never)
+            value = connection.read_response()
+        except redis.ResponseError:
+            kept.append(connection)  # an answer, read whole: the connection is sound
             raise
-        finally:
+        except BaseException:
+            connection.disconnect()
             pool.release(connection)
+            raise
+        kept.append(connection)
+        return value
 
-    return pooled_get
+    def kept_get(key: str) -> Any:
+        try:
+            connection = kept.pop()
+        except IndexError:
+            return get_on(pool.get_connection(), key)
+        try:
+            return get_on(connection, key)
+        except redis.ConnectionError:
+            return get_on(pool.get_connection(), key)
+
+    return kept_get

@@ -6,6 +6,7 @@ images) and inside look through ``create_app``, with fakeredis for Redis.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import time
 from collections.abc import Callable
@@ -141,6 +142,33 @@ def test_hit_does_not_reach_the_resource() -> None:
     assert second.headers['Content-Type'] == 'image/jpeg'
     assert second.headers['ETag'] == first.headers['ETag']
     assert resource.calls == 1
+
+
+def test_what_the_resource_keeps_elsewhere_is_asked_only_without_an_entry() -> None:
+    """A miss that the resource answers from what it keeps is left to it: no fill, no Miss."""
+    backend = fakeredis.FakeRedis(server=fakeredis.FakeServer())
+    client, resource = tiny_app(backend, fill_timeout=1.0)
+    asked: list[str] = []
+    named = resource.cacheable
+
+    def cacheable(req: falcon.Request, name: str) -> Cacheable | None:
+        def kept_elsewhere() -> bool:
+            asked.append(name)
+            return name == 'kept'
+
+        entry = named(req, name)
+        assert entry is not None
+        return dataclasses.replace(entry, kept_elsewhere=kept_elsewhere)
+
+    resource.cacheable = cacheable  # type: ignore[method-assign]
+    client.simulate_get('/thumbnails/a')
+    assert client.simulate_get('/thumbnails/a').headers[CACHE_HEADER] == 'Hit'
+    kept = [client.simulate_get('/thumbnails/kept') for _ in range(2)]
+
+    assert asked == ['a', 'kept', 'kept']  # not for the hit
+    assert [CACHE_HEADER in answer.headers for answer in kept] == [False, False]
+    assert backend.keys('*') == [b'look:/thumbnails/a']  # no entry, no fill lock left
+    assert resource.calls == 3
 
 
 @pytest.mark.parametrize(
@@ -517,13 +545,28 @@ def test_getter_lets_go_of_a_connection_that_failed() -> None:
     assert not client.connection_pool._in_use_connections
 
 
+def test_getter_keeps_its_connection_for_the_next_get() -> None:
+    client = fakeredis.FakeRedis()
+    client.set('entry', b'bytes')
+    get = getter(client)
+
+    for _ in range(3):
+        assert get('entry') == b'bytes'
+
+    assert len(client.connection_pool._in_use_connections) == 1  # kept, lent once
+
+
 def test_getter_keeps_other_clients_own_get() -> None:
-    """A stand-in without a pool, or a client on one connection, keeps its own get."""
+    """A stand-in without a pool, a client on one connection, or on a small pool, keeps its get."""
     stand_in = Redis()
     single = fakeredis.FakeRedis(single_connection_client=True)
+    small = redis.Redis.from_url('redis://localhost:1/0?max_connections=20')
+    resp3 = redis.Redis.from_url('redis://localhost:1/0?protocol=3')
 
     assert getter(stand_in) == stand_in.get
     assert getter(single) == single.get
+    assert getter(small) == small.get
+    assert getter(resp3) == resp3.get
 
 
 def test_unreachable_redis_answers_ping_false_at_once_and_pauses_the_cache() -> None:

@@ -25,6 +25,7 @@ from look.app import create_app
 from look.config import Config
 from look.imaging import pool as thumbnailer
 from look.web.cache import PURGED_MARKER
+from look.web.redisclient import getter, limit_waits
 
 from support.client import upload
 from support.imagegen import image_bytes
@@ -199,6 +200,22 @@ def test_redis_hung_mid_run_then_back(make_app: MakeApp, redis_server: RedisServ
         redis_server.resume()
 
     assert wait_for_hit(client, path), f'no Hit within {2 * RETRY_INTERVAL}s of resuming'
+
+
+def test_a_kept_connection_the_server_closed_is_replaced(
+    redis_server: RedisServer, inspector: redis.Redis
+) -> None:
+    """A GET's connection closed while it waited (a client timeout, say) costs no failure."""
+    client = redis.Redis.from_url(redis_server.url)
+    limit_waits(client, 0.25)
+    get = getter(client)
+    inspector.set('entry', b'bytes')
+    assert get('entry') == b'bytes'
+
+    assert inspector.client_kill_filter(skipme=True) == 1  # the one the GET kept
+
+    assert get('entry') == b'bytes'
+    client.close()
 
 
 def test_unreachable_at_start(make_app: MakeApp) -> None:

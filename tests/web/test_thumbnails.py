@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import uuid
 from collections.abc import Callable
+from typing import Any
 
 import fakeredis
 import pytest
@@ -12,8 +14,11 @@ from PIL import Image
 
 from look.config import Config, ConfigError
 from look.imaging.formats import FORMAT_MEDIA_TYPES
+from look.imaging.renditions import Renditions
+from look.web import thumbnails
 from look.web.cache import CACHE_HEADER, PURGED_MARKER
 from look.web.conditional import IMMUTABLE
+from look.web.thumbnails import Thumbnails
 
 from support.client import upload
 from support.imagegen import image_bytes, register_plugins
@@ -111,9 +116,27 @@ def test_the_url_without_extension_serves_what_accept_asks_for(
     # The negotiated answer is the explicit one: same bytes, same ETag, same cache entry.
     direct = client.simulate_get(explicit)
     assert direct.headers[CACHE_HEADER] == 'Hit'
+    assert 'Vary' not in direct.headers and 'Content-Location' not in direct.headers
     assert direct.content == answers[0].content
     assert direct.headers['ETag'] == answers[0].headers['ETag']
     assert decoded(answers[1].content).format == PIL_FORMATS[format]
+
+
+def test_a_worker_keeps_the_cache_names_of_so_many_thumbnails(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(thumbnails, 'CACHEABLES_KEPT', 2)
+    renditions = Renditions(formats=['jpeg'], encodings={'jpeg': 'q85'}, min_thumb_size=64)
+    resource = Thumbnails(None, None, renditions, None)  # type: ignore[arg-type]
+    ids = [str(uuid.UUID(int=n)) for n in range(3)]
+
+    no_request: Any = None  # an address with a format asks nothing of the request
+    named = [resource.cacheable(no_request, image_id, 160, 90, 'jpeg') for image_id in ids * 2]
+
+    assert [entry.key for entry in named if entry] == [
+        f'/thumbnails/{image_id}/160x90.jpeg' for image_id in ids * 2
+    ]
+    assert len(resource._cacheables) <= 2
 
 
 def test_the_description_lists_every_format_with_a_srcset(client: TestClient) -> None:
