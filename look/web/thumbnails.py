@@ -27,7 +27,7 @@ from look.web.conditional import answer_not_modified, is_not_modified, set_immut
 log = logging.getLogger(__name__)
 
 # The Cacheables a worker keeps, of the thumbnails asked for lately; past
-# this many, it starts afresh.
+# this many, it starts afresh. So too the names of thumbnails known small.
 CACHEABLES_KEPT = 4096
 
 
@@ -41,6 +41,11 @@ class LargeThumbnails:
     def __init__(self, files: DiskCache, *, min_bytes: int) -> None:
         self._files = files
         self.min_bytes = min_bytes
+        # PERF: the files of renditions this worker rendered at min_bytes or
+        #   less. keep() passes those by in every process, their bytes being
+        #   the same wherever they are rendered (the ETag says so), so none
+        #   is looked for: a failed open and its exception (3 µs) a render.
+        self._small: set[str] = set()
 
     def open(self) -> None:
         """Make the directory; where it cannot be made (a read-only disk), keep none."""
@@ -58,17 +63,27 @@ class LargeThumbnails:
 
     def has(self, rendition: Rendition) -> bool:
         """Return whether this host keeps ``rendition`` (a stat, no more)."""
-        return bool(self._files.max_bytes) and os.path.exists(
-            self._files.path(_file_name(rendition))
-        )
+        if not self._files.max_bytes:
+            return False
+        name = _file_name(rendition)
+        return name not in self._small and os.path.exists(self._files.path(name))
 
     def read(self, rendition: Rendition) -> IO[bytes] | None:
         """Open the kept file of ``rendition``, or return None if this host has none."""
-        return self._files.open_file(_file_name(rendition))
+        if not self._files.max_bytes:
+            return None
+        name = _file_name(rendition)
+        return None if name in self._small else self._files.open_file(name)
 
     def keep(self, rendition: Rendition, data: bytes) -> bool:
         """Keep a rendered thumbnail if it is large; return whether it was kept."""
-        return len(data) > self.min_bytes and self._files.put(_file_name(rendition), data)
+        if len(data) > self.min_bytes:
+            return self._files.put(_file_name(rendition), data)
+        if self._files.max_bytes:
+            if len(self._small) >= CACHEABLES_KEPT:
+                self._small.clear()
+            self._small.add(_file_name(rendition))
+        return False
 
     def discard(self, image_id: str) -> None:
         """Remove every kept thumbnail of an image (deleted)."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pathlib
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -13,8 +14,9 @@ from falcon.testing import TestClient
 from PIL import Image
 
 from look.config import Config, ConfigError
+from look.core.diskcache import DiskCache
 from look.imaging.formats import FORMAT_MEDIA_TYPES
-from look.imaging.renditions import Renditions
+from look.imaging.renditions import Rendition, Renditions
 from look.web import thumbnails
 from look.web.cache import CACHE_HEADER, PURGED_MARKER
 from look.web.conditional import IMMUTABLE
@@ -206,3 +208,31 @@ def test_a_delete_purges_every_format_of_every_size(
     for key in cached:
         path = key.decode().removeprefix('look:')
         assert client.simulate_get(path).status_code == 404
+
+
+def test_a_thumbnail_rendered_small_is_not_looked_for_on_the_disk_again(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep() passes small thumbnails by everywhere, so no process looks for one it rendered."""
+    files = DiskCache(tmp_path / 'renditions', 1 << 20)
+    large = thumbnails.LargeThumbnails(files, min_bytes=100)
+    large.open()
+    small = Rendition(str(uuid.uuid4()), (160, 90), 'jpeg', 'q85')
+    big = Rendition(small.image_id, (320, 180), 'jpeg', 'q85')
+    assert large.read(small) is None
+
+    assert not large.keep(small, b'x' * 100)
+    assert large.keep(big, b'y' * 101)
+
+    looked_for: list[str] = []
+    open_file = files.open_file
+    monkeypatch.setattr(
+        files, 'open_file', lambda name: looked_for.append(name) or open_file(name)
+    )
+    assert (large.read(small), large.has(small)) == (None, False)
+    kept = large.read(big)
+    assert kept is not None
+    with kept:
+        assert kept.read() == b'y' * 101
+    assert large.has(big)
+    assert looked_for == [f'{big.etag}.jpeg']
