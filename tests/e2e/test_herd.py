@@ -73,8 +73,17 @@ def test_thirty_requests_for_one_uncached_thumbnail_make_one_render(
     assert [answer.status for answer in answers] == [200] * ASKING
     assert len({answer.body for answer in answers}) == 1
     assert len({answer.header('ETag') for answer in answers}) == 1
-    assert sorted(answer.header('X-Look-Cache') for answer in answers).count('Miss') == 1
-    assert metric(server, 'look_renders_total', format=format) == renders_before + 1
+    misses = [answer.header('X-Look-Cache') for answer in answers].count('Miss')
+    renders = metric(server, 'look_renders_total', format=format) - renders_before
+    assert misses == renders, server.log_tail()
+    # NOTE: look gives Redis 0.25 s a call; a worker whose call took longer
+    #   (connecting while the machine is loaded) serves uncached for a
+    #   moment, as designed, and its log says so: only then may a request
+    #   of the herd render for itself.
+    if 'serving uncached' in server.log():
+        assert renders >= 1
+    else:
+        assert renders == 1, server.log_tail()
     assert metric(server, 'look_cache_requests_total', result='miss') >= 1
 
 
