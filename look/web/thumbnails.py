@@ -8,6 +8,7 @@ about a second of rendering each) are kept on this host's disk instead
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import IO
@@ -116,8 +117,9 @@ class Thumbnails:
             for format in renditions.formats
         }
         # PERF: a thumbnail's Cacheable is the same on every request for it at
-        #   one address: made once (its rendition, key and variant: 2 µs).
-        self._cacheables: dict[tuple[str, int, int, str, bool], Cacheable] = {}
+        #   one address: made once (its rendition, key and variant: 2 µs) for
+        #   the CACHEABLES_KEPT addresses asked for last.
+        self._cacheable = functools.lru_cache(maxsize=CACHEABLES_KEPT)(self._new_cacheable)
 
     def cacheable(
         self, req: falcon.Request, image_id: str, width: int, height: int, format: str = ''
@@ -132,21 +134,12 @@ class Thumbnails:
             format = self._renditions.negotiate(req.get_header('Accept'))
         elif format not in self._variants:
             return None  # not offered here
-        address = (image_id, width, height, format, negotiated)
-        cacheable = self._cacheables.get(address)
-        if cacheable is None:
-            if len(self._cacheables) >= CACHEABLES_KEPT:
-                self._cacheables.clear()
-            cacheable = self._cacheables[address] = self._cacheable(
-                image_id, (width, height), format, negotiated
-            )
-        return cacheable
+        return self._cacheable(image_id, width, height, format, negotiated)
 
-    def _cacheable(
-        self, image_id: str, size: tuple[int, int], format: str, negotiated: bool
+    def _new_cacheable(
+        self, image_id: str, width: int, height: int, format: str, negotiated: bool
     ) -> Cacheable:
-        rendition = self._renditions.rendition(image_id, size, format)
-        width, height = size
+        rendition = self._renditions.rendition(image_id, (width, height), format)
         headers = (
             self._negotiated_headers(image_id, width, height, format) if negotiated else NO_HEADERS
         )

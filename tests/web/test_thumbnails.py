@@ -138,7 +138,7 @@ def test_a_worker_keeps_the_cache_names_of_so_many_thumbnails(
     assert [entry.key for entry in named if entry] == [
         f'/thumbnails/{image_id}/160x90.jpeg' for image_id in ids * 2
     ]
-    assert len(resource._cacheables) <= 2
+    assert resource._cacheable.cache_info().currsize <= 2
 
 
 def test_the_description_lists_every_format_with_a_srcset(client: TestClient) -> None:
