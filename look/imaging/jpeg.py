@@ -10,14 +10,11 @@ from __future__ import annotations
 
 import functools
 import io
-import re
 
 from PIL import Image, ImageCms
 
-# A marker: 0xFF then a code that is not stuffing (00), a restart (D0-D7)
-# or fill (FF). Past a scan, the first match is where its data ends.
-_MARKER = re.compile(rb'\xff[\x01-\xcf\xd8-\xfe]')
-_SOI, _EOI, _SOS, _TEM = 0xD8, 0xD9, 0xDA, 0x01
+from look.imaging.preflight import EOI, MARKER, SOI, SOS, TEM
+
 _APP0, _APP14, _COM = 0xE0, 0xEE, 0xFE
 _APPS = range(0xE0, 0xF0)
 _ORIENTATION = 0x0112
@@ -109,7 +106,7 @@ def strip_metadata(data: bytes) -> bytes:
     position = 2
     end = len(data)
     while True:
-        match = _MARKER.search(data, position)
+        match = MARKER.search(data, position)
         if match is None:
             # NOTE: a file cut off after its last scan: libjpeg decodes it
             #   whole (the caller checked), so it is ended as it should be.
@@ -119,10 +116,10 @@ def strip_metadata(data: bytes) -> bytes:
             raise ValueError(f'not a marker at byte {position}')
         position = match.start()
         marker = data[position + 1]
-        if marker == _EOI:
+        if marker == EOI:
             kept.append(b'\xff\xd9')
             return b''.join(kept)
-        if marker in (_TEM, _SOI):
+        if marker in (TEM, SOI):
             raise ValueError(f'a marker that has no place in a JPEG image at byte {position}')
         segment_end = position + 2 + int.from_bytes(data[position + 2 : position + 4], 'big')
         if segment_end > end or segment_end < position + 4:
@@ -130,10 +127,10 @@ def strip_metadata(data: bytes) -> bytes:
         if _is_kept(marker, data[position + 4 : position + 9]):
             kept.append(data[position:segment_end])
         position = segment_end
-        if marker == _SOS:
+        if marker == SOS:
             # The entropy-coded data: up to the next marker that is not a
             # restart or stuffing, which only those can contain.
-            scan_end = _MARKER.search(data, position)
+            scan_end = MARKER.search(data, position)
             stop = scan_end.start() if scan_end else end
             kept.append(data[position:stop])
             position = stop

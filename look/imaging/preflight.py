@@ -168,8 +168,8 @@ def _checker(head: bytes) -> Checker | None:
 
 # A marker: 0xFF then a code that is not stuffing (00), a restart (D0-D7)
 # or fill (FF). Past a scan, the first match is where its data ends.
-_MARKER = re.compile(rb'\xff[\x01-\xcf\xd8-\xfe]')
-_SOS, _EOI, _TEM, _SOI = 0xDA, 0xD9, 0x01, 0xD8
+MARKER = re.compile(rb'\xff[\x01-\xcf\xd8-\xfe]')
+SOS, EOI, TEM, SOI = 0xDA, 0xD9, 0x01, 0xD8
 # Start-of-frame markers (not DHT C4, JPG C8 or DAC CC), and the progressive ones.
 _FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
 _PROGRESSIVE_FRAMES = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
@@ -182,12 +182,12 @@ def _check_jpeg(view: mmap.mmap, max_pixels: int) -> None:
     blocks: dict[int, int] = {}
     refined = 0
     position = 2
-    while match := _MARKER.search(view, position):
+    while match := MARKER.search(view, position):
         position = match.start()
         marker = view[position + 1]
-        if marker == _EOI:
+        if marker == EOI:
             return
-        if marker in (_TEM, _SOI):  # no length follows
+        if marker in (TEM, SOI):  # no length follows
             position += 2
             continue
         segments += 1
@@ -201,7 +201,7 @@ def _check_jpeg(view: mmap.mmap, max_pixels: int) -> None:
             progressive = marker in _PROGRESSIVE_FRAMES
             blocks = _component_blocks(view, segment)
         position += 2 + int.from_bytes(view[position + 2 : position + 4], 'big')
-        if marker == _SOS:
+        if marker == SOS:
             # NOTE: in a sequential JPEG each scan brings new components, and
             #   libjpeg refuses a second scan of one at once: only progressive
             #   scans can repeat. The search below is ~1 ns a byte.
