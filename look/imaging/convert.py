@@ -192,8 +192,25 @@ def _write_over(path: str, data: bytes | memoryview) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.ftruncate(fd, len(data))
+        _start_writeback(fd)
     finally:
         os.close(fd)
+
+
+def _start_writeback(fd: int) -> None:
+    """Have the kernel start writing the file to disk now, without waiting for it.
+
+    PERF: the web worker's fsync (Store.add) then finds the data written or
+      on its way, and waits mostly for the inode and the disk's cache: a
+      90 KB JPEG's fsync 250-320 → 130-150 µs of waiting here, the CPU the
+      same. As PostgreSQL's pg_flush_data: POSIX_FADV_DONTNEED writes dirty
+      pages back before it drops clean ones, and pages still on their way
+      to the disk are kept (every page of a new JPEG stayed cached here).
+    """
+    advise = getattr(os, 'posix_fadvise', None)  # not on macOS
+    if advise is not None:
+        with contextlib.suppress(OSError):  # a file system that takes no advice
+            advise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 
 def placeholder(image: Image.Image) -> tuple[str, str]:
