@@ -45,8 +45,6 @@ from support.storage import image_files, indexed_ids, storage_state, temp_files
 
 pytestmark = pytest.mark.e2e
 
-# New connections tried to reach every worker: the kernel, not us, picks the worker.
-ATTEMPTS = 200
 # A bound on "never waits long", far above a normal answer (a few milliseconds).
 PROMPT = 1.5
 # How long a test client waits before it sends again an upload a busy worker refused.
@@ -143,7 +141,7 @@ def connection_to_each_worker(server: Gunicorn) -> Iterator[dict[int, http.clien
     workers = server.worker_pids()
     found: dict[int, http.client.HTTPConnection] = {}
     try:
-        for _ in range(ATTEMPTS):
+        for _ in server.until_every_worker(found.keys()):
             connection = connect(server.url)
             response = send(connection, 'GET', '/images?limit=1')
             worker = server.answering_worker(connection)
@@ -151,8 +149,6 @@ def connection_to_each_worker(server: Gunicorn) -> Iterator[dict[int, http.clien
                 connection.close()
             else:
                 found[worker] = connection
-            if workers <= set(found):
-                break
         assert workers <= set(found), f'reached only {set(found)} of {workers}'
         yield found
     finally:
@@ -706,12 +702,10 @@ def test_slow_redis_is_probed_once_per_worker_by_a_burst(
     server, _ = slow_cache
     workers = server.worker_pids()
     tripped: set[int | None] = set()
-    for _ in range(ATTEMPTS):
+    for _ in server.until_every_worker(tripped):
         response, worker = server.request_worker('GET', f'/thumbnails/{uuid.uuid4()}/64x64.jpeg')
         check_error(response, 404)
         tripped.add(worker)
-        if workers <= tripped:
-            break
     assert workers <= tripped, f'reached only {tripped} of {workers}'
     time.sleep(RETRY_INTERVAL + 0.5)  # every worker may ask Redis again now
 

@@ -48,10 +48,7 @@ from support.storage import storage_state
 pytestmark = pytest.mark.e2e
 
 
-# Attempts at reaching every worker through new connections; the kernel
-# hands connections to workers at random, so two workers take a handful.
 JPEG = image_bytes('JPEG')  # a seeded 640x360 photo
-ATTEMPTS = 200
 
 
 # -- helpers ------------------------------------------------------------------
@@ -256,7 +253,7 @@ def test_every_upload_visible_from_every_worker(gunicorn: Gunicorn) -> None:
 
     listed_by: set[int | None] = set()
     served_by: set[int | None] = set()
-    for _ in range(ATTEMPTS):
+    for _ in gunicorn.until_every_worker(listed_by, served_by):
         # NOTE: the largest page, so the newest image is on it however many came first.
         listing, worker = gunicorn.request_worker('GET', '/images?limit=1000')
         assert listing.status == 200, listing.body
@@ -269,8 +266,6 @@ def test_every_upload_visible_from_every_worker(gunicorn: Gunicorn) -> None:
         assert download.header('Content-Length') == str(len(stored))
         assert download.body == stored, f'worker {worker} sent other bytes'
         served_by.add(worker)
-        if workers <= listed_by and workers <= served_by:
-            break
     assert workers <= listed_by, f'only {listed_by} of {workers} answered a listing'
     assert workers <= served_by, f'only {served_by} of {workers} answered a download'
 
@@ -291,15 +286,13 @@ def test_thumbnails_cached_across_workers(
 
     answered_by = {first_worker}
     workers = server.worker_pids()
-    for _ in range(ATTEMPTS):
+    for _ in server.until_every_worker(answered_by):
         response, worker = server.request_worker('GET', path)
         assert response.status == 200, response.body
         assert response.header('X-Look-Cache') == 'Hit', f'worker {worker} missed'
         assert response.header('Content-Type') == 'image/jpeg'
         assert response.body == first.body
         answered_by.add(worker)
-        if workers <= answered_by:
-            break
     assert workers <= answered_by, f'only {answered_by} of {workers} answered'
 
 
@@ -320,7 +313,7 @@ def test_delete_reaches_every_worker_and_the_cache(
 
     workers = server.worker_pids()
     answered_by: set[int | None] = set()
-    for _ in range(ATTEMPTS):
+    for _ in server.until_every_worker(answered_by):
         response, worker = server.request_worker('GET', thumbnail)
         assert response.status == 404, f'worker {worker}: {response.header("X-Look-Cache")}'
         check_error(response, 404)
@@ -329,8 +322,6 @@ def test_delete_reaches_every_worker_and_the_cache(
         listing, _ = server.request_worker('GET', '/images')
         assert created['id'] not in [image['id'] for image in listing.json()]
         answered_by.add(worker)
-        if workers <= answered_by:
-            break
     assert workers <= answered_by, f'only {answered_by} of {workers} answered'
     assert not stored_path(server, created['id']).exists()
 
@@ -526,15 +517,13 @@ def test_graceful_stop_leaves_no_process(make_gunicorn: MakeGunicorn) -> None:
     server = make_gunicorn(workers=2)
     workers = server.worker_pids()
     uploaded_by: set[int | None] = set()
-    for seed in range(ATTEMPTS):
+    for seed in server.until_every_worker(uploaded_by):
         data = image_bytes('JPEG', (200, 150), seed=seed)
         response, worker = server.request_worker(
             'POST', '/images', data, {'Content-Type': 'image/jpeg'}
         )
         assert response.status == 201, response.body
         uploaded_by.add(worker)
-        if workers <= uploaded_by:
-            break
     processes = server.processes()
     pools = {p.ppid for p in processes if p.is_image_process}
     assert pools == workers, f'every worker should run a pool process: {processes}'

@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -34,6 +35,10 @@ from support.processes import (
 
 # The upload limit of the shared gunicorn fixture: small, so 413s are cheap to provoke.
 MAX_UPLOAD_BYTES = 1024 * 1024
+# How long a test tries new connections until every worker has answered one.
+# The kernel, not the test, hands each connection to a worker, the quickest to
+# wake: a worker still busy with earlier requests loses every race for a while.
+REACH_EVERY_WORKER = 30.0
 
 
 NEXT_PAGE = re.compile(r'<([^>]+)>;\s*rel="next"')
@@ -307,6 +312,19 @@ class Gunicorn(Server):
                         if os.readlink(fd) == target:
                             return pid
         return None
+
+    def until_every_worker(self, *reached: Collection[int | None]) -> Iterator[int]:
+        """Count rounds (0, 1, ...) until each of ``reached`` holds every worker, or time is up.
+
+        The caller adds the worker that answered each round to its sets, and
+        asserts afterwards that every worker is in them.
+        """
+        workers = self.worker_pids()
+        deadline = time.monotonic() + REACH_EVERY_WORKER
+        number = 0
+        while time.monotonic() < deadline and not all(workers <= set(r) for r in reached):
+            yield number
+            number += 1
 
     def request_worker(
         self,
