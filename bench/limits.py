@@ -23,7 +23,7 @@ from bench.rounds import Figure
 from look.config import DEFAULT_MAX_PIXELS
 from look.imaging import plugins, preflight
 from look.imaging.formats import ENCODINGS
-from look.imaging.pool import IMAGE_BLOCKS_CACHED
+from look.imaging.pool import IMAGE_BLOCKS_CACHED, keep_freed_memory
 
 QUALITY = 85  # look's default LOOK_JPEG_QUALITY
 Converted = tuple[str, tuple[int, int]]  # the JPEG's path and size
@@ -146,6 +146,7 @@ def _init_process() -> None:
     # As fast as Pillow can: freed image blocks are kept for the next image
     # (PILLOW_BLOCKS_MAX), so renders do not fault in fresh memory each time.
     Image.core.set_blocks_max(IMAGE_BLOCKS_CACHED)
+    keep_freed_memory()  # and freed buffers, as look's pool does
     plugins.register()  # HEIC uploads and JPEG XL thumbnails, as in look's pool
 
 
