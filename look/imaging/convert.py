@@ -54,6 +54,7 @@ def convert_upload(
     quality: int,
     animation_path: str | None = None,
     max_animation_pixels: int = preflight.DEFAULT_MAX_ANIMATION_PIXELS,
+    write_back: bool = False,
 ) -> Converted:
     """Replace the uploaded image file at ``path`` with an upright sRGB JPEG.
 
@@ -63,6 +64,8 @@ def convert_upload(
     the JPEG is its first frame. An upload that is refused is left as it
     was. The caller makes the JPEG durable (``Store.add``): an fsync here would hold this process,
     which renders and uploads queue for, idle while the disk catches up.
+    With ``write_back`` (where that fsync is of this very file: the local
+    store), the kernel is asked to start writing the JPEG out at once.
     """
     # NOTE: Pillow's own bomb check runs in open(); ours below names the limit.
     Image.MAX_IMAGE_PIXELS = max_pixels
@@ -99,7 +102,7 @@ def convert_upload(
                 )
             preflight.check_pixels_per_byte(image.format, image.size, os.path.getsize(path))
             if jpeg.is_kept_as_made(image):
-                as_made = _keep_jpeg(path, image)
+                as_made = _keep_jpeg(path, image, write_back)
                 if as_made is not None:
                     return as_made
             _match_trns_to_decoded_depth(image)
@@ -126,7 +129,7 @@ def convert_upload(
     try:
         encoded = io.BytesIO()
         rgb.save(encoded, 'JPEG', quality=quality)
-        _write_over(path, encoded.getbuffer())
+        _write_over(path, encoded.getbuffer(), write_back)
     except BaseException:
         _discard(animation_path if animated else None)
         raise
@@ -149,7 +152,7 @@ def convert_upload(
 _CHECK_SCALE = 8
 
 
-def _keep_jpeg(path: str, image: Image.Image) -> Converted | None:
+def _keep_jpeg(path: str, image: Image.Image, write_back: bool) -> Converted | None:
     """Store an upright sRGB JPEG as its own bytes less metadata; None if it must be converted.
 
     It is still decoded completely, at an 8th of its size (a truncated or
@@ -175,12 +178,14 @@ def _keep_jpeg(path: str, image: Image.Image) -> Converted | None:
         raise CorruptImage(f'The image could not be decoded: {ex}') from None
     hashed, color = placeholder(image)
     if stripped != data:
-        _write_over(path, stripped)
+        _write_over(path, stripped, write_back)
     return Converted((width, height), thumbhash=hashed, color=color)
 
 
-def _write_over(path: str, data: bytes | memoryview) -> None:
+def _write_over(path: str, data: bytes | memoryview, write_back: bool) -> None:
     """Write ``data`` over the file at ``path`` from its start, and cut the file there.
+
+    With ``write_back``, the kernel starts writing it to disk (_start_writeback).
 
     PERF: not emptied first (O_TRUNC): ext4 would free the upload's blocks
       only to allocate them again (45 µs of CPU and about 0.1 ms of waiting
@@ -192,7 +197,8 @@ def _write_over(path: str, data: bytes | memoryview) -> None:
         while view:
             view = view[os.write(fd, view) :]
         os.ftruncate(fd, len(data))
-        _start_writeback(fd)
+        if write_back:
+            _start_writeback(fd)
     finally:
         os.close(fd)
 
@@ -206,6 +212,9 @@ def _start_writeback(fd: int) -> None:
       same. As PostgreSQL's pg_flush_data: POSIX_FADV_DONTNEED writes dirty
       pages back before it drops clean ones, and pages still on their way
       to the disk are kept (every page of a new JPEG stayed cached here).
+    NOTE: only where the file is fsync'd where it is: a JPEG put to an
+      object store leaves a spool file that is removed before the kernel
+      would write it at all.
     """
     advise = getattr(os, 'posix_fadvise', None)  # not on macOS
     if advise is not None:

@@ -255,7 +255,9 @@ class Thumbnailer:
         #   memory growth over days.
         max_tasks_per_child: int = 10_000,
         observer: Observer | None = None,
+        write_back: bool = False,
     ) -> None:
+        """``write_back``: uploads are made durable in place on this disk (convert_upload)."""
         self.processes = processes
         self.observer: Observer = observer if observer is not None else _Unobserved()
         self.max_pixels = max_pixels
@@ -263,6 +265,7 @@ class Thumbnailer:
         self.quality = quality
         self.render_timeout = render_timeout
         self.max_tasks_per_child = max_tasks_per_child
+        self.write_back = write_back
         self.backlog = Backlog(processes=processes, max_wait=max_queue_seconds)
         self._pool = PerProcess(self._new_pool)
         self._lock = threading.Lock()
@@ -294,6 +297,7 @@ class Thumbnailer:
             self.quality,
             None if animation_path is None else str(animation_path),
             self.max_animation_pixels,
+            self.write_back,
             kind=(kind, units),
         )
         return converted

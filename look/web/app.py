@@ -71,6 +71,9 @@ def create_app(config: Config | None = None) -> falcon.App:
         render_timeout=config.render_timeout,
         max_queue_seconds=config.max_queue_seconds,
         observer=metrics,
+        # Images on this disk: the store fsyncs the pool's JPEG where it is
+        #   (an object store only reads it, and the spool file goes).
+        write_back=not config.images_url,
     )
     renditions = Renditions(
         formats=config.thumbnail_formats,

@@ -155,6 +155,24 @@ def test_the_stored_file_is_the_jpeg_alone(
     assert path.read_bytes() == encode(original, 'JPEG', quality=QUALITY)
 
 
+@pytest.mark.parametrize('write_back', [True, False])
+def test_the_jpeg_is_written_out_at_once_only_where_it_is_made_durable_in_place(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch, write_back: bool
+) -> None:
+    """A local store fsyncs the file; an object store's spool file is removed unwritten."""
+    advised: list[int] = []
+    monkeypatch.setattr(
+        os, 'posix_fadvise', lambda fd, offset, length, advice: advised.append(advice)
+    )
+    uploads = [image_bytes('PNG'), imagegen.metadata_jpeg()]  # converted, and kept as made
+    for number, data in enumerate(uploads):
+        path = tmp_path / f'upload-{number}'
+        path.write_bytes(data)
+        convert_upload(str(path), MAX_PIXELS, QUALITY, write_back=write_back)
+
+    assert advised == ([os.POSIX_FADV_DONTNEED] * 2 if write_back else [])
+
+
 def test_camera_multi_picture_jpeg_keeps_the_first_picture(convert: Convert) -> None:
     """Phones write MPO (JPEG with extra pictures); Pillow reports it as its own format."""
     first, second = picture((320, 200), seed=1), picture((320, 200), seed=2)
