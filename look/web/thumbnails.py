@@ -27,8 +27,8 @@ from look.web.conditional import answer_not_modified, is_not_modified, set_immut
 
 log = logging.getLogger(__name__)
 
-# The Cacheables a worker keeps, of the thumbnails asked for lately; past
-# this many, it starts afresh. So too the names of thumbnails known small.
+# The Cacheables a worker keeps, of the thumbnails asked for last; and the
+# names of thumbnails it knows to be small, forgotten all at once past this many.
 CACHEABLES_KEPT = 4096
 
 
