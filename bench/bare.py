@@ -1,18 +1,24 @@
-"""A bare Falcon app: the same work as look's, and nothing look adds (no middleware, no index).
+"""A bare Falcon app: the same work as look's, and nothing look adds (no middleware).
 
 Served by the tests' ``Gunicorn(app='bench.bare:create_app()')``, so with look's
 worker class, workers, threads and LOOK_PROCESSES. It answers one Redis GET,
 streams a file (sendfile), renders with the Pillow limit in its own pool, or
-writes an upload to a new file, converts it there and fsyncs it.
+stores an upload: writes it to a new file, converts it there (with its
+placeholder), makes the JPEG and its name durable and lists it in an index,
+a line appended and fsync'd. What look adds to an upload (its spool, an
+admission queue, a delete token, the description with its srcsets, metrics,
+the log) is not done here.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 import re
 import shutil
 import threading
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -37,13 +43,40 @@ class Bare:
         self._files = pathlib.Path(environ.get('BENCH_BARE_FILES', '.'))
         self._uploads = environ.get('BENCH_BARE_UPLOADS', '.')
         self._processes = Config(environ).processes  # as large as look's pool
+        self._index_path = os.path.join(self._uploads, 'index.jsonl')
         self._lock = threading.Lock()
         self._pool: Any = None
+        self._index: int | None = None
 
     def _run(self, function: Callable[..., Any], *args: Any) -> Any:
         with self._lock:  # started after gunicorn's fork, as look's
             self._pool = self._pool or limits.start_pool(self._processes)
         return self._pool.submit(function, *args).result()
+
+    def _list(self, converted: limits.Converted) -> dict[str, Any]:
+        """Make a converted upload's name durable, then list it: a line appended and fsync'd."""
+        directory = os.open(self._uploads, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        thumbhash, color = converted.placeholder
+        entry = {
+            'id': os.path.basename(converted.path),
+            'modified': int(time.time()),
+            'size': list(converted.size),
+            'thumbhash': thumbhash,
+            'color': color,
+        }
+        with self._lock:  # opened after gunicorn's fork, and held
+            if self._index is None:
+                flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                self._index = os.open(self._index_path, flags, 0o644)
+        # NOTE: one write of a whole line, to a file opened O_APPEND: lines of
+        #   threads and workers never interleave.
+        os.write(self._index, json.dumps(entry).encode() + b'\n')
+        os.fsync(self._index)
+        return entry
 
     def on_get(self, req: falcon.Request, resp: falcon.Response) -> None:
         resp.media = []  # GET /images: what the tests' Gunicorn waits for
@@ -84,7 +117,7 @@ class Bare:
         converted = self._run(limits.UPLOADS[limit], path, None)
         limits.fsync(converted)
         resp.status = falcon.HTTP_201
-        resp.media = {'size': list(converted[1])}
+        resp.media = self._list(converted)
 
 
 def create_app(environ: Mapping[str, str] | None = None) -> falcon.App:

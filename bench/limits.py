@@ -2,7 +2,10 @@
 
 Deliberately not look's functions: the fewest Pillow calls for look's bytes
 (tests/test_bench.py pins them), so a ratio below 1 is look's overhead, not
-other image work. They take file paths, as look does.
+other image work. They take file paths, as look does. Two steps are look's
+own, as no other code does them: the checks any app taking uploads needs
+before decoding (look.imaging.preflight), and the ThumbHash placeholder every
+stored image is listed with (look.imaging.thumbhash, a port of the reference).
 """
 
 from __future__ import annotations
@@ -15,18 +18,25 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from PIL import Image, ImageOps
 
 from bench.rounds import Figure
 from look.config import DEFAULT_MAX_PIXELS
-from look.imaging import plugins, preflight
+from look.imaging import plugins, preflight, thumbhash
 from look.imaging.formats import ENCODINGS
 from look.imaging.pool import IMAGE_BLOCKS_CACHED, keep_freed_memory
 
 QUALITY = 85  # look's default LOOK_JPEG_QUALITY
-Converted = tuple[str, tuple[int, int]]  # the JPEG's path and size
+
+
+class Converted(NamedTuple):
+    """An upload converted: its JPEG's path and size, and its placeholder (ThumbHash, colour)."""
+
+    path: str
+    size: tuple[int, int]
+    placeholder: tuple[str, str]
 
 
 def render(
@@ -55,12 +65,29 @@ def render(
 
 
 def convert(source: str, target_dir: str | None, quality: int = QUALITY) -> Converted:
+    """Store an upload as an upright RGB JPEG (``reencode``), with its placeholder.
+
+    The placeholder is made from the decoded image, as look makes it.
+    """
+    path, rgb = _reencode(source, target_dir, quality)
+    return Converted(path, rgb.size, thumbhash.placeholder(rgb))
+
+
+def reencode(source: str, target_dir: str | None, quality: int = QUALITY) -> Converted:
     """Store an upload as an upright RGB JPEG: check, open, exif_transpose, convert, save.
 
     The JPEG goes to a new file in ``target_dir``, or over ``source`` itself
     when that is None (as an app converting the file it received would). The
-    caller makes it durable (``fsync``), as look's web worker does.
+    caller makes it durable (``fsync``), as look's web worker does. No
+    placeholder: the limit of a JPEG look keeps as made, which is what look
+    did with it before, is held to that work alone (look's side makes its
+    placeholder from a 1/8 draft all the same).
     """
+    path, rgb = _reencode(source, target_dir, quality)
+    return Converted(path, rgb.size, ('', ''))
+
+
+def _reencode(source: str, target_dir: str | None, quality: int) -> tuple[str, Image.Image]:
     # The checks any app taking uploads needs before decoding: look's own.
     preflight.check_container(source, DEFAULT_MAX_PIXELS)
     with Image.open(source) as image:
@@ -72,14 +99,15 @@ def convert(source: str, target_dir: str | None, quality: int = QUALITY) -> Conv
     path = new_path(target_dir) if target_dir else source
     with open(path, 'xb' if target_dir else 'wb') as out:
         rgb.save(out, 'JPEG', quality=quality)
-    return path, rgb.size
+    return path, rgb
 
 
 def convert_animation(source: str, target_dir: str | None, quality: int = QUALITY) -> Converted:
     """Store an animated GIF as look does: its first frame as a JPEG, its frames as a WebP.
 
     The WebP goes beside the JPEG (``<jpeg>.webp``), with every frame as
-    RGBA, its duration and the loop count, by Pillow's own save_all.
+    RGBA, its duration and the loop count, by Pillow's own save_all. The
+    placeholder is the first frame's.
     """
     preflight.check_container(source, DEFAULT_MAX_PIXELS)
     preflight.check_animation(source, preflight.DEFAULT_MAX_ANIMATION_PIXELS)
@@ -107,7 +135,7 @@ def convert_animation(source: str, target_dir: str | None, quality: int = QUALIT
         rgb.save(jpeg, 'JPEG', quality=quality)
     with open(f'{path}.webp', 'wb') as webp:
         webp.write(out.getvalue())
-    return path, rgb.size
+    return Converted(path, rgb.size, thumbhash.placeholder(rgb))
 
 
 # The Pillow limit of each kind of upload, by name: Pillow alone runs it in
@@ -123,7 +151,7 @@ def fsync(converted: Converted) -> None:
 
     An animation's WebP beside it too, as look stores both.
     """
-    for path in (converted[0], f'{converted[0]}.webp'):
+    for path in (converted.path, f'{converted.path}.webp'):
         try:
             with open(path, 'rb', buffering=0) as file:
                 os.fsync(file.fileno())

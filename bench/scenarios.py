@@ -334,7 +334,7 @@ def uncached(ctx: Context) -> None:
         ctx,
         look,
         pillow(
-            limits.convert, [(_written(uploads, KEPT_JPEG), str(uploads))], finish=limits.fsync
+            limits.reencode, [(_written(uploads, KEPT_JPEG), str(uploads))], finish=limits.fsync
         ),
     )
 

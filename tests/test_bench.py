@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import os
 import pathlib
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from falcon import testing
 from PIL import Image
 
-from bench import limits, report, rounds, scenarios
+from bench import bare, limits, report, rounds, scenarios
 from bench.rounds import Side
 from look.imaging.convert import convert_upload
 from look.imaging.formats import THUMBNAIL_FORMATS
@@ -37,25 +41,26 @@ def test_the_pillow_limit_renders_looks_thumbnails_byte_for_byte(
 def test_the_pillow_limit_converts_uploads_to_looks_bytes_and_leaves_the_fsync_to_its_caller(
     tmp_path: pathlib.Path, kind: str, size: tuple[int, int]
 ) -> None:
-    """As look does: the pool writes the JPEG, and the process waiting for it makes it durable."""
+    """As look does: the pool writes the JPEG and makes its placeholder; its caller fsyncs."""
     upload = tmp_path / 'upload'
     upload.write_bytes(
         modern(kind, size=size, seed=3) if kind == 'HEIF' else image_bytes(kind, size=size, seed=3)
     )
     looks = tmp_path / 'looks'
     looks.write_bytes(upload.read_bytes())
-    convert_upload(str(looks), 100_000_000, limits.QUALITY)
+    made = convert_upload(str(looks), 100_000_000, limits.QUALITY)
     out = tmp_path / 'out'
     out.mkdir()
 
     converted = limits.convert(str(upload), str(out))
     in_place = limits.convert(str(upload), None)
 
-    assert converted[1] == in_place[1] == size
-    assert pathlib.Path(converted[0]).parent == out
-    assert in_place[0] == str(upload)
-    for path, _size in (converted, in_place):
+    assert converted.size == in_place.size == size
+    assert pathlib.Path(converted.path).parent == out
+    assert in_place.path == str(upload)
+    for path, _size, placeholder in (converted, in_place):
         assert pathlib.Path(path).read_bytes() == looks.read_bytes()
+        assert placeholder == (made.thumbhash, made.color)  # made from the same pixels
 
 
 def test_the_kept_jpeg_row_compares_looks_bytes_with_pillow_decoding_and_encoding_them(
@@ -68,11 +73,11 @@ def test_the_kept_jpeg_row_compares_looks_bytes_with_pillow_decoding_and_encodin
     looks.write_bytes(upload.read_bytes())
     convert_upload(str(looks), 100_000_000, limits.QUALITY)
 
-    converted = limits.convert(str(upload), str(tmp_path))
+    converted = limits.reencode(str(upload), str(tmp_path))
 
     with Image.open(upload) as original, Image.open(looks) as kept:
         assert kept.tobytes() == original.tobytes()
-        with Image.open(converted[0]) as encoded_again:
+        with Image.open(converted.path) as encoded_again:
             assert encoded_again.size == original.size
             assert encoded_again.tobytes() != original.tobytes()
 
@@ -83,15 +88,16 @@ def test_the_pillow_limit_converts_an_animation_to_looks_bytes(tmp_path: pathlib
     upload.write_bytes(moving_picture((160, 90), frames=12))
     looks = tmp_path / 'looks'
     looks.write_bytes(upload.read_bytes())
-    convert_upload(str(looks), 100_000_000, limits.QUALITY, str(tmp_path / 'looks.webp'))
+    made = convert_upload(str(looks), 100_000_000, limits.QUALITY, str(tmp_path / 'looks.webp'))
     out = tmp_path / 'out'
     out.mkdir()
 
-    path, size = limits.convert_animation(str(upload), str(out))
+    path, size, placeholder = limits.convert_animation(str(upload), str(out))
 
     assert size == (160, 90)
     assert pathlib.Path(path).read_bytes() == looks.read_bytes()
     assert pathlib.Path(f'{path}.webp').read_bytes() == (tmp_path / 'looks.webp').read_bytes()
+    assert placeholder == (made.thumbhash, made.color)
 
 
 def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(
@@ -116,8 +122,49 @@ def test_the_pillow_limit_finishes_each_result_in_the_waiting_process(
     assert rate.value > 0
     assert rate.answers == len(finished)
     assert finished
-    assert len({path for path, _size in finished}) == len(finished)  # a new file each time
-    assert all(size == (64, 48) for _path, size in finished)
+    assert len({converted.path for converted in finished}) == len(finished)  # a new file each
+    assert all(converted.size == (64, 48) for converted in finished)
+
+
+def test_the_bare_app_stores_an_upload_durably_named_and_listed_with_its_placeholder(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The work of storing an upload, as look's: the JPEG, its name and its index line durable."""
+    uploads = tmp_path / 'uploads'
+    uploads.mkdir()
+    synced: list[str] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(os.readlink(f'/proc/self/fd/{fd}'))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync)
+    # Pillow in a thread of this process: the same function the bare app's pool runs.
+    monkeypatch.setattr(limits, 'start_pool', lambda processes: ThreadPoolExecutor(1))
+    client = testing.TestClient(bare.create_app({'BENCH_BARE_UPLOADS': str(uploads)}))
+    body = image_bytes('PNG', size=(640, 360), seed=5)
+    looks = tmp_path / 'looks'
+    looks.write_bytes(body)
+    made = convert_upload(str(looks), 100_000_000, limits.QUALITY)
+
+    answers = [
+        client.simulate_post('/converted/convert', body=body, content_type='image/png')
+        for _ in range(2)
+    ]
+
+    assert [answer.status_code for answer in answers] == [201, 201]
+    listed = [json.loads(line) for line in (uploads / 'index.jsonl').read_bytes().splitlines()]
+    assert listed == [answer.json for answer in answers]
+    for entry in listed:
+        jpeg = uploads / entry['id']
+        assert jpeg.read_bytes() == looks.read_bytes()
+        assert entry['size'] == [640, 360]
+        assert (entry['thumbhash'], entry['color']) == (made.thumbhash, made.color)
+    index = str(uploads / 'index.jsonl')
+    every_upload = [str(uploads / listed[0]['id']), str(uploads), index]
+    every_upload += [str(uploads / listed[1]['id']), str(uploads), index]
+    assert synced == every_upload  # each JPEG, then its name, then its line
 
 
 def test_every_upload_row_names_a_pillow_limit_that_pillow_alone_and_the_bare_app_run() -> None:
