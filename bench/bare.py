@@ -27,6 +27,7 @@ import redis
 
 from bench import limits
 from look.config import Config
+from look.core.files import fsync_directory
 from look.imaging.formats import FORMAT_MEDIA_TYPES
 from look.web.uploads import CHUNK_SIZE
 
@@ -55,11 +56,7 @@ class Bare:
 
     def _list(self, converted: limits.Converted) -> dict[str, Any]:
         """Make a converted upload's name durable, then list it: a line appended and fsync'd."""
-        directory = os.open(self._uploads, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
+        fsync_directory(pathlib.Path(self._uploads))
         thumbhash, color = converted.placeholder
         entry = {
             'id': os.path.basename(converted.path),
